@@ -1,0 +1,82 @@
+"""The ``sdft`` command: a thin layer that turns flags (and ``--config`` YAML) into a stage config.
+
+Each subcommand names a module, its config dataclass and its stage function, imported only when that
+subcommand runs (so ``sdft --help`` stays fast and never imports torch). A module may also define
+``PRESETS`` (named sets of config values for ``--preset``) and ``summarize(result) -> str``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sdft.errors import SdftError
+
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "setup": ("sdft.models", "SetupConfig", "setup", "provision the embedded seed model (offline)"),
+    "distill": ("sdft.distill", "DistillConfig", "distill", "rewrite a dataset's responses with the seed model"),
+    "train": ("sdft.train", "TrainConfig", "train", "fine-tune on original, distilled or mixed data"),
+    "shift": ("sdft.shift", "ShiftConfig", "parameter_shift", "L2 norm of the weight change per module"),
+    "eval": ("sdft.evaluate", "EvalConfig", "evaluate", "evaluate a model on benchmark tasks"),
+    "analyze": ("sdft.analyze", "AnalyzeConfig", "analyze", "distribution shift between two evaluations"),
+    "run": ("sdft.pipeline", "RunConfig", "run_from_file", "whole experiment from one YAML config"),
+    "report": ("sdft.report", "ReportConfig", "build_report", "rebuild a run's report from saved results"),
+}
+
+
+def _load(command: str):
+    module_name, config_name, function_name, _ = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    return module, getattr(module, config_name), getattr(module, function_name)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    from sdft import __version__
+    from sdft.config import add_arguments
+
+    parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning toolkit")
+    parser.add_argument("--version", action="version", version=f"sdft {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, _, _, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module, config_cls, _ = _load(name)
+            p.add_argument("--config", help="YAML file of settings; flags given here override it")
+            if getattr(module, "PRESETS", None):
+                p.add_argument("--preset", choices=sorted(module.PRESETS),
+                               help="named set of reference values (applied before --config and flags)")
+            add_arguments(p, config_cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sdft.config import resolve
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 1
+    try:
+        module, config_cls, function = _load(args.command)
+        config = resolve(config_cls, args, getattr(args, "config", None),
+                         getattr(module, "PRESETS", None), getattr(args, "preset", None))
+        result = function(config)
+        summarize = getattr(module, "summarize", None)
+        if summarize:
+            print(summarize(result))
+    except SdftError as exc:
+        print(f"sdft {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nsdft {args.command}: interrupted; progress is saved, rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

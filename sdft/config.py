@@ -1,0 +1,213 @@
+"""Dataclass configs: YAML files give defaults, command-line flags override, unknown keys are refused.
+
+A stage's config is a dataclass whose fields carry their help text in ``metadata["help"]``. The same
+dataclass drives validation (``from_dict``) and the command-line parser (``add_arguments``), so a flag and
+its YAML key can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from sdft.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def field(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+          positional: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with help text for the CLI (optionally a custom flag name, or positional)."""
+    meta: dict[str, Any] = {"help": help}
+    if flag:
+        meta["flag"] = flag
+    if positional:
+        meta["positional"] = True
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _type_hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp):
+    """Return (inner_type, allows_none) for ``X | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def coerce(value: Any, tp: Any, name: str, source: str) -> Any:
+    """Check (and gently convert) one config value against its annotated type."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{source}: '{name}' must not be empty")
+    origin = typing.get_origin(inner)
+    if origin is typing.Literal:
+        choices = typing.get_args(inner)
+        if value not in choices:
+            raise ConfigError(f"{source}: '{name}' must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(inner) or (Any,)
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            value = [part.strip() for v in value for part in v.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{name}' must be a list, got {value!r}")
+        items = [coerce(v, item_tp, name, source) for v in value]
+        return items if origin is list else tuple(items)
+    if origin is dict or inner is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{name}' must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(inner):
+        if isinstance(value, inner):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{name}' must be a mapping, got {value!r}")
+        return from_dict(inner, value, f"{source}: {name}")
+    if inner is Any:
+        return value
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{source}: '{name}' must be true or false, got {value!r}")
+    if inner is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: '{name}' must be an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: '{name}' must be an integer, got {value!r}") from None
+    if inner is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: '{name}' must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: '{name}' must be a number, got {value!r}") from None
+    if inner is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{source}: '{name}' must be text, got {value!r}")
+        return str(value)
+    if inner is Path:
+        return Path(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
+    """Build ``cls`` from a mapping, refusing unknown keys and values of the wrong type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    hints = _type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; "
+                          f"known keys: {', '.join(sorted(names))}")
+    values = {k: coerce(v, hints[k], k, source) for k, v in data.items()}
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
+    obj = cls(**values)
+    check = getattr(obj, "validate", None)
+    if check:
+        check()
+    return obj
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def to_dict(obj) -> dict:
+    """A JSON-ready dict of a config (paths as strings)."""
+    def plain(v):
+        if isinstance(v, Path):
+            return str(v)
+        if dataclasses.is_dataclass(v):
+            return to_dict(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """Add one flag per dataclass field. Defaults stay None so we can tell what the user set."""
+    hints = _type_hints(cls)
+    for f in dataclasses.fields(cls):
+        inner, _ = _unwrap_optional(hints[f.name])
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="?", default=None, help=kwargs["help"])
+            continue
+        if inner is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(inner) in (list, tuple):
+            kwargs["action"] = "append"  # repeatable; each value may also be comma-separated
+        elif typing.get_origin(inner) is typing.Literal:
+            kwargs["choices"] = typing.get_args(inner)
+        elif typing.get_origin(inner) is dict or dataclasses.is_dataclass(inner):
+            continue  # nested settings come from YAML only
+        if f.default is not dataclasses.MISSING and f.default is not None and "help" in kwargs:
+            kwargs["help"] += f" (default: {f.default})"
+        parser.add_argument(flag_name(f), **kwargs)
+
+
+def resolve(cls: type[T], args: argparse.Namespace, config_path: str | None = None,
+            presets: dict[str, dict] | None = None, preset: str | None = None) -> T:
+    """Merge, lowest first: dataclass defaults < preset < YAML file < flags the user gave."""
+    data: dict[str, Any] = {}
+    if preset:
+        if not presets or preset not in presets:
+            raise ConfigError(f"unknown preset '{preset}'; known: {', '.join(sorted(presets or {}))}")
+        data.update(presets[preset])
+    source = "command line"
+    if config_path:
+        data.update(load_yaml(config_path))
+        source = str(config_path)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            data[name] = value
+    return from_dict(cls, data, source)

@@ -1,0 +1,80 @@
+"""Generation backends: one small interface, ``generate(prompts, params) -> completions``.
+
+Backends are registered by a lazy ``"module:Class"`` string, so importing sdft never imports vLLM (or
+even torch) until a backend is actually loaded. A backend receives fully rendered prompt strings (chat
+template already applied) and returns one :class:`Completion` per prompt, in the same order.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from sdft.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 42
+    stop: tuple[str, ...] = ()
+    batch_size: int = 8
+    max_prompt_tokens: int = 1024
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+    prompt_truncated: bool = False
+
+
+class Backend(Protocol):
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]: ...
+
+
+BACKENDS: dict[str, str] = {
+    "hf": "sdft.generation.hf:HFBackend",
+    "vllm": "sdft.generation.vllm_backend:VLLMBackend",
+}
+
+
+def register_backend(name: str, target: str) -> None:
+    """Register a backend by ``"module:Class"`` (imported only when used)."""
+    BACKENDS[name] = target
+
+
+def import_target(target: str, what: str = "object"):
+    """Import ``"module:attr"``; a clear error when it is not there."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{what} '{target}' must look like 'module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {what} module '{module_name}': {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module '{module_name}' has no {what} '{attr}'") from None
+
+
+def load_backend(name: str, model: str, adapter: str | None = None, **options) -> Backend:
+    """Instantiate a registered backend (or any ``module:Class``) for a model."""
+    target = BACKENDS.get(name, name if ":" in name else None)
+    if target is None:
+        raise ConfigError(f"unknown backend '{name}'; known: {', '.join(sorted(BACKENDS))}")
+    cls = import_target(target, "backend")
+    return cls(model=model, adapter=adapter, **options)

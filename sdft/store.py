@@ -1,0 +1,90 @@
+"""Crash-safe progress files: append JSON lines as work completes, resume without duplicates.
+
+A job writes each finished record to ``<name>.partial.jsonl`` (flushed and fsynced per batch). After
+``kill -9`` the last line may be cut off; on reopen that torn tail is dropped, so a record is either
+fully written or redone. When all ids are done, ``finalize`` writes the result in input order,
+atomically (write to a temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+
+class ProgressFile:
+    def __init__(self, path: str | Path, key: str = "id"):
+        self.path = Path(path)
+        self.key = key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, dict] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        good_bytes = 0
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn final line from a crash: redo that record
+                try:
+                    rec = json.loads(raw)
+                except json.JSONDecodeError:
+                    break
+                self.records.setdefault(str(rec[self.key]), rec)
+                good_bytes += len(raw)
+        if good_bytes != self.path.stat().st_size:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good_bytes)
+
+    def done(self, record_id: str) -> bool:
+        return str(record_id) in self.records
+
+    def append(self, records: Iterable[dict]) -> None:
+        new = [r for r in records if str(r[self.key]) not in self.records]
+        if not new:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for rec in new:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        for rec in new:
+            self.records[str(rec[self.key])] = rec
+
+    def finalize(self, ordered_ids: list[str], out_path: str | Path) -> list[dict]:
+        """Write the records in ``ordered_ids`` order to ``out_path``; every id must be done."""
+        missing = [i for i in ordered_ids if str(i) not in self.records]
+        if missing:
+            raise RuntimeError(f"{len(missing)} records not finished, e.g. {missing[:3]}")
+        ordered = [self.records[str(i)] for i in ordered_ids]
+        write_jsonl(out_path, ordered)
+        return ordered
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
