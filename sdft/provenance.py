@@ -1,0 +1,42 @@
+"""What a run folder records so that any number can be traced: versions, command, config, hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+_PACKAGES = ("sdft", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_record(config: dict, **extra) -> dict:
+    """The common part of run.json / train.json / results.json settings."""
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "versions": package_versions(),
+        "config": config,
+        **extra,
+    }
