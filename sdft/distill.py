@@ -1,0 +1,234 @@
+"""Stage 1 of SDFT: the seed model rewrites each target response in its own words.
+
+For every example the distillation template shows the instruction and the original response as a
+"reference answer"; the seed model writes its own response; a filter decides whether that rewrite replaces
+the original (otherwise the original is kept). Output, in ``out``:
+
+* ``distilled.jsonl``: each input record, in input order, response replaced when the rewrite was
+  accepted, plus ``"sdft": {id, accepted, reason, rewrite, original, finish_reason, ...}``;
+* ``stats.json``: counts per reason, acceptance rate, tokens, tokens/s, wall time;
+* ``run.json``: everything that changes the result (model, template text, decoding, filter, seed, data
+  hash, versions, command).
+
+Progress is appended to ``progress.jsonl`` after every batch, so a rerun of the same command after Ctrl-C
+or ``kill -9`` resumes where it stopped and never duplicates or drops a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sdft import templates
+from sdft.config import field, to_dict
+from sdft.errors import ConfigError
+from sdft.store import ProgressFile, write_json, write_jsonl
+
+TaskKind = Literal["general", "math", "function_call", "code"]
+
+# The reference code never sets decoding values; these are the defaults it inherited (paper-method §4).
+PRESETS = {
+    "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512,
+              "max_prompt_tokens": 1024, "seed": 42, "filter_mode": "paper"},
+}
+
+
+@dataclass
+class DistillConfig:
+    data: str = field(None, "dataset file (JSON, JSONL, CSV, Parquet) or hub dataset name")
+    out: str = field("runs/distill", "output folder (rerun the same command to resume)")
+    model: str = field("smollm2-135m-instruct", "seed model: alias, hub id, local folder or .gguf file")
+    adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
+    task: TaskKind = field("general", "task kind: picks the template and the filter")
+    template: str | None = field(None, "distillation template preset (using, refer, math) or YAML/JSON file")
+    template_mode: templates.Mode = field("auto", "render through the chat template (chat) or as plain text")
+    filter: str | None = field(None, "filter kind, or a user filter 'module:function' (default: the task's)")
+    filter_mode: Literal["default", "paper"] = field("default", "'paper' reproduces the reference code's rules")
+    shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages")
+    columns: list[str] = field(default_factory=list, help="column mapping, e.g. instruction=prompt,response=answer")
+    limit: int | None = field(None, "distil only the first N examples")
+    batch_size: int = field(8, "prompts per generation batch")
+    max_new_tokens: int = field(512, "generation budget per rewrite")
+    max_prompt_tokens: int = field(1024, "longer prompts are cut from the left (and reported)")
+    temperature: float = field(0.0, "0 = greedy decoding (our default); the paper sampled at 0.95")
+    top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
+    top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
+    seed: int = field(42, "random seed for sampling")
+    backend: str = field("hf", "generation backend: hf, vllm, or 'module:Class'")
+    progress: bool = field(True, "show a progress bar")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ConfigError("distill needs --data (a dataset file or hub name)")
+        for name in ("batch_size", "max_new_tokens", "max_prompt_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"'{name}' must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("'limit' must be at least 1")
+        if not 0 < self.top_p <= 1 or self.temperature < 0:
+            raise ConfigError("need temperature >= 0 and 0 < top_p <= 1")
+
+
+def column_mapping(pairs: list[str]) -> dict[str, str] | None:
+    mapping = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"column mapping '{pair}' must look like field=column")
+        mapping[key.strip()] = value.strip()
+    return mapping or None
+
+
+def generation_params(config) -> "GenerationParams":
+    from sdft.generation import GenerationParams
+    return GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                            top_p=config.top_p, top_k=config.top_k, seed=config.seed,
+                            batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens)
+
+
+def _settings_key(record: dict) -> str:
+    """Hash of every setting that changes the output; resuming with other settings would mix runs."""
+    keyed = {k: record[k] for k in ("model", "adapter", "data", "template", "template_mode",
+                                     "decoding", "filter", "limit", "columns", "shape")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _run_record(config: DistillConfig, template: templates.Template, mode: str, model_path: str) -> dict:
+    from sdft import provenance
+    data_path = Path(config.data)
+    record = {
+        "model": {"name": config.model, "path": model_path, "source": _model_source(model_path)},
+        "adapter": config.adapter,
+        "data": {"path": str(data_path),
+                 "sha256": provenance.file_sha256(data_path) if data_path.is_file() else None},
+        "template": to_dict(template),
+        "template_mode": mode,
+        "decoding": to_dict(generation_params(config)),
+        "filter": {"kind": config.filter or config.task, "mode": config.filter_mode},
+        "limit": config.limit, "columns": config.columns, "shape": config.shape,
+    }
+    record["settings_key"] = _settings_key(record)
+    return provenance.run_record(to_dict(config), **record)
+
+
+def _model_source(model_path: str) -> dict | None:
+    """The embedded model records where it came from (GGUF file and checksum)."""
+    source = Path(model_path) / "sdft-source.json"
+    return json.loads(source.read_text()) if source.is_file() else None
+
+
+def _check_resumable(out: Path, run: dict) -> None:
+    previous = out / "run.json"
+    if previous.is_file():
+        old_key = json.loads(previous.read_text()).get("settings_key")
+        if old_key != run["settings_key"]:
+            raise ConfigError(f"{out} holds a distillation with different settings (see {previous}); "
+                              "use another --out, or delete that folder to start over")
+
+
+def distill(config: DistillConfig) -> dict:
+    """Run (or resume) distillation; returns the statistics also written to ``stats.json``."""
+    from sdft.data import load_examples
+    from sdft.filters import make_filter
+    from sdft.generation import load_backend
+    from sdft.models import resolve_model
+
+    # Everything that can fail on bad input fails here, before the model is loaded.
+    examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
+                             limit=config.limit)
+    template = templates.load_template(config.template or templates.DEFAULT_DISTILL[config.task], "distill")
+    accept = make_filter(config.filter or config.task, mode=config.filter_mode)
+    out = Path(config.out)
+    model_path = resolve_model(config.model) if config.backend != "fake" else config.model
+    backend = load_backend(config.backend, model_path, config.adapter)
+    tokenizer = getattr(backend, "tokenizer", None)
+    mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"
+    run = _run_record(config, template, mode, model_path)
+    _check_resumable(out, run)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run.json", run)
+
+    progress = ProgressFile(out / "progress.jsonl")
+    prompts = {ex.id: templates.render(template, ex.instruction, reference=ex.response, tokenizer=tokenizer,
+                                       mode=mode, history=ex.history, system=None)
+               for ex in examples if not progress.done(ex.id)}
+    _generate_pending(examples, prompts, backend, accept, progress, config)
+    return _finish(examples, progress, out)
+
+
+def _generate_pending(examples, prompts, backend, accept, progress: ProgressFile, config) -> None:
+    from tqdm.auto import tqdm
+
+    params = generation_params(config)
+    # Longest-first across the whole job: batches hold similar lengths (little padding) and the
+    # slowest batches come first, so the ETA only improves.
+    pending = sorted((ex for ex in examples if ex.id in prompts), key=lambda ex: -len(prompts[ex.id]))
+    bar = tqdm(total=len(examples), initial=len(examples) - len(pending), desc="distill",
+               unit="ex", disable=not config.progress, dynamic_ncols=True)
+    for start in range(0, len(pending), config.batch_size):
+        batch = pending[start:start + config.batch_size]
+        began = time.perf_counter()
+        completions = backend.generate([prompts[ex.id] for ex in batch], params)
+        share = (time.perf_counter() - began) / len(batch)
+        progress.append(_progress_record(ex, c, prompts[ex.id], accept, share)
+                        for ex, c in zip(batch, completions))
+        bar.update(len(batch))
+    bar.close()
+
+
+def _progress_record(example, completion, prompt: str, accept, seconds: float) -> dict:
+    rewrite = completion.text.strip()
+    completion.text = rewrite
+    decision = accept(example, completion, prompt)
+    return {"id": example.id, "accepted": decision.accepted, "reason": decision.reason,
+            "detail": decision.detail, "rewrite": rewrite, "finish_reason": completion.finish_reason,
+            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "prompt_truncated": completion.prompt_truncated, "seconds": seconds}
+
+
+def _finish(examples, progress: ProgressFile, out: Path) -> dict:
+    from sdft.data import with_response
+
+    records = []
+    for ex in examples:
+        p = progress.records[ex.id]
+        record = with_response(ex, p["rewrite"] if p["accepted"] else ex.response)
+        record["sdft"] = {"id": ex.id, "accepted": p["accepted"], "reason": p["reason"],
+                          "rewrite": p["rewrite"], "original": ex.response,
+                          "finish_reason": p["finish_reason"]}
+        records.append(record)
+    write_jsonl(out / "distilled.jsonl", records)
+    stats = _stats([progress.records[ex.id] for ex in examples])
+    stats["output"] = str(out / "distilled.jsonl")
+    write_json(out / "stats.json", stats)
+    return stats
+
+
+def _stats(done: list[dict]) -> dict:
+    seconds = sum(r["seconds"] for r in done)
+    new_tokens = sum(r["completion_tokens"] for r in done)
+    accepted = sum(r["accepted"] for r in done)
+    return {
+        "examples": len(done),
+        "accepted": accepted,
+        "acceptance_rate": accepted / len(done) if done else 0.0,
+        "reasons": dict(Counter(r["reason"] for r in done).most_common()),
+        "finish_reasons": dict(Counter(r["finish_reason"] for r in done)),
+        "prompts_truncated": sum(r["prompt_truncated"] for r in done),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in done),
+        "completion_tokens": new_tokens,
+        "generation_seconds": round(seconds, 2),
+        "tokens_per_second": round(new_tokens / seconds, 2) if seconds else None,
+    }
+
+
+def summarize(stats: dict) -> str:
+    reasons = ", ".join(f"{k}: {v}" for k, v in stats["reasons"].items())
+    return (f"distilled {stats['examples']} examples: {stats['accepted']} rewrites accepted "
+            f"({stats['acceptance_rate']:.0%}; {reasons}); {stats['tokens_per_second']} new tokens/s\n"
+            f"wrote {stats['output']} (and stats.json, run.json beside it)")
