@@ -8,6 +8,7 @@ subcommand runs (so ``sdft --help`` stays fast and never imports torch). A modul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 
@@ -20,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "shift": ("sdft.shift", "ShiftConfig", "parameter_shift", "L2 norm of the weight change per module"),
     "eval": ("sdft.evaluate", "EvalConfig", "evaluate", "evaluate a model on benchmark tasks"),
     "analyze": ("sdft.analyze", "AnalyzeConfig", "analyze", "distribution shift between two evaluations"),
-    "run": ("sdft.pipeline", "RunConfig", "run_from_file", "whole experiment from one YAML config"),
+    "run": ("sdft.pipeline", "RunCommand", "run_command", "whole experiment from one YAML config"),
     "report": ("sdft.report", "ReportConfig", "build_report", "rebuild a run's report from saved results"),
 }
 
@@ -42,7 +43,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
             module, config_cls, _ = _load(name)
-            p.add_argument("--config", help="YAML file of settings; flags given here override it")
+            if "config" not in {f.name for f in dataclasses.fields(config_cls)}:
+                p.add_argument("--config", help="YAML file of settings; flags given here override it")
             if getattr(module, "PRESETS", None):
                 p.add_argument("--preset", choices=sorted(module.PRESETS),
                                help="named set of reference values (applied before --config and flags)")
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         module, config_cls, function = _load(args.command)
-        config = resolve(config_cls, args, getattr(args, "config", None),
+        has_own_config = "config" in {f.name for f in dataclasses.fields(config_cls)}
+        config = resolve(config_cls, args, None if has_own_config else getattr(args, "config", None),
                          getattr(module, "PRESETS", None), getattr(args, "preset", None))
         result = function(config)
         summarize = getattr(module, "summarize", None)

@@ -144,7 +144,8 @@ def distill(config: DistillConfig) -> dict:
     template = templates.load_template(config.template or templates.DEFAULT_DISTILL[config.task], "distill")
     accept = make_filter(config.filter or config.task, mode=config.filter_mode)
     out = Path(config.out)
-    model_path = resolve_model(config.model) if config.backend != "fake" else config.model
+    # Backends that are not Hugging Face ones (test doubles, remote servers) take the name as given.
+    model_path = resolve_model(config.model) if config.backend in ("hf", "vllm") else config.model
     backend = load_backend(config.backend, model_path, config.adapter)
     tokenizer = getattr(backend, "tokenizer", None)
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"

@@ -32,6 +32,8 @@ class Task:
     def __init__(self, data_path: str | None = None, **options: Any):
         self.data_path = data_path
         self.options = options
+        # Where the examples came from (path + sha256, carrier package + version, hub name): provenance.
+        self.source: str | None = None
 
     def examples(self) -> list[dict]:
         raise NotImplementedError
@@ -73,12 +75,19 @@ TASK_PREFIXES: dict[str, str] = {
 }
 
 
+# A name in neither table is a user task when it comes with a ``checker`` option ("module:function").
+CUSTOM_TASK = "sdft.tasks.custom:CustomTask"
+
+
 def get_task(name: str, data_path: str | None = None, **options: Any) -> Task:
-    """Instantiate a task by registry name or prefix."""
+    """Instantiate a task by registry name or prefix (or a user task: a data file plus a checker)."""
     for prefix, target in TASK_PREFIXES.items():
         if name.startswith(prefix):
             return import_target(target, "task")(data_path, task_name=name[len(prefix):], **options)
+    if name not in TASKS and options.get("checker"):
+        return import_target(CUSTOM_TASK, "task")(data_path, task_name=name, **options)
     if name not in TASKS:
         raise ConfigError(f"unknown task '{name}'; known: {', '.join(sorted(TASKS))}, "
-                          f"or {', '.join(p + '<task>' for p in TASK_PREFIXES)}")
+                          f"or {', '.join(p + '<task>' for p in TASK_PREFIXES)}, "
+                          f"or a user task: --data {name}=FILE --checker {name}=module:function")
     return import_target(TASKS[name], "task")(data_path, **options)

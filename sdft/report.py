@@ -1,0 +1,176 @@
+"""The experiment report: ``report.md`` and a self-contained ``report.html`` (plots embedded).
+
+Built only from files a run saved (``manifest.json`` and the stage folders it names), so
+``sdft report RUN_DIR`` can rebuild it at any time without a model.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdft.config import field
+from sdft.errors import ConfigError
+
+
+@dataclass
+class ReportConfig:
+    run_dir: str = field(None, "run folder (holds manifest.json)", positional=True)
+
+
+def build_report(config: ReportConfig) -> dict:
+    if not config.run_dir or not (Path(config.run_dir) / "manifest.json").is_file():
+        raise ConfigError(f"'{config.run_dir}' is not a finished run folder (no manifest.json); "
+                          "run `sdft run CONFIG.yaml` first")
+    return {k: str(v) for k, v in write_report(Path(config.run_dir)).items()}
+
+
+def summarize(paths: dict) -> str:
+    return f"report: {paths['md']}\n        {paths['html']}"
+
+
+# ---------------------------------------------------------------- reading saved results
+
+def task_metrics(results: dict) -> dict[str, dict]:
+    """``{"task/metric": {value, ci95, n}}`` from an eval's results.json (one entry per metric)."""
+    flat = {}
+    for task, entry in results.get("tasks", {}).items():
+        metrics = entry.get("metrics") or [entry]
+        for m in metrics:
+            if "value" in m:
+                flat[f"{task}/{m['metric']}"] = {"value": m["value"], "ci95": m.get("ci95"), "n": m.get("n")}
+    return flat
+
+
+def _fmt(value, scale: float = 100.0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value * scale:.1f}"
+
+
+def _ci(entry: dict) -> str:
+    ci = entry.get("ci95")
+    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and None not in ci else ""
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
+              for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- sections
+
+def results_section(manifest: dict) -> str:
+    models = manifest["models"]
+    per_model = {label: task_metrics(m["eval"]["results"]) for label, m in models.items()}
+    columns = sorted({k for metrics in per_model.values() for k in metrics})
+    seed = per_model.get("seed", {})
+    rows = []
+    for label, metrics in per_model.items():
+        cells = [label]
+        for col in columns:
+            entry = metrics.get(col)
+            if not entry:
+                cells.append("–")
+                continue
+            cell = _fmt(entry["value"]) + _ci(entry)
+            if label != "seed" and col in seed and entry["value"] is not None and seed[col]["value"] is not None:
+                cell += f" ({(entry['value'] - seed[col]['value']) * 100:+.1f})"
+            cells.append(cell)
+        rows.append(cells)
+    n = {col: next((m[col]["n"] for m in per_model.values() if col in m), "?") for col in columns}
+    note = ("Scores in %, 95% interval in brackets, change vs seed in parentheses. "
+            "Items per task: " + ", ".join(f"{c}: {n[c]}" for c in columns) + ".")
+    return "## Results\n\n" + _table(["model", *columns], rows) + "\n\n" + note + "\n"
+
+
+def distill_section(manifest: dict, n_examples: int = 2) -> str:
+    stats = manifest["distill"]["stats"]
+    reasons = _table(["reason", "count"], [[k, v] for k, v in stats["reasons"].items()])
+    text = (f"## Distillation\n\n{stats['examples']} examples, {stats['accepted']} rewrites accepted "
+            f"({stats['acceptance_rate']:.0%}); {stats.get('completion_tokens', '?')} new tokens at "
+            f"{stats.get('tokens_per_second', '?')} tokens/s; {stats.get('prompts_truncated', 0)} prompts "
+            f"truncated.\n\n{reasons}\n")
+    path = Path(manifest["distill"]["dir"]) / "distilled.jsonl"
+    if path.is_file():
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for accepted in (True, False):
+            picked = [r["sdft"] for r in records if r["sdft"]["accepted"] == accepted][:n_examples]
+            title = "Accepted" if accepted else "Rejected"
+            for p in picked:
+                text += (f"\n**{title} rewrite** (`{p['id']}`, reason: {p['reason']})\n\n"
+                         f"- original: {_clip(p['original'])}\n- rewrite: {_clip(p['rewrite'])}\n")
+    return text
+
+
+def _clip(text: str | None, limit: int = 300) -> str:
+    text = (text or "").replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def shift_section(manifest: dict) -> str:
+    rows = []
+    for label, m in manifest["models"].items():
+        shift = m.get("shift")
+        if not shift:
+            continue
+        text = shift.get("text", {})
+        overall = text.get("overall", text)
+        params = shift.get("parameters", {})
+        rows.append([label, _num(overall.get("bleu4", {}).get("mean")), _num(overall.get("rouge_l", {}).get("mean")),
+                     _num(overall.get("embedding_cosine", {}).get("mean")),
+                     _num(text.get("seed_likelihood", {}).get("mean_nll")), _num(params.get("total"))])
+    if not rows:
+        return ""
+    return ("## Distribution shift vs the seed model\n\n"
+            + _table(["model", "BLEU-4", "ROUGE-L F", "embedding cosine", "seed answers NLL/token",
+                      "parameter shift (L2)"], rows)
+            + "\n\nSimilarities compare each model's answers with the seed model's answers to the same "
+              "prompts (1 = identical). Seed NLL is the mean per-token negative log-likelihood, under the "
+              "fine-tuned model, of the seed's own greedy answers (lower = closer to the seed).\n")
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- assembly
+
+def write_report(run_dir: Path) -> dict[str, Path]:
+    from sdft import plots
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    images = plots.make_plots(manifest, run_dir / "plots")
+    parts = [f"# SDFT report: {manifest['name']}\n",
+             f"Seed model `{manifest['model']}`, training data `{manifest['data']}` (task kind "
+             f"{manifest['task']}). Every stage's settings are in its folder's `stage.json` and `run.json`.\n",
+             results_section(manifest), distill_section(manifest), shift_section(manifest)]
+    if images:
+        parts.append("## Plots\n\n" + "\n\n".join(f"![{title}](plots/{path.name})" for title, path in images))
+    markdown_text = "\n".join(p for p in parts if p)
+    md_path = run_dir / "report.md"
+    md_path.write_text(markdown_text)
+    html_path = run_dir / "report.html"
+    html_path.write_text(_html(markdown_text, run_dir, manifest["name"]))
+    return {"md": md_path, "html": html_path}
+
+
+def _html(markdown_text: str, run_dir: Path, title: str) -> str:
+    import markdown
+
+    def embed(match: re.Match) -> str:
+        data = base64.b64encode((run_dir / match.group(2)).read_bytes()).decode()
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+    body = markdown.markdown(re.sub(r"!\[([^\]]*)\]\((plots/[^)]+)\)", embed, markdown_text),
+                             extensions=["tables"])
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+             "img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>\n")
