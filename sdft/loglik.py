@@ -84,20 +84,25 @@ def sequence_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_
         tokens = (ctx + cont)[-(max_len + 1):]
         rows.append((tokens, min(len(cont), len(tokens) - 1)))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    # Rows whose model input is identical share one forward pass: MMLU's " A".." D" are one token each
+    # after the same context, so its four options cost one pass (lm-eval saves the same way).
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (tokens, n) in enumerate(rows):
+        if n > 0:
+            groups.setdefault(tuple(tokens[:-1]), []).append(i)
     # Longest first: similar lengths share a batch (less padding) and an out-of-memory shows up at once.
-    order = sorted((i for i, (_, n) in enumerate(rows) if n > 0), key=lambda i: -len(rows[i][0]))
+    order = sorted(groups.items(), key=lambda item: -len(item[0]))
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            # The model reads each window but its last token; logits at position t predict token t + 1.
-            width = max(len(rows[i][0]) - 1 for i in batch)
-            keep = max(rows[i][1] for i in batch) if padding == "left" else 0
+            # Each row is its window minus the last token: logits at position t predict token t + 1.
+            width = max(len(inp) for inp, _ in batch)
+            keep = max(rows[i][1] for _, members in batch for i in members) if padding == "left" else 0
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, i in enumerate(batch):
-                inp = rows[i][0][:-1]
+            for b, (inp, _) in enumerate(batch):
                 span = slice(width - len(inp), width) if padding == "left" else slice(0, len(inp))
                 ids[b, span] = torch.tensor(inp, dtype=torch.long)
                 mask[b, span] = 1
@@ -105,12 +110,13 @@ def sequence_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = _forward(model, ids.to(device), mask.to(device), positions.to(device), keep)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for b, i in enumerate(batch):
-                tokens, n = rows[i]
-                end = logits.shape[1] if padding == "left" else len(tokens) - 1
-                targets = torch.tensor(tokens[-n:], device=device)
-                picked = logprobs[b, end - n:end].gather(-1, targets[:, None]).squeeze(-1)
-                results[i] = (float(picked.sum()), n)
+            for b, (inp, members) in enumerate(batch):
+                end = logits.shape[1] if padding == "left" else len(inp)
+                for i in members:
+                    tokens, n = rows[i]
+                    targets = torch.tensor(tokens[-n:], device=device)
+                    picked = logprobs[b, end - n:end].gather(-1, targets[:, None]).squeeze(-1)
+                    results[i] = (float(picked.sum()), n)
     return results
 
 

@@ -48,6 +48,7 @@ class Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "hf": "sdft.generation.hf:HFBackend",
     "vllm": "sdft.generation.vllm_backend:VLLMBackend",
+    "fake": "sdft.generation.fake:FakeBackend",  # test double
 }
 
 

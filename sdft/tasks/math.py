@@ -69,8 +69,10 @@ class MathTask(Task):
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         from sdft import answers
-        check = answers.paper_math_match if self.rule == "paper" else answers.math_match
-        ok, reason = check(completion, example["reference"])
+        if self.rule == "paper":
+            ok = answers.paper_math_match(completion, example["reference"])
+            return float(ok), "paper_rule_match" if ok else "paper_rule_mismatch"
+        ok, reason = answers.math_match(completion, example["reference"])
         return float(ok), reason
 
     def score(self, example: dict, output) -> float:

@@ -1,0 +1,424 @@
+"""``sdft eval``: score a model (optionally with a LoRA adapter) on benchmark tasks.
+
+Writes, in ``out``:
+
+* ``results.json``: per task the headline metric, its value, n, 95% interval, any further metrics, and
+  the settings that produced it (model, adapter, data source, template, decoding, versions);
+* ``generations/<task>.jsonl``: one line per item (per sample with ``--n-samples``): id, prompt,
+  completion, score, finish_reason and the scorer's reason.
+
+Model outputs are cached in ``generations/.cache/<task>-<settings key>.jsonl`` with
+:class:`sdft.store.ProgressFile`, one batch at a time: a rerun after a crash generates only the missing
+items, and a rerun with identical settings generates nothing (the model is not even loaded). Changing
+anything that alters outputs (model, adapter, template mode, decoding, data) gives a new key, so stale
+generations are never mixed in. Scores are recomputed from the cached text on every run (cheap), so a
+fixed checker applies without regenerating.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdft import templates
+from sdft.config import field, to_dict
+from sdft.errors import ConfigError, SdftError
+from sdft.store import ProgressFile, write_json, write_jsonl
+
+PRESETS = {
+    # The reference code's evaluation: greedy, 512 new tokens, prompts cut at 1024 tokens (paper §4-5).
+    "paper": {"temperature": 0.0, "max_new_tokens": 512, "max_prompt_tokens": 1024},
+}
+
+
+@dataclass
+class EvalConfig:
+    model: str = field("smollm2-135m-instruct", "model: alias, hub id, local folder or .gguf file")
+    adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
+    tasks: list[str] = field(default_factory=list, help="tasks, comma-separated or repeated (see sdft.tasks)")
+    out: str = field("runs/eval", "output folder (rerun the same command to resume)")
+    limit: int | None = field(None, "evaluate only the first N items of each task")
+    max_new_tokens: int | None = field(None, "generation budget per answer (default: each task's own)")
+    max_prompt_tokens: int = field(2048, "longer prompts are cut from the left (and reported)")
+    batch_size: int = field(8, "prompts per generation batch")
+    data: list[str] = field(default_factory=list, help="TASK=PATH: a task's data file or hub name (repeatable)")
+    checker: list[str] = field(default_factory=list, help="TASK=module:function for a user task (with --data)")
+    option: list[str] = field(default_factory=list, help="TASK.KEY=VALUE task option, e.g. openfunctions.rule=paper")
+    backend: str = field("hf", "generation backend: hf, vllm, or 'module:Class'")
+    template_mode: templates.Mode = field("auto", "chat template (chat), plain text (plain), or auto")
+    temperature: float = field(0.0, "0 = greedy decoding")
+    top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
+    top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
+    n_samples: int = field(1, "samples per item (needs temperature > 0); HumanEval reports pass@k from them")
+    seed: int = field(42, "random seed for sampling (sample j uses seed + j)")
+    judge: str | None = field(None, "winrate judge: a model our backends load, or an OpenAI-compatible URL")
+    judge_model: str | None = field(None, "model name to request from a judge endpoint URL")
+    judge_backend: str | None = field(None, "backend that loads a local judge (default: --backend)")
+    progress: bool = field(True, "show a progress bar")
+
+    def validate(self) -> None:
+        from sdft.tasks import TASK_PREFIXES, TASKS
+
+        if not self.tasks:
+            raise ConfigError("eval needs --tasks, e.g. --tasks gsm8k,advbench")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"a task is listed twice in --tasks: {', '.join(self.tasks)}")
+        data, checkers, options = self.data_paths(), self.checkers(), self.task_options()
+        for name in self.tasks:
+            known = name in TASKS or name.startswith(tuple(TASK_PREFIXES))
+            if not known and not (name in data and name in checkers):
+                raise ConfigError(f"unknown task '{name}'; known: {', '.join(sorted(TASKS))}; a user task "
+                                  f"needs --data {name}=FILE and --checker {name}=module:function")
+        taken = sorted(set(checkers) & set(TASKS))
+        if taken:
+            raise ConfigError(f"--checker given for built-in task(s) {', '.join(taken)}, which score themselves; "
+                              "give your user task another name")
+        for what, mapping in (("--data", data), ("--checker", checkers), ("--option", options)):
+            stray = sorted(set(mapping) - set(self.tasks))
+            if stray:
+                raise ConfigError(f"{what} names task(s) not in --tasks: {', '.join(stray)}")
+        for name in ("batch_size", "max_prompt_tokens", "n_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"'{name}' must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("'limit' must be at least 1")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError("'max_new_tokens' must be at least 1")
+        if not 0 < self.top_p <= 1 or self.temperature < 0:
+            raise ConfigError("need temperature >= 0 and 0 < top_p <= 1")
+        if self.n_samples > 1 and self.temperature <= 0:
+            raise ConfigError("--n-samples above 1 needs --temperature above 0 (greedy samples are identical)")
+        if "winrate" in self.tasks and not self.judge:
+            raise ConfigError("task winrate needs --judge (a model, or an OpenAI-compatible endpoint URL)")
+
+    def data_paths(self) -> dict[str, str]:
+        return _pairs(self.data, "--data", "TASK=PATH")
+
+    def checkers(self) -> dict[str, str]:
+        return _pairs(self.checker, "--checker", "TASK=module:function")
+
+    def task_options(self) -> dict[str, dict[str, str]]:
+        options: dict[str, dict[str, str]] = {}
+        for item in self.option:
+            task, dot, rest = item.partition(".")
+            key, eq, value = rest.partition("=")
+            if not dot or not eq or not task or not key:
+                raise ConfigError(f"--option '{item}' must look like TASK.KEY=VALUE")
+            options.setdefault(task, {})[key.strip()] = value.strip()
+        return options
+
+
+def _pairs(items: list[str], flag: str, form: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ConfigError(f"{flag} '{item}' must look like {form}")
+        if key.strip() in out:
+            raise ConfigError(f"{flag} given twice for task '{key.strip()}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class ModelSession:
+    """The model under evaluation, loaded at most once, and only when some task really needs it."""
+
+    def __init__(self, config: EvalConfig):
+        self.config = config
+        self.hf_like = config.backend in ("hf", "vllm")
+        self._backend = self._tokenizer = self._model_path = self._hf = None
+
+    @property
+    def model_path(self) -> str:
+        if self._model_path is None:
+            from sdft.models import resolve_model
+            # Test doubles and remote backends take the model name as given (as distillation does).
+            self._model_path = resolve_model(self.config.model) if self.hf_like else self.config.model
+        return self._model_path
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from sdft.generation import load_backend
+            # Our own bar counts batches across the task; the HF backend's inner bar would only add noise.
+            extra = {"progress": False} if self.config.backend == "hf" else {}
+            self._backend = load_backend(self.config.backend, self.model_path, self.config.adapter, **extra)
+        return self._backend
+
+    @property
+    def tokenizer(self):
+        """For rendering prompts; a bare tokenizer load is cheap, so the model waits until it generates."""
+        if self._tokenizer is None:
+            if self._backend is None and self.hf_like:
+                from sdft.models import load_tokenizer
+                self._tokenizer = load_tokenizer(self.model_path, adapter=self.config.adapter)
+            else:
+                self._tokenizer = getattr(self.backend, "tokenizer", None)
+        return self._tokenizer
+
+    def hf_model_and_tokenizer(self):
+        """Raw HF model + tokenizer for log-likelihood tasks, shared with the HF backend."""
+        if self._hf is None:
+            backend = self.backend if self.config.backend == "hf" else self._backend
+            if getattr(backend, "model", None) is not None and hasattr(backend.model, "forward"):
+                self._hf = (backend.model, backend.tokenizer)
+            else:
+                from sdft.models import load_model_and_tokenizer
+                self._hf = load_model_and_tokenizer(self.model_path, self.config.adapter)
+        return self._hf
+
+
+def evaluate(config: EvalConfig) -> dict:
+    """Run (or resume) every task; returns the dict also written to ``out/results.json``."""
+    from sdft import provenance
+    from sdft.tasks import get_task
+
+    out = Path(config.out)
+    data, checkers, options = config.data_paths(), config.checkers(), config.task_options()
+    # Build every task first: bad names, options and data files fail before any model is loaded.
+    tasks = {}
+    for name in config.tasks:
+        opts = {"template_mode": config.template_mode, **options.get(name, {})}
+        if name in checkers:
+            opts["checker"] = checkers[name]
+        tasks[name] = get_task(name, data.get(name), **opts)
+        if getattr(tasks[name], "needs_judge", False):
+            from sdft.tasks.winrate import make_judge  # the judge loads on first use, like the model
+            tasks[name].judge = make_judge(config.judge, model_name=config.judge_model,
+                                           backend=config.judge_backend or config.backend,
+                                           batch_size=config.batch_size, template_mode=config.template_mode)
+    examples, skipped = _load_examples(tasks, data, config)
+    session = ModelSession(config)
+    results = _previous_results(out, config)
+    results.update({"model": config.model, "adapter": config.adapter, "backend": config.backend,
+                    "provenance": provenance.run_record(to_dict(config))})
+    for name, reason in skipped.items():  # an earlier real result for the task is worth keeping
+        results["tasks"].setdefault(name, {"metric": getattr(tasks[name], "metric", ""), "skipped": reason})
+    for name, task in tasks.items():
+        if name in skipped:
+            continue
+        began = time.perf_counter()
+        kind = getattr(task, "kind", "generate")
+        if kind == "generate":
+            entry = _run_generate(name, task, examples[name], session, config, out)
+        elif kind == "loglikelihood":
+            entry = _run_loglik(name, task, examples[name], session, config, out)
+        elif kind == "external":
+            entry = dict(task.run(config.model, config.adapter, config))
+            entry.setdefault("settings", {"model": config.model, "adapter": config.adapter})
+        else:
+            raise ConfigError(f"task '{name}' has unknown kind '{kind}'")
+        entry["seconds"] = round(time.perf_counter() - began, 2)
+        results["tasks"][name] = entry
+        write_json(out / "results.json", results)  # after each task: finished tasks survive a crash
+    return results
+
+
+def _previous_results(out: Path, config: EvalConfig) -> dict:
+    """Keep other tasks' results from an earlier eval of the same model in the same folder."""
+    try:
+        old = json.loads((out / "results.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"tasks": {}}
+    same = old.get("model") == config.model and old.get("adapter") == config.adapter
+    return {**old, "tasks": dict(old.get("tasks", {}))} if same else {"tasks": {}}
+
+
+def _settings(name: str, task, session: ModelSession, config: EvalConfig, params=None) -> dict:
+    """Everything that changes a task's outputs; its hash names the generation cache."""
+    from sdft.provenance import package_versions
+
+    template = getattr(task, "template", None)
+    settings = {
+        "task": name, "model": config.model, "adapter": config.adapter, "backend": config.backend,
+        "data": getattr(task, "source", None) or task.data_path, "options": {k: v for k, v in task.options.items()},
+        "template": to_dict(template) if dataclasses.is_dataclass(template) else template,
+        "template_mode": config.template_mode, "limit": config.limit, "n_samples": config.n_samples,
+        "decoding": to_dict(params) if params is not None else None,
+    }
+    # Not in the key: limit (a larger limit reuses the items already done) and batch size (a rerun with a
+    # smaller batch after running out of memory must resume, not start over).
+    keyed = {k: v for k, v in settings.items() if k != "limit"}
+    if keyed["decoding"]:
+        keyed["decoding"] = {k: v for k, v in keyed["decoding"].items() if k != "batch_size"}
+    blob = json.dumps(keyed, sort_keys=True, default=str)
+    settings["settings_key"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    settings["versions"] = package_versions()
+    return settings
+
+
+def _load_examples(tasks: dict, data: dict, config: EvalConfig) -> tuple[dict, dict]:
+    """Every task's examples, loaded before any model: ``(examples, skipped)``.
+
+    A task whose *default* source is missing here (no carrier installed, hub unreachable, no bundled
+    data) is skipped with its reason, so the other tasks of a long run still get done; a file the user
+    named with --data that cannot be read stops the run, since that is a mistake to fix first.
+    """
+    examples, skipped = {}, {}
+    for name, task in tasks.items():
+        if getattr(task, "kind", "generate") == "external":
+            continue
+        try:
+            examples[name] = _examples(name, task, config)
+        except SdftError as exc:
+            if name in data:
+                raise
+            skipped[name] = str(exc)
+            print(f"sdft eval: skipping task {name}: {exc}", file=sys.stderr)
+    if len(skipped) == len(tasks):
+        raise ConfigError("no task can run: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
+    return examples, skipped
+
+
+def _examples(name: str, task, config: EvalConfig) -> list[dict]:
+    examples = task.examples()
+    if config.limit is not None:
+        examples = examples[:config.limit]
+    seen: set[str] = set()
+    for ex in examples:
+        if ex["id"] in seen:
+            raise ConfigError(f"task '{name}': duplicate example id '{ex['id']}' in its data")
+        seen.add(ex["id"])
+    if not examples:
+        raise ConfigError(f"task '{name}' has no examples")
+    return examples
+
+
+def _run_generate(name: str, task, examples: list[dict], session: ModelSession, config: EvalConfig,
+                  out: Path) -> dict:
+    from sdft.generation import GenerationParams
+
+    params = GenerationParams(
+        max_new_tokens=config.max_new_tokens or task.max_new_tokens, temperature=config.temperature,
+        top_p=config.top_p, top_k=config.top_k, seed=config.seed, batch_size=config.batch_size,
+        max_prompt_tokens=config.max_prompt_tokens, stop=tuple(getattr(task, "stop", ())))
+    settings = _settings(name, task, session, config, params)
+    cache_dir = out / "generations" / ".cache"
+    task.cache_dir, task.settings_key = cache_dir, settings["settings_key"]  # for tasks that cache more
+    progress = ProgressFile(cache_dir / f"{name}-{settings['settings_key']}.jsonl", key="key")
+    # One cache unit per (item, sample); the plain id when there is one sample per item.
+    keys = [(ex, j, ex["id"] if config.n_samples == 1 else f"{ex['id']}#{j}")
+            for j in range(config.n_samples) for ex in examples]
+    pending = [(ex, j, key) for ex, j, key in keys if not progress.done(key)]
+    if pending:
+        _generate(name, task, session, config, params, pending, progress, len(keys))
+    units = [progress.records[key] for _, _, key in keys]
+    records = _score(task, [ex for ex, _, _ in keys], units)
+    order = {ex["id"]: i for i, ex in enumerate(examples)}
+    records.sort(key=lambda r: (order[r["id"]], r.get("sample", 0)))  # input order, samples together
+    write_jsonl(out / "generations" / f"{name}.jsonl", records)
+    entry = _normalize(task.aggregate([r["score"] for r in records], records))
+    entry["finish_length"] = sum(r.get("finish_reason") == "length" for r in records)
+    entry["generations"] = f"generations/{name}.jsonl"
+    entry["settings"] = settings
+    return entry
+
+
+def _generate(name, task, session: ModelSession, config: EvalConfig, params, pending, progress, total) -> None:
+    from tqdm.auto import tqdm
+
+    tokenizer = session.tokenizer
+    prompts = {ex["id"]: task.prompt(ex, tokenizer) for ex, _, _ in pending}
+    bar = tqdm(total=total, initial=total - len(pending), desc=name, unit="gen",
+               disable=not config.progress, dynamic_ncols=True)
+    for sample in sorted({j for _, j, _ in pending}):
+        # Longest first: batches of similar length pad little, and the ETA only improves.
+        todo = sorted((p for p in pending if p[1] == sample), key=lambda p: -len(prompts[p[0]["id"]]))
+        sample_params = dataclasses.replace(params, seed=params.seed + sample)
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            completions = session.backend.generate([prompts[ex["id"]] for ex, _, _ in batch], sample_params)
+            progress.append({
+                "key": key, "id": ex["id"], "sample": j, "prompt": prompts[ex["id"]], "completion": c.text,
+                "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "prompt_truncated": c.prompt_truncated,
+            } for (ex, j, key), c in zip(batch, completions))
+            bar.update(len(batch))
+    bar.close()
+
+
+def _score(task, examples: list[dict], units: list[dict]) -> list[dict]:
+    """Score cached completions: ``score_batch`` when the task has one (sandbox pool, judge), else per item."""
+    completions = [u["completion"] for u in units]
+    if hasattr(task, "score_batch"):
+        scored = task.score_batch(examples, completions)
+    elif hasattr(task, "score_with_reason"):
+        scored = [task.score_with_reason(ex, c) for ex, c in zip(examples, completions)]
+    else:
+        scored = [(task.score(ex, c), None) for ex, c in zip(examples, completions)]
+    several = len(units) != len({u["id"] for u in units})  # n_samples > 1: say which sample
+    records = []
+    for unit, (score, reason) in zip(units, scored):
+        rec = {"id": unit["id"], "prompt": unit["prompt"], "completion": unit["completion"],
+               "score": float(score), "reason": reason, "finish_reason": unit["finish_reason"],
+               "prompt_tokens": unit["prompt_tokens"], "completion_tokens": unit["completion_tokens"]}
+        if unit.get("prompt_truncated"):
+            rec["prompt_truncated"] = True
+        if several:
+            rec["sample"] = unit["sample"]
+        records.append(rec)
+    return records
+
+
+def _run_loglik(name: str, task, examples: list[dict], session: ModelSession, config: EvalConfig,
+                out: Path) -> dict:
+    try:
+        from sdft.loglik import score_multiple_choice
+    except ImportError as exc:
+        return {"metric": task.metric, "skipped": f"log-likelihood scoring unavailable ({exc})"}
+    settings = _settings(name, task, session, config)
+    progress = ProgressFile(out / "generations" / ".cache" / f"{name}-{settings['settings_key']}.jsonl")
+    pending = [ex for ex in examples if not progress.done(ex["id"])]
+    if pending:
+        model, tokenizer = session.hf_model_and_tokenizer()
+        step = max(1, config.batch_size * 4)  # several questions per progress write; options share batches
+        for start in range(0, len(pending), step):
+            progress.append(score_multiple_choice(model, tokenizer, task, pending[start:start + step],
+                                                  batch_size=config.batch_size))
+    records = [progress.records[ex["id"]] for ex in examples]
+    write_jsonl(out / "generations" / f"{name}.jsonl", records)
+    entry = _normalize(task.aggregate([r["score"] for r in records], records))
+    entry["generations"] = f"generations/{name}.jsonl"
+    entry["settings"] = settings
+    return entry
+
+
+def _normalize(agg: dict) -> dict:
+    """Every entry has the headline metric at top level and all metrics under ``metrics``."""
+    entry = dict(agg)
+    head = entry.get("metrics", {}).get(entry["metric"]) or \
+        {"value": entry["value"], "ci95": entry["ci95"], "n": entry["n"]}
+    entry["metrics"] = {entry["metric"]: head, **entry.get("metrics", {})}  # headline first in the table
+    return entry
+
+
+def summarize(result: dict) -> str:
+    """A table: one row per task and metric, value and 95% interval in percent."""
+    rows = [("task", "metric", "value", "95% interval", "n")]
+    for name, entry in result.get("tasks", {}).items():
+        if "skipped" in entry:
+            reason = entry["skipped"]
+            rows.append((name, entry.get("metric", ""), "skipped", reason[:90] + "..." * (len(reason) > 90), ""))
+            continue
+        for metric, m in entry.get("metrics", {entry.get("metric", "?"): entry}).items():
+            low, high = (m.get("ci95") or [None, None])[:2]
+            rows.append((name, metric, _pct(m.get("value")),
+                         f"[{_pct(low)}, {_pct(high)}]" if low is not None else "", str(m.get("n", ""))))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    where = result.get("provenance", {}).get("config", {}).get("out")
+    if where:
+        lines.append(f"results: {Path(where) / 'results.json'}  generations: {Path(where) / 'generations'}/")
+    return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    if value is None or value != value:  # None or NaN
+        return "n/a"
+    return f"{100 * value:.2f}"

@@ -1,0 +1,77 @@
+"""User tasks: a dataset file plus a checker function, no code in sdft needed.
+
+    sdft eval --tasks mytask --data mytask=file.jsonl --checker mytask=mypkg.checks:is_correct
+
+The file is read by ``sdft.data.load_examples`` (alpaca, gsm8k, advbench, sharegpt or messages shape;
+every record needs a prompt side and a response/reference side). The checker is called as
+``checker(record, completion)`` with the record exactly as read, and returns ``True``/``False`` or a
+score in [0, 1]; the metric is the mean with a 95% interval. Options (``--option mytask.KEY=VALUE``):
+``template`` (a prompt preset, default ``alpaca``, or a template file), ``shape`` (force a data shape),
+``column.ROLE=NAME`` (map a column to a role, e.g. ``column.response=answer``), ``metric`` (its name).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from sdft import templates
+from sdft.errors import ConfigError, SdftError
+from sdft.generation import import_target
+from sdft.tasks import Task
+
+
+class CustomTask(Task):
+    max_new_tokens = 512
+
+    def __init__(self, data_path: str | None = None, *, task_name: str = "custom", checker: str | None = None,
+                 **options):
+        super().__init__(data_path, checker=checker, **options)
+        self.name = task_name
+        if not data_path or not checker:
+            raise ConfigError(f"user task '{task_name}' needs --data {task_name}=FILE and "
+                              f"--checker {task_name}=module:function")
+        self.checker_name = checker
+        self.checker = import_target(checker, "checker")
+        if not callable(self.checker):
+            raise ConfigError(f"checker '{checker}' is not a function")
+        self.metric = str(options.get("metric", "score"))
+        self.template = templates.load_template(str(options.get("template", "alpaca")), "prompt")
+        self.shape = str(options.get("shape", "auto"))
+        self.columns = {k.split(".", 1)[1]: str(v) for k, v in options.items() if k.startswith("column.")}
+        unknown = set(options) - {"template_mode", "metric", "template", "shape"} \
+            - {k for k in options if k.startswith("column.")}
+        if unknown:
+            raise ConfigError(f"user task '{task_name}': unknown option(s) {', '.join(sorted(unknown))}; "
+                              "known: template, shape, column.ROLE, metric")
+
+    def examples(self) -> list[dict]:
+        from sdft.data import load_examples
+        from sdft.provenance import file_sha256
+        from pathlib import Path
+
+        loaded = load_examples(self.data_path, shape=self.shape, columns=self.columns or None)
+        path = Path(self.data_path)
+        self.source = f"{path} (sha256 {file_sha256(path)})" if path.is_file() else str(path)
+        return [{"id": ex.id, "instruction": ex.instruction, "history": ex.history, "system": ex.system,
+                 "record": ex.source, "location": ex.location} for ex in loaded]
+
+    def prompt(self, example: dict, tokenizer) -> str:
+        return templates.render(self.template, example["instruction"], tokenizer=tokenizer,
+                                mode=self.options.get("template_mode", "auto"), history=example["history"],
+                                system=example["system"])
+
+    def score_with_reason(self, example: dict, completion: str) -> tuple[float, str | None]:
+        try:
+            value = self.checker(example["record"], completion)
+        except Exception as exc:  # the user's code: report where, not a traceback into sdft
+            raise SdftError(f"checker {self.checker_name} failed on {example['location']} "
+                            f"(id {example['id']}): {type(exc).__name__}: {exc}") from None
+        if isinstance(value, bool):
+            return float(value), None
+        if isinstance(value, numbers.Real) and 0.0 <= float(value) <= 1.0:
+            return float(value), None
+        raise SdftError(f"checker {self.checker_name} returned {value!r} for {example['location']}; "
+                        "it must return True/False or a number in [0, 1]")
+
+    def score(self, example: dict, output) -> float:
+        return self.score_with_reason(example, output)[0]

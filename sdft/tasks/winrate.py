@@ -1,0 +1,221 @@
+"""AlpacaEval-style win rate: a judge compares the model's answer with a reference answer, pairwise.
+
+Data: an instruction set of ``instruction`` (+ optional ``input``) and reference ``output``, e.g. the
+paper's AlpacaEval file (805 instructions, text-davinci-003 references) via
+``--data winrate=alpaca_eval.json``. No PyPI package ships such a set with references, so ``--data`` is
+required.
+
+Judge (``--judge``): any model our backends load (alias, hub id, folder, .gguf; loaded with
+``--judge-backend``, default ``--backend``), or an OpenAI-compatible endpoint ``http(s)://host/v1``
+with ``--judge-model NAME`` (API key, if needed, from ``SDFT_JUDGE_API_KEY`` or ``OPENAI_API_KEY``).
+Each item is judged twice, once with the model's answer shown first and once with the reference first,
+which cancels the judge's position bias: an item scores 1 (won both), 0.5 (split or unparseable), or 0
+(lost both), and the win rate is the mean, with a normal-approximation 95% interval. Verdicts are cached
+next to the generations, so a rerun asks the judge nothing new.
+
+How weak a small local judge is: a 135M-1B chat model mostly does not judge at all. It tends to pick
+the same position whatever the content (position bias), to echo one of the answers, or to answer
+something other than "Output (a)"/"Output (b)". With both orders such behaviour shows up as a win rate
+near 50% and a low ``position_consistency`` (share of items where both orders agree) -- read that
+number before the win rate. Published AlpacaEval numbers use GPT-4-class judges, whose agreement with
+humans is about 65-70%; a small local judge is only a smoke test, and its numbers are not comparable
+with the paper's. Use a strong judge through an endpoint for anything you would report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+
+from sdft import carriers, templates
+from sdft.errors import ConfigError, SdftError
+from sdft.store import ProgressFile
+from sdft.tasks import Task
+
+JUDGE_SYSTEM = "You are a fair judge of the quality of answers written by AI assistants."
+JUDGE_PROMPT = (
+    "Which of the two responses below follows the instruction better: more helpful, correct, relevant "
+    "and complete? Judge the content, not the order in which the responses are shown, and do not prefer "
+    "a response just because it is longer.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response (a):\n{a}\n\n### Response (b):\n{b}\n\n"
+    'Answer with exactly "Output (a)" or "Output (b)".')
+JUDGE_MAX_TOKENS = 24
+# Most explicit first: "Output (b)" beats a bare "(a)" that may only echo the prompt's headings.
+_VERDICTS = (re.compile(r"output\s*[:\-]?\s*\(?\s*([ab])\s*\)", re.IGNORECASE),
+             re.compile(r"^\W*\(?([ab])\)?\W*$", re.IGNORECASE | re.MULTILINE),
+             re.compile(r"(?<!response )\(([ab])\)", re.IGNORECASE))
+
+
+def parse_verdict(text: str) -> str | None:
+    """'a', 'b' or None: the judge's choice, by the most explicit pattern found."""
+    for pattern in _VERDICTS:
+        match = pattern.search(text or "")
+        if match:
+            return match.group(1).lower()
+    return None
+
+
+class WinRate(Task):
+    name = "winrate"
+    metric = "win_rate"
+    max_new_tokens = 512
+    template = templates.PROMPT_TEMPLATES["alpaca"]
+    needs_judge = True
+
+    def __init__(self, data_path: str | None = None, **options):
+        super().__init__(data_path, **options)
+        self.judge = None  # set by the evaluation driver (make_judge), used only in score_batch
+        self.cache_dir = None
+        self.settings_key = "nokey"
+
+    def examples(self) -> list[dict]:
+        if not self.data_path:
+            raise ConfigError("task winrate needs an instruction set with reference answers: "
+                              "--data winrate=FILE (records of instruction [+ input] and output), e.g. "
+                              "the paper's alpaca_eval.json")
+        records, self.source = carriers.user_records(self.data_path)
+        examples = []
+        for i, (loc, rec) in enumerate(records):
+            instruction = carriers.pick(rec, ("instruction", "prompt", "question"), loc)
+            if rec.get("input") and str(rec["input"]).strip():
+                instruction = f"{instruction}\n\n{rec['input']}"
+            examples.append({"id": str(rec.get("id", f"winrate-{i:04d}")), "instruction": instruction,
+                             "reference": carriers.pick(rec, ("output", "response", "reference"), loc)})
+        return examples
+
+    def prompt(self, example: dict, tokenizer) -> str:
+        return templates.render(self.template, example["instruction"], tokenizer=tokenizer,
+                                mode=self.options.get("template_mode", "auto"))
+
+    def score_batch(self, examples: list[dict], completions: list[str]) -> list[tuple[float, dict]]:
+        if self.judge is None:
+            raise ConfigError("task winrate needs --judge")
+        asks = {}  # cache key -> (example id, order, judge prompt)
+        for ex, answer in zip(examples, completions):
+            for order in ("model_first", "reference_first"):
+                a, b = (answer, ex["reference"]) if order == "model_first" else (ex["reference"], answer)
+                prompt = JUDGE_PROMPT.replace("{instruction}", ex["instruction"]).replace(
+                    "{a}", a.strip()).replace("{b}", b.strip())
+                key = hashlib.sha256(f"{self.judge.key}\0{prompt}".encode()).hexdigest()[:24]
+                asks[key] = (ex["id"], order, prompt)
+        cache = ProgressFile(self.cache_dir / f"winrate-judge-{self.settings_key}.jsonl", key="key") \
+            if self.cache_dir is not None else None
+        pending = [k for k in asks if cache is None or not cache.done(k)]
+        verdicts = {k: cache.records[k]["verdict"] for k in asks if cache is not None and cache.done(k)}
+        for start in range(0, len(pending), self.judge.batch_size):
+            keys = pending[start:start + self.judge.batch_size]
+            texts = self.judge.ask([asks[k][2] for k in keys])
+            rows = [{"key": k, "id": asks[k][0], "order": asks[k][1], "judge_text": t,
+                     "verdict": parse_verdict(t)} for k, t in zip(keys, texts)]
+            if cache is not None:
+                cache.append(rows)
+            verdicts.update({r["key"]: r["verdict"] for r in rows})
+        by_item = {}
+        for key, (ex_id, order, _) in asks.items():
+            by_item.setdefault(ex_id, {})[order] = verdicts[key]
+        return [self._item_score(by_item[ex["id"]]) for ex in examples]
+
+    @staticmethod
+    def _item_score(v: dict) -> tuple[float, dict]:
+        # Model shown first wins with 'a'; shown second wins with 'b'. Unparseable counts as a tie.
+        points = [{"a": 1.0, "b": 0.0}.get(v["model_first"], 0.5),
+                  {"b": 1.0, "a": 0.0}.get(v["reference_first"], 0.5)]
+        return sum(points) / 2, {"verdict_model_first": v["model_first"],
+                                 "verdict_reference_first": v["reference_first"]}
+
+    def aggregate(self, scores: list[float], records: list[dict]) -> dict:
+        from sdft.stats import mean_interval
+
+        value, low, high = mean_interval(scores)
+        consistent = [float(s in (0.0, 1.0)) for s in scores]  # both orders agreed on the winner
+        unparsed = sum(v is None for r in records for v in (r.get("reason") or {}).values())
+        c_value, c_low, c_high = mean_interval(consistent)
+        return {"metric": self.metric, "value": value, "ci95": [low, high], "n": len(scores),
+                "wins": sum(s == 1.0 for s in scores), "losses": sum(s == 0.0 for s in scores),
+                "ties": sum(0.0 < s < 1.0 for s in scores), "unparsed_verdicts": unparsed,
+                "judge": getattr(self.judge, "description", None),
+                "metrics": {self.metric: {"value": value, "ci95": [low, high], "n": len(scores)},
+                            "position_consistency": {"value": c_value, "ci95": [c_low, c_high],
+                                                     "n": len(scores)}}}
+
+
+def make_judge(spec: str, *, model_name: str | None = None, backend: str = "hf", batch_size: int = 8,
+               template_mode: str = "auto"):
+    """A judge from ``--judge``: an endpoint URL or a model loaded by one of our backends."""
+    if spec.startswith(("http://", "https://")):
+        if not model_name:
+            raise ConfigError("a judge endpoint needs --judge-model NAME (the model to request)")
+        return EndpointJudge(spec, model_name, batch_size)
+    return LocalJudge(spec, backend, batch_size, template_mode)
+
+
+class LocalJudge:
+    """A judge model run by a generation backend (loaded on first use), greedy, short answers."""
+
+    def __init__(self, model: str, backend: str, batch_size: int, template_mode: str):
+        self.model, self.backend_name, self.batch_size, self.mode = model, backend, batch_size, template_mode
+        self.key = f"local\0{backend}\0{model}\0{template_mode}\0{JUDGE_MAX_TOKENS}"
+        self.description = f"{model} ({backend} backend)"
+        self._backend = None
+
+    def ask(self, prompts: list[str]) -> list[str]:
+        from sdft.generation import GenerationParams, load_backend
+
+        if self._backend is None:
+            path = self.model
+            if self.backend_name in ("hf", "vllm"):
+                from sdft.models import resolve_model
+                path = resolve_model(self.model)
+            self._backend = load_backend(self.backend_name, path, None)
+        tokenizer = getattr(self._backend, "tokenizer", None)
+        judge_template = templates.Template("judge", JUDGE_SYSTEM, "{instruction}", "{system}\n\n{user}\n\n")
+        rendered = [templates.render(judge_template, p, tokenizer=tokenizer, mode=self.mode) for p in prompts]
+        params = GenerationParams(max_new_tokens=JUDGE_MAX_TOKENS, temperature=0.0, batch_size=self.batch_size,
+                                  max_prompt_tokens=4096)
+        return [c.text for c in self._backend.generate(rendered, params)]
+
+
+class EndpointJudge:
+    """An OpenAI-compatible ``/chat/completions`` endpoint, called with urllib (no client library)."""
+
+    def __init__(self, url: str, model: str, batch_size: int, timeout: float = 120.0, retries: int = 4):
+        base = url.rstrip("/")
+        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.model, self.batch_size, self.timeout, self.retries = model, batch_size, timeout, retries
+        self.key = f"endpoint\0{self.url}\0{model}\0{JUDGE_MAX_TOKENS}"
+        self.description = f"{model} at {self.url}"
+
+    def ask(self, prompts: list[str]) -> list[str]:
+        return [self._one(p) for p in prompts]
+
+    def _one(self, prompt: str) -> str:
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS,
+                           "messages": [{"role": "system", "content": JUDGE_SYSTEM},
+                                        {"role": "user", "content": prompt}]}).encode()
+        headers = {"Content-Type": "application/json"}
+        api_key = os.environ.get("SDFT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    reply = json.loads(response.read().decode())
+                return reply["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as exc:
+                # Rate limits and server errors are worth a retry; anything else is the user's to fix.
+                if exc.code not in (408, 429, 500, 502, 503, 504) or attempt == self.retries:
+                    raise SdftError(f"judge endpoint {self.url} answered HTTP {exc.code}: "
+                                    f"{exc.read()[:200].decode(errors='replace')}") from None
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                if attempt == self.retries:
+                    raise SdftError(f"judge endpoint {self.url} unreachable: {exc}") from None
+            except (KeyError, IndexError, ValueError):
+                raise SdftError(f"judge endpoint {self.url} gave no chat completion") from None
+            time.sleep(min(30.0, 2.0 ** attempt))
+        raise SdftError(f"judge endpoint {self.url} failed")  # unreachable: the loop returns or raises

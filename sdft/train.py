@@ -1,0 +1,455 @@
+"""Stage 2 of SDFT: fine-tune the seed model on distilled (SDFT), original (vanilla) or mixed targets.
+
+Everything but the targets is held equal between SDFT and vanilla runs, so the two can be compared: the
+same prompt template family as distillation/evaluation, loss on the response tokens only (TRL's
+prompt-completion datasets), EOS appended, the same seeded subset and batch order. TRL's ``SFTTrainer`` and
+PEFT are used as libraries; what we add is the data selection (``sdft.train_data``), a resumable run folder
+and a ``train.json`` record. Output, in ``out``:
+
+* the LoRA adapter (``adapter_model.safetensors`` + ``adapter_config.json``) or full weights, with the
+  tokenizer; ``merged/`` with ``--merge``;
+* ``train.json``: config, data hash, rewritten/original counts, loss per step, tokens/s, wall time, versions;
+* ``loss.png``; ``checkpoints/`` while training (removed at the end unless ``--keep-checkpoints``).
+
+Multi-process: ``accelerate launch --num_processes N [--config_file configs/accelerate/...] -m sdft train``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sdft import train_data
+from sdft.config import field, to_dict
+from sdft.errors import ConfigError, SdftError
+from sdft.templates import Mode
+
+TaskKind = Literal["general", "math", "function_call", "code"]
+# Settings that do not change the trained weights, so a resumed run may change them.
+_RESUME_FREE = {"resume", "overwrite", "logging_steps", "save_steps", "save_total_limit",
+                "keep_checkpoints", "merge", "out"}
+# Reference values of the paper's runs (paper-method §4). Epochs: 2 for general data, 5 for GSM8K and
+# OpenFunctions (pass --epochs 5 there).
+PRESETS = {
+    "paper": {"method": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+              "lora_targets": ["q_proj", "v_proj"], "learning_rate": 1e-4, "lr_scheduler": "cosine",
+              "warmup_ratio": 0.0, "batch_size": 2, "grad_accum": 4, "max_length": 1024},
+}
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = field(None, "dataset file (original data) or a distilled.jsonl from 'sdft distill'")
+    out: str | None = field(None, "output folder: adapter or weights, train.json, loss.png, checkpoints/")
+    model: str = field("smollm2-135m-instruct", "seed model: alias, hub id, local folder or .gguf file")
+    method: Literal["lora", "full", "qlora"] = field("lora", "LoRA adapter, full fine-tuning, or 4-bit QLoRA (GPU)")
+    epochs: float = field(2.0, "passes over the data (paper: 2 general, 5 math / function calling)")
+    max_steps: int | None = field(None, "stop after this many optimizer steps (overrides --epochs)")
+    batch_size: int = field(2, "examples per device per micro-batch")
+    grad_accum: int = field(4, "micro-batches per optimizer step (effective batch = batch x accum x processes)")
+    learning_rate: float = field(1e-4, "peak learning rate")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(
+        "cosine", "learning-rate schedule (cosine decays to 0)")
+    warmup_ratio: float = field(0.0, "share of the steps spent warming up the learning rate")
+    weight_decay: float = field(0.0, "AdamW weight decay")
+    max_length: int = field(1024, "prompt + response tokens; longer examples are cut at the end")
+    limit: int | None = field(None, "train on a seeded random subset of N examples")
+    seed: int = field(42, "seed for the subset, the mix, the batch order and the adapter init")
+    mix_ratio: float | None = field(None, "distilled data: share of accepted rewrites used as targets "
+                                          "(1 = SDFT, the default; 0 = vanilla on the same records)")
+    task: TaskKind = field("general", "task kind: picks the prompt template (math preset for math)")
+    template: str | None = field(None, "prompt template preset (alpaca, math) or YAML/JSON file")
+    template_mode: Mode = field("auto", "render through the chat template (chat) or as plain text")
+    shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages")
+    columns: list[str] = field(default_factory=list, help="column mapping, e.g. instruction=prompt,response=answer")
+    lora_r: int = field(8, "LoRA rank")
+    lora_alpha: int = field(16, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = field(0.0, "LoRA dropout")
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
+                                    help="modules that get LoRA adapters, or all-linear")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        "auto", "auto: fp32 on CPU, bf16 (or fp16) mixed precision on a GPU")
+    gradient_checkpointing: bool = field(False, "recompute activations to save memory (slower)")
+    save_steps: int = field(50, "write a checkpoint every N optimizer steps")
+    save_total_limit: int = field(2, "checkpoints kept while training")
+    keep_checkpoints: bool = field(False, "keep checkpoints/ after training finishes")
+    resume: bool = field(False, "continue from the last checkpoint in out/checkpoints")
+    overwrite: bool = field(False, "discard an earlier run's checkpoints and outputs in out")
+    merge: bool = field(False, "also write the LoRA merged into full weights to out/merged")
+    logging_steps: int = field(10, "print progress every N steps (the loss is recorded every step)")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ConfigError("train needs --data (a dataset file or a distilled.jsonl)")
+        if not self.out:
+            raise ConfigError("train needs --out (the folder for the adapter or weights and train.json)")
+        for name in ("batch_size", "grad_accum", "max_length", "save_steps", "save_total_limit",
+                     "logging_steps", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"'{name}' must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise ConfigError(f"'max_length' of {self.max_length} leaves no room for a prompt and a response")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"'max_steps' must be at least 1, got {self.max_steps}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"'limit' must be at least 1, got {self.limit}")
+        if self.epochs <= 0 or self.learning_rate <= 0:
+            raise ConfigError("'epochs' and 'learning_rate' must be positive")
+        for name in ("warmup_ratio", "lora_dropout") + (("mix_ratio",) if self.mix_ratio is not None else ()):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"'{name}' must be between 0 and 1, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.lora_alpha <= 0:
+            raise ConfigError("'weight_decay' must be >= 0 and 'lora_alpha' positive")
+        if not self.lora_targets:
+            raise ConfigError("'lora_targets' needs at least one module name (e.g. q_proj,v_proj)")
+        if self.merge and self.method == "full":
+            raise ConfigError("--merge applies to LoRA/QLoRA; full fine-tuning already writes full weights")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pass one")
+
+
+# --------------------------------------------------------------------------------------------- training
+
+def _device(config: TrainConfig) -> tuple[bool, str]:
+    """(CUDA available, precision). Refuses QLoRA where it cannot run, before anything slow happens."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if config.method == "qlora":
+        if not cuda:
+            raise SdftError("--method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); none was found: "
+                            "use --method lora or --method full on this machine")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise SdftError("--method qlora needs the bitsandbytes package: pip install bitsandbytes") from None
+    precision = config.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("--precision fp16 needs a GPU; use fp32 (or bf16) on the CPU")
+    return cuda, precision
+
+
+def _load_model(config: TrainConfig, precision: str):
+    from sdft.models import load_model_and_tokenizer, resolve_model
+
+    if config.method != "qlora":
+        # fp32 master weights whatever the checkpoint's dtype: bf16/fp16 runs are the Trainer's autocast, so
+        # optimizer updates are never lost to low-precision rounding. Loaded on the CPU: the Trainer moves it
+        # to each process's own device.
+        model, tokenizer = load_model_and_tokenizer(config.model, dtype="float32", device="cpu",
+                                                    for_training=True)
+        if config.method == "full":
+            model.requires_grad_(True)
+        return model, tokenizer
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    path = resolve_model(config.model)
+    compute = torch.bfloat16 if precision == "bf16" else torch.float16
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=compute)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=compute,
+                                                 device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _peft_config(config: TrainConfig):
+    if config.method == "full":
+        return None
+    from peft import LoraConfig
+
+    targets = "all-linear" if config.lora_targets == ["all-linear"] else list(config.lora_targets)
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def _progress_callback(every: int, total: int):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """One line every ``every`` steps on the main process, and the wall time of this session's training
+        (for tokens/s); the Trainer's own printer would print every logged step as a dict."""
+
+        def __init__(self):
+            self.began = self.ended = None
+            self.tokens = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.began = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.ended = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            self.tokens = logs.get("num_tokens", self.tokens)
+            if "loss" not in logs or not state.is_world_process_zero:
+                return
+            if state.global_step % every == 0 or state.global_step == total:
+                rate = self.tokens / max(time.perf_counter() - self.began, 1e-9)
+                print(f"step {state.global_step}/{total}  loss {logs['loss']:.4f}  "
+                      f"lr {logs.get('learning_rate', 0):.2e}  {rate:.0f} tokens/s", flush=True)
+
+    return Progress()
+
+
+def _launched_processes() -> int:
+    """Processes of this launch, read as accelerate reads them (torchrun or MPI variables): the batch order
+    is laid out for all processes together before the Trainer exists."""
+    from accelerate.utils import get_int_from_env
+
+    world = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    if world == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ:
+        # `accelerate launch --cpu --num_processes N` (N > 1) starts ONE process unless mpirun runs it.
+        print("sdft train: note: 'accelerate launch --cpu' started a single process (accelerate starts several "
+              "CPU processes only through mpirun, --mpirun_hostfile). For N processes on CPUs use "
+              "'accelerate launch --multi_gpu --num_processes N -m sdft train ...' (gloo; no GPU needed) "
+              "or 'torchrun --nproc_per_node N -m sdft train ...'.", flush=True)
+    return world
+
+
+@dataclass
+class Run:
+    """Everything ``prepare`` decided, handed to the training loop and to ``train.json``."""
+
+    config: TrainConfig
+    trainer: object
+    progress: object
+    targets: list
+    lengths: list[int]
+    order: list[int]
+    steps: int
+    counts: dict
+    checkpoint: Path | None
+    data_sha: str | None
+    template: str
+    mode: str
+    precision: str
+    cuda: bool
+    started: float
+
+    @property
+    def world(self) -> int:
+        return self.trainer.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.trainer.accelerator.is_main_process
+
+
+def prepare(config: TrainConfig) -> Run:
+    """Check the run folder, pick and order the data, load the model, and build the SFTTrainer."""
+    started = time.time()
+    config.validate()
+    out = Path(config.out)
+    from sdft.data import load_examples
+    from sdft.provenance import file_sha256
+    from sdft.templates import DEFAULT_PROMPT, load_template, resolve_mode
+
+    data_path = Path(config.data)
+    data_sha = file_sha256(data_path) if data_path.is_file() else None
+    run_key = {"config": {k: v for k, v in to_dict(config).items() if k not in _RESUME_FREE},
+               "data_sha256": data_sha}
+    checkpoint = train_data.resume_point(config, out, run_key)  # refuse early, before importing torch
+    cuda, precision = _device(config)
+
+    examples = load_examples(config.data, shape=config.shape, columns=train_data.column_mapping(config.columns))
+    examples = train_data.seeded_subset(examples, config.limit, config.seed)
+    pairs, counts = train_data.choose_targets(examples, config.mix_ratio, config.seed)
+
+    model, tokenizer = _load_model(config, precision)
+    template = load_template(config.template or DEFAULT_PROMPT[config.task], "prompt")
+    mode = resolve_mode(config.template_mode, tokenizer)
+    targets = train_data.build_targets(pairs, template, tokenizer, mode)
+    prompt_lens, lengths = train_data.token_lengths(targets, tokenizer, config.max_length)
+    # A prompt that fills max_length leaves no response token to learn from; TRL would drop it after
+    # tokenizing, which would shift our batch order, so it is dropped (and counted) here instead.
+    keep = [i for i, n in enumerate(prompt_lens) if n < config.max_length]
+    if not keep:
+        raise SdftError(f"every prompt is at least --max-length {config.max_length} tokens long, so no "
+                        "response token is left to train on; raise --max-length")
+    targets = [targets[i] for i in keep]
+    lengths = [lengths[i] for i in keep]
+    counts.update(examples=len(targets), dropped_too_long=len(prompt_lens) - len(keep),
+                  rewritten=sum(t.rewritten for t in targets), original=sum(not t.rewritten for t in targets))
+
+    world = _launched_processes()
+    global_batch = config.batch_size * config.grad_accum * world
+    steps = train_data.total_steps(len(targets), config.epochs, config.max_steps, global_batch)
+    order = train_data.batch_order(lengths, steps * global_batch, config.batch_size * world, config.seed)
+    trainer, progress = _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision,
+                                 run_key)
+    if trainer.accelerator.num_processes != world:
+        raise SdftError(f"the launcher reported {world} process(es) but {trainer.accelerator.num_processes} "
+                        "joined training; launch with accelerate launch or torchrun")
+    return Run(config, trainer, progress, targets, lengths, order, steps, counts, checkpoint, data_sha,
+               template.name, mode, precision, cuda, started)
+
+
+def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision, run_key):
+    """TRL's SFTTrainer reading ``order`` (already laid out for all epochs) as it is."""
+    import datasets
+    from accelerate import PartialState
+    from transformers import PrinterCallback, ProgressCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from sdft.store import write_json
+
+    out = Path(config.out)
+    dataset = datasets.Dataset.from_dict({"prompt": [targets[i].prompt for i in order],
+                                          "completion": [targets[i].response for i in order]})
+    args = SFTConfig(
+        output_dir=str(out / train_data.CHECKPOINTS), max_steps=steps, num_train_epochs=1,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=math.ceil(config.warmup_ratio * steps), weight_decay=config.weight_decay,
+        max_length=config.max_length, completion_only_loss=True, seed=config.seed, data_seed=config.seed,
+        train_sampling_strategy="sequential", dataloader_num_workers=0,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda,
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        # Every parameter that trains is used in every forward, so DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
+        logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, report_to=[], disable_tqdm=True)
+    state = PartialState()
+    if state.is_main_process:
+        train_data.clean(out, checkpoint)
+        write_json(out / train_data.CHECKPOINTS / train_data.RUN_GUARD, run_key)
+    state.wait_for_everyone()
+
+    progress = _progress_callback(config.logging_steps, steps)
+    datasets.disable_progress_bars()  # tokenizing a few thousand rows needs no progress bars
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=_peft_config(config), callbacks=[progress])
+    finally:
+        datasets.enable_progress_bars()
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer, progress
+
+
+def train(config: TrainConfig) -> dict:
+    """Fine-tune ``config.model`` on ``config.data``; returns the summary also saved as ``train.json``."""
+    run = prepare(config)
+    trainer, out = run.trainer, Path(config.out)
+    if run.is_main:
+        where = f"resuming from {run.checkpoint.name}" if run.checkpoint else "starting"
+        print(f"sdft train: {config.method} on {len(run.targets)} examples, {run.steps} steps, {run.world} "
+              f"process(es) on {'GPU' if run.cuda else 'CPU'} ({run.precision}); {where}", flush=True)
+    trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+    trainer.save_model(str(out))
+    result = {"main_process": run.is_main, "out": str(out), "method": config.method}
+    if run.is_main:
+        if config.merge:
+            result["merged"] = _merge(config, trainer.model, trainer.processing_class, out / "merged")
+        result.update(_record(run))
+    trainer.accelerator.wait_for_everyone()  # no process exits while the main one still writes
+    return result
+
+
+def _merge(config: TrainConfig, trained, tokenizer, target: Path) -> str:
+    """Full weights with the adapter folded in, loadable without peft."""
+    if config.method == "qlora":
+        # A 4-bit base would be merged lossily: fold the saved adapter into a full-precision copy instead.
+        from peft import PeftModel
+
+        from sdft.models import load_model_and_tokenizer
+
+        base, _ = load_model_and_tokenizer(config.model)
+        trained = PeftModel.from_pretrained(base, config.out)
+    merged = trained.merge_and_unload()
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def _record(run: Run) -> dict:
+    """Write train.json and loss.png (main process only) and drop the checkpoints of the finished run."""
+    from sdft.provenance import run_record
+    from sdft.store import write_json
+
+    config, state = run.config, run.trainer.state
+    out = Path(config.out)
+    per_step = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
+                 "grad_norm": h.get("grad_norm"), "tokens": h.get("num_tokens")}
+                for h in state.log_history if "loss" in h and "step" in h]
+    global_batch = config.batch_size * config.grad_accum * run.world
+    # This session only: after --resume, the steps before the checkpoint ran in another process.
+    seconds = (run.progress.ended or time.perf_counter()) - (run.progress.began or time.perf_counter())
+    params = list(run.trainer.model.parameters())
+    summary = {
+        "data": {"path": str(config.data), "sha256": run.data_sha, **run.counts},
+        "template": {"name": run.template, "mode": run.mode},
+        "training": {"steps": state.global_step, "planned_steps": run.steps,
+                     "epochs": round(state.global_step * global_batch / len(run.lengths), 3),
+                     "processes": run.world, "global_batch": global_batch, "precision": run.precision,
+                     "device": "cuda" if run.cuda else "cpu",
+                     "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+                     "total_parameters": sum(p.numel() for p in params),
+                     "resumed_from": run.checkpoint.name if run.checkpoint else None},
+        "loss": per_step,
+        "final_loss": per_step[-1]["loss"] if per_step else None,
+        "throughput": {"train_tokens_per_s": run.progress.tokens / seconds if seconds > 0 else None,
+                       "tokens_this_session": run.progress.tokens, "seconds_this_session": round(seconds, 3),
+                       "padding_efficiency": round(train_data.padding_efficiency(run.lengths, run.order,
+                                                                                 config.batch_size), 4)},
+    }
+    if config.method != "full":
+        from sdft.shift import lora_shift
+
+        summary["parameter_shift_l2"] = lora_shift(out)["total"]
+    summary["wall_time_s"] = round(time.time() - run.started, 2)
+    summary["outputs"] = {"weights": str(out), "loss_plot": str(out / "loss.png"),
+                          "merged": str(out / "merged") if config.merge else None}
+    write_json(out / "train.json", run_record(to_dict(config), **summary))
+    plot_loss(per_step, out / "loss.png", title=f"{config.method} on {Path(config.data).name}")
+    if not config.keep_checkpoints:
+        shutil.rmtree(out / train_data.CHECKPOINTS, ignore_errors=True)
+    return summary
+
+
+def plot_loss(per_step: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers, and no GUI backend in worker processes
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([p["step"] for p in per_step], [p["loss"] for p in per_step], marker="." if len(per_step) < 50 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (response tokens)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summarize(result: dict) -> str:
+    if not result.get("main_process", True):
+        return ""
+    data, tr, tp = result["data"], result["training"], result["throughput"]
+    mix = (f"{data['rewritten']} rewritten + {data['original']} original targets (mix ratio {data['mix_ratio']})"
+           if data["distilled"] else f"{data['original']} original targets")
+    dropped = f", {data['dropped_too_long']} dropped (prompt >= max length)" if data["dropped_too_long"] else ""
+    first = result["loss"][0]["loss"] if result["loss"] else float("nan")
+    lines = [f"trained {result['method']} on {data['examples']} examples: {mix}{dropped}",
+             f"  {tr['steps']} steps ({tr['epochs']} epochs, batch {tr['global_batch']}, {tr['processes']} process(es)); "
+             f"loss {first:.4f} -> {result['final_loss']:.4f}",
+             f"  {tp['train_tokens_per_s'] or 0:.0f} train tokens/s, padding efficiency "
+             f"{tp['padding_efficiency']:.0%}, wall time {result['wall_time_s']:.1f} s"]
+    if "parameter_shift_l2" in result:
+        lines.append(f"  parameter shift (L2 of B@A*scale): {result['parameter_shift_l2']:.4g}")
+    lines.append(f"  saved: {result['out']} (train.json, loss.png)"
+                 + (f"; merged weights: {result['outputs']['merged']}" if result["outputs"]["merged"] else ""))
+    return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""Training data for ``sdft train``: which examples, which target for each, in what order; and the state
+of the run folder (what to resume from, what --overwrite may remove).
+
+Kept apart from the trainer so that every choice that changes results (the seeded subset, the mix of
+rewrites and originals, the batch order) is a plain function of the data and the seed, testable without a
+model.
+
+Why we order the batches ourselves instead of using the Trainer's ``group_by_length`` sampler: that sampler
+draws its permutation from the global torch RNG with no epoch seed, so after ``--resume`` into a later
+epoch it would see different data than the uninterrupted run. Here every pass over the data is a seeded
+permutation grouped by length, all passes are laid out in one list, and the Trainer reads it sequentially;
+resuming then only has to skip the batches already done, which the Trainer does exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import json
+import shutil
+from pathlib import Path
+
+from sdft.errors import ConfigError, SdftError
+
+# A mega-batch is this many global micro-batches; lengths are sorted inside it. Big enough that batches
+# hold similar lengths (little padding), small enough that the order stays random across the data.
+MEGABATCH_BATCHES = 16
+CHECKPOINTS = "checkpoints"
+RUN_GUARD = "sdft-run.json"  # in checkpoints/: the settings a resumed run must share with the first one
+# Files a training run writes at the top of ``out`` (what --overwrite removes; nothing else is touched).
+_OUTPUTS = ("train.json", "loss.png", "adapter_model.safetensors", "adapter_config.json", "model.safetensors",
+            "model.safetensors.index.json", "README.md")
+
+
+@dataclass
+class Target:
+    """One training pair: prompt text, the response to learn, and whether that response is a rewrite."""
+
+    id: str
+    prompt: str
+    response: str
+    rewritten: bool
+
+
+def seeded_subset(examples: list, limit: int | None, seed: int) -> list:
+    """A seeded random subset of ``limit`` examples, kept in input order (the paper's sample-size study).
+
+    Taking the first N would bias the subset to however the file happens to be sorted.
+    """
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    chosen = set(random.Random(f"limit:{seed}").sample(range(len(examples)), limit))
+    return [ex for i, ex in enumerate(examples) if i in chosen]
+
+
+def rewrite_ids(accepted_ids: list[str], mix_ratio: float, seed: int) -> set[str]:
+    """Which accepted rewrites to use: round(R * accepted) of them, picked by a seeded permutation.
+
+    The permutation does not depend on R, so the rewritten set at R=0.25 is contained in the one at 0.5:
+    a mix-ratio sweep changes one thing at a time.
+    """
+    order = sorted(accepted_ids)
+    random.Random(f"mix:{seed}").shuffle(order)
+    return set(order[:round(mix_ratio * len(order))])
+
+
+def choose_targets(examples: list, mix_ratio: float | None, seed: int) -> tuple[list, dict]:
+    """Pick each example's target response. Returns ``[(example, response, rewritten)]`` and counts.
+
+    Original data: the response as given. Distilled data (records with an ``"sdft"`` block): among the
+    records whose rewrite was accepted, a seeded share ``mix_ratio`` (default 1 = SDFT) learns the rewrite and
+    the rest the original response (0 = vanilla fine-tuning on the same records).
+    """
+    from sdft.data import is_distilled, pick_response
+
+    distilled = [is_distilled(ex) for ex in examples]
+    if any(distilled) and not all(distilled):
+        raise ConfigError("the data mixes distilled records (with an 'sdft' block) and plain records; "
+                          "train on the distilled.jsonl as written by 'sdft distill'")
+    if not any(distilled):
+        if mix_ratio is not None:
+            raise ConfigError("--mix-ratio applies to a distilled dataset (distilled.jsonl from 'sdft distill'); "
+                              "this data has no rewrites")
+        pairs = [(ex, ex.response, False) for ex in examples]
+        return pairs, {"distilled": False, "examples": len(pairs), "accepted": 0,
+                       "rewritten": 0, "original": len(pairs), "mix_ratio": None}
+    ratio = 1.0 if mix_ratio is None else mix_ratio
+    accepted = [ex.id for ex in examples if ex.source["sdft"].get("accepted")]
+    use = rewrite_ids(accepted, ratio, seed)
+    pairs = [(ex, pick_response(ex, ex.id in use), ex.id in use) for ex in examples]
+    rewritten = sum(1 for _, _, r in pairs if r)
+    return pairs, {"distilled": True, "examples": len(pairs), "accepted": len(accepted),
+                   "rewritten": rewritten, "original": len(pairs) - rewritten, "mix_ratio": ratio}
+
+
+def strip_duplicate_bos(prompt: str, tokenizer) -> str:
+    """Drop a BOS written by the chat template when the tokenizer adds its own (else it appears twice)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or not prompt.startswith(bos):
+        return prompt
+    ids = tokenizer("x").input_ids
+    return prompt[len(bos):] if ids and ids[0] == tokenizer.bos_token_id else prompt
+
+
+def build_targets(pairs: list, template, tokenizer, mode: str) -> list[Target]:
+    """Render each prompt with the task's training template; the completion is the response plus EOS.
+
+    EOS is appended here, not left to TRL, so that the model learns to stop whatever the template mode.
+    """
+    from sdft.templates import render
+
+    eos = tokenizer.eos_token or ""
+    targets = []
+    for ex, response, rewritten in pairs:
+        prompt = render(template, ex.instruction, tokenizer=tokenizer, mode=mode,
+                        history=ex.history or None, system=ex.system)
+        targets.append(Target(ex.id, strip_duplicate_bos(prompt, tokenizer), response + eos, rewritten))
+    return targets
+
+
+def token_lengths(targets: list[Target], tokenizer, max_length: int) -> tuple[list[int], list[int]]:
+    """(prompt lengths, total lengths capped at max_length), tokenized the way TRL will tokenize them."""
+    prompts = tokenizer([t.prompt for t in targets]).input_ids
+    full = tokenizer([t.prompt + t.response for t in targets]).input_ids
+    return [len(p) for p in prompts], [min(len(f), max_length) for f in full]
+
+
+def total_steps(n_examples: int, epochs: float, max_steps: int | None, global_batch: int) -> int:
+    if max_steps:
+        return max_steps
+    return max(1, math.ceil(epochs * n_examples / global_batch))
+
+
+def batch_order(lengths: list[int], n_samples: int, micro_batch: int, seed: int) -> list[int]:
+    """Indices for ``n_samples`` training samples: seeded passes over the data, grouped by length.
+
+    ``micro_batch`` is the per-step batch of all processes together (per-device batch x processes); the
+    Trainer hands consecutive per-device slices of it to the processes, so each micro-batch holds examples of
+    similar length on every process. Micro-batches are then shuffled within the pass, so long and short
+    ones are spread over training instead of forming a length curriculum.
+    """
+    n = len(lengths)
+    order: list[int] = []
+    rng = random.Random(f"order:{seed}")
+    mega = micro_batch * MEGABATCH_BATCHES
+    while len(order) < n_samples:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        groups = []
+        for start in range(0, n, mega):
+            chunk = sorted(perm[start:start + mega], key=lambda i: -lengths[i])
+            groups += [chunk[i:i + micro_batch] for i in range(0, len(chunk), micro_batch)]
+        rng.shuffle(groups)
+        order += [i for g in groups for i in g]
+    return order[:n_samples]
+
+
+def padding_efficiency(lengths: list[int], order: list[int], batch: int) -> float:
+    """Share of real tokens among all (padded) tokens the model sees with per-device batches of ``batch``."""
+    real = padded = 0
+    for start in range(0, len(order), batch):
+        chunk = [lengths[i] for i in order[start:start + batch]]
+        real += sum(chunk)
+        padded += max(chunk) * len(chunk)
+    return real / padded if padded else 1.0
+
+
+# ------------------------------------------------------------------------------------- run folder state
+
+def column_mapping(pairs: list[str]) -> dict[str, str] | None:
+    mapping = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"column mapping '{pair}' must look like field=column")
+        mapping[key.strip()] = value.strip()
+    return mapping or None
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint. The Trainer writes ``trainer_state.json`` last, so a checkpoint cut
+    short by ``kill -9`` lacks it (or has it torn) and is skipped in favour of the one before."""
+    found = []
+    for path in ckpt_dir.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit():
+            found.append((int(step), path))
+    for step, path in sorted(found, reverse=True):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("global_step") == step:
+            return path
+    return None
+
+
+def resume_point(config, out: Path, run_key: dict) -> Path | None:
+    """Decide from what is in ``out`` whether to resume, start fresh, or refuse (never clobber silently)."""
+    ckpt_dir = out / CHECKPOINTS
+    checkpoint = last_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    if config.overwrite:
+        return None
+    if checkpoint is None and (out / "train.json").exists():
+        raise SdftError(f"{out} already holds a finished training run (train.json); pass --overwrite to "
+                        "train again into it, or choose another --out")
+    if checkpoint is None:
+        return None  # nothing to lose: a run killed before its first checkpoint just starts again
+    if not config.resume:
+        raise SdftError(f"{out} holds checkpoints of an unfinished run ({checkpoint.name}); pass --resume to "
+                        "continue it, or --overwrite to start again")
+    try:
+        before = json.loads((ckpt_dir / RUN_GUARD).read_text())
+    except (OSError, ValueError):
+        before = None
+    if before is not None and before != run_key:
+        changed = sorted(k for k in set(before["config"]) | set(run_key["config"])
+                         if before["config"].get(k) != run_key["config"].get(k))
+        if before.get("data_sha256") != run_key["data_sha256"]:
+            changed.append("data file contents")
+        raise ConfigError(f"--resume with settings that differ from the interrupted run ({', '.join(changed)}); "
+                          "rerun with the same settings, or pass --overwrite to start again")
+    return checkpoint
+
+
+def clean(out: Path, checkpoint: Path | None) -> None:
+    """Main process, before training. Starting afresh (a new folder, --overwrite, or a run killed before its
+    first checkpoint): remove the earlier run's checkpoints and our own output files, nothing else.
+    Resuming: remove checkpoints newer than the one we resume from (torn by the kill)."""
+    ckpt_dir = out / CHECKPOINTS
+    if checkpoint is None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(out / "merged", ignore_errors=True)
+        for name in _OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        for shard in out.glob("model-*-of-*.safetensors"):
+            shard.unlink()
+        return
+    keep = int(checkpoint.name.removeprefix("checkpoint-"))
+    for path in ckpt_dir.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and int(step) > keep:
+            shutil.rmtree(path, ignore_errors=True)
