@@ -9,6 +9,7 @@ Both runs use the same model object, the same 32 chat-rendered prompts and greed
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 INSTRUCTIONS = [
@@ -81,12 +82,14 @@ def main() -> None:
               flush=True)
         return completions, tokens / seconds
 
+    # Other processes on the machine slow both runs (the one-by-one loop more); the load shows how quiet it was.
     print(f"model {args.model}, {len(prompts)} prompts, greedy, max_new_tokens {args.max_new_tokens}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     sequential, slow = timed(1)
     batched, fast = timed(args.batch_size)
     same = sum(a.text == b.text for a, b in zip(sequential, batched))
     print(f"identical completions: {same}/{len(prompts)} (batched fp32 arithmetic may flip a near-tie)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"speedup: {fast / slow:.2f}")
 
 

@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 from sdft.config import field
 from sdft.errors import ConfigError, DataError, SdftError
@@ -44,7 +44,8 @@ class AnalyzeConfig:
     candidate: str = field(help="eval folder of the model compared with it (e.g. after fine-tuning)")
     what: Literal["shift"] = field("shift", "analysis to run: shift (distribution shift)", positional=True)
     out: str | None = field(None, "output folder (default: CANDIDATE/shift_vs_<reference folder name>)")
-    tasks: list[str] | None = field(None, "tasks to compare (default: the generative tasks both folders have)")
+    tasks: list[str] | None = field(None, "tasks to compare (default: every generative task both "
+                                          "folders have)")
     model: str | None = field(None, "candidate model for seed likelihood (default: from its results.json)")
     adapter: str | None = field(None, "candidate's LoRA adapter (default: from its results.json when "
                                       "--model is not given)")
@@ -163,7 +164,8 @@ def seed_likelihood(model, tokenizer, prompts: Sequence[str], texts: Sequence[st
     """
     from sdft.loglik import sequence_logprobs
 
-    scored = sequence_logprobs(model, tokenizer, list(zip(prompts, texts)), batch_size=batch_size)
+    scored = sequence_logprobs(model, tokenizer, list(zip(prompts, texts)), batch_size=batch_size,
+                               move_space=False)  # the prompt's final newline was given, not generated
     per_item = [-lp / n if n else math.nan for lp, n in scored]
     tokens = sum(n for _, n in scored)
     token_nll = -sum(lp for lp, _ in scored) / tokens if tokens else None
@@ -232,9 +234,15 @@ def _choose_tasks(reference: Path, candidate: Path, wanted: list[str] | None) ->
     return tasks, [t for t in common if t not in tasks]
 
 
-def match(reference: Path, candidate: Path, task: str) -> tuple[list[str], list[dict], list[dict]]:
-    """Ids both evaluations answered, in the reference's order, with both records; refuses differing
-    prompts and an empty overlap."""
+class Matched(NamedTuple):
+    ids: list[str]  # answered in both, in the reference's order
+    reference: list[dict]  # the records, aligned with ids
+    candidate: list[dict]
+    totals: tuple[int, int]  # items in each evaluation, matched or not
+
+
+def match(reference: Path, candidate: Path, task: str) -> Matched:
+    """The items both evaluations answered; refuses differing prompts and an empty overlap."""
     ref, cand = _records(reference, task), _records(candidate, task)
     ids = [i for i in ref if i in cand]
     if not ids:
@@ -245,9 +253,10 @@ def match(reference: Path, candidate: Path, task: str) -> tuple[list[str], list[
     if differing:
         i = differing[0]
         raise SdftError(f"task '{task}': {len(differing)} of {len(ids)} shared items have different "
-                        f"prompts (first: id {i}: {ref[i]['prompt'][:120]!r} vs {cand[i]['prompt'][:120]!r}); "
+                        f"prompts (first: id {i}: {ref[i]['prompt'][:120]!r} vs "
+                        f"{cand[i]['prompt'][:120]!r}); "
                         f"compare evaluations run with the same template and data")
-    return ids, [ref[i] for i in ids], [cand[i] for i in ids]
+    return Matched(ids, [ref[i] for i in ids], [cand[i] for i in ids], (len(ref), len(cand)))
 
 
 def _setting(results: dict, key: str):
@@ -274,8 +283,8 @@ def analyze(config: AnalyzeConfig) -> dict:
     matched = {task: match(reference, candidate, task) for task in tasks}
 
     # One similarity pass over all items (the embedding model batches across tasks), split afterwards.
-    refs = [r.get("completion") or "" for _, rs, _ in matched.values() for r in rs]
-    cands = [c.get("completion") or "" for _, _, cs in matched.values() for c in cs]
+    refs = [r.get("completion") or "" for m in matched.values() for r in m.reference]
+    cands = [c.get("completion") or "" for m in matched.values() for c in m.candidate]
     sim = text_similarity(refs, cands, embedding_model=config.embedding_model)
     result: dict = {
         "reference": str(reference), "candidate": str(candidate), "tasks": {},
@@ -283,10 +292,11 @@ def analyze(config: AnalyzeConfig) -> dict:
         "skipped_tasks": skipped, "notes": [],
     }
     start = 0
-    for task, (ids, _, _) in matched.items():
-        part = slice(start, start + len(ids))
-        start += len(ids)
-        entry = {"n": len(ids), "ids": ids}
+    for task, m in matched.items():
+        part = slice(start, start + len(m.ids))
+        start += len(m.ids)
+        # Items only one side answered (e.g. different --limit) are left out; the totals say how many.
+        entry = {"n": len(m.ids), "n_reference": m.totals[0], "n_candidate": m.totals[1], "ids": m.ids}
         for metric in ("bleu4", "rouge_l", "embedding_cosine"):
             if metric in sim:
                 entry[metric] = distribution(sim[metric]["values"][part], bounds=(0.0, 1.0))
@@ -294,7 +304,7 @@ def analyze(config: AnalyzeConfig) -> dict:
             import sacrebleu
             entry["bleu4"]["corpus"] = sacrebleu.corpus_bleu(cands[part], [refs[part]]).score / 100.0
         result["tasks"][task] = entry
-    result["overall"] = sim | {"ids": [f"{t}/{i}" for t, (ids, _, _) in matched.items() for i in ids]}
+    result["overall"] = sim | {"ids": [f"{t}/{i}" for t, m in matched.items() for i in m.ids]}
 
     sampled = [t for t in _decoding(ref_results) if t > 0]
     if sampled:
@@ -317,8 +327,8 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
     if not model:
         return {"skipped": "no candidate model: give --model (and --adapter), or compare eval folders "
                            "whose results.json records the model"}
-    prompts = [r["prompt"] for _, rs, _ in matched.values() for r in rs]
-    texts = [r.get("completion") or "" for _, rs, _ in matched.values() for r in rs]
+    prompts = [r["prompt"] for m in matched.values() for r in m.reference]
+    texts = [r.get("completion") or "" for m in matched.values() for r in m.reference]
 
     def score(name: str, lora: str | None) -> dict:
         net, tokenizer = load_model_and_tokenizer(name, lora)
@@ -345,9 +355,9 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
 def _split_nll(scored: dict, matched: dict) -> dict:
     """Pooled seed-likelihood numbers plus a per-task breakdown of the per-item values."""
     values, start, per_task = scored["values"], 0, {}
-    for task, (ids, _, _) in matched.items():
-        per_task[task] = distribution(values[start:start + len(ids)])
-        start += len(ids)
+    for task, m in matched.items():
+        per_task[task] = distribution(values[start:start + len(m.ids)])
+        start += len(m.ids)
     return scored | {"tasks": per_task}
 
 
@@ -361,7 +371,8 @@ def summarize(result: dict) -> str:
 
     def row(name, entry, nll, ref_nll):
         rows.append((name, str(entry.get("n", "")), fmt(entry.get("bleu4", {}).get("mean")),
-                     fmt(entry.get("rouge_l", {}).get("mean")), fmt(entry.get("embedding_cosine", {}).get("mean")),
+                     fmt(entry.get("rouge_l", {}).get("mean")),
+                     fmt(entry.get("embedding_cosine", {}).get("mean")),
                      fmt(nll), fmt(ref_nll)))
 
     ref = likelihood.get("reference", {})

@@ -40,7 +40,9 @@ PRESETS = {
 class EvalConfig:
     model: str = field("smollm2-135m-instruct", "model: alias, hub id, local folder or .gguf file")
     adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
-    tasks: list[str] = field(default_factory=list, help="tasks, comma-separated or repeated (see sdft.tasks)")
+    tasks: list[str] = field(default_factory=list, help="tasks, comma-separated: gsm8k, multiarith, openfunctions, bfcl, humaneval, advbench, "
+                                 "advbench-jailbreak, winrate, arc, hellaswag, winogrande, mmlu, truthfulqa, "
+                                 "lm_eval:<task>, or a user task (--data and --checker)")
     out: str = field("runs/eval", "output folder (rerun the same command to resume)")
     limit: int | None = field(None, "evaluate only the first N items of each task")
     max_new_tokens: int | None = field(None, "generation budget per answer (default: each task's own)")

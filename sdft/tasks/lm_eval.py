@@ -10,6 +10,7 @@ never needs the hub for the weights) and ``peft=<adapter>``; the metrics come ba
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from sdft.errors import ConfigError, SdftError
@@ -48,6 +49,9 @@ class LMEvalTask(Task):
         model_args: dict[str, Any] = {"pretrained": str(model_path)}
         if adapter:
             model_args["peft"] = str(adapter)
+            if (Path(adapter) / "tokenizer_config.json").is_file():
+                # Training saves the tokenizer beside the adapter; use it, as sdft.models does.
+                model_args["tokenizer"] = str(adapter)
         dtype = self.options.get("dtype") or getattr(config, "dtype", None)
         if dtype:
             model_args["dtype"] = str(dtype)
@@ -78,7 +82,7 @@ class LMEvalTask(Task):
         import lm_eval
         try:
             output = lm_eval.simple_evaluate(**args)
-        except Exception as exc:  # lm-eval's own failures (unknown task, dataset download) are the user's to fix
+        except Exception as exc:  # lm-eval's own failures (unknown task, dataset download): user's to fix
             raise SdftError(f"lm-eval failed on '{self.task_name}': {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         if not output:  # simple_evaluate returns None on non-zero ranks of a distributed run
@@ -102,7 +106,8 @@ def metrics_from_output(output: dict, task_name: str) -> dict:
     metric, filt = headline.split(",", 1)
     value = float(values[headline])
     stderr = values.get(f"{metric}_stderr,{filt}")
-    ci95 = [value - 1.96 * stderr, value + 1.96 * stderr] if isinstance(stderr, (int, float)) else [None, None]
+    ci95 = ([value - 1.96 * stderr, value + 1.96 * stderr] if isinstance(stderr, (int, float))
+            else [None, None])
     n_samples = output.get("n-samples", {}).get(task_name, {})
     n = n_samples.get("effective") if isinstance(n_samples, dict) else None
     return {"metric": metric, "value": value, "ci95": ci95, "n": n, "lm_eval": values}

