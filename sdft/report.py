@@ -36,13 +36,12 @@ def summarize(paths: dict) -> str:
 # ---------------------------------------------------------------- reading saved results
 
 def task_metrics(results: dict) -> dict[str, dict]:
-    """``{"task/metric": {value, ci95, n}}`` from an eval's results.json (one entry per metric)."""
+    """``{"task/metric": {value, ci95, n}}`` from an eval's results.json (skipped tasks left out)."""
     flat = {}
     for task, entry in results.get("tasks", {}).items():
-        metrics = entry.get("metrics") or [entry]
-        for m in metrics:
-            if "value" in m:
-                flat[f"{task}/{m['metric']}"] = {"value": m["value"], "ci95": m.get("ci95"), "n": m.get("n")}
+        for metric, m in entry.get("metrics", {}).items():
+            if isinstance(m, dict) and m.get("value") is not None:
+                flat[f"{task}/{metric}"] = {"value": m["value"], "ci95": m.get("ci95"), "n": m.get("n")}
     return flat
 
 
