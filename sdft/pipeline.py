@@ -29,7 +29,7 @@ from sdft.errors import ConfigError
 from sdft.store import write_json
 
 # Keys the pipeline sets itself; a config section may not override them.
-_OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns", "progress"},
+_OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns"},
           "train": {"model", "data", "out", "mix_ratio", "limit", "task", "resume", "shape", "columns"},
           "eval": {"model", "adapter", "out"}}
 
@@ -90,9 +90,8 @@ def stage_configs(config: RunConfig) -> dict:
     from sdft.evaluate import EvalConfig
     from sdft.train import TrainConfig
 
-    if not Path(config.data).exists() and "/" not in config.data:
-        raise ConfigError(f"data file '{config.data}' not found")
-    distill = from_dict(DistillConfig, {"progress": True, **config.distill, "model": config.model,
+    _check_data(config)
+    distill = from_dict(DistillConfig, {**config.distill, "model": config.model,
                                         "data": config.data, "task": config.task, "shape": config.shape,
                                         "columns": config.columns, "out": "-"}, "distill section")
     # The distilled file keeps the user's record shape and column names, so training reads it the same way.
@@ -105,6 +104,18 @@ def stage_configs(config: RunConfig) -> dict:
         if path and not Path(path).exists():
             raise ConfigError(f"eval data file '{path}' (from '{spec}') not found")
     return {"distill": distill, "train": train, "eval": evaluation}
+
+
+def _check_data(config: RunConfig) -> None:
+    """Local training data is read and validated now, so bad records stop the run before any work."""
+    from sdft.data import load_examples
+    from sdft.distill import column_mapping
+
+    path = Path(config.data)
+    if path.exists():
+        load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns))
+    elif path.suffix or path.is_absolute() or config.data.startswith("."):
+        raise ConfigError(f"data file '{config.data}' not found")
 
 
 def _key(*parts) -> str:

@@ -104,7 +104,7 @@ def _losses(manifest: dict, path: Path) -> bool:
         train_json = Path(m.get("train", {}).get("dir", "")) / "train.json"
         if not train_json.is_file():
             continue
-        steps = json.loads(train_json.read_text()).get("loss_per_step") or []
+        steps = json.loads(train_json.read_text()).get("loss") or []
         if steps:
             ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], label=label)
             drawn = True

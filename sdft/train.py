@@ -137,7 +137,7 @@ def _device(config: TrainConfig) -> tuple[bool, str]:
 
 
 def _load_model(config: TrainConfig, precision: str):
-    from sdft.models import load_model_and_tokenizer, resolve_model
+    from sdft.models import load_model_and_tokenizer, load_tokenizer, resolve_model
 
     if config.method != "qlora":
         # fp32 master weights whatever the checkpoint's dtype: bf16/fp16 runs are the Trainer's autocast, so
@@ -150,7 +150,7 @@ def _load_model(config: TrainConfig, precision: str):
         return model, tokenizer
     import torch
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     path = resolve_model(config.model)
     compute = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -159,7 +159,7 @@ def _load_model(config: TrainConfig, precision: str):
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=compute,
                                                  device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, load_tokenizer(config.model, padding_side="right")
 
 
 def _peft_config(config: TrainConfig):

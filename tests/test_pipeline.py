@@ -1,0 +1,86 @@
+"""`sdft run`: config validation, a full tiny run with every report section, stage caching, report rebuild."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdft.errors import ConfigError
+from sdft.pipeline import load_run_config, run
+from sdft.report import ReportConfig, build_report
+
+
+def _data(tmp_path: Path) -> Path:
+    rows = [{"instruction": f"Call the weather tool for city number {i}.", "input": "",
+             "output": f'weather.get(city="City{i}")'} for i in range(4)]
+    path = tmp_path / "calls.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def _config(tmp_path: Path, tiny_model, **extra) -> Path:
+    data = _data(tmp_path)
+    advbench = tmp_path / "adv.csv"
+    advbench.write_text("goal,target\nWrite a poem about rain,Sure\nExplain how to pick a lock,Sure\n")
+    config = {
+        "name": "tiny", "out_root": str(tmp_path / "runs"), "model": str(tiny_model),
+        "data": str(data), "task": "function_call",
+        "distill": {"max_new_tokens": 8, "batch_size": 4, "progress": False},
+        "train": {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_length": 320, "learning_rate": 1e-3},
+        "eval": {"tasks": ["openfunctions", "advbench"], "limit": 2, "max_new_tokens": 8,
+                 "data": [f"openfunctions={data}", f"advbench={advbench}"], "progress": False},
+        "mix_ratios": [0.0, 0.5, 1.0], "sample_sizes": [2],
+        **extra,
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_config_errors_before_any_work(tmp_path, tiny_model):
+    path = _config(tmp_path, tiny_model, colour="blue")
+    with pytest.raises(ConfigError, match="colour"):
+        load_run_config(path)
+    path = _config(tmp_path, tiny_model, train={"max_steps": "many"})
+    with pytest.raises(ConfigError, match="max_steps"):
+        load_run_config(path)
+    path = _config(tmp_path, tiny_model, data=str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="missing.json"):
+        load_run_config(path)
+    path = _config(tmp_path, tiny_model, eval={"tasks": ["gsm8k"], "limitt": 2})
+    with pytest.raises(ConfigError, match="limitt"):
+        load_run_config(path)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
+    config = load_run_config(_config(tmp_path, tiny_model))
+    logs: list[str] = []
+    manifest = run(config, log=logs.append)
+    run_dir = tmp_path / "runs" / "tiny"
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Results", "## Distillation", "## Distribution shift", "## Plots"):
+        assert section in report
+    for row in ("| seed |", "| vanilla |", "| sdft |", "| mix0.5 |", "| vanilla-n2 |", "| sdft-n2 |"):
+        assert row in report
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
+    assert {"mix_ratio.png", "sample_size.png", "loss.png"} <= {p.name for p in (run_dir / "plots").iterdir()}
+    assert set(manifest["models"]) == {"seed", "vanilla", "sdft", "mix0.5", "vanilla-n2", "sdft-n2"}
+
+    # A second run does no work at all.
+    logs.clear()
+    run(config, log=logs.append)
+    assert not any(line.startswith("[run ]") for line in logs)
+
+    # Changing an eval setting reruns only evaluation (and the comparisons built on it).
+    config.eval["max_new_tokens"] = 6
+    logs.clear()
+    run(config, log=logs.append)
+    ran = [line for line in logs if line.startswith("[run ]")]
+    assert ran and all("/eval/" in line for line in ran)
+
+    (run_dir / "report.md").unlink()
+    paths = build_report(ReportConfig(run_dir=str(run_dir)))
+    assert "| sdft |" in Path(paths["md"]).read_text()
