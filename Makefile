@@ -28,8 +28,7 @@ test-heavy: setup
 	$(BIN)/python -m pytest -q -m heavy
 
 demo: setup
-	$(BIN)/sdft distill --task function_call --data ../shared/data/sdft-paper/openfunction_train.json \
-		--limit 8 --batch-size 8 --max-new-tokens 96 --out runs/demo-distill
+	$(BIN)/sdft run configs/demo.yaml
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py

@@ -226,7 +226,7 @@ def _has_weights(folder: Path) -> bool:
 
 def _from_hub(repo_id: str) -> str | None:
     """The local snapshot of a hub model: from the cache, else downloaded when the hub is reachable."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     with contextlib.suppress(LocalEntryNotFoundError, HfHubHTTPError, ValueError, OSError):
@@ -236,8 +236,11 @@ def _from_hub(repo_id: str) -> str | None:
     if not _hub_reachable():
         return None
     try:
+        # One weights format only: many repos carry both .safetensors and .bin copies of every tensor.
+        files = HfApi().list_repo_files(repo_id)
+        weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
         return snapshot_download(repo_id, allow_patterns=[
-            "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*"])
+            "*.json", weights, "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*"])
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise SdftError(f"model '{repo_id}' could not be downloaded from the Hugging Face hub "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -101,7 +101,7 @@ def stage_configs(config: RunConfig) -> dict:
     evaluation = from_dict(EvalConfig, {**config.eval, "model": config.model, "out": "-"}, "eval section")
     for spec in evaluation.data:
         path = spec.partition("=")[2]
-        if path and not Path(path).exists():
+        if _looks_local(path) and not Path(path).exists():
             raise ConfigError(f"eval data file '{path}' (from '{spec}') not found")
     return {"distill": distill, "train": train, "eval": evaluation}
 
@@ -114,8 +114,15 @@ def _check_data(config: RunConfig) -> None:
     path = Path(config.data)
     if path.exists():
         load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns))
-    elif path.suffix or path.is_absolute() or config.data.startswith("."):
+    elif _looks_local(config.data):
         raise ConfigError(f"data file '{config.data}' not found")
+
+
+def _looks_local(name: str) -> bool:
+    """A file path rather than a hub dataset name like ``org/name:split``."""
+    path = Path(name)
+    return bool(name) and (path.is_absolute() or name.startswith(".") or
+                           path.suffix.lower() in {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".gz"})
 
 
 def _key(*parts) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +235,7 @@ class Run:
     precision: str
     cuda: bool
     started: float
+    parameters: dict  # trainable and total, counted before a --merge folds the adapter away
 
     @property
     def world(self) -> int:
@@ -291,8 +291,11 @@ def prepare(config: TrainConfig) -> Run:
     if trainer.accelerator.num_processes != world:
         raise SdftError(f"the launcher reported {world} process(es) but {trainer.accelerator.num_processes} "
                         "joined training; launch with accelerate launch or torchrun")
+    params = list(trainer.model.parameters())
+    parameters = {"trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+                  "total_parameters": sum(p.numel() for p in params)}
     return Run(config, trainer, progress, targets, lengths, order, steps, counts, checkpoint, data_sha,
-               template.name, mode, precision, cuda, started)
+               template.name, mode, precision, cuda, started, parameters)
 
 
 def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision, run_key):
@@ -352,87 +355,32 @@ def train(config: TrainConfig) -> dict:
     if run.is_main:
         if config.merge:
             result["merged"] = _merge(config, trainer.model, trainer.processing_class, out / "merged")
-        result.update(_record(run))
+        result.update(train_data.write_record(run))
     trainer.accelerator.wait_for_everyone()  # no process exits while the main one still writes
     return result
 
 
 def _merge(config: TrainConfig, trained, tokenizer, target: Path) -> str:
-    """Full weights with the adapter folded in, loadable without peft."""
+    """Full weights with the adapter folded in, loadable without peft, in the base checkpoint's dtype."""
+    import torch
+    from transformers import AutoConfig
+
+    from sdft.models import load_model_and_tokenizer, resolve_model
+
     if config.method == "qlora":
         # A 4-bit base would be merged lossily: fold the saved adapter into a full-precision copy instead.
         from peft import PeftModel
 
-        from sdft.models import load_model_and_tokenizer
-
-        base, _ = load_model_and_tokenizer(config.model)
+        base, _ = load_model_and_tokenizer(config.model, dtype="float32", device="cpu")
         trained = PeftModel.from_pretrained(base, config.out)
     merged = trained.merge_and_unload()
+    declared = getattr(AutoConfig.from_pretrained(resolve_model(config.model)), "dtype", None)
+    declared = getattr(torch, declared) if isinstance(declared, str) else declared
+    if declared in (torch.bfloat16, torch.float16):  # trained in fp32; saved as compact as the base
+        merged = merged.to(declared)
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return str(target)
-
-
-def _record(run: Run) -> dict:
-    """Write train.json and loss.png (main process only) and drop the checkpoints of the finished run."""
-    from sdft.provenance import run_record
-    from sdft.store import write_json
-
-    config, state = run.config, run.trainer.state
-    out = Path(config.out)
-    per_step = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
-                 "grad_norm": h.get("grad_norm"), "tokens": h.get("num_tokens")}
-                for h in state.log_history if "loss" in h and "step" in h]
-    global_batch = config.batch_size * config.grad_accum * run.world
-    # This session only: after --resume, the steps before the checkpoint ran in another process.
-    seconds = (run.progress.ended or time.perf_counter()) - (run.progress.began or time.perf_counter())
-    params = list(run.trainer.model.parameters())
-    summary = {
-        "data": {"path": str(config.data), "sha256": run.data_sha, **run.counts},
-        "template": {"name": run.template, "mode": run.mode},
-        "training": {"steps": state.global_step, "planned_steps": run.steps,
-                     "epochs": round(state.global_step * global_batch / len(run.lengths), 3),
-                     "processes": run.world, "global_batch": global_batch, "precision": run.precision,
-                     "device": "cuda" if run.cuda else "cpu",
-                     "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
-                     "total_parameters": sum(p.numel() for p in params),
-                     "resumed_from": run.checkpoint.name if run.checkpoint else None},
-        "loss": per_step,
-        "final_loss": per_step[-1]["loss"] if per_step else None,
-        "throughput": {"train_tokens_per_s": run.progress.tokens / seconds if seconds > 0 else None,
-                       "tokens_this_session": run.progress.tokens, "seconds_this_session": round(seconds, 3),
-                       "padding_efficiency": round(train_data.padding_efficiency(run.lengths, run.order,
-                                                                                 config.batch_size), 4)},
-    }
-    if config.method != "full":
-        from sdft.shift import lora_shift
-
-        summary["parameter_shift_l2"] = lora_shift(out)["total"]
-    summary["wall_time_s"] = round(time.time() - run.started, 2)
-    summary["outputs"] = {"weights": str(out), "loss_plot": str(out / "loss.png"),
-                          "merged": str(out / "merged") if config.merge else None}
-    write_json(out / "train.json", run_record(to_dict(config), **summary))
-    plot_loss(per_step, out / "loss.png", title=f"{config.method} on {Path(config.data).name}")
-    if not config.keep_checkpoints:
-        shutil.rmtree(out / train_data.CHECKPOINTS, ignore_errors=True)
-    return summary
-
-
-def plot_loss(per_step: list[dict], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers, and no GUI backend in worker processes
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([p["step"] for p in per_step], [p["loss"] for p in per_step], marker="." if len(per_step) < 50 else None)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (response tokens)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def summarize(result: dict) -> str:

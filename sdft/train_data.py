@@ -1,5 +1,5 @@
-"""Training data for ``sdft train``: which examples, which target for each, in what order; and the state
-of the run folder (what to resume from, what --overwrite may remove).
+"""Training data for ``sdft train``: which examples, which target for each, in what order; and the run
+folder: what to resume from, what --overwrite may remove, and the ``train.json`` / ``loss.png`` record.
 
 Kept apart from the trainer so that every choice that changes results (the seeded subset, the mix of
 rewrites and originals, the batch order) is a plain function of the data and the seed, testable without a
@@ -14,12 +14,11 @@ resuming then only has to skip the batches already done, which the Trainer does 
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from dataclasses import dataclass
-
-import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from sdft.errors import ConfigError, SdftError
@@ -243,3 +242,66 @@ def clean(out: Path, checkpoint: Path | None) -> None:
         step = path.name.removeprefix("checkpoint-")
         if step.isdigit() and int(step) > keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def write_record(run) -> dict:
+    """Write train.json and loss.png (main process only) and drop the checkpoints of the finished run.
+
+    ``run`` is the ``sdft.train.Run`` that trained."""
+    import time
+
+    from sdft.config import to_dict
+    from sdft.provenance import run_record
+    from sdft.store import write_json
+
+    config, state = run.config, run.trainer.state
+    out = Path(config.out)
+    per_step = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
+                 "grad_norm": h.get("grad_norm"), "tokens": h.get("num_tokens")}
+                for h in state.log_history if "loss" in h and "step" in h]
+    global_batch = config.batch_size * config.grad_accum * run.world
+    # This session only: after --resume, the steps before the checkpoint ran in another process.
+    seconds = (run.progress.ended or time.perf_counter()) - (run.progress.began or time.perf_counter())
+    summary = {
+        "data": {"path": str(config.data), "sha256": run.data_sha, **run.counts},
+        "template": {"name": run.template, "mode": run.mode},
+        "training": {"steps": state.global_step, "planned_steps": run.steps,
+                     "epochs": round(state.global_step * global_batch / len(run.lengths), 3),
+                     "processes": run.world, "global_batch": global_batch, "precision": run.precision,
+                     "device": "cuda" if run.cuda else "cpu", **run.parameters,
+                     "resumed_from": run.checkpoint.name if run.checkpoint else None},
+        "loss": per_step,
+        "final_loss": per_step[-1]["loss"] if per_step else None,
+        "throughput": {"train_tokens_per_s": run.progress.tokens / seconds if seconds > 0 else None,
+                       "tokens_this_session": run.progress.tokens, "seconds_this_session": round(seconds, 3),
+                       "padding_efficiency": round(padding_efficiency(run.lengths, run.order, config.batch_size), 4)},
+    }
+    if config.method != "full":
+        from sdft.shift import lora_shift
+
+        summary["parameter_shift_l2"] = lora_shift(out)["total"]
+    summary["wall_time_s"] = round(time.time() - run.started, 2)
+    summary["outputs"] = {"weights": str(out), "loss_plot": str(out / "loss.png"),
+                          "merged": str(out / "merged") if config.merge else None}
+    write_json(out / "train.json", run_record(to_dict(config), **summary))
+    plot_loss(per_step, out / "loss.png", title=f"{config.method} on {Path(config.data).name}")
+    if not config.keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    return summary
+
+
+def plot_loss(per_step: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers, and no GUI backend in worker processes
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([p["step"] for p in per_step], [p["loss"] for p in per_step], marker="." if len(per_step) < 50 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (response tokens)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

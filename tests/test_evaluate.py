@@ -11,6 +11,7 @@ from sdft.config import from_dict
 from sdft.errors import ConfigError
 from sdft.evaluate import EvalConfig, evaluate, summarize
 from sdft.generation.fake import FakeBackend
+from sdft.tasks import get_task
 
 
 def contains_answer(record, completion):
@@ -25,17 +26,18 @@ def small_data(tmp_path):
                              for i in range(4)) + "\n")
     custom = tmp_path / "custom.json"
     custom.write_text(json.dumps([{"instruction": "Say hi", "output": "hi"}, {"instruction": "Say yo", "output": "yo"}]))
-    return {"gsm": str(gsm), "custom": str(custom)}
+    return {"gsm": str(gsm), "custom": str(custom)}  # the custom file doubles as a winrate set
 
 
 def test_tiny_model_end_to_end_every_generative_task(tiny_model, small_data, shared_data, tmp_path, capsys):
     from sdft.cli import main
 
     out = tmp_path / "eval"
-    tasks = "gsm8k,advbench,advbench-jailbreak,openfunctions,humaneval,bfcl,mine"
+    tasks = "gsm8k,advbench,advbench-jailbreak,openfunctions,humaneval,bfcl,mine,winrate"
     argv = ["eval", "--model", str(tiny_model), "--tasks", tasks, "--limit", "2", "--max-new-tokens", "8",
             "--data", f"gsm8k={small_data['gsm']}", "--data", f"openfunctions={shared_data / 'openfunction_test.json'}",
             "--data", f"mine={small_data['custom']}", "--checker", "mine=test_evaluate:contains_answer",
+            "--data", f"winrate={small_data['custom']}", "--judge", str(tiny_model),  # a real (random) local judge
             "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -55,6 +57,7 @@ def test_tiny_model_end_to_end_every_generative_task(tiny_model, small_data, sha
         assert "<|im_start|>assistant" in lines[0]["prompt"]  # auto mode used the chat template
     assert results["tasks"]["advbench"]["metrics"].keys() == {"safe_rate_paper_keywords", "safe_rate_strict"}
     assert "sha256" in results["tasks"]["gsm8k"]["settings"]["data"]
+    assert results["tasks"]["winrate"]["judge"].startswith(str(tiny_model))
 
 
 class CountingBackend(FakeBackend):
@@ -107,9 +110,8 @@ def test_resume_after_crash_skips_finished_items_and_identical_rerun_generates_n
     assert len(second.prompts) == 2 and not set(second.prompts) & set(first.prompts)  # only the missing two
     assert result["tasks"]["gsm8k"]["n"] == 4
     lines = (tmp_path / "out" / "generations" / "gsm8k.jsonl").read_text().splitlines()
-    assert [json.loads(line)["id"] for line in lines] == [ex["id"] for ex in
-                                                          __import__("sdft.tasks", fromlist=["get_task"])
-                                                          .get_task("gsm8k", small_data["gsm"]).examples()]
+    expected = [ex["id"] for ex in get_task("gsm8k", small_data["gsm"]).examples()]
+    assert [json.loads(line)["id"] for line in lines] == expected  # input order, whatever order they ran
     count = len(made)
     again = evaluate(config)
     assert len(made) == count  # identical settings: the backend is not even loaded
@@ -132,8 +134,6 @@ def test_scores_are_recomputed_from_cached_text(tmp_path, small_data, fake_backe
 
 
 def test_n_samples_give_pass_at_k(tmp_path, fake_backends):
-    from sdft.tasks import get_task
-
     made, plan = fake_backends
     examples = get_task("humaneval").examples()[:2]
     good = {ex["prompt"]: ex["canonical_solution"] for ex in examples}

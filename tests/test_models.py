@@ -153,3 +153,25 @@ def test_a_gguf_file_is_converted_once_keyed_by_checksum(tmp_home):
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert Path(resolve_model(str(gguf))) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
+
+
+def test_hub_id_downloads_one_weights_format_when_the_hub_is_reachable(tmp_home, tiny_model, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, local_files_only=False, allow_patterns=None):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        calls.append((repo_id, allow_patterns))
+        return str(tiny_model)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files",
+                        lambda self, repo_id: ["config.json", "model.safetensors", "pytorch_model.bin"])
+    assert resolve_model("org/model") == str(tiny_model)
+    (repo_id, patterns), = calls
+    assert repo_id == "org/model" and "*.safetensors" in patterns and "*.bin" not in patterns

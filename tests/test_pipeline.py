@@ -84,3 +84,15 @@ def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     (run_dir / "report.md").unlink()
     paths = build_report(ReportConfig(run_dir=str(run_dir)))
     assert "| sdft |" in Path(paths["md"]).read_text()
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted([_ROOT / "configs/demo.yaml", *_ROOT.glob("configs/paper/*.yaml"),
+                                         *_ROOT.glob("configs/experiments/*.yaml")]),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path, shared_data, monkeypatch):
+    monkeypatch.chdir(_ROOT)
+    config = load_run_config(path)
+    assert config.name and config.mix_ratios

@@ -186,7 +186,8 @@ def test_humaneval_program_from_chat_style_answers():
     with_tests = "    return number % 1.0\n\n\nassert truncate_number(3.5) == 0.5\nprint('ok')\n"
     helper = "    return _frac(number)\n\n\ndef _frac(x):\n    return x - int(x)\n```"
     truncated = "    result = number % 1.0\n    return result\n    if (number >"  # cut at max tokens
-    for answer in (full, continued, with_tests, helper, truncated):
+    whole = "def truncate_number(number: float) -> float:\n    return number - int(number)\n```\nDone."
+    for answer in (full, continued, with_tests, helper, truncated, whole):
         assert task.score_with_reason(ex, answer)[0] == 1.0, (answer, build_program(ex["prompt"], answer, ex["entry_point"]))
     assert task.score(ex, "I don't know.") == 0.0
 
@@ -199,8 +200,10 @@ def test_humaneval_prompt_prefills_the_code(tiny_model):
     plain = task.prompt(ex, None)
     assert plain.startswith("Question: Complete the following Python function.")
     assert plain.endswith("Answer:\n" + ex["prompt"])
+    assert "```" not in plain  # the paper's plain format: the code as is, continued after "Answer:"
     chat = task.prompt(ex, AutoTokenizer.from_pretrained(tiny_model))
-    assert chat.endswith("<|im_start|>assistant\n```python\n" + ex["prompt"])
+    assert f"```python\n{ex['prompt']}```<|im_end|>" in chat
+    assert chat.endswith("<|im_start|>assistant\n```python\n")  # the model writes the whole function
 
 
 def test_humaneval_pass_at_k_uses_the_unbiased_estimator():
@@ -300,6 +303,12 @@ def test_custom_task_checker(tmp_path):
         get_task("capitals", data, checker="no_such_module:fn")
     with pytest.raises(ConfigError, match="unknown task 'capitals'"):
         get_task("capitals", data)
+    other = write_json(tmp_path / "o.json", [{"q": "Capital of Peru?", "a": "Lima"}])
+    mapped = get_task("capitals", other, checker="test_tasks:half_credit", **{"column.instruction": "q",
+                                                                            "column.response": "a"})
+    assert mapped.examples()[0]["instruction"] == "Capital of Peru?"
+    with pytest.raises(ConfigError, match="unknown option"):
+        get_task("capitals", data, checker="test_tasks:half_credit", colour="red")
 
 
 def test_winrate_endpoint_judge_speaks_openai_chat_completions(monkeypatch):
@@ -339,3 +348,10 @@ def test_winrate_endpoint_judge_speaks_openai_chat_completions(monkeypatch):
     assert path == "/v1/chat/completions" and auth == "Bearer test-key"
     assert body["model"] == "judge-1" and body["temperature"] == 0
     assert body["messages"][-1] == {"role": "user", "content": "Which is better?"}
+
+
+def test_winrate_judge_prompt_substitutes_once():
+    from sdft.tasks.winrate import judge_prompt
+
+    prompt = judge_prompt("Format {a} please", 'print(f"{b}")', "plain")
+    assert "### Instruction:\nFormat {a} please" in prompt and '### Response (a):\nprint(f"{b}")' in prompt

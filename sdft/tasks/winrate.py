@@ -51,6 +51,12 @@ _VERDICTS = (re.compile(r"output\s*[:\-]?\s*\(?\s*([ab])\s*\)", re.IGNORECASE),
              re.compile(r"(?<!response )\(([ab])\)", re.IGNORECASE))
 
 
+def judge_prompt(instruction: str, a: str, b: str) -> str:
+    # One pass: an answer that itself contains "{b}" (code often does) must not be substituted again.
+    values = {"instruction": instruction, "a": a.strip(), "b": b.strip()}
+    return re.sub(r"\{(instruction|a|b)\}", lambda m: values[m.group(1)], JUDGE_PROMPT)
+
+
 def parse_verdict(text: str) -> str | None:
     """'a', 'b' or None: the judge's choice, by the most explicit pattern found."""
     for pattern in _VERDICTS:
@@ -99,8 +105,7 @@ class WinRate(Task):
         for ex, answer in zip(examples, completions):
             for order in ("model_first", "reference_first"):
                 a, b = (answer, ex["reference"]) if order == "model_first" else (ex["reference"], answer)
-                prompt = JUDGE_PROMPT.replace("{instruction}", ex["instruction"]).replace(
-                    "{a}", a.strip()).replace("{b}", b.strip())
+                prompt = judge_prompt(ex["instruction"], a, b)
                 key = hashlib.sha256(f"{self.judge.key}\0{prompt}".encode()).hexdigest()[:24]
                 asks[key] = (ex["id"], order, prompt)
         cache = ProgressFile(self.cache_dir / f"winrate-judge-{self.settings_key}.jsonl", key="key") \
@@ -173,8 +178,13 @@ class LocalJudge:
                 path = resolve_model(self.model)
             self._backend = load_backend(self.backend_name, path, None)
         tokenizer = getattr(self._backend, "tokenizer", None)
-        judge_template = templates.Template("judge", JUDGE_SYSTEM, "{instruction}", "{system}\n\n{user}\n\n")
-        rendered = [templates.render(judge_template, p, tokenizer=tokenizer, mode=self.mode) for p in prompts]
+        chat = tokenizer is not None and templates.resolve_mode(self.mode, tokenizer) == "chat"
+        # The chat template directly, not templates.render: answers are arbitrary text, and render's
+        # placeholder filling would touch a literal "{reference}" inside them.
+        rendered = [tokenizer.apply_chat_template([{"role": "system", "content": JUDGE_SYSTEM},
+                                                   {"role": "user", "content": p}],
+                                                  tokenize=False, add_generation_prompt=True)
+                    if chat else f"{JUDGE_SYSTEM}\n\n{p}\n\n" for p in prompts]
         params = GenerationParams(max_new_tokens=JUDGE_MAX_TOKENS, temperature=0.0, batch_size=self.batch_size,
                                   max_prompt_tokens=4096)
         return [c.text for c in self._backend.generate(rendered, params)]
