@@ -146,7 +146,7 @@ def distill(config: DistillConfig) -> dict:
     out = Path(config.out)
     # Backends that are not Hugging Face ones (test doubles, remote servers) take the name as given.
     model_path = resolve_model(config.model) if config.backend in ("hf", "vllm") else config.model
-    backend = load_backend(config.backend, model_path, config.adapter)
+    backend = load_backend(config.backend, model_path, config.adapter, progress=False)  # we draw the bar
     tokenizer = getattr(backend, "tokenizer", None)
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"
     run = _run_record(config, template, mode, model_path)

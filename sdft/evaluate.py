@@ -147,9 +147,9 @@ class ModelSession:
     def backend(self):
         if self._backend is None:
             from sdft.generation import load_backend
-            # Our own bar counts batches across the task; the HF backend's inner bar would only add noise.
-            extra = {"progress": False} if self.config.backend == "hf" else {}
-            self._backend = load_backend(self.config.backend, self.model_path, self.config.adapter, **extra)
+            # Our own bar counts items across the task; a backend's inner bar would only add noise.
+            self._backend = load_backend(self.config.backend, self.model_path, self.config.adapter,
+                                         progress=False)
         return self._backend
 
     @property

@@ -346,7 +346,8 @@ def train(config: TrainConfig) -> dict:
     run = prepare(config)
     trainer, out = run.trainer, Path(config.out)
     if run.is_main:
-        where = f"resuming from {run.checkpoint.name}" if run.checkpoint else "starting"
+        where = (f"resuming from {run.checkpoint.name}" if run.checkpoint
+                 else "no checkpoint to resume from, starting" if config.resume else "starting")
         print(f"sdft train: {config.method} on {len(run.targets)} examples, {run.steps} steps, {run.world} "
               f"process(es) on {'GPU' if run.cuda else 'CPU'} ({run.precision}); {where}", flush=True)
     trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)

@@ -28,7 +28,7 @@ class AppleRewriterDouble:
 
     tokenizer = None
 
-    def __init__(self, model, adapter=None):
+    def __init__(self, model, adapter=None, progress=True):
         pass
 
     def generate(self, prompts, params):

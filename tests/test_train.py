@@ -276,7 +276,8 @@ def test_embedded_model_few_steps(shared_data, tmp_path):
 
     out = tmp_path / "smol"
     result = train(TrainConfig(model="smollm2-135m-instruct", data=str(shared_data / "alpaca_train.json"),
-                               out=str(out), limit=16, max_steps=2, batch_size=2, max_length=128))
+                               out=str(out), limit=16, max_steps=2, batch_size=2, grad_accum=1,
+                               max_length=128))
     assert (out / "adapter_model.safetensors").is_file() and (out / "train.json").is_file()
     assert result["training"]["steps"] == 2 and result["data"]["examples"] == 16
     assert lora_shift(out)["total"] > 0

@@ -42,6 +42,8 @@ class Completion:
 
 
 class Backend(Protocol):
+    """Constructed as ``Backend(model=..., adapter=..., progress=..., **options)``."""
+
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]: ...
 
 

@@ -37,7 +37,7 @@ class FakeBackend:
     """
 
     def __init__(self, model: str | None = None, adapter: str | None = None, *, respond: Respond | None = None,
-                 tokenizer=None, default: str | None = None):
+                 tokenizer=None, default: str | None = None, progress: bool = True):
         self.model_name, self.adapter = model, adapter
         self.respond, self.default = respond or _default_respond, default
         self.calls: list[tuple[list[str], GenerationParams]] = []
