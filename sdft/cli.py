@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                          getattr(module, "PRESETS", None), getattr(args, "preset", None))
         result = function(config)
         summarize = getattr(module, "summarize", None)
-        if summarize:
-            print(summarize(result))
+        text = summarize(result) if summarize else ""
+        if text:  # non-main processes of a multi-process run summarize nothing
+            print(text)
     except SdftError as exc:
         print(f"sdft {args.command}: error: {exc}", file=sys.stderr)
         return 2

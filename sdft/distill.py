@@ -22,12 +22,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sdft import templates
 from sdft.config import field, to_dict
 from sdft.errors import ConfigError
 from sdft.store import ProgressFile, write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from sdft.generation import GenerationParams
 
 TaskKind = Literal["general", "math", "function_call", "code"]
 

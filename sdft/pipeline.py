@@ -125,7 +125,14 @@ def _looks_local(name: str) -> bool:
                            path.suffix.lower() in {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".gz"})
 
 
+# Settings that change how a stage reports or checkpoints, never its result: left out of stage keys.
+_NOT_KEYED = {"progress", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "resume",
+              "overwrite"}
+
+
 def _key(*parts) -> str:
+    parts = tuple({k: v for k, v in p.items() if k not in _NOT_KEYED} if isinstance(p, dict) else p
+                  for p in parts)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -156,10 +163,9 @@ def sweep_points(config: RunConfig) -> list[dict]:
 
 def run(config: RunConfig, log=print) -> dict:
     """Run (or resume) the experiment; returns the manifest also saved as ``manifest.json``."""
-    from sdft import analyze, report
+    from sdft import report
     from sdft.distill import distill
     from sdft.evaluate import evaluate
-    from sdft.train import train
 
     stages = stage_configs(config)
     run_dir = config.run_dir
@@ -188,7 +194,7 @@ def run(config: RunConfig, log=print) -> dict:
     for point in sweep_points(config):
         settings = to_dict(stages["train"]) | {"mix_ratio": point["mix_ratio"], "limit": point["sample_size"]}
         folder = run_dir / "train" / f"{point['label']}-{_key(settings, distill_settings)}"
-        train_result = run_stage(folder, settings, lambda f, p=point: train(replace(
+        train_result = run_stage(folder, settings, lambda f, p=point: _train(replace(
             stages["train"], data=distilled, out=str(f), mix_ratio=p["mix_ratio"], limit=p["sample_size"],
             resume=(f / "checkpoints").is_dir())), log)
         entry = {**point, "train": {"dir": str(folder), "result": train_result}}
@@ -201,6 +207,16 @@ def run(config: RunConfig, log=print) -> dict:
     manifest["report"] = {k: str(v) for k, v in paths.items()}
     log(f"report: {paths['md']}\n        {paths['html']}")
     return manifest
+
+
+def _train(config) -> dict:
+    """Train, unless a crash came after training finished but before the stage was marked done."""
+    from sdft.train import train
+
+    finished = Path(config.out) / "train.json"
+    if finished.is_file() and not (Path(config.out) / "checkpoints").is_dir():
+        return json.loads(finished.read_text())
+    return train(config)
 
 
 def compare_with_seed(config: RunConfig, manifest: dict, entry: dict, folder: Path) -> dict:

@@ -30,10 +30,17 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _command_line() -> str:
+    program = Path(sys.argv[0]).name
+    if program == "__main__.py":  # started as `python -m sdft`
+        program = "python -m sdft"
+    return " ".join([program, *sys.argv[1:]])
+
+
 def run_record(config: dict, **extra) -> dict:
     """The common part of run.json / train.json / results.json settings."""
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": _command_line(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
         "versions": package_versions(),

@@ -8,7 +8,7 @@ template already applied) and returns one :class:`Completion` per prompt, in the
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from sdft.errors import ConfigError
