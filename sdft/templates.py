@@ -11,6 +11,7 @@ answer (the paper's "Great! Let's think step by step.") and is never part of the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -119,10 +120,14 @@ def resolve_mode(mode: Mode, tokenizer) -> Literal["chat", "plain"]:
     return mode
 
 
+_PLACEHOLDER = re.compile(r"\{(system|user|instruction|reference)\}")
+
+
 def _fill(text: str, instruction: str, reference: str | None, system: str = "", user: str = "") -> str:
-    # str.replace, not str.format: instructions and references contain braces (code, JSON).
-    return (text.replace("{system}", system).replace("{user}", user)
-            .replace("{instruction}", instruction).replace("{reference}", reference or ""))
+    # One pass with a regex, not str.format or chained replace: instructions and references contain
+    # braces (code, JSON), and a literal "{reference}" inside an instruction must survive.
+    values = {"system": system, "user": user, "instruction": instruction, "reference": reference or ""}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
 def render(template: Template, instruction: str, *, reference: str | None = None, tokenizer=None,
