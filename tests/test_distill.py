@@ -119,3 +119,18 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model):
     lines = (out / "distilled.jsonl").read_text().splitlines()
     assert len(lines) == 12 and len({json.loads(x)["sdft"]["id"] for x in lines}) == 12
     assert lines == (tmp_path / "ref" / "distilled.jsonl").read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_embedded_model_distills_gsm8k(tmp_path, shared_data):
+    out = tmp_path / "D"
+    done = _cli("distill", "--model", "smollm2-135m-instruct", "--data", str(shared_data / "gsm8k_train.json"),
+                "--task", "math", "--limit", "3", "--batch-size", "3", "--max-new-tokens", "24",
+                "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(x) for x in (out / "distilled.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["sdft"]["rewrite"] for r in records)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["examples"] == 3 and sum(stats["reasons"].values()) == 3
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["source"]["sha256"] and run["template"]["assistant_prefix"].startswith("Great!")
