@@ -22,7 +22,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not heavy"
 
 test-heavy: setup
 	$(BIN)/python -m pytest -q -m heavy
