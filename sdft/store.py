@@ -2,8 +2,8 @@
 
 A job writes each finished record to ``<name>.partial.jsonl`` (flushed and fsynced per batch). After
 ``kill -9`` the last line may be cut off; on reopen that torn tail is dropped, so a record is either
-fully written or redone. When all ids are done, ``finalize`` writes the result in input order,
-atomically (write to a temporary file, then rename).
+fully written or redone. Final outputs are written atomically (``write_jsonl``, ``write_json``: a
+temporary file, then a rename), in input order, by the stage that owns them.
 """
 
 from __future__ import annotations
@@ -54,15 +54,6 @@ class ProgressFile:
             os.fsync(fh.fileno())
         for rec in new:
             self.records[str(rec[self.key])] = rec
-
-    def finalize(self, ordered_ids: list[str], out_path: str | Path) -> list[dict]:
-        """Write the records in ``ordered_ids`` order to ``out_path``; every id must be done."""
-        missing = [i for i in ordered_ids if str(i) not in self.records]
-        if missing:
-            raise RuntimeError(f"{len(missing)} records not finished, e.g. {missing[:3]}")
-        ordered = [self.records[str(i)] for i in ordered_ids]
-        write_jsonl(out_path, ordered)
-        return ordered
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
