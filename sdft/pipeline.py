@@ -228,7 +228,8 @@ def compare_with_seed(config: RunConfig, manifest: dict, entry: dict, folder: Pa
     result = analyze.analyze(analyze.AnalyzeConfig(
         what="shift", reference=seed_dir, candidate=entry["eval"]["dir"], out=str(folder),
         tasks=config.shift_tasks or None, model=config.model, adapter=entry["train"]["dir"]))
-    shift = parameter_shift(ShiftConfig(model=config.model, adapter=entry["train"]["dir"], out=str(folder)))
+    shift = parameter_shift(ShiftConfig(model=config.model, adapter=entry["train"]["dir"],
+                                        out=str(folder / "parameters")))
     return {"text": result, "parameters": shift}
 
 

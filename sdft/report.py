@@ -114,25 +114,35 @@ def _clip(text: str | None, limit: int = 300) -> str:
 
 
 def shift_section(manifest: dict) -> str:
-    rows = []
+    rows, baseline = [], None
     for label, m in manifest["models"].items():
         shift = m.get("shift")
         if not shift:
             continue
-        text = shift.get("text", {})
-        overall = text.get("overall", text)
-        params = shift.get("parameters", {})
-        rows.append([label, _num(overall.get("bleu4", {}).get("mean")), _num(overall.get("rouge_l", {}).get("mean")),
-                     _num(overall.get("embedding_cosine", {}).get("mean")),
-                     _num(text.get("seed_likelihood", {}).get("mean_nll")), _num(params.get("total"))])
+        text, params = shift.get("text", {}), shift.get("parameters", {})
+        likelihood = text.get("seed_likelihood", {})
+        baseline = likelihood.get("reference", {}).get("mean", baseline)
+        for task, metrics in [("all", text.get("overall", {})), *text.get("tasks", {}).items()]:
+            nll = likelihood.get("mean") if task == "all" else likelihood.get("tasks", {}).get(task, {}).get("mean")
+            rows.append([label, task, *(_mean_ci(metrics.get(k, {})) for k in ("bleu4", "rouge_l", "embedding_cosine")),
+                         _num(nll), _num(params.get("total")) if task == "all" else ""])
     if not rows:
         return ""
+    seed_nll = f" The seed's own NLL on them is {_num(baseline)}." if baseline is not None else ""
     return ("## Distribution shift vs the seed model\n\n"
-            + _table(["model", "BLEU-4", "ROUGE-L F", "embedding cosine", "seed answers NLL/token",
+            + _table(["model", "answers to", "BLEU-4", "ROUGE-L F", "embedding cosine", "seed answers NLL/token",
                       "parameter shift (L2)"], rows)
-            + "\n\nSimilarities compare each model's answers with the seed model's answers to the same "
-              "prompts (1 = identical). Seed NLL is the mean per-token negative log-likelihood, under the "
-              "fine-tuned model, of the seed's own greedy answers (lower = closer to the seed).\n")
+            + "\n\nSimilarities compare each model's greedy answers with the seed model's answers to the same "
+              "prompts (0-1, 1 = identical; mean and 95% interval). Seed NLL is the mean per-token negative "
+              "log-likelihood, under the fine-tuned model, of the seed's own greedy answers (lower = closer "
+              f"to the seed).{seed_nll} Parameter shift is the L2 norm of the weight change.\n")
+
+
+def _mean_ci(metric: dict) -> str:
+    if metric.get("mean") is None:
+        return "–"
+    ci = metric.get("ci95")
+    return f"{metric['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
 
 
 def _num(value) -> str:
