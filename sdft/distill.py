@@ -138,8 +138,7 @@ def distill(config: DistillConfig) -> dict:
     """Run (or resume) distillation; returns the statistics also written to ``stats.json``."""
     from sdft.data import load_examples
     from sdft.filters import make_filter
-    from sdft.generation import load_backend
-    from sdft.models import resolve_model
+    from sdft.generation import load_backend, model_for_backend
 
     # Everything that can fail on bad input fails here, before the model is loaded.
     examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
@@ -147,8 +146,7 @@ def distill(config: DistillConfig) -> dict:
     template = templates.load_template(config.template or templates.DEFAULT_DISTILL[config.task], "distill")
     accept = make_filter(config.filter or config.task, mode=config.filter_mode)
     out = Path(config.out)
-    # Backends that are not Hugging Face ones (test doubles, remote servers) take the name as given.
-    model_path = resolve_model(config.model) if config.backend in ("hf", "vllm") else config.model
+    model_path = model_for_backend(config.backend, config.model)
     backend = load_backend(config.backend, model_path, config.adapter, progress=False)  # we draw the bar
     tokenizer = getattr(backend, "tokenizer", None)
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"

@@ -132,15 +132,15 @@ class ModelSession:
 
     def __init__(self, config: EvalConfig):
         self.config = config
-        self.hf_like = config.backend in ("hf", "vllm")
+        from sdft.generation import loads_hf_weights
+        self.hf_like = loads_hf_weights(config.backend)
         self._backend = self._tokenizer = self._model_path = self._hf = None
 
     @property
     def model_path(self) -> str:
         if self._model_path is None:
-            from sdft.models import resolve_model
-            # Test doubles and remote backends take the model name as given (as distillation does).
-            self._model_path = resolve_model(self.config.model) if self.hf_like else self.config.model
+            from sdft.generation import model_for_backend
+            self._model_path = model_for_backend(self.config.backend, self.config.model)
         return self._model_path
 
     @property
@@ -166,6 +166,7 @@ class ModelSession:
     def hf_model_and_tokenizer(self):
         """Raw HF model + tokenizer for log-likelihood tasks, shared with the HF backend."""
         if self._hf is None:
+            # The HF backend lends its torch model; with any other backend load one only when needed.
             backend = self.backend if self.config.backend == "hf" else self._backend
             if getattr(backend, "model", None) is not None and hasattr(backend.model, "forward"):
                 self._hf = (backend.model, backend.tokenizer)

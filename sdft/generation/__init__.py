@@ -74,10 +74,29 @@ def import_target(target: str, what: str = "object"):
         raise ConfigError(f"module '{module_name}' has no {what} '{attr}'") from None
 
 
-def load_backend(name: str, model: str, adapter: str | None = None, **options) -> Backend:
-    """Instantiate a registered backend (or any ``module:Class``) for a model."""
+def backend_class(name: str) -> type:
+    """The class of a registered backend (or of any ``module:Class``), imported now."""
     target = BACKENDS.get(name, name if ":" in name else None)
     if target is None:
         raise ConfigError(f"unknown backend '{name}'; known: {', '.join(sorted(BACKENDS))}")
-    cls = import_target(target, "backend")
-    return cls(model=model, adapter=adapter, **options)
+    return import_target(target, "backend")
+
+
+def loads_hf_weights(name: str) -> bool:
+    """Whether a backend loads Hugging Face weights (class attribute ``loads_hf_weights``)."""
+    return bool(getattr(backend_class(name), "loads_hf_weights", False))
+
+
+def model_for_backend(name: str, model: str) -> str:
+    """The model as the backend takes it: a local folder for backends that load HF weights (aliases,
+    ``.gguf`` files and hub ids resolved and cached), the name as given for others (test doubles,
+    remote endpoints)."""
+    if loads_hf_weights(name):
+        from sdft.models import resolve_model
+        return resolve_model(model)
+    return model
+
+
+def load_backend(name: str, model: str, adapter: str | None = None, **options) -> Backend:
+    """Instantiate a registered backend (or any ``module:Class``) for a model."""
+    return backend_class(name)(model=model, adapter=adapter, **options)

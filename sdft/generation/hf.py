@@ -112,6 +112,8 @@ class HFBackend:
     tokenizer. Prompts must already be rendered; special tokens are not added a second time.
     """
 
+    loads_hf_weights = True
+
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
                  progress: bool = True):
         from sdft.models import load_model_and_tokenizer

@@ -18,6 +18,8 @@ from sdft.generation import Completion, GenerationParams
 class VLLMBackend:
     """``generate(prompts, params)`` with ``vllm.LLM``; a LoRA adapter is applied per request."""
 
+    loads_hf_weights = True
+
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
                  progress: bool = True, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
                  tensor_parallel_size: int = 1, **engine_options):
