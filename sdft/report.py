@@ -123,9 +123,9 @@ def shift_section(manifest: dict) -> str:
         likelihood = text.get("seed_likelihood", {})
         baseline = likelihood.get("reference", {}).get("mean", baseline)
         for task, metrics in [("all", text.get("overall", {})), *text.get("tasks", {}).items()]:
-            nll = likelihood.get("mean") if task == "all" else likelihood.get("tasks", {}).get(task, {}).get("mean")
+            nll = likelihood if task == "all" else likelihood.get("tasks", {}).get(task, {})
             rows.append([label, task, *(_mean_ci(metrics.get(k, {})) for k in ("bleu4", "rouge_l", "embedding_cosine")),
-                         _num(nll), _num(params.get("total")) if task == "all" else ""])
+                         _mean_ci(nll), _num(params.get("total")) if task == "all" else ""])
     if not rows:
         return ""
     seed_nll = f" The seed's own NLL on them is {_num(baseline)}." if baseline is not None else ""
