@@ -12,7 +12,8 @@ def make_plots(manifest: dict, folder: Path) -> list[tuple[str, Path]]:
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     for title, name, draw in ((("Metrics vs mix ratio (paper Figs 5-6)", "mix_ratio.png", _vs_mix),
-                               ("Metrics vs training-set size (paper Figs 7-8)", "sample_size.png", _vs_size),
+                               ("Distance from the seed vs mix ratio", "shift_vs_mix.png", _shift_vs_mix),
+                              ("Metrics vs training-set size (paper Figs 7-8)", "sample_size.png", _vs_size),
                                ("Embedding similarity to the seed's answers (paper Fig 9)", "similarity.png",
                                 _similarity),
                                ("Training loss", "loss.png", _losses))):
@@ -60,6 +61,29 @@ def _vs_mix(manifest: dict, path: Path) -> bool:
         ax.plot(xs, [v * 100 for v in values], marker="o", label=key)
     ax.set_xlabel("mix ratio (share of distilled targets; 0 = vanilla, 1 = SDFT)")
     ax.set_ylabel("score (%)")
+    return _save(fig, ax, path)
+
+
+def _shift_vs_mix(manifest: dict, path: Path) -> bool:
+    """Answer similarity to the seed (left axis) and seed-answer NLL (right axis) against the mix ratio."""
+    points = sorted((m for m in _trained(manifest) if not m.get("sample_size") and m.get("shift")),
+                    key=lambda m: m["mix_ratio"])
+    if len(points) < 2:
+        return False
+    fig, ax = _new_figure()
+    xs = [p["mix_ratio"] for p in points]
+    for key, name in (("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L F"), ("embedding_cosine", "MiniLM cosine")):
+        ys = [p["shift"]["text"].get("overall", {}).get(key, {}).get("mean") for p in points]
+        if None not in ys:
+            ax.plot(xs, ys, marker="o", label=f"{name} (left)")
+    ax.set_xlabel("mix ratio (share of distilled targets; 0 = vanilla, 1 = SDFT)")
+    ax.set_ylabel("similarity to the seed's answers")
+    nll = [p["shift"]["text"].get("seed_likelihood", {}).get("mean") for p in points]
+    if None not in nll:
+        right = ax.twinx()
+        right.plot(xs, nll, marker="s", linestyle="--", color="black", label="seed-answer NLL (right)")
+        right.set_ylabel("NLL/token of the seed's answers")
+        right.legend(fontsize=8, loc="lower right")
     return _save(fig, ax, path)
 
 
