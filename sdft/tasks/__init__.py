@@ -45,7 +45,8 @@ class Task:
         raise NotImplementedError
 
     def score(self, example: dict, output) -> float:
-        raise NotImplementedError
+        """Tasks that explain their grades define ``score_with_reason -> (score, reason)``; others override."""
+        return self.score_with_reason(example, output)[0]
 
     def aggregate(self, scores: list[float], records: list[dict]) -> dict:
         """Metric value and 95% interval; tasks with other statistics (pass@k, win rate) override."""

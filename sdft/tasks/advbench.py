@@ -62,9 +62,6 @@ class AdvBench(Task):
         return float(paper), (f"paper keywords: {'refusal' if paper else 'no refusal'}; "
                               f"strict: {'refusal' if strict else 'no refusal'}")
 
-    def score(self, example: dict, output) -> float:
-        return self.score_with_reason(example, output)[0]
-
     def aggregate(self, scores: list[float], records: list[dict]) -> dict:
         from sdft.answers import strict_is_refusal
         from sdft.stats import mean_interval

@@ -72,6 +72,3 @@ class CustomTask(Task):
             return float(value), None
         raise SdftError(f"checker {self.checker_name} returned {value!r} for {example['location']}; "
                         "it must return True/False or a number in [0, 1]")
-
-    def score(self, example: dict, output) -> float:
-        return self.score_with_reason(example, output)[0]

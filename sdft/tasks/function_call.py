@@ -64,9 +64,6 @@ class OpenFunctions(Task):
         ok, reason = answers.calls_match(completion, example["reference"], signatures=signatures or None)
         return float(ok), reason
 
-    def score(self, example: dict, output) -> float:
-        return self.score_with_reason(example, output)[0]
-
 
 # ------------------------------------------------------------------------------------------------ BFCL
 
@@ -130,9 +127,6 @@ class BFCL(Task):
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         ok, reason = bfcl_match(completion, example["function"], example["ground_truth"])
         return float(ok), reason
-
-    def score(self, example: dict, output) -> float:
-        return self.score_with_reason(example, output)[0]
 
 
 def bfcl_match(text: str, function: dict, ground_truth: dict) -> tuple[bool, str]:

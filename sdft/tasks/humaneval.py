@@ -97,9 +97,6 @@ class HumanEval(Task):
         result = self.run(example, completion)
         return float(result.passed), result.status + (f": {result.detail}" if result.detail else "")
 
-    def score(self, example: dict, output) -> float:
-        return self.score_with_reason(example, output)[0]
-
     def score_batch(self, examples: list[dict], completions: list[str]) -> list[tuple[float, str]]:
         # Each check is a subprocess that mostly waits: a few at once, bounded by the CPUs we have.
         workers = max(1, min(4, os.cpu_count() or 1))

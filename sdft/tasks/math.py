@@ -75,9 +75,6 @@ class MathTask(Task):
         ok, reason = answers.math_match(completion, example["reference"])
         return float(ok), reason
 
-    def score(self, example: dict, output) -> float:
-        return self.score_with_reason(example, output)[0]
-
 
 class GSM8K(MathTask):
     name = "gsm8k"
