@@ -84,10 +84,10 @@ def describe(package: str, relative_path: str) -> str:
 def user_records(path: str) -> tuple[list[tuple[str, dict]], str]:
     """Records of a user's data file (or hub dataset name) and a provenance string for it.
 
-    Loading and error reporting (file, line, field) are ``sdft.data``'s; a file's sha256 is recorded so
+    Loading and error reporting (file, line, field) come from ``sdft.records``; a file's sha256 is recorded so
     that results can be traced to the exact data.
     """
-    from sdft.data import load_records
+    from sdft.records import load_records
     from sdft.provenance import file_sha256
 
     records = load_records(path)

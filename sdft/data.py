@@ -1,4 +1,5 @@
-"""Task data: load JSON / JSONL / CSV / Parquet files (or hub datasets) into :class:`Example` objects.
+"""Task data: turn the records of a data file (read by :mod:`sdft.records`: JSON / JSONL / CSV /
+Parquet or a hub dataset) into :class:`Example` objects.
 
 Shapes (detected per file from the first record, or forced with ``shape=``):
 
@@ -20,19 +21,14 @@ A distilled file (``sdft distill`` output) is a file of the user's shape whose r
 from __future__ import annotations
 
 import copy
-import csv
-import gzip
 import hashlib
-import io
 import json
-import os
-import re
-import socket
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlparse
 
 from sdft.errors import ConfigError, DataError
+from sdft.records import kind, load_records, location, names, read_rows
+
+__all__ = ["Example", "load_examples", "load_records", "with_response", "is_distilled", "pick_response"]
 
 
 @dataclass
@@ -73,10 +69,6 @@ _SHAPE_HELP = ("alpaca (instruction, output[, input, history, system]), gsm8k (q
 _ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "human": "user",
                "assistant": "assistant", "gpt": "assistant", "model": "assistant",
                "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
-_TEXT_FORMATS = {".json", ".jsonl", ".ndjson", ".csv", ".tsv"}
-# Keys under which JSON files commonly wrap their list of records.
-_WRAPPER_KEYS = ("data", "examples", "records", "rows", "instances", "items", "train")
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+){0,2}$")
 
 
 class _Bad(Exception):
@@ -85,158 +77,6 @@ class _Bad(Exception):
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.message, self.field = message, field
-
-
-# ---------------------------------------------------------------------------------------------- reading
-
-def load_records(path) -> list[tuple[str, dict]]:
-    """``(location, record)`` pairs of a file or hub dataset, e.g. ``("data.jsonl, line 3", {...})``."""
-    label, rows = _read(path)
-    return [(_location(label, where), rec) for where, rec in rows]
-
-
-def _location(label: str, where: dict) -> str:
-    return ", ".join([label] + [f"{k} {v}" for k, v in where.items()])
-
-
-def _read(path) -> tuple[str, list[tuple[dict, dict]]]:
-    """The label used in messages and ``(where, record)`` pairs; ``where`` is ``{"line": n}`` or
-    ``{"record": n}``, the keyword DataError takes."""
-    label = str(path)
-    p = Path(label)
-    suffixes = [s.lower() for s in p.suffixes]
-    compressed = p.suffix.lower() == ".gz"
-    fmt = (suffixes[-2] if len(suffixes) > 1 else "") if compressed else p.suffix.lower()
-    if not p.exists():
-        if fmt not in _TEXT_FORMATS | {".parquet"} and _HUB_NAME.match(label):
-            return label, _read_hub(label)
-        raise DataError(label, "no such file, and not a Hugging Face dataset name (org/name[:split])")
-    if p.is_dir():
-        raise DataError(label, "is a folder; give a data file (.json, .jsonl, .csv, .tsv, .parquet)")
-    if fmt == ".parquet" and not compressed:
-        rows = _read_parquet(p, label)
-    elif fmt in _TEXT_FORMATS:
-        text = _read_text(p, label, compressed)
-        if not text.strip():
-            raise DataError(label, "file is empty")
-        if fmt == ".json":
-            rows = _parse_json(text, label)
-        elif fmt in (".jsonl", ".ndjson"):
-            rows = _parse_jsonl(text, label)
-        else:
-            rows = _parse_csv(text, label, "\t" if fmt == ".tsv" else ",")
-    else:
-        raise DataError(label, f"unsupported file type '{p.suffix or p.name}'; use .json, .jsonl, "
-                               ".csv, .tsv (optionally .gz) or .parquet, or a Hugging Face dataset name")
-    if not rows:
-        raise DataError(label, "holds no records")
-    return label, rows
-
-
-def _read_text(p: Path, label: str, compressed: bool) -> str:
-    raw = gzip.decompress(p.read_bytes()) if compressed else p.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")  # -sig: spreadsheet exports often start with a BOM
-    except UnicodeDecodeError as exc:
-        raise DataError(label, f"not UTF-8 text (byte {exc.start + 1}); re-save the file as UTF-8",
-                        line=raw.count(b"\n", 0, exc.start) + 1) from None
-
-
-def _parse_json(text: str, label: str) -> list[tuple[dict, dict]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        # Many exports (pandas, HF `to_json`) write JSON Lines under a .json name.
-        if exc.msg == "Extra data" and text.lstrip().startswith("{"):
-            return _parse_jsonl(text, label)
-        raise DataError(label, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
-    if isinstance(data, dict):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        key = next((k for k in _WRAPPER_KEYS if k in lists), lists[0] if len(lists) == 1 else None)
-        if key is None:
-            raise DataError(label, "expected a list of records, or an object holding one under "
-                                   f"'data'; found an object with keys {_names(data)}")
-        data = data[key]
-    if not isinstance(data, list):
-        raise DataError(label, f"expected a list of records, got {_kind(data)}")
-    rows = []
-    for n, rec in enumerate(data, 1):
-        if not isinstance(rec, dict):
-            raise DataError(label, f"expected an object with fields, got {_kind(rec)}", record=n)
-        rows.append(({"record": n}, rec))
-    return rows
-
-
-def _parse_jsonl(text: str, label: str) -> list[tuple[dict, dict]]:
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(label, f"invalid JSON: {exc.msg} (column {exc.colno})", line=n) from None
-        if not isinstance(rec, dict):
-            raise DataError(label, f"expected a JSON object, got {_kind(rec)}", line=n)
-        rows.append(({"line": n}, rec))
-    return rows
-
-
-def _parse_csv(text: str, label: str, delimiter: str) -> list[tuple[dict, dict]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, [])
-    dupes = {h for h in header if header.count(h) > 1}
-    if dupes:
-        raise DataError(label, f"duplicate column name(s) {_names(dupes)} in the header", line=1)
-    rows, previous = [], reader.line_num
-    for row in reader:
-        # Line numbers as an editor shows them (header = line 1); a quoted cell may span lines.
-        start, previous = previous + 1, reader.line_num
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise DataError(label, f"row has {len(row)} values but the header has {len(header)} columns",
-                            line=start)
-        rows.append(({"line": start}, dict(zip(header, row))))
-    return rows
-
-
-def _read_parquet(p: Path, label: str) -> list[tuple[dict, dict]]:
-    import pyarrow.parquet as pq
-    try:
-        records = pq.read_table(p).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for corrupt or non-Parquet files
-        raise DataError(label, f"cannot read Parquet file ({_first_line(exc)})") from None
-    return [({"record": n}, rec) for n, rec in enumerate(records, 1)]
-
-
-def _hub_reachable() -> bool:
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # a direct probe says nothing behind a proxy; let `datasets` try
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
-def _read_hub(name: str) -> list[tuple[dict, dict]]:
-    """``org/name``, ``org/name:split`` or ``org/name:config:split`` (split defaults to train)."""
-    repo, *rest = name.split(":")
-    config, split = (None, rest[0] if rest else "train") if len(rest) < 2 else rest
-    # Offline, `datasets` retries for ~25 s printing a warning each time; probe once and say so plainly.
-    # HF_HUB_OFFLINE=1 skips the probe so that a cached copy can still be used.
-    if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false") and not _hub_reachable():
-        raise DataError(name, "not a local file, and the Hugging Face hub is unreachable; give a local "
-                              "file, or set HF_HUB_OFFLINE=1 to use a cached copy")
-    try:
-        import datasets
-        ds = datasets.load_dataset(repo, config, split=split)
-    except Exception as exc:  # hub, auth, missing split, script errors: all one message for the user
-        raise DataError(name, f"cannot load '{repo}' (config {config}, split {split}) from the "
-                              f"Hugging Face hub: {_first_line(exc)}") from None
-    return [({"record": n}, dict(rec)) for n, rec in enumerate(ds, 1)]
 
 
 # ------------------------------------------------------------------------------------------- examples
@@ -252,16 +92,16 @@ def load_examples(path, *, shape: str = "auto", columns: dict[str, str] | None =
         raise ConfigError(f"unknown data shape '{shape}'; accepted: auto, {', '.join(SHAPES)}")
     unknown = set(columns or {}) - set(ROLES)
     if unknown:
-        raise ConfigError(f"unknown column role(s) {_names(unknown)}; accepted: {', '.join(ROLES)}")
+        raise ConfigError(f"unknown column role(s) {names(unknown)}; accepted: {', '.join(ROLES)}")
     if columns and shape in CHAT_SHAPES:
         raise ConfigError(f"columns= applies to flat shapes ({', '.join(FLAT_SHAPES)}), not '{shape}'")
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be 0 or more, got {limit}")
-    label, rows = _read(path)
+    label, rows = read_rows(path)
     first_where, first = rows[0]
     shape = shape if shape != "auto" else _detect(first, columns)
     if shape is None:
-        raise DataError(label, f"cannot tell the data shape; fields found: {_names(_fields(first))}; "
+        raise DataError(label, f"cannot tell the data shape; fields found: {names(_fields(first))}; "
                                f"accepted shapes: {_SHAPE_HELP}", **first_where)
     cols = {**FLAT_SHAPES[shape], **(columns or {})} if shape in FLAT_SHAPES else {}
     parsed, problems = [], []
@@ -277,7 +117,7 @@ def load_examples(path, *, shape: str = "auto", columns: dict[str, str] | None =
         raise DataError(label, bad.message + more, field=bad.field, **where)
     ids = _ids([rec for _, rec in rows], cols.get("id", "id"), parsed)
     examples = [Example(id=i, instruction=ins, response=resp, history=hist, system=system, source=rec,
-                        shape=shape, location=_location(label, where), columns=dict(cols))
+                        shape=shape, location=location(label, where), columns=dict(cols))
                 for i, (where, rec), (ins, resp, hist, system) in zip(ids, rows, parsed)]
     return examples if limit is None else examples[:limit]
 
@@ -322,10 +162,10 @@ def _parse(rec: dict, shape: str, cols: dict) -> tuple[str, str, list[tuple[str,
     hist_key = cols.get("history")
     if hist_key and rec.get(hist_key) is not None:
         if not isinstance(rec[hist_key], list):
-            raise _Bad(f"expected a list of [user, assistant] pairs, got {_kind(rec[hist_key])}", hist_key)
+            raise _Bad(f"expected a list of [user, assistant] pairs, got {kind(rec[hist_key])}", hist_key)
         for i, pair in enumerate(rec[hist_key]):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
-                raise _Bad(f"expected a [user, assistant] pair of texts, got {_kind(pair)}", f"{hist_key}[{i}]")
+                raise _Bad(f"expected a [user, assistant] pair of texts, got {kind(pair)}", f"{hist_key}[{i}]")
             history.append((pair[0], pair[1]))
     return instruction, response, history, system or None
 
@@ -333,11 +173,11 @@ def _parse(rec: dict, shape: str, cols: dict) -> tuple[str, str, list[tuple[str,
 def _parse_chat(rec: dict, key: str) -> tuple[str, str, list[tuple[str, str]], str | None]:
     turns = rec.get(key)
     if not isinstance(turns, list):
-        raise _Bad(f"expected a list of messages, got {_kind(turns)}", key)
+        raise _Bad(f"expected a list of messages, got {kind(turns)}", key)
     parsed = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise _Bad(f"expected a message object, got {_kind(turn)}", f"{key}[{i}]")
+            raise _Bad(f"expected a message object, got {kind(turn)}", f"{key}[{i}]")
         role_key = "role" if "role" in turn else "from"
         role = _ROLE_NAMES.get(str(turn.get(role_key)).lower())
         if role is None:
@@ -348,7 +188,7 @@ def _parse_chat(rec: dict, key: str) -> tuple[str, str, list[tuple[str, str]], s
         if isinstance(text, list):  # OpenAI content parts: [{"type": "text", "text": ...}, ...]
             text = "".join(p.get("text", "") for p in text if isinstance(p, dict) and p.get("type") == "text")
         if not isinstance(text, str):
-            raise _Bad(f"expected text, got {_kind(text)}", f"{key}[{i}].{text_key}")
+            raise _Bad(f"expected text, got {kind(text)}", f"{key}[{i}].{text_key}")
         parsed.append((role, text, f"{key}[{i}].{text_key}"))
     system = [text for role, text, _ in parsed if role == "system"]
     rest = parsed[len(system):]
@@ -370,11 +210,11 @@ def _parse_chat(rec: dict, key: str) -> tuple[str, str, list[tuple[str, str]], s
 
 def _check_distilled(meta) -> None:
     if not isinstance(meta, dict):
-        raise _Bad(f"expected the distillation record {{accepted, reason, rewrite, original}}, got {_kind(meta)}",
+        raise _Bad(f"expected the distillation record {{accepted, reason, rewrite, original}}, got {kind(meta)}",
                    DISTILL_KEY)
     for key, types in (("accepted", bool), ("reason", str), ("rewrite", (str, type(None))), ("original", str)):
         if key not in meta or not isinstance(meta[key], types):
-            raise _Bad(f"missing or wrong type ({_kind(meta.get(key))})", f"{DISTILL_KEY}.{key}")
+            raise _Bad(f"missing or wrong type ({kind(meta.get(key))})", f"{DISTILL_KEY}.{key}")
     if meta["accepted"] and not meta["rewrite"]:
         raise _Bad("an accepted rewrite must be non-empty text", f"{DISTILL_KEY}.rewrite")
 
@@ -383,11 +223,11 @@ def _text(rec: dict, key: str, *, required: bool) -> str:
     value = rec.get(key)
     if value is None:  # absent, JSON null, or an empty Parquet cell
         if required:
-            found = " (it is null)" if key in rec else f" (fields found: {_names(_fields(rec))})"
+            found = " (it is null)" if key in rec else f" (fields found: {names(_fields(rec))})"
             raise _Bad(f"missing required field{found}", key)
         return ""
     if not isinstance(value, str):
-        raise _Bad(f"expected text, got {_kind(value)}", key)
+        raise _Bad(f"expected text, got {kind(value)}", key)
     return value
 
 
@@ -433,24 +273,3 @@ def pick_response(example: Example, use_rewrite: bool) -> str:
     if use_rewrite and meta["accepted"] and meta.get("rewrite"):
         return meta["rewrite"]
     return meta["original"]
-
-
-# ------------------------------------------------------------------------------------------------ util
-
-def _kind(value) -> str:
-    """How a JSON value reads in a message: 'a number (42)', 'a list of 2', ..."""
-    if value is None or isinstance(value, (bool, int, float)):
-        return {type(None): "nothing (null)", bool: f"a boolean ({value})"}.get(type(value), f"a number ({value})")
-    if isinstance(value, (list, tuple)):
-        return f"a list of {len(value)}"
-    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
-
-
-def _names(items) -> str:
-    return ", ".join(map(str, items)) or "(none)"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-

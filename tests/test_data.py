@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from sdft import data
+from sdft import records
 from sdft.data import Example, is_distilled, load_examples, load_records, pick_response, with_response
 from sdft.errors import ConfigError, DataError, SdftError
 
@@ -329,7 +329,7 @@ def fake_datasets(monkeypatch, behaviour):
         return behaviour()
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    monkeypatch.setattr(data, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(records, "_hub_reachable", lambda: True)
     return calls
 
 
@@ -350,7 +350,7 @@ def test_hub_failures_are_one_sentence(monkeypatch):
     message = error_of("org/name")
     assert message.startswith("org/name: cannot load 'org/name'") and "Couldn't reach" in message
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(data, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(records, "_hub_reachable", lambda: False)
     assert "hub is unreachable" in error_of("org/name")
 
 

@@ -93,13 +93,13 @@ class BFCL(Task):
             records, self.source = carriers.user_records(self.data_path)
             answers_path = Path(self.data_path).parent / "possible_answer" / Path(self.data_path).name
         else:
-            from sdft.data import load_records
+            from sdft.records import load_records
             records = load_records(carriers.carrier_file(*_BFCL))
             answers_path = carriers.carrier_file(*_BFCL_ANSWERS)
             self.source = carriers.describe(*_BFCL)
         truth = {}
         if answers_path.is_file():
-            from sdft.data import load_records
+            from sdft.records import load_records
             truth = {str(rec.get("id")): rec.get("ground_truth") for _, rec in load_records(answers_path)}
         return [self._example(loc, rec, truth) for loc, rec in records]
 

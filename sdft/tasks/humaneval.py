@@ -58,7 +58,7 @@ class HumanEval(Task):
                 "chat_user": INSTRUCTION + CHAT_CODE, "chat_assistant_prefix": "```python\n"}
 
     def examples(self) -> list[dict]:
-        from sdft.data import load_records
+        from sdft.records import load_records
 
         if self.data_path:
             records, self.source = carriers.user_records(self.data_path)

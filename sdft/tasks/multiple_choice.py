@@ -36,7 +36,7 @@ def read_rows(path: str | Path) -> list[tuple[str, dict]]:
                 raise DataError(p, "folder holds neither a saved dataset nor .arrow shards")
             rows = [row for shard in shards for row in _read_arrow(shard)]
         return [(f"{p}, record {i + 1}", row) for i, row in enumerate(rows)]
-    from sdft.data import load_records  # JSON / JSONL / CSV / Parquet (and hub names), with line numbers
+    from sdft.records import load_records  # JSON / JSONL / CSV / Parquet (and hub names), with line numbers
     return load_records(p)
 
 
