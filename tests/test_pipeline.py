@@ -96,3 +96,45 @@ def test_shipped_configs_are_valid(path, shared_data, monkeypatch):
     monkeypatch.chdir(_ROOT)
     config = load_run_config(path)
     assert config.name and config.mix_ratios
+
+
+@pytest.mark.slow
+def test_run_on_a_users_own_chat_data_and_checker(tmp_path, tiny_model, monkeypatch):
+    """What a user brings: OpenAI `messages` JSONL to train on, a ShareGPT Parquet file to evaluate on,
+    and their own checker function; the run must go through to a report like the shipped configs'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    train = tmp_path / "chats.jsonl"
+    with train.open("w") as f:
+        for i in range(4):
+            f.write(json.dumps({"messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": f"Say the word number {i}."},
+                {"role": "assistant", "content": f"word{i}"}]}) + "\n")
+    held_out = tmp_path / "held_out.parquet"
+    pq.write_table(pa.Table.from_pylist([
+        {"conversations": [{"from": "human", "value": f"Say the word number {i}."},
+                           {"from": "gpt", "value": f"word{i}"}]} for i in (7, 8)]), held_out)
+    (tmp_path / "my_checks.py").write_text(
+        "def said_it(record, completion):\n"
+        "    return record['conversations'][-1]['value'] in completion\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = {
+        "name": "mine", "out_root": str(tmp_path / "runs"), "model": str(tiny_model), "data": str(train),
+        "distill": {"max_new_tokens": 8, "batch_size": 4, "progress": False},
+        "train": {"max_steps": 1, "batch_size": 2, "grad_accum": 1, "max_length": 256},
+        "eval": {"tasks": ["words"], "data": [f"words={held_out}"], "checker": ["words=my_checks:said_it"],
+                 "limit": 2, "max_new_tokens": 8, "progress": False},
+    }
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    manifest = run(load_run_config(path), log=lambda line: None)
+
+    assert set(manifest["models"]) == {"seed", "vanilla", "sdft"}
+    report = (tmp_path / "runs" / "mine" / "report.md").read_text()
+    assert "words/score" in report and "| sdft |" in report
+    distilled = next((tmp_path / "runs" / "mine" / "distill").glob("*/distilled.jsonl"))
+    first = json.loads(distilled.read_text().splitlines()[0])
+    assert first["messages"][0]["role"] == "system" and "sdft" in first  # the user's shape, plus our record
