@@ -89,14 +89,14 @@ def results_section(manifest: dict) -> str:
     return "## Results\n\n" + _table(["model", *columns], rows) + "\n\n" + note + "\n"
 
 
-def distill_section(manifest: dict, n_examples: int = 2) -> str:
+def distill_section(manifest: dict, run_dir: Path, n_examples: int = 2) -> str:
     stats = manifest["distill"]["stats"]
     reasons = _table(["reason", "count"], [[k, v] for k, v in stats["reasons"].items()])
     text = (f"## Distillation\n\n{stats['examples']} examples, {stats['accepted']} rewrites accepted "
             f"({stats['acceptance_rate']:.0%}); {stats.get('completion_tokens', '?')} new tokens at "
             f"{stats.get('tokens_per_second', '?')} tokens/s; {stats.get('prompts_truncated', 0)} prompts "
             f"truncated.\n\n{reasons}\n")
-    path = Path(manifest["distill"]["dir"]) / "distilled.jsonl"
+    path = locate(run_dir, manifest["distill"]["dir"]) / "distilled.jsonl"
     if path.is_file():
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for accepted in (True, False):
@@ -138,6 +138,64 @@ def shift_section(manifest: dict) -> str:
               f"to the seed).{seed_nll} Parameter shift is the L2 norm of the weight change.\n")
 
 
+def paired_section(manifest: dict, run_dir: Path) -> str:
+    """Each model trained on rewrites against vanilla (mix 0) trained on the same examples, item by item."""
+    from sdft.stats import paired_comparison
+
+    models = manifest["models"]
+    rows = []
+    for label, m in models.items():
+        baseline = _vanilla_for(models, m)
+        if not m.get("mix_ratio") or baseline is None:
+            continue
+        ours, theirs = _item_scores(m, run_dir), _item_scores(models[baseline], run_dir)
+        for task in sorted(set(ours) & set(theirs)):
+            metric, scores = ours[task]
+            ids = sorted(set(scores) & set(theirs[task][1]))
+            if not ids:
+                continue
+            c = paired_comparison([scores[i] for i in ids], [theirs[task][1][i] for i in ids])
+            low, high = c["ci95"]
+            rows.append([f"{label} − {baseline}", f"{task}/{metric}", c["n"],
+                         f"{c['mean'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]", c["wins"], c["losses"],
+                         "–" if c["p"] is None else f"{c['p']:.3f}"])
+    if not rows:
+        return ""
+    return ("## Rewrites vs original targets, item by item\n\n"
+            + _table(["comparison", "task/metric", "items", "difference (points) [95%]", "better", "worse",
+                      "McNemar p"], rows)
+            + "\n\nEach model trained on rewrites against vanilla trained on the same examples, on the same "
+              "evaluation items: the difference of their scores with a paired 95% interval, how many items "
+              "the first scored higher / lower on, and for 0/1 scores the exact McNemar p-value (interval: "
+              "Bonett-Price adjusted Wald for paired proportions). With one training run per arm this is "
+              "evaluation noise only, not training-seed variance.\n")
+
+
+def _vanilla_for(models: dict, model: dict) -> str | None:
+    return next((label for label, m in models.items()
+                 if m.get("mix_ratio") == 0 and m.get("sample_size") == model.get("sample_size")), None)
+
+
+def _item_scores(model: dict, run_dir: Path) -> dict[str, tuple[str, dict[str, float]]]:
+    """``{task: (primary metric, {item id: score})}`` from an evaluation's saved generations."""
+    eval_dir = locate(run_dir, model["eval"]["dir"])
+    scores = {}
+    for task, entry in model["eval"]["results"].get("tasks", {}).items():
+        path = eval_dir / str(entry.get("generations") or "")
+        if entry.get("generations") and path.is_file():
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            scores[task] = (entry.get("metric", "score"),
+                            {r["id"]: float(r["score"]) for r in records if r.get("score") is not None})
+    return scores
+
+
+def locate(run_dir: Path, stored: str) -> Path:
+    """A stage folder as the manifest names it (relative to where the run was started), or, when the
+    report is rebuilt from elsewhere, the same ``stage/name`` folder inside ``run_dir``."""
+    path = Path(stored)
+    return path if path.exists() else run_dir.joinpath(*path.parts[-2:])
+
+
 def _mean_ci(metric: dict) -> str:
     if metric.get("mean") is None:
         return "–"
@@ -159,7 +217,8 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     parts = [f"# SDFT report: {manifest['name']}\n",
              f"Seed model `{manifest['model']}`, training data `{manifest['data']}` (task kind "
              f"{manifest['task']}). Every stage's settings are in its folder's `stage.json` and `run.json`.\n",
-             results_section(manifest), distill_section(manifest), shift_section(manifest)]
+             results_section(manifest), paired_section(manifest, run_dir), distill_section(manifest, run_dir),
+             shift_section(manifest)]
     if images:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{title}](plots/{path.name})" for title, path in images))
     markdown_text = "\n".join(p for p in parts if p)

@@ -1,6 +1,7 @@
 """`sdft run`: config validation, a full tiny run with every report section, stage caching, report rebuild."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,9 +62,11 @@ def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     manifest = run(config, log=logs.append)
     run_dir = tmp_path / "runs" / "tiny"
     report = (run_dir / "report.md").read_text()
-    for section in ("## Results", "## Distillation", "## Distribution shift", "## Plots"):
+    for section in ("## Results", "## Rewrites vs original targets", "## Distillation", "## Distribution shift",
+                    "## Plots"):
         assert section in report
-    for row in ("| seed |", "| vanilla |", "| sdft |", "| mix0.5 |", "| vanilla-n2 |", "| sdft-n2 |"):
+    for row in ("| seed |", "| vanilla |", "| sdft |", "| mix0.5 |", "| vanilla-n2 |", "| sdft-n2 |",
+                "| sdft − vanilla | openfunctions/accuracy | 2 |", "| sdft-n2 − vanilla-n2 |"):
         assert row in report
     assert "data:image/png;base64," in (run_dir / "report.html").read_text()
     assert {"mix_ratio.png", "sample_size.png", "loss.png"} <= {p.name for p in (run_dir / "plots").iterdir()}
@@ -84,6 +87,13 @@ def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     (run_dir / "report.md").unlink()
     paths = build_report(ReportConfig(run_dir=str(run_dir)))
     assert "| sdft |" in Path(paths["md"]).read_text()
+
+    # A run folder moved elsewhere (archived, copied off a cluster) still rebuilds its whole report.
+    moved = tmp_path / "archive" / "tiny"
+    shutil.copytree(run_dir, moved)
+    shutil.rmtree(run_dir)
+    rebuilt = Path(build_report(ReportConfig(run_dir=str(moved)))["md"]).read_text()
+    assert "| sdft − vanilla | openfunctions/accuracy | 2 |" in rebuilt and "rewrite** (`" in rebuilt
 
 
 _ROOT = Path(__file__).resolve().parents[1]
