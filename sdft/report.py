@@ -56,6 +56,10 @@ def _ci(entry: dict) -> str:
     return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and None not in ci else ""
 
 
+def _section(title: str, header: list[str], rows: list[list], caption: str) -> str:
+    return f"## {title}\n\n{_table(header, rows)}\n\n{caption}\n"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
@@ -129,13 +133,13 @@ def shift_section(manifest: dict) -> str:
     if not rows:
         return ""
     seed_nll = f" The seed's own NLL on them is {_num(baseline)}." if baseline is not None else ""
-    return ("## Distribution shift vs the seed model\n\n"
-            + _table(["model", "answers to", "BLEU-4", "ROUGE-L F", "embedding cosine", "seed answers NLL/token",
-                      "parameter shift (L2)"], rows)
-            + "\n\nSimilarities compare each model's greedy answers with the seed model's answers to the same "
-              "prompts (0-1, 1 = identical; mean and 95% interval). Seed NLL is the mean per-token negative "
-              "log-likelihood, under the fine-tuned model, of the seed's own greedy answers (lower = closer "
-              f"to the seed).{seed_nll} Parameter shift is the L2 norm of the weight change.\n")
+    return _section("Distribution shift vs the seed model",
+                    ["model", "answers to", "BLEU-4", "ROUGE-L F", "embedding cosine", "seed answers NLL/token",
+                     "parameter shift (L2)"], rows,
+                    "Similarities compare each model's greedy answers with the seed model's answers to the same "
+                    "prompts (0-1, 1 = identical; mean and 95% interval). Seed NLL is the mean per-token negative "
+                    "log-likelihood, under the fine-tuned model, of the seed's own greedy answers (lower = closer "
+                    f"to the seed).{seed_nll} Parameter shift is the L2 norm of the weight change.")
 
 
 def paired_section(manifest: dict, run_dir: Path) -> str:
@@ -161,14 +165,14 @@ def paired_section(manifest: dict, run_dir: Path) -> str:
                          "–" if c["p"] is None else f"{c['p']:.3f}"])
     if not rows:
         return ""
-    return ("## Rewrites vs original targets, item by item\n\n"
-            + _table(["comparison", "task/metric", "items", "difference (points) [95%]", "better", "worse",
-                      "McNemar p"], rows)
-            + "\n\nEach model trained on rewrites against vanilla trained on the same examples, on the same "
-              "evaluation items: the difference of their scores with a paired 95% interval, how many items "
-              "the first scored higher / lower on, and for 0/1 scores the exact McNemar p-value (interval: "
-              "Bonett-Price adjusted Wald for paired proportions). With one training run per arm this is "
-              "evaluation noise only, not training-seed variance.\n")
+    return _section("Rewrites vs original targets, item by item",
+                    ["comparison", "task/metric", "items", "difference (points) [95%]", "better", "worse",
+                     "McNemar p"], rows,
+                    "Each model trained on rewrites against vanilla trained on the same examples, on the same "
+                    "evaluation items: the difference of their scores with a paired 95% interval, how many items "
+                    "the first scored higher / lower on, and for 0/1 scores the exact McNemar p-value (interval: "
+                    "Bonett-Price adjusted Wald for paired proportions). With one training run per arm this is "
+                    "evaluation noise only, not training-seed variance.")
 
 
 def _vanilla_for(models: dict, model: dict) -> str | None:
