@@ -182,15 +182,46 @@ def _vanilla_for(models: dict, model: dict) -> str | None:
 
 def _item_scores(model: dict, run_dir: Path) -> dict[str, tuple[str, dict[str, float]]]:
     """``{task: (primary metric, {item id: score})}`` from an evaluation's saved generations."""
+    return {task: (entry.get("metric", "score"),
+                   {r["id"]: float(r["score"]) for r in records if r.get("score") is not None})
+            for task, (entry, records) in _generations(model, run_dir).items()}
+
+
+def _generations(model: dict, run_dir: Path) -> dict[str, tuple[dict, list[dict]]]:
+    """``{task: (results entry, generation records)}`` for the tasks whose generations were saved."""
     eval_dir = locate(run_dir, model["eval"]["dir"])
-    scores = {}
+    found = {}
     for task, entry in model["eval"]["results"].get("tasks", {}).items():
         path = eval_dir / str(entry.get("generations") or "")
         if entry.get("generations") and path.is_file():
-            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            scores[task] = (entry.get("metric", "score"),
-                            {r["id"]: float(r["score"]) for r in records if r.get("score") is not None})
-    return scores
+            found[task] = (entry, [json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    return found
+
+
+def length_section(manifest: dict, run_dir: Path) -> str:
+    """How long each model answers: fine-tuning on terse targets shortens answers, on the seed's own
+    rewrites much less; answers cut at the token budget can fail a task for length alone."""
+    per_model = {label: {task: records for task, (_, records) in _generations(m, run_dir).items()
+                         if records and all("completion_tokens" in r for r in records)}
+                 for label, m in manifest["models"].items()}
+    tasks = sorted({t for found in per_model.values() for t in found})
+    if not tasks:
+        return ""
+    rows = []
+    for label, found in per_model.items():
+        cells = [label]
+        for task in tasks:
+            records = found.get(task)
+            if not records:
+                cells.append("–")
+                continue
+            tokens = sum(r["completion_tokens"] for r in records) / len(records)
+            cut = sum(r.get("finish_reason") == "length" for r in records) / len(records)
+            cells.append(f"{tokens:.1f} ({cut:.0%})")
+        rows.append(cells)
+    return _section("Answer length", ["model", *tasks], rows,
+                    "Mean new tokens per answer, and in parentheses the share of answers stopped by the "
+                    "evaluation's token budget rather than ending on their own.")
 
 
 def locate(run_dir: Path, stored: str) -> Path:
@@ -222,7 +253,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
              f"Seed model `{manifest['model']}`, training data `{manifest['data']}` (task kind "
              f"{manifest['task']}). Every stage's settings are in its folder's `stage.json` and `run.json`.\n",
              results_section(manifest), paired_section(manifest, run_dir), distill_section(manifest, run_dir),
-             shift_section(manifest)]
+             length_section(manifest, run_dir), shift_section(manifest)]
     if images:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{title}](plots/{path.name})" for title, path in images))
     markdown_text = "\n".join(p for p in parts if p)
