@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 
 from sdft.errors import ConfigError, DataError
-from sdft.records import kind, load_records, location, names, read_rows
+from sdft.records import kind, load_records, location, names, read_source
 
 __all__ = ["Example", "load_examples", "load_records", "with_response", "is_distilled", "pick_response"]
 
@@ -97,7 +97,7 @@ def load_examples(path, *, shape: str = "auto", columns: dict[str, str] | None =
         raise ConfigError(f"columns= applies to flat shapes ({', '.join(FLAT_SHAPES)}), not '{shape}'")
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be 0 or more, got {limit}")
-    label, rows = read_rows(path)
+    label, rows = read_source(path)
     first_where, first = rows[0]
     shape = shape if shape != "auto" else _detect(first, columns)
     if shape is None:

@@ -27,7 +27,7 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+){0,2}$")
 
 def load_records(path) -> list[tuple[str, dict]]:
     """``(location, record)`` pairs of a file or hub dataset, e.g. ``("data.jsonl, line 3", {...})``."""
-    label, rows = read_rows(path)
+    label, rows = read_source(path)
     return [(location(label, where), rec) for where, rec in rows]
 
 
@@ -35,7 +35,7 @@ def location(label: str, where: dict) -> str:
     return ", ".join([label] + [f"{k} {v}" for k, v in where.items()])
 
 
-def read_rows(path) -> tuple[str, list[tuple[dict, dict]]]:
+def read_source(path) -> tuple[str, list[tuple[dict, dict]]]:
     """The label used in messages and ``(where, record)`` pairs; ``where`` is ``{"line": n}`` or
     ``{"record": n}``, the keyword DataError takes."""
     label = str(path)

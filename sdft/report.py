@@ -142,8 +142,10 @@ def shift_section(manifest: dict) -> str:
                     f"to the seed).{seed_nll} Parameter shift is the L2 norm of the weight change.")
 
 
-def paired_section(manifest: dict, run_dir: Path) -> str:
-    """Each model trained on rewrites against vanilla (mix 0) trained on the same examples, item by item."""
+def paired_section(manifest: dict, generations: dict) -> str:
+    """Each model trained on rewrites against vanilla (mix 0) trained on the same examples, item by item.
+
+    ``generations`` is :func:`load_generations`'s map, read once for all sections."""
     from sdft.stats import paired_comparison
 
     models = manifest["models"]
@@ -152,13 +154,14 @@ def paired_section(manifest: dict, run_dir: Path) -> str:
         baseline = _vanilla_for(models, m)
         if not m.get("mix_ratio") or baseline is None:
             continue
-        ours, theirs = _item_scores(m, run_dir), _item_scores(models[baseline], run_dir)
+        ours, theirs = _item_scores(generations[label]), _item_scores(generations[baseline])
         for task in sorted(set(ours) & set(theirs)):
             metric, scores = ours[task]
-            ids = sorted(set(scores) & set(theirs[task][1]))
+            reference = theirs[task][1]
+            ids = sorted(set(scores) & set(reference))
             if not ids:
                 continue
-            c = paired_comparison([scores[i] for i in ids], [theirs[task][1][i] for i in ids])
+            c = paired_comparison([scores[i] for i in ids], [reference[i] for i in ids])
             low, high = c["ci95"]
             rows.append([f"{label} − {baseline}", f"{task}/{metric}", c["n"],
                          f"{c['mean'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]", c["wins"], c["losses"],
@@ -180,15 +183,20 @@ def _vanilla_for(models: dict, model: dict) -> str | None:
                  if m.get("mix_ratio") == 0 and m.get("sample_size") == model.get("sample_size")), None)
 
 
-def _item_scores(model: dict, run_dir: Path) -> dict[str, tuple[str, dict[str, float]]]:
-    """``{task: (primary metric, {item id: score})}`` from an evaluation's saved generations."""
+def _item_scores(found: dict[str, tuple[dict, list[dict]]]) -> dict[str, tuple[str, dict[str, float]]]:
+    """``{task: (primary metric, {item id: score})}`` from one model's saved generations."""
     return {task: (entry.get("metric", "score"),
                    {r["id"]: float(r["score"]) for r in records if r.get("score") is not None})
-            for task, (entry, records) in _generations(model, run_dir).items()}
+            for task, (entry, records) in found.items()}
+
+
+def load_generations(manifest: dict, run_dir: Path) -> dict[str, dict[str, tuple[dict, list[dict]]]]:
+    """``{model label: {task: (results entry, generation records)}}`` for the tasks whose generations
+    were saved."""
+    return {label: _generations(m, run_dir) for label, m in manifest["models"].items()}
 
 
 def _generations(model: dict, run_dir: Path) -> dict[str, tuple[dict, list[dict]]]:
-    """``{task: (results entry, generation records)}`` for the tasks whose generations were saved."""
     eval_dir = locate(run_dir, model["eval"]["dir"])
     found = {}
     for task, entry in model["eval"]["results"].get("tasks", {}).items():
@@ -198,12 +206,12 @@ def _generations(model: dict, run_dir: Path) -> dict[str, tuple[dict, list[dict]
     return found
 
 
-def length_section(manifest: dict, run_dir: Path) -> str:
+def length_section(generations: dict) -> str:
     """How long each model answers: fine-tuning on terse targets shortens answers, on the seed's own
     rewrites much less; answers cut at the token budget can fail a task for length alone."""
-    per_model = {label: {task: records for task, (_, records) in _generations(m, run_dir).items()
+    per_model = {label: {task: records for task, (_, records) in found.items()
                          if records and all("completion_tokens" in r for r in records)}
-                 for label, m in manifest["models"].items()}
+                 for label, found in generations.items()}
     tasks = sorted({t for found in per_model.values() for t in found})
     if not tasks:
         return ""
@@ -249,11 +257,12 @@ def write_report(run_dir: Path) -> dict[str, Path]:
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     images = plots.make_plots(manifest, run_dir / "plots")
+    generations = load_generations(manifest, run_dir)
     parts = [f"# SDFT report: {manifest['name']}\n",
              f"Seed model `{manifest['model']}`, training data `{manifest['data']}` (task kind "
              f"{manifest['task']}). Every stage's settings are in its folder's `stage.json` and `run.json`.\n",
-             results_section(manifest), paired_section(manifest, run_dir), distill_section(manifest, run_dir),
-             length_section(manifest, run_dir), shift_section(manifest)]
+             results_section(manifest), paired_section(manifest, generations),
+             distill_section(manifest, run_dir), length_section(generations), shift_section(manifest)]
     if images:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{title}](plots/{path.name})" for title, path in images))
     markdown_text = "\n".join(p for p in parts if p)

@@ -32,7 +32,6 @@ def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float, f
     return (mean, mean - half, mean + half)
 
 
-
 def paired_comparison(a: list[float], b: list[float], z: float = 1.96) -> dict:
     """Model A against model B scored on the same items (``a[i]``, ``b[i]``).
 
@@ -66,6 +65,7 @@ def _bonett_price_paired(wins: int, losses: int, n: int, z: float) -> tuple[floa
     centre = p_win - p_loss
     half = z * math.sqrt((p_win + p_loss - centre ** 2) / (n + 2))
     return (max(-1.0, centre - half), min(1.0, centre + half))
+
 
 def mcnemar_p(wins: int, losses: int) -> float:
     """Exact two-sided McNemar p-value: items only model A got right (``wins``) against items only
