@@ -61,7 +61,6 @@ DENIED_SYSCALLS = (
 )
 _IOCTL_DENIED = (0x5412, 0x541C, 0x40086602, 0x401C5820)  # TIOCSTI, TIOCLINUX, FS_IOC_SETFLAGS, FSSETXATTR
 _SCHED_REALTIME = (1, 2, 6)  # SCHED_FIFO, SCHED_RR, SCHED_DEADLINE
-_AF_UNIX = 1
 NPROC_MARGIN = 32  # processes (threads count too) one sandboxed program may add
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -223,8 +222,7 @@ def not_dumpable() -> None:
 def seccomp_filter():
     """A libseccomp filter: every call allowed except those listed above (EPERM), ioctls that push
     input into a terminal or set immutable flags, real-time scheduling, namespace flags to clone,
-    clone3 (ENOSYS: its flags are out of seccomp's reach, libc falls back to clone) and sockets other
-    than unix ones. Foreign architectures (32-bit calls, x32) kill the process (libseccomp's default)."""
+    clone3 (ENOSYS: its flags are out of seccomp's reach, libc falls back to clone) and new sockets. Foreign architectures (32-bit calls, x32) kill the process (libseccomp's default)."""
     sc = _pyseccomp()
     deny = sc.ERRNO(errno.EPERM)
     flt = sc.SyscallFilter(sc.ALLOW)
@@ -241,7 +239,9 @@ def seccomp_filter():
     for bit in (CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, 0x02000000):
         flt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, bit, bit))
     flt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-    flt.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.NE, _AF_UNIX))
+    # No new sockets of any family (socketpair stays): the network namespace has no network, and a
+    # unix socket on a read-only bind mount can still be connected to (connect ignores the mount flag).
+    flt.add_rule(deny, "socket")
     return flt
 
 

@@ -41,6 +41,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -49,7 +50,7 @@ from typing import Literal
 
 from sdft.errors import ConfigError, SdftError
 
-__all__ = ["SandboxResult", "run_python", "check_program", "isolation", "require", "record"]
+__all__ = ["SandboxResult", "run_python", "check_program", "isolation", "require", "record", "stop_all", "resume"]
 
 ENV_MODE = "SDFT_SANDBOX"
 MODES = ("strict", "permissive")
@@ -213,10 +214,33 @@ class _Outcome:
                              detail, worker.get("cpu_s"), sorted(self.mechanisms))
 
 
+_LIVE: set[subprocess.Popen] = set()  # hosts running now, for stop_all()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def stop_all() -> None:
+    """End every sandboxed run of this process now (their results: ``error``), and start no new one
+    until :func:`resume`. For Ctrl-C during parallel scoring: the worker threads are not interrupted."""
+    _STOPPING.set()
+    with _LIVE_LOCK:
+        hosts = list(_LIVE)
+    for host in hosts:
+        if host.poll() is None:
+            host.send_signal(signal.SIGTERM)
+
+
+def resume() -> None:
+    _STOPPING.clear()
+
+
 def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
     from sdft.sandbox_verdict import Output, collect
 
     outcome, start = _Outcome(), time.monotonic()
+    if _STOPPING.is_set():
+        outcome.problems.append("sandbox stopped: the run was interrupted")
+        return outcome
     report_r, report_w = os.pipe()
     spec = {**spec, "report_fd": report_w, "parent_pid": os.getpid()}
     try:
@@ -231,6 +255,8 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
     finally:
         os.close(report_w)
     stdout, stderr = Output(max_output_bytes), Output(max_output_bytes)
+    with _LIVE_LOCK:
+        _LIVE.add(host)
     try:
         try:
             host.stdin.write(json.dumps(spec).encode())
@@ -238,7 +264,7 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
         except BrokenPipeError:
             pass
         report = collect(host, stdout, stderr, report_r, start + timeout_s + _HOST_GRACE_S,
-                         flood=max(8 * max_output_bytes, 8 << 20))
+                         flood=max(8 * max_output_bytes, 8 << 20), stopping=_STOPPING)
         outcome.flooded = report.flooded
         for line in report.lines:
             try:
@@ -250,6 +276,8 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
     finally:
         _stop_host(host)
         os.close(report_r)
+        with _LIVE_LOCK:
+            _LIVE.discard(host)
     outcome.stdout, outcome.stderr, outcome.elapsed_s = stdout.text(), stderr.text(), time.monotonic() - start
     return outcome
 

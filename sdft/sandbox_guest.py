@@ -1,5 +1,5 @@
-"""The code that runs inside the sandbox. Its *text* is handed to ``python -I -B -u -c`` (the sandbox
-sees no sdft files), with one argument: the mode.
+"""The code that runs inside the sandbox. The sandbox sees no sdft files: its *text* is passed on a
+pipe to ``python -I -B -u -c LOADER MODE`` (see ``sdft.sandbox_host``).
 
 ``run``: execute ``main.py`` as the ``__main__`` module behind an audit hook that refuses sockets.
 

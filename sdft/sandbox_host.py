@@ -25,7 +25,9 @@ import time
 
 UID_BASE = 0x7E000000  # sandbox uids: far above real accounts, container ranges and systemd's dynamic uids
 REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp")
-_STDERR_FD, _DETAIL_FD = 2, 5
+# The programs' interpreter reads the guest code (sdft/sandbox_guest.py) from fd 6, then closes it.
+_LOADER = ("import os, sys\nwith os.fdopen(6, 'rb') as _f:\n    _src = _f.read()\n"
+           "exec(compile(_src, 'sdft-sandbox-guest', 'exec'))\n")
 
 
 class _Stop(Exception):
@@ -170,16 +172,16 @@ class Run:
             # fds 3 and 4: the call channel (server reads requests on 3 and answers on 4; harness the reverse)
             channel = {"server": (to_server and to_server[0], from_server and from_server[1]),
                        "harness": (from_server and from_server[0], to_server and to_server[1])}.get(worker["name"])
+            worker["guest_read"], guest_w = pipe()
             pid = os.fork()
             if pid == 0:
                 self.exec_worker(worker, self.uids[min(index, 1)], channel, detail_w, seccomp, workdir)
             pids[pid], started[worker["name"]] = worker["name"], time.monotonic()
+            os.close(worker["guest_read"])
+            _write_all(guest_w, self.spec["guest"].encode())
             if worker.get("stdin") is not None:
-                data = memoryview(worker["stdin"].encode())
-                while data:
-                    data = data[os.write(worker["stdin_fd"], data):]
-                os.close(worker["stdin_fd"])
                 os.close(worker["stdin_read"])
+                _write_all(worker["stdin_fd"], worker["stdin"].encode())
         for fd in [detail_w] + [fd for pair in (to_server, from_server) if pair for fd in pair]:
             os.close(fd)
         results = {}
@@ -203,7 +205,7 @@ class Run:
         try:
             self.active = []
             fds = {0: worker.get("stdin_read"), 3: channel and channel[0], 4: channel and channel[1],
-                   5: detail_w if worker["name"] == "harness" else None}
+                   5: detail_w if worker["name"] == "harness" else None, 6: worker["guest_read"]}
             for target, fd in fds.items():
                 if fd is not None:
                     os.dup2(fd, target)
@@ -218,8 +220,9 @@ class Run:
             if seccomp:
                 self.attempt("seccomp", seccomp.load)
             self.report(mechanisms=self.active)
-            os.closerange(6, 1 << 16)
-            os.execve(self.spec["python"], [self.spec["python"], "-I", "-B", "-u", "-c", self.spec["guest"],
+            os.closerange(7, self.report_fd)  # the report pipe stays until exec (close-on-exec) for errors
+            os.closerange(self.report_fd + 1, 1 << 16)
+            os.execve(self.spec["python"], [self.spec["python"], "-I", "-B", "-u", "-c", _LOADER,
                                             worker["name"] if worker["name"] != "program" else "run"],
                       self.spec["env"])
         except BaseException as exc:
@@ -240,6 +243,13 @@ class Run:
         if os.geteuid() == 0 and self.root:
             return self.iso.NPROC_MARGIN
         return _tasks_of(os.getuid()) + self.iso.NPROC_MARGIN
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.close(fd)
 
 
 def _status(status: int) -> dict:

@@ -6,6 +6,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -39,10 +40,10 @@ class Collected:
 
 
 def collect(host: subprocess.Popen, stdout: Output, stderr: Output, report_fd: int, deadline: float,
-            flood: int) -> Collected:
+            flood: int, stopping: threading.Event) -> Collected:
     """Read the program's output and the host's report until all three pipes close (every process of
-    the sandbox has ended). A flood of output asks the host to stop the run; a host that is still
-    there at ``deadline`` is killed."""
+    the sandbox has ended). A flood of output, or ``stopping``, asks the host to end the run; a host
+    that is still there at ``deadline`` is killed."""
     got, report = Collected(), bytearray()
     with selectors.DefaultSelector() as selector:
         selector.register(host.stdout, selectors.EVENT_READ, stdout)
@@ -54,7 +55,7 @@ def collect(host: subprocess.Popen, stdout: Output, stderr: Output, report_fd: i
                 got.host_hung = True
                 os.killpg(host.pid, signal.SIGKILL)
                 break
-            for key, _ in selector.select(timeout=min(left, 1.0)):
+            for key, _ in selector.select(timeout=min(left, 0.25)):
                 data = os.read(key.fd, 65_536)
                 if not data:
                     selector.unregister(key.fileobj)
@@ -64,6 +65,8 @@ def collect(host: subprocess.Popen, stdout: Output, stderr: Output, report_fd: i
                     key.data.add(data)
             if not got.flooded and stdout.total + stderr.total > flood:
                 got.flooded = True
+                host.send_signal(signal.SIGTERM)
+            if stopping.is_set() and host.poll() is None:
                 host.send_signal(signal.SIGTERM)
     got.lines = [line for line in report.decode("utf-8", "replace").splitlines() if line.strip()]
     return got

@@ -1,16 +1,18 @@
-"""The sandbox: correct programs pass, wrong ones fail, hostile ones are contained.
+"""The sandbox: correct programs pass, wrong ones fail, resource abuse is contained.
 
-Tests of a kernel mechanism skip where this machine does not provide it (``sandbox.isolation()``), so
-they never run a fork bomb or a write attack where nothing would stop it.
+Attacks on the machine and on the grading are in ``test_sandbox_adversarial.py``. Tests of a kernel
+mechanism skip where this machine does not provide it (``sandbox.isolation()``), so they never run a
+fork bomb where nothing would stop it.
 """
 
 import gzip
 import importlib.util
 import json
 import os
-import socket
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -59,12 +61,19 @@ def test_set_up_failure_is_an_error_not_an_exception():
     assert result.status == "error" and "could not start" in result.detail
 
 
+def test_the_host_reports_time_and_mechanisms():
+    result = run_python("import time\nx = sum(range(10 ** 6))\ntime.sleep(0.3)")
+    assert result.passed and 0.3 <= result.duration_s < 5 and 0 < result.cpu_s < result.duration_s
+    assert set(result.mechanisms) == set(ISO.active)
+
+
 def test_canonical_humaneval_solutions_pass_and_wrong_ones_fail():
     for problem in _humaneval():
         good = check_program(problem["prompt"] + problem["canonical_solution"], problem["test"],
-                             problem["entry_point"])
+                             problem["entry_point"], context=problem["prompt"])
         assert good.status == "passed", (problem["task_id"], good.stderr)
-        bad = check_program(problem["prompt"] + "    return None\n", problem["test"], problem["entry_point"])
+        bad = check_program(problem["prompt"] + "    return None\n", problem["test"], problem["entry_point"],
+                            context=problem["prompt"])
         assert bad.status == "failed", problem["task_id"]
 
 
@@ -75,13 +84,24 @@ def test_mbpp_style_asserts():
     assert check_program("def add(a, b):\n    return m.fsum([a, b])", tests, setup="import math as m").passed
 
 
-def test_early_exit_does_not_fake_a_pass():
-    problem = _humaneval(1)[0]
-    cheat = problem["prompt"] + "    return None\nimport sys\nsys.exit(0)\n"
-    result = check_program(cheat, problem["test"], problem["entry_point"])
-    assert result.status == "failed" and "exited before" in result.detail
-    cheat = problem["prompt"] + "    return None\nimport os\nos._exit(0)\n"
-    assert check_program(cheat, problem["test"], problem["entry_point"]).status == "failed"
+def test_program_errors_reach_the_tests_as_exceptions():
+    tests = ["assert safe_div(4, 2) == 2", "try:\n    safe_div(1, 0)\nexcept ZeroDivisionError:\n    pass\n"
+             "else:\n    raise AssertionError('no error')"]
+    assert check_program("def safe_div(a, b):\n    return a // b", tests).passed
+    result = check_program("def safe_div(a, b):\n    raise ValueError('nope')", tests)
+    assert result.status == "failed" and "ValueError: nope" in result.detail
+
+
+def test_plain_values_cross_intact():
+    code = ("import math\ndef f(x):\n    return [x, (1, 2.5, -0.0), {'k': {3, 4}}, b'\\x00', 2 ** 100, math.inf, "
+            "None, True, 'caf\\u00e9 \\ud800', range(3), 1 + 2j]\ndef g():\n    return (i * i for i in range(4))")
+    tests = ["import math\nr = f(frozenset({1}))\nassert r[0] == frozenset({1}) and type(r[0]) is frozenset",
+             "assert r[1] == (1, 2.5, -0.0) and math.copysign(1, r[1][2]) == -1",
+             "assert r[2] == {'k': {3, 4}} and r[3] == b'\\x00' and r[4] == 2 ** 100 and r[5] == math.inf",
+             "assert r[6] is None and r[7] is True and r[8] == 'caf\\u00e9 \\ud800' and r[9] == range(3)",
+             "assert r[10] == 1 + 2j and list(g()) == [0, 1, 4, 9]"]
+    result = check_program(code, tests)
+    assert result.passed, result.detail
 
 
 def test_output_is_capped_but_keeps_head_and_tail():
@@ -114,7 +134,7 @@ def test_memory_bomb_is_stopped():
     assert result.status == "error" and ("memory" in result.detail or "killed" in result.detail)
 
 
-@pytest.mark.skipif(not ISO.process_limit, reason="no process limit here (root without a writable cgroup)")
+@pytest.mark.skipif(not ({"cgroup", "unprivileged"} & ISO.active), reason="no process limit here")
 def test_fork_bomb_is_contained():
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     start = time.monotonic()
@@ -123,40 +143,25 @@ def test_fork_bomb_is_contained():
     assert run_python("print('still fine')").stdout == "still fine\n"  # the machine can still fork
 
 
-@pytest.mark.skipif(not ISO.cgroup, reason="needs a cgroup to find processes that left the group")
+@pytest.mark.skipif(not ({"cgroup", "namespaces"} & ISO.active), reason="nothing finds processes that left the group")
 def test_escaped_daemons_are_killed():
     code = ("import os, time\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n        os.setsid()\n"
-            "        time.sleep(600)\n        os._exit(0)\n    print(pid, flush=True)\n")
+            "        time.sleep(600)\n        os._exit(0)\nprint('started', flush=True)\n")
+    before = _sandbox_processes()
     result = run_python(code)
+    assert result.status == "passed" and result.stdout == "started\n"
+    assert _sandbox_processes() <= before  # their pids are the namespace's: look for the sandbox uids
+
+
+def test_temp_dir_is_private_and_leaves_nothing():
+    token = f"scratch-{uuid.uuid4().hex}.txt"
+    result = run_python(f"import os\nopen({token!r}, 'w').write('x')\n"
+                        "open(os.path.expanduser('~/home.txt'), 'w').write('y')\nprint(os.getcwd(), sorted(os.listdir('.')))")
     assert result.status == "passed"
-    time.sleep(0.1)
-    for pid in result.stdout.split():
-        stat = Path(f"/proc/{pid}/stat")
-        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in "ZX", pid
-
-
-def test_temp_dir_is_private_and_deleted():
-    result = run_python("import os\nopen('scratch.txt', 'w').write('x')\n"
-                        "open(os.path.expanduser('~/home.txt'), 'w').write('y')\nprint(os.getcwd())")
-    assert result.status == "passed"
-    workdir = result.stdout.strip()
-    assert Path(workdir).name.startswith("sdft-sandbox-") and not Path(workdir).exists()
-
-
-@pytest.mark.skipif(not ISO.landlock_abi, reason="Landlock is not available: writes outside are not prevented")
-def test_writing_outside_the_temp_dir_is_prevented(tmp_path):
-    victim = tmp_path / "victim.txt"
-    victim.write_text("original")
-    targets = [tmp_path / "created.txt", victim, Path.home() / f"sdft-escape-{os.getpid()}.txt",
-               Path("/tmp") / f"sdft-escape-{os.getpid()}.txt"]
-    for target in targets:
-        code = f"open({str(target)!r}, 'w').write('pwned')"
-        result = run_python(code)
-        assert result.status == "failed" and "PermissionError" in result.detail, target
-    result = run_python(f"import os\nos.remove({str(victim)!r})")
-    assert result.status == "failed"
-    assert victim.read_text() == "original"
-    assert not any(t.exists() for t in targets if t != victim)
+    top = Path(tempfile.gettempdir())
+    assert not [p for p in [top / token, *top.glob(f"*/{token}")] if p.exists()]
+    if "private_root" in ISO:  # a tmpfs of the sandbox's own, gone with its mount namespace
+        assert result.stdout == f"/tmp {sorted(['home.txt', 'main.py', token])}\n"
 
 
 def test_python_sockets_are_refused():
@@ -165,26 +170,6 @@ def test_python_sockets_are_refused():
                  "urllib.request.urlopen('http://127.0.0.1:9', timeout=2)"):
         result = run_python(code)
         assert result.status == "failed" and "network access is disabled" in result.stderr, code
-
-
-@pytest.mark.skipif(not (ISO.unshare_flags or ISO.landlock_abi >= 4), reason="no kernel network isolation")
-def test_network_is_unreachable_even_bypassing_python(tmp_path):
-    # A listener on the test's loopback; the sandbox connects with raw libc calls (no audit hook).
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.settimeout(0.5)
-    port = server.getsockname()[1]
-    code = ("import ctypes, struct\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.socket(2, 1, 0)\n"
-            f"addr = struct.pack('=H', 2) + struct.pack('!H', {port}) + bytes([127, 0, 0, 1]) + bytes(8)\n"
-            "rc = libc.connect(fd, addr, 16)\nprint(rc, ctypes.get_errno())\n")
-    try:
-        result = run_python(code)
-        assert result.status == "passed" and result.stdout.split()[0] == "-1"
-        with pytest.raises(socket.timeout):
-            server.accept()
-    finally:
-        server.close()
 
 
 def test_environment_is_empty(monkeypatch):
@@ -196,15 +181,23 @@ def test_environment_is_empty(monkeypatch):
     assert set(shown) <= {"PATH", "HOME", "TMPDIR", "LC_ALL"}
 
 
-@pytest.mark.skipif(ISO.landlock_abi < 6, reason="signal scoping needs Landlock ABI 6")
-def test_cannot_signal_processes_outside():
-    result = run_python("import os\nos.kill(os.getppid(), 0)")  # signal 0: a permission check only
-    assert result.status == "failed" and "PermissionError" in result.detail
+def _sandbox_processes() -> set[int]:
+    from sdft.sandbox_host import UID_BASE
+
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            uid = int(next(line for line in status.read_text().splitlines() if line.startswith("Uid:")).split()[1])
+        except (OSError, StopIteration):
+            continue
+        if UID_BASE <= uid < UID_BASE + (1 << 21):
+            found.add(int(status.parent.name))
+    return found
 
 
 @pytest.mark.heavy
 def test_all_canonical_humaneval_solutions_pass():
     for problem in _humaneval(164):
         result = check_program(problem["prompt"] + problem["canonical_solution"], problem["test"],
-                               problem["entry_point"])
+                               problem["entry_point"], context=problem["prompt"])
         assert result.passed, (problem["task_id"], result.stderr)

@@ -105,9 +105,18 @@ class HumanEval(Task):
 
     def score_batch(self, examples: list[dict], completions: list[str]) -> list[tuple[float, str]]:
         # Each check is a subprocess that mostly waits: a few at once, bounded by the CPUs we have.
-        workers = max(1, min(4, os.cpu_count() or 1))
-        with ThreadPoolExecutor(workers) as pool:
+        from sdft import sandbox
+
+        pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)))
+        try:
             return list(pool.map(self.score_with_reason, examples, completions))
+        except BaseException:  # Ctrl-C reaches this thread only: end the running programs now
+            pool.shutdown(wait=False, cancel_futures=True)
+            sandbox.stop_all()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            sandbox.resume()
 
     def aggregate(self, scores: list[float], records: list[dict]) -> dict:
         from sdft import sandbox
