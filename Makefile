@@ -33,6 +33,7 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_sandbox.py
 
 clean:
 	rm -rf runs .pytest_cache

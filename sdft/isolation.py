@@ -259,6 +259,8 @@ def _pyseccomp():
         pass  # not under that name: let pyseccomp search
     try:
         import pyseccomp
+    except ImportError as exc:
+        raise ImportError(f"{exc} (pip install pyseccomp; it needs the system's libseccomp2)") from exc
     finally:
         ctypes.util.find_library = search
     return pyseccomp

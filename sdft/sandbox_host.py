@@ -131,6 +131,7 @@ class Run:
 
     def init(self, procs: list[int], sync_r: int, seccomp) -> None:
         self.iso.die_with_parent()
+        self.iso.not_dumpable()  # as a user namespace's root, init shares the programs' uid: no /proc/1/mem
         if os.read(sync_r, 1) != b"1":  # the host died before we could notice: stop
             os._exit(1)
         for fd in procs:

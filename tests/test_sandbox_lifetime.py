@@ -89,3 +89,18 @@ def test_killing_sdft_eval_mid_scoring_leaves_nothing(tmp_path, how):
     while _leftovers(hosts) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _leftovers(hosts) == []
+
+
+@pytest.mark.skipif(ISO is None or "cgroup" not in ISO, reason="no writable cgroup tree here")
+def test_cgroups_of_hosts_killed_outright_are_swept():
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [parent / f"{Cgroup.PREFIX}{dead.stdout.strip()}-0" for parent, _ in Cgroup._parents()]
+    for directory in stale:
+        directory.mkdir()
+    try:
+        assert sandbox.run_python("pass").passed  # each run's host sweeps first
+        assert not [d for d in stale if d.exists()]
+    finally:
+        for directory in stale:
+            if directory.exists():
+                directory.rmdir()
