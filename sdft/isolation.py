@@ -233,8 +233,8 @@ def seccomp_filter():
             continue
     for cmd in _IOCTL_DENIED:
         flt.add_rule(deny, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, cmd))
-    for policy in _SCHED_REALTIME:
-        flt.add_rule(deny, "sched_setscheduler", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, policy))
+    for policy in _SCHED_REALTIME:  # the mask drops SCHED_RESET_ON_FORK, which may be OR-ed in
+        flt.add_rule(deny, "sched_setscheduler", sc.Arg(1, sc.MASKED_EQ, 0xBFFFFFFF, policy))
     # One rule per flag: a rule's argument tests are ANDed, and "any of these bits" is an OR.
     for bit in (CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, 0x02000000):
         flt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, bit, bit))

@@ -266,6 +266,8 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
         report = collect(host, stdout, stderr, report_r, start + timeout_s + _HOST_GRACE_S,
                          flood=max(8 * max_output_bytes, 8 << 20), stopping=_STOPPING)
         outcome.flooded = report.flooded
+        if report.stopped:
+            outcome.problems.append("sandbox stopped: the run was interrupted")
         for line in report.lines:
             try:
                 outcome.add(json.loads(line))

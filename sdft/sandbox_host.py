@@ -24,6 +24,7 @@ import sys
 import time
 
 UID_BASE = 0x7E000000  # sandbox uids: far above real accounts, container ranges and systemd's dynamic uids
+UID_SPAN = 0x3FFFFF  # pid_max is at most 2**22
 REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp")
 # The programs' interpreter reads the guest code (sdft/sandbox_guest.py) from fd 6, then closes it.
 _LOADER = ("import os, sys\nwith os.fdopen(6, 'rb') as _f:\n    _src = _f.read()\n"
@@ -35,6 +36,8 @@ class _Stop(Exception):
 
 
 def _stop(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: a second one must not cut the clean-up
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise _Stop()
 
 
@@ -51,7 +54,7 @@ class Run:
         self.report_fd = _high(spec["report_fd"])
         self.active: list[str] = []
         self.root: str | None = None
-        base = UID_BASE + ((os.getpid() & 0xFFFFF) << 1)
+        base = UID_BASE + ((os.getpid() & UID_SPAN) << 1)  # pids are unique: so are the runs' uids
         self.uids = (base, base + 1) if os.geteuid() == 0 else (os.getuid(), os.getuid())
         self.gid = base if os.geteuid() == 0 else os.getgid()
 
@@ -76,8 +79,9 @@ class Run:
     def main(self) -> None:
         # SIGTERM, which we handle: a SIGKILL would skip the clean-up of the cgroup.
         self.iso.die_with_parent(self.spec["parent_pid"], signal.SIGTERM)
-        cgroup = self.attempt("cgroup", self.make_cgroup)
+        cgroup = timed_out = None
         try:
+            cgroup = self.attempt("cgroup", self.make_cgroup)
             seccomp = self.attempt("seccomp", self.iso.seccomp_filter)  # built here, loaded by each program
             if self.attempt("namespaces", self.iso.unshare, os.geteuid() == 0):
                 self.root = self.attempt("private_root", self.iso.build_root, self.spec["paths"],
@@ -85,7 +89,7 @@ class Run:
             self.report(mechanisms=[m for m in self.active if m != "seccomp"])
             timed_out = self.supervise(cgroup, seccomp)
         except _Stop:
-            timed_out = None
+            pass
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if cgroup and cgroup is not True:

@@ -36,6 +36,7 @@ class Output:
 class Collected:
     lines: list[str] = field(default_factory=list)
     flooded: bool = False
+    stopped: bool = False
     host_hung: bool = False
 
 
@@ -63,10 +64,10 @@ def collect(host: subprocess.Popen, stdout: Output, stderr: Output, report_fd: i
                     report += data
                 else:
                     key.data.add(data)
-            if not got.flooded and stdout.total + stderr.total > flood:
-                got.flooded = True
-                host.send_signal(signal.SIGTERM)
-            if stopping.is_set() and host.poll() is None:
+            asked = got.flooded or got.stopped  # one SIGTERM: the host then cleans up and leaves
+            got.flooded = got.flooded or (not asked and stdout.total + stderr.total > flood)
+            got.stopped = got.stopped or (not asked and stopping.is_set())
+            if not asked and (got.flooded or got.stopped) and host.poll() is None:
                 host.send_signal(signal.SIGTERM)
     got.lines = [line for line in report.decode("utf-8", "replace").splitlines() if line.strip()]
     return got

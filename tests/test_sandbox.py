@@ -182,7 +182,7 @@ def test_environment_is_empty(monkeypatch):
 
 
 def _sandbox_processes() -> set[int]:
-    from sdft.sandbox_host import UID_BASE
+    from sdft.sandbox_host import UID_BASE, UID_SPAN
 
     found = set()
     for status in Path("/proc").glob("[0-9]*/status"):
@@ -190,7 +190,7 @@ def _sandbox_processes() -> set[int]:
             uid = int(next(line for line in status.read_text().splitlines() if line.startswith("Uid:")).split()[1])
         except (OSError, StopIteration):
             continue
-        if UID_BASE <= uid < UID_BASE + (1 << 21):
+        if UID_BASE <= uid <= UID_BASE + 2 * UID_SPAN + 1:
             found.add(int(status.parent.name))
     return found
 

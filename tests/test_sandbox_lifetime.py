@@ -18,7 +18,7 @@ import pytest
 from sdft import sandbox
 from sdft.generation.fake import FakeBackend
 from sdft.isolation import Cgroup
-from sdft.sandbox_host import UID_BASE
+from sdft.sandbox_host import UID_BASE, UID_SPAN
 
 ROOT = Path(__file__).resolve().parents[1]
 ISO = sandbox.isolation() if sys.platform == "linux" else None
@@ -48,7 +48,7 @@ def _processes() -> dict[int, tuple[int, int, str]]:
 
 def _sandboxed(processes, role: str | None = None) -> list[int]:
     """Processes of the sandbox uids (``role``: only the tests' or the program's processes of check_program)."""
-    return [pid for pid, (uid, _, cmd) in processes.items() if UID_BASE <= uid < UID_BASE + (1 << 21)
+    return [pid for pid, (uid, _, cmd) in processes.items() if UID_BASE <= uid <= UID_BASE + 2 * UID_SPAN + 1
             and (role is None or cmd.split()[-1:] == [role])]
 
 
