@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sdft import sandbox
+from sdft.errors import ConfigError, SdftError
 from sdft.sandbox import check_program, run_python
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
@@ -201,3 +202,40 @@ def test_all_canonical_humaneval_solutions_pass():
         result = check_program(problem["prompt"] + problem["canonical_solution"], problem["test"],
                                problem["entry_point"], context=problem["prompt"])
         assert result.passed, (problem["task_id"], result.stderr)
+
+
+# ------------------------------------------------------------------------------ fail closed, records
+
+@pytest.mark.skipif(not ISO.complete, reason=f"incomplete sandbox here: {ISO.missing}")
+def test_a_missing_mechanism_refuses_untrusted_code_unless_opted_out(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyseccomp" else real(name, *a))
+    monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.Isolation(ISO.active - {"seccomp"}, {"seccomp": "gone"}))
+    monkeypatch.delenv(sandbox.ENV_MODE, raising=False)
+    result = run_python("print('ran')")  # the host cannot import pyseccomp without its path
+    assert result.status == "error" and "refused" in result.detail and "seccomp" in result.detail
+    assert result.stdout == ""
+    with pytest.raises(SdftError, match=r"seccomp: gone.*SDFT_SANDBOX=permissive"):
+        sandbox.require()
+    monkeypatch.setenv(sandbox.ENV_MODE, "permissive")
+    sandbox.require()
+    result = run_python("print('ran')")
+    assert result.passed and result.stdout == "ran\n" and "seccomp" not in result.mechanisms
+    assert sandbox.record()["mode"] == "permissive" and sandbox.record()["missing"] == {"seccomp": "gone"}
+    monkeypatch.setenv(sandbox.ENV_MODE, "lax")
+    with pytest.raises(ConfigError, match="SDFT_SANDBOX"):
+        sandbox.require()
+
+
+@pytest.mark.skipif(not ISO.complete, reason=f"incomplete sandbox here: {ISO.missing}")
+def test_results_record_the_mechanisms(tmp_path):
+    from sdft.config import from_dict
+    from sdft.evaluate import EvalConfig, evaluate
+
+    config = from_dict(EvalConfig, {"model": "fake-model", "backend": "fake", "tasks": ["humaneval"], "limit": 2,
+                                    "out": str(tmp_path / "out"), "progress": False})
+    evaluate(config)
+    entry = json.loads((tmp_path / "out" / "results.json").read_text())["tasks"]["humaneval"]
+    assert entry["sandbox"] == {"mode": "strict", "active": sorted(ISO.active), "missing": ISO.missing}
