@@ -127,6 +127,10 @@ def build_root(paths: list[str], tmp_mb: int, uid: int, gid: int, where: str = "
     """A new root tree mounted on ``where`` (in our private mount namespace, so the host's ``where`` is
     untouched): ``paths`` bound read-only at their own names, ``/dev`` with a few harmless devices, an
     empty ``/proc`` to mount later, and a writable tmpfs ``/tmp`` of ``tmp_mb`` MiB owned by ``uid``."""
+    hidden = [p for p in paths if p == where or p.startswith(where.rstrip("/") + "/")]
+    if hidden:  # the program's own /tmp would cover them
+        raise OSError(errno.EINVAL, f"{hidden[0]} lies under {where}, which the sandbox replaces; "
+                                    "use a Python installed elsewhere")
     mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we mount propagates to the host
     # Sources are opened first: the new root is mounted over ``where``, which may hold some of them.
     sources = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)) for p in paths if os.path.lexists(p)]
