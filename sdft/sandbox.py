@@ -54,7 +54,7 @@ __all__ = ["SandboxResult", "run_python", "check_program", "isolation", "require
 
 ENV_MODE = "SDFT_SANDBOX"
 MODES = ("strict", "permissive")
-REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp")  # as sandbox_host
+REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp")  # strict mode needs all
 _HOST, _GUEST = Path(__file__).with_name("sandbox_host.py"), Path(__file__).with_name("sandbox_guest.py")
 _ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LC_ALL": "C.UTF-8"}
 _HOST_GRACE_S = 20  # past the program's deadline, the host has this long to clean up and report
@@ -173,7 +173,7 @@ def _spec(program: str, workers: list[dict], *, timeout_s: float, memory_mb: int
     prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     return {"program": program, "workers": workers, "timeout_s": float(timeout_s), "memory_mb": int(memory_mb),
             "max_file_mb": int(max_file_mb), "tmp_mb": max(64, 4 * int(max_file_mb)), "python": python,
-            "strict": mode() == "strict" if strict is None else strict, "env": _ENV,
+            "strict": mode() == "strict" if strict is None else strict, "required": REQUIRED, "env": _ENV,
             "guest": _GUEST.read_text(encoding="utf-8"),
             "import_paths": [str(Path(found.origin).parent)] if found and found.origin else [],
             "paths": list(SYSTEM_PATHS) + python_paths(python, prefixes)}

@@ -25,7 +25,6 @@ import time
 
 UID_BASE = 0x7E000000  # sandbox uids: far above real accounts, container ranges and systemd's dynamic uids
 UID_SPAN = 0x3FFFFF  # pid_max is at most 2**22
-REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp")
 # The programs' interpreter reads the guest code (sdft/sandbox_guest.py) from fd 6, then closes it.
 _LOADER = ("import os, sys\nwith os.fdopen(6, 'rb') as _f:\n    _src = _f.read()\n"
            "exec(compile(_src, 'sdft-sandbox-guest', 'exec'))\n")
@@ -67,7 +66,7 @@ class Run:
             result = action(*args)
         except (OSError, ImportError, RuntimeError, ValueError) as exc:
             self.report(missing={name: str(exc) or type(exc).__name__})
-            if self.strict and name in REQUIRED:
+            if self.strict and name in self.spec["required"]:
                 self.report(refused=f"{name}: {exc}")
                 os._exit(126)
             return None
