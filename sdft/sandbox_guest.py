@@ -57,6 +57,9 @@ def _encode(value, ref=None, depth=0):
             return {tag: convert(value)} if tag else convert(value)
     if isinstance(value, range):
         return {"r": [value.start, value.stop, value.step]}
+    exact = _exact_number(value)
+    if exact is not None:
+        return exact
     for kind, tag in ((list, "l"), (tuple, "t"), (set, "set"), (frozenset, "fs")):
         if isinstance(value, kind):
             return {tag: down(value)}
@@ -70,6 +73,16 @@ def _encode(value, ref=None, depth=0):
         return _encode(value.tolist(), ref, depth + 1)
     raise TypeError(f"a {type(value).__name__} cannot be passed between the program and its tests "
                     "(only plain values can)")
+
+
+def _exact_number(value):
+    """Fractions and decimals, when their modules are loaded (the program can only return one then)."""
+    fractions, decimal = sys.modules.get("fractions"), sys.modules.get("decimal")
+    if fractions is not None and isinstance(value, fractions.Fraction):
+        return {"fr": [int.__repr__(int(value.numerator)), int.__repr__(int(value.denominator))]}
+    if decimal is not None and isinstance(value, decimal.Decimal):
+        return {"dec": decimal.Decimal.__str__(value)}
+    return None
 
 
 _SCALARS = ((bool, None, bool), (int, "i", int.__repr__), (float, "f", float.__repr__),
@@ -99,6 +112,14 @@ def _decode(data, refs=None, depth=0):
         return refs[x]
     if type(x) is str and tag in ("i", "f", "b", "ba"):
         return {"i": int, "f": float, "b": bytes.fromhex, "ba": lambda h: bytearray.fromhex(h)}[tag](x)
+    if tag == "fr" and type(x) is list and len(x) == 2 and all(type(v) is str for v in x):
+        from fractions import Fraction
+
+        return Fraction(int(x[0]), int(x[1]))
+    if tag == "dec" and type(x) is str:
+        from decimal import Decimal
+
+        return Decimal(x)
     raise ValueError(f"malformed value: {str(data)[:80]}")
 
 

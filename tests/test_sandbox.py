@@ -95,12 +95,15 @@ def test_program_errors_reach_the_tests_as_exceptions():
 
 def test_plain_values_cross_intact():
     code = ("import math\ndef f(x):\n    return [x, (1, 2.5, -0.0), {'k': {3, 4}}, b'\\x00', 2 ** 100, math.inf, "
-            "None, True, 'caf\\u00e9 \\ud800', range(3), 1 + 2j]\ndef g():\n    return (i * i for i in range(4))")
+            "None, True, 'caf\\u00e9 \\ud800', range(3), 1 + 2j]\ndef g():\n    return (i * i for i in range(4))\n"
+            "from fractions import Fraction\nfrom decimal import Decimal\n"
+            "def h():\n    return Fraction(2, 6), Decimal('0.1')")
     tests = ["import math\nr = f(frozenset({1}))\nassert r[0] == frozenset({1}) and type(r[0]) is frozenset",
              "assert r[1] == (1, 2.5, -0.0) and math.copysign(1, r[1][2]) == -1",
              "assert r[2] == {'k': {3, 4}} and r[3] == b'\\x00' and r[4] == 2 ** 100 and r[5] == math.inf",
              "assert r[6] is None and r[7] is True and r[8] == 'caf\\u00e9 \\ud800' and r[9] == range(3)",
-             "assert r[10] == 1 + 2j and list(g()) == [0, 1, 4, 9]"]
+             "assert r[10] == 1 + 2j and list(g()) == [0, 1, 4, 9]",
+             "from fractions import Fraction\nfrom decimal import Decimal\nassert h() == (Fraction(1, 3), Decimal('0.1'))"]
     result = check_program(code, tests)
     assert result.passed, result.detail
 
