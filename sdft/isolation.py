@@ -8,12 +8,12 @@ recorded and skipped (permissive mode).
 * :func:`unshare` new mount, PID, network, IPC and UTS namespaces (plus a user namespace when not root);
 * :func:`build_root` a private root: a small tmpfs holding read-only, nosuid, nodev bind mounts of the
   system and Python folders, a minimal ``/dev``, and a size-capped tmpfs ``/tmp`` (the only writable
-  place, gone with the namespace: nothing is left on disk); :func:`enter_root` mounts a fresh ``/proc``
-  (``hidepid=invisible``: only the sandbox's own processes exist) and chroots into it;
+  place, gone with the namespace: nothing is left on disk); :func:`mount_proc` a fresh ``/proc``
+  (``hidepid=invisible``: only the sandbox's own processes exist); :func:`enter_root` chroots into it;
 * :func:`drop_privileges` an unprivileged uid that owns nothing, no supplementary groups, empty
   capability sets (bounding and ambient too), ``no_new_privs``;
 * :func:`seccomp_filter` a libseccomp filter refusing the dangerous calls (EPERM);
-* :func:`landlock_ruleset` (Linux >= 5.13) writes only beneath ``/tmp``, no TCP, scoped signals;
+* :func:`landlock_restrict` (Linux >= 5.13) writes only beneath ``/tmp``, no TCP, scoped signals;
 * :class:`Cgroup` a throw-away cgroup: process cap, memory cap, kill-all.
 """
 
