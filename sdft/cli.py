@@ -8,11 +8,13 @@ subcommand runs (so ``sdft --help`` stays fast and never imports torch). A modul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import sys
 
-from sdft.errors import SdftError
+from sdft import hub
+from sdft.errors import SdftError, environment_problem
 
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "setup": ("sdft.models", "SetupConfig", "setup", "provision the embedded seed model (offline)"),
@@ -49,6 +51,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 p.add_argument("--preset", choices=sorted(module.PRESETS),
                                help="named set of reference values (applied before --config and flags)")
             add_arguments(p, config_cls)
+        p.add_argument("--offline", action="store_true", default=None,
+                       help="never contact the Hugging Face hub (also: SDFT_OFFLINE=1 or HF_HUB_OFFLINE=1)")
     return parser
 
 
@@ -62,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 1
+    hub.configure(offline=bool(args.offline))  # before any HF library is imported
+    config = None
     try:
         module, config_cls, function = _load(args.command)
         has_own_config = "config" in {f.name for f in dataclasses.fields(config_cls)}
         config = resolve(config_cls, args, None if has_own_config else getattr(args, "config", None),
                          getattr(module, "PRESETS", None), getattr(args, "preset", None))
-        result = function(config)
+        with _out_claimed(config):
+            result = function(config)
         summarize = getattr(module, "summarize", None)
         text = summarize(result) if summarize else ""
         if text:  # non-main processes of a multi-process run summarize nothing
@@ -76,10 +83,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdft {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nsdft {args.command}: interrupted; progress is saved, rerun the same command to resume.",
+        note = getattr(sys.modules.get(COMMANDS[args.command][0]), "interrupted", None)
+        print(f"\nsdft {args.command}: interrupted; "
+              + (note(config) if note and config else "progress is saved, rerun the same command to resume."),
               file=sys.stderr)
         return 130
+    except Exception as exc:  # the machine's fault (disk full, read-only): one line; anything else is a bug
+        problem = environment_problem(exc)
+        if problem is None:
+            raise
+        print(f"sdft {args.command}: error: {problem}; work finished so far is saved: fix this and rerun the "
+              "same command to resume", file=sys.stderr)
+        return 2
     return 0
+
+
+def _out_claimed(config):
+    """The run folder (``out``) checked and locked for this process before the stage starts."""
+    from sdft import provenance, runlock
+
+    out = getattr(config, "out", None)
+    if not isinstance(out, str) or out in ("", "-"):
+        return contextlib.nullcontext()
+    return runlock.claim(out, provenance.command_line())
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
+from sdft import userfiles
 from sdft.errors import ConfigError
 
 T = TypeVar("T")
@@ -102,9 +102,12 @@ def coerce(value: Any, tp: Any, name: str, source: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{source}: '{name}' must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{source}: '{name}' must be a number, got {value!r}") from None
+        if not math.isfinite(number):  # NaN passes every `< 0` check and inf trains a NaN adapter
+            raise ConfigError(f"{source}: '{name}' must be a finite number, got {value!r}")
+        return number
     if inner is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{source}: '{name}' must be text, got {value!r}")
@@ -138,15 +141,18 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A config file: duplicate keys refused, aliases bounded (see :mod:`sdft.userfiles`)."""
     path = Path(path)
+    special = userfiles.special_kind(path)
+    if special:
+        raise ConfigError(f"{path}: is {special}, not a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    data = userfiles.loads_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     return data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class SdftError(Exception):
     """An error caused by the user's input or environment, not by a bug in sdft."""
@@ -25,3 +27,27 @@ class DataError(SdftError):
 
 class ConfigError(SdftError):
     """A bad configuration value or file."""
+
+
+# Signs of a full disk in errors that libraries raise without an errno (torch's writer, safetensors).
+_DISK_FULL_TEXT = ("No space left on device", "os error 28", "StorageFull", "Disk quota exceeded")
+_OS_PROBLEMS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EMFILE: "too many open files"}
+
+
+def environment_problem(exc: BaseException) -> str | None:
+    """One line for an error of the machine rather than of sdft (disk full, read-only, no permission),
+    looking through the chain of causes; None for anything else (a bug, which keeps its traceback)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _OS_PROBLEMS:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return f"{_OS_PROBLEMS[exc.errno]}{where}"
+        if any(text in str(exc) for text in _DISK_FULL_TEXT):
+            return "disk full"
+        if "file write failed" in str(exc):  # torch.save reports ENOSPC only like this
+            return "a file write failed (is the disk full?)"
+        exc = exc.__cause__ or exc.__context__
+    return None

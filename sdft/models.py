@@ -15,13 +15,12 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
+from sdft import hub
 from sdft.config import field
 from sdft.errors import SdftError
 from sdft.provenance import file_sha256
@@ -203,22 +202,6 @@ def provision_gguf(path: Path, force: bool = False) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 # Name resolution
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check, so an offline machine fails in milliseconds instead of hanging on retries."""
-    if _offline():
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _has_weights(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(
         folder.glob(pattern) for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json"))
@@ -233,7 +216,7 @@ def _from_hub(repo_id: str) -> str | None:
         cached = Path(snapshot_download(repo_id, local_files_only=True))
         if _has_weights(cached):
             return str(cached)
-    if not _hub_reachable():
+    if not hub.reachable():  # a quick probe: an offline machine fails in milliseconds, not after retries
         return None
     try:
         # One weights format only: many repos carry both .safetensors and .bin copies of every tensor.
@@ -268,7 +251,7 @@ def resolve_model(name_or_path: str, force: bool = False) -> str:
         found = _from_hub(name)
         if found:
             return found
-        why = "HF_HUB_OFFLINE is set" if _offline() else "the hub is unreachable"
+        why = hub.offline_reason()
         raise SdftError(f"model '{name}' not found: it is not an alias ({', '.join(ALIASES)}), "
                         f"not a local folder or .gguf file, and not in the local Hugging Face cache ({why})")
     raise SdftError(f"model '{name}' not found: it is not an alias ({', '.join(ALIASES)}), "

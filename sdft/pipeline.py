@@ -236,8 +236,11 @@ def compare_with_seed(config: RunConfig, manifest: dict, entry: dict, folder: Pa
 def run_command(command: RunCommand) -> dict:
     if not command.config:
         raise ConfigError("usage: sdft run CONFIG.yaml")
+    from sdft import provenance, runlock
+
     config = load_run_config(command.config, name=command.name, out_root=command.out_root)
-    return run(config)
+    with runlock.claim(config.run_dir, provenance.command_line()):
+        return run(config)
 
 
 def summarize(manifest: dict) -> str:

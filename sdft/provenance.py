@@ -30,7 +30,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _command_line() -> str:
+def command_line() -> str:
     program = Path(sys.argv[0]).name
     if program == "__main__.py":  # started as `python -m sdft`
         program = "python -m sdft"
@@ -40,7 +40,7 @@ def _command_line() -> str:
 def run_record(config: dict, **extra) -> dict:
     """The common part of run.json / train.json / results.json settings."""
     return {
-        "command": _command_line(),
+        "command": command_line(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
         "versions": package_versions(),

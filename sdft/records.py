@@ -12,13 +12,16 @@ import csv
 import gzip
 import io
 import json
-import os
 import re
-import socket
+import sys
+import zlib
 from pathlib import Path
-from urllib.parse import urlparse
 
+from sdft import hub, userfiles
 from sdft.errors import DataError
+
+# The csv module refuses fields over 128 KiB by default; long documents and code are legitimate data.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 _TEXT_FORMATS = {".json", ".jsonl", ".ndjson", ".csv", ".tsv"}
 # Keys under which JSON files commonly wrap their list of records.
@@ -44,11 +47,12 @@ def read_source(path) -> tuple[str, list[tuple[dict, dict]]]:
     compressed = p.suffix.lower() == ".gz"
     fmt = (suffixes[-2] if len(suffixes) > 1 else "") if compressed else p.suffix.lower()
     if not p.exists():
-        if fmt not in _TEXT_FORMATS | {".parquet"} and _HUB_NAME.match(label):
+        if fmt not in _TEXT_FORMATS | {".parquet"} and _HUB_NAME.match(label) and not _local_typo(p):
             return label, _read_hub(label)
         raise DataError(label, "no such file, and not a Hugging Face dataset name (org/name[:split])")
     if p.is_dir():
         raise DataError(label, "is a folder; give a data file (.json, .jsonl, .csv, .tsv, .parquet)")
+    userfiles.check_regular(p)
     if fmt == ".parquet" and not compressed:
         rows = _read_parquet(p, label)
     elif fmt in _TEXT_FORMATS:
@@ -69,8 +73,19 @@ def read_source(path) -> tuple[str, list[tuple[dict, dict]]]:
     return label, rows
 
 
+def _local_typo(p: Path) -> bool:
+    """``data/trian`` where ``data/`` is a local folder: a mistyped path, not a hub dataset."""
+    return p.parent != Path(".") and p.parent.is_dir()
+
+
 def _read_text(p: Path, label: str, compressed: bool) -> str:
-    raw = gzip.decompress(p.read_bytes()) if compressed else p.read_bytes()
+    raw = p.read_bytes()
+    if compressed:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; truncated: EOFError
+            raise DataError(label, f"not a readable gzip file ({first_line(exc) or 'truncated'}); "
+                                   "re-compress it or give the plain file") from None
     try:
         return raw.decode("utf-8-sig")  # -sig: spreadsheet exports often start with a BOM
     except UnicodeDecodeError as exc:
@@ -80,12 +95,14 @@ def _read_text(p: Path, label: str, compressed: bool) -> str:
 
 def _parse_json(text: str, label: str) -> list[tuple[dict, dict]]:
     try:
-        data = json.loads(text)
+        data = userfiles.loads_json(text)
     except json.JSONDecodeError as exc:
         # Many exports (pandas, HF `to_json`) write JSON Lines under a .json name.
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             return _parse_jsonl(text, label)
         raise DataError(label, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    except ValueError as exc:  # nested too deeply
+        raise DataError(label, str(exc)) from None
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
         key = next((k for k in _WRAPPER_KEYS if k in lists), lists[0] if len(lists) == 1 else None)
@@ -99,8 +116,19 @@ def _parse_json(text: str, label: str) -> list[tuple[dict, dict]]:
     for n, rec in enumerate(data, 1):
         if not isinstance(rec, dict):
             raise DataError(label, f"expected an object with fields, got {kind(rec)}", record=n)
+        _check_record(rec, label, {"record": n})
         rows.append(({"record": n}, rec))
+    if isinstance(data, userfiles._Duplicated):  # a wrapper object like {"data": [...], "data": [...]}
+        raise DataError(label, f"key '{data.key}' appears twice in the top-level object")
     return rows
+
+
+def _check_record(rec: dict, label: str, where: dict) -> None:
+    """Refuse duplicate keys, lone surrogates and absurd nesting, naming the record and field."""
+    bad = userfiles.problem(rec)
+    if bad:
+        field, message = bad
+        raise DataError(label, message, field=field, **where)
 
 
 def _parse_jsonl(text: str, label: str) -> list[tuple[dict, dict]]:
@@ -109,17 +137,27 @@ def _parse_jsonl(text: str, label: str) -> list[tuple[dict, dict]]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = userfiles.loads_json(line)
         except json.JSONDecodeError as exc:
             raise DataError(label, f"invalid JSON: {exc.msg} (column {exc.colno})", line=n) from None
+        except ValueError as exc:  # nested too deeply
+            raise DataError(label, str(exc), line=n) from None
         if not isinstance(rec, dict):
             raise DataError(label, f"expected a JSON object, got {kind(rec)}", line=n)
+        _check_record(rec, label, {"line": n})
         rows.append(({"line": n}, rec))
     return rows
 
 
 def _parse_csv(text: str, label: str, delimiter: str) -> list[tuple[dict, dict]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        return _csv_rows(reader, label)
+    except csv.Error as exc:  # e.g. a stray quote at the end of the file
+        raise DataError(label, f"cannot parse as CSV ({first_line(exc)})", line=reader.line_num) from None
+
+
+def _csv_rows(reader, label: str) -> list[tuple[dict, dict]]:
     header = next(reader, [])
     dupes = {h for h in header if header.count(h) > 1}
     if dupes:
@@ -146,32 +184,23 @@ def _read_parquet(p: Path, label: str) -> list[tuple[dict, dict]]:
     return [({"record": n}, rec) for n, rec in enumerate(records, 1)]
 
 
-def _hub_reachable() -> bool:
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # a direct probe says nothing behind a proxy; let `datasets` try
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
 def _read_hub(name: str) -> list[tuple[dict, dict]]:
     """``org/name``, ``org/name:split`` or ``org/name:config:split`` (split defaults to train)."""
     repo, *rest = name.split(":")
     config, split = (None, rest[0] if rest else "train") if len(rest) < 2 else rest
-    # Offline, `datasets` retries for ~25 s printing a warning each time; probe once and say so plainly.
-    # HF_HUB_OFFLINE=1 skips the probe so that a cached copy can still be used.
-    if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false") and not _hub_reachable():
-        raise DataError(name, "not a local file, and the Hugging Face hub is unreachable; give a local "
-                              "file, or set HF_HUB_OFFLINE=1 to use a cached copy")
+    # A path typo that looks like a hub name must fail in a second, not after `datasets` retried for
+    # ~25 s: offline (or unreachable) only the local cache is tried; online, one metadata request first.
+    if hub.reachable():
+        missing = hub.missing_dataset(repo)
+        if missing:
+            raise DataError(name, f"no such local file, and {missing}")
     try:
         import datasets
         ds = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:  # hub, auth, missing split, script errors: all one message for the user
-        raise DataError(name, f"cannot load '{repo}' (config {config}, split {split}) from the "
-                              f"Hugging Face hub: {first_line(exc)}") from None
+        where = "the Hugging Face hub" if hub.reachable() else f"the local cache ({hub.offline_reason()})"
+        raise DataError(name, f"no such local file, and cannot load '{repo}' (config {config}, split "
+                              f"{split}) from {where}: {first_line(exc)}") from None
     return [({"record": n}, dict(rec)) for n, rec in enumerate(ds, 1)]
 
 

@@ -10,14 +10,12 @@ answer (the paper's "Great! Let's think step by step.") and is never part of the
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
+from sdft import userfiles
 from sdft.errors import ConfigError
 
 _USING = ("Below are an instruction that describes a task along with a reference answer. "
@@ -80,6 +78,17 @@ DEFAULT_DISTILL = {"general": "using", "math": "math", "function_call": "refer",
 DEFAULT_PROMPT = {"general": "alpaca", "math": "math", "function_call": "alpaca", "code": "alpaca"}
 
 
+def _parse_json_template(text: str, path: Path):
+    try:
+        data = userfiles.loads_json(text)
+    except ValueError as exc:  # JSONDecodeError included
+        raise ConfigError(f"{path}: cannot parse template file ({exc})") from None
+    bad = userfiles.problem(data)
+    if bad:
+        raise ConfigError(f"{path}: " + (f"field '{bad[0]}': " if bad[0] else "") + bad[1])
+    return data
+
+
 def load_template(name_or_path: str, family: Literal["distill", "prompt"]) -> Template:
     """A preset by name, or a user template from a YAML/JSON file with the Template fields."""
     presets = DISTILL_TEMPLATES if family == "distill" else PROMPT_TEMPLATES
@@ -88,12 +97,12 @@ def load_template(name_or_path: str, family: Literal["distill", "prompt"]) -> Te
     path = Path(name_or_path)
     if not path.is_file():
         raise ConfigError(f"unknown {family} template '{name_or_path}': not a preset "
-                          f"({', '.join(presets)}) and no such file")
+                          f"({', '.join(presets)}) and no such regular file")
     try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot parse template file ({exc})") from None
+        text = path.read_text(encoding="utf-8")
+        data = _parse_json_template(text, path) if path.suffix == ".json" else userfiles.loads_yaml(text, str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read template file ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a template file holds a mapping with keys system, user, plain")
     known = {"system", "user", "plain", "assistant_prefix"}

@@ -161,6 +161,22 @@ def _load_model(config: TrainConfig, precision: str):
     return model, load_tokenizer(config.model, padding_side="right")
 
 
+def check_lora_targets(config: TrainConfig, model) -> None:
+    """Every --lora-targets name must match a module of this model (PEFT's own error is a traceback)."""
+    if config.method == "full" or config.lora_targets == ["all-linear"]:
+        return
+    import torch
+
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear) and name != "lm_head"})
+    suffixes = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} | \
+        {name for name, _ in model.named_modules()}
+    unknown = [t for t in config.lora_targets if t not in suffixes]
+    if unknown:
+        raise ConfigError(f"--lora-targets {', '.join(unknown)}: no such module in {config.model}; its linear "
+                          f"layers are {', '.join(linear) or '(none)'} (or use all-linear)")
+
+
 def _peft_config(config: TrainConfig):
     if config.method == "full":
         return None
@@ -267,6 +283,7 @@ def prepare(config: TrainConfig) -> Run:
     pairs, counts = train_data.choose_targets(examples, config.mix_ratio, config.seed)
 
     model, tokenizer = _load_model(config, precision)
+    check_lora_targets(config, model)
     template = load_template(config.template or DEFAULT_PROMPT[config.task], "prompt")
     mode = resolve_mode(config.template_mode, tokenizer)
     targets = train_data.build_targets(pairs, template, tokenizer, mode)
@@ -382,6 +399,15 @@ def _merge(config: TrainConfig, trained, tokenizer, target: Path) -> str:
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return str(target)
+
+
+def interrupted(config: TrainConfig) -> str:
+    """What Ctrl-C left behind: only checkpoints can be resumed, and the first comes after --save-steps."""
+    checkpoint = train_data.last_checkpoint(Path(config.out) / train_data.CHECKPOINTS) if config.out else None
+    if checkpoint is None:
+        return (f"no checkpoint had been written yet (one every --save-steps {config.save_steps} steps), so "
+                "nothing of this training was saved; rerun the same command to start again.")
+    return f"{checkpoint.name} is saved; rerun the same command with --resume to continue from it."
 
 
 def summarize(result: dict) -> str:

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from sdft import records
+from sdft import hub, records
 from sdft.data import Example, is_distilled, load_examples, load_records, pick_response, with_response
 from sdft.errors import ConfigError, DataError, SdftError
 
@@ -329,7 +329,8 @@ def fake_datasets(monkeypatch, behaviour):
         return behaviour()
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    monkeypatch.setattr(records, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "reachable", lambda: True)
+    monkeypatch.setattr(hub, "missing_dataset", lambda repo: None)
     return calls
 
 
@@ -348,10 +349,13 @@ def test_hub_failures_are_one_sentence(monkeypatch):
         raise ConnectionError("Couldn't reach 'org/name' on the Hub (LocalEntryNotFoundError)")
     fake_datasets(monkeypatch, offline)
     message = error_of("org/name")
-    assert message.startswith("org/name: cannot load 'org/name'") and "Couldn't reach" in message
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(records, "_hub_reachable", lambda: False)
-    assert "hub is unreachable" in error_of("org/name")
+    assert message.startswith("org/name: no such local file, and cannot load 'org/name'")
+    assert "Couldn't reach" in message
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    assert "from the local cache" in error_of("org/name")
+    monkeypatch.setattr(hub, "reachable", lambda: True)
+    monkeypatch.setattr(hub, "missing_dataset", lambda repo: f"no dataset '{repo}' on the Hugging Face hub")
+    assert error_of("org/name") == "org/name: no such local file, and no dataset 'org/name' on the Hugging Face hub"
 
 
 # ------------------------------------------------------------------------------------- shared data

@@ -53,6 +53,11 @@ class HumanEval(Task):
             self.memory_mb = int(options.get("memory_mb", 512))
         except ValueError:
             raise ConfigError("humaneval: options timeout and memory_mb must be numbers") from None
+        # A zero, negative or NaN timeout would fail every program, canonical solutions included.
+        if not 0 < self.timeout <= 3600:
+            raise ConfigError(f"humaneval: option timeout must be between 0 and 3600 seconds, got {self.timeout}")
+        if self.memory_mb < 64:
+            raise ConfigError(f"humaneval: option memory_mb must be at least 64, got {self.memory_mb}")
         from sdft import sandbox
 
         sandbox.require()  # before any model is loaded: refuse to run model code without isolation

@@ -28,9 +28,6 @@ import hashlib
 import json
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 
 from sdft import carriers, templates
 from sdft.errors import ConfigError, SdftError
@@ -191,41 +188,30 @@ class LocalJudge:
 
 
 class EndpointJudge:
-    """An OpenAI-compatible ``/chat/completions`` endpoint, called with urllib (no client library)."""
+    """An OpenAI-compatible ``/chat/completions`` endpoint (see :mod:`sdft.endpoint` for the key's safety)."""
 
     def __init__(self, url: str, model: str, batch_size: int, timeout: float = 120.0, retries: int = 4):
+        from sdft.endpoint import check_url, redact
+
         base = url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.api_key = os.environ.get("SDFT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or None
+        check_url(self.url, has_key=bool(self.api_key))  # before any model loads or any file is written
         self.model, self.batch_size, self.timeout, self.retries = model, batch_size, timeout, retries
-        self.key = f"endpoint\0{self.url}\0{model}\0{JUDGE_MAX_TOKENS}"
-        self.description = f"{model} at {self.url}"
+        self.key = f"endpoint\0{redact(self.url)}\0{model}\0{JUDGE_MAX_TOKENS}"
+        self.description = f"{model} at {redact(self.url)}"
 
     def ask(self, prompts: list[str]) -> list[str]:
         return [self._one(p) for p in prompts]
 
     def _one(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS,
-                           "messages": [{"role": "system", "content": JUDGE_SYSTEM},
-                                        {"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        api_key = os.environ.get("SDFT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    reply = json.loads(response.read().decode())
-                return reply["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as exc:
-                # Rate limits and server errors are worth a retry; anything else is the user's to fix.
-                if exc.code not in (408, 429, 500, 502, 503, 504) or attempt == self.retries:
-                    raise SdftError(f"judge endpoint {self.url} answered HTTP {exc.code}: "
-                                    f"{exc.read()[:200].decode(errors='replace')}") from None
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                if attempt == self.retries:
-                    raise SdftError(f"judge endpoint {self.url} unreachable: {exc}") from None
-            except (KeyError, IndexError, ValueError):
-                raise SdftError(f"judge endpoint {self.url} gave no chat completion") from None
-            time.sleep(min(30.0, 2.0 ** attempt))
-        raise SdftError(f"judge endpoint {self.url} failed")  # unreachable: the loop returns or raises
+        from sdft.endpoint import post_json, redact
+
+        reply = post_json(self.url, {"model": self.model, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS,
+                                     "messages": [{"role": "system", "content": JUDGE_SYSTEM},
+                                                  {"role": "user", "content": prompt}]},
+                          api_key=self.api_key, timeout=self.timeout, retries=self.retries)
+        try:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise SdftError(f"judge endpoint {redact(self.url)} gave no chat completion") from None
