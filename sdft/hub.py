@@ -96,8 +96,9 @@ def missing_dataset(repo: str, timeout: float = 10.0) -> str | None:
         return None  # exists; loading will say what access is missing
     except RepositoryNotFoundError:
         return f"no dataset '{repo}' on the Hugging Face hub (or it is private)"
-    except HfHubHTTPError:
-        return None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return f"no dataset '{repo}' on the Hugging Face hub (HTTP {status})" if status in (401, 404) else None
     except Exception as exc:  # connection refused, timeouts, proxy errors (httpx's are not OSErrors)
         go_offline(f"the hub could not be reached ({type(exc).__name__})")
     return None

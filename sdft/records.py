@@ -104,6 +104,8 @@ def _parse_json(text: str, label: str) -> list[tuple[dict, dict]]:
     except ValueError as exc:  # nested too deeply
         raise DataError(label, str(exc)) from None
     if isinstance(data, dict):
+        if userfiles.duplicated_key(data):  # e.g. {"data": [...], "data": [...]}: which list is meant?
+            raise DataError(label, f"key '{userfiles.duplicated_key(data)}' appears twice in the top-level object")
         lists = [k for k, v in data.items() if isinstance(v, list)]
         key = next((k for k in _WRAPPER_KEYS if k in lists), lists[0] if len(lists) == 1 else None)
         if key is None:
@@ -118,8 +120,6 @@ def _parse_json(text: str, label: str) -> list[tuple[dict, dict]]:
             raise DataError(label, f"expected an object with fields, got {kind(rec)}", record=n)
         _check_record(rec, label, {"record": n})
         rows.append(({"record": n}, rec))
-    if isinstance(data, userfiles._Duplicated):  # a wrapper object like {"data": [...], "data": [...]}
-        raise DataError(label, f"key '{data.key}' appears twice in the top-level object")
     return rows
 
 
@@ -199,8 +199,9 @@ def _read_hub(name: str) -> list[tuple[dict, dict]]:
         ds = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:  # hub, auth, missing split, script errors: all one message for the user
         where = "the Hugging Face hub" if hub.reachable() else f"the local cache ({hub.offline_reason()})"
-        raise DataError(name, f"no such local file, and cannot load '{repo}' (config {config}, split "
-                              f"{split}) from {where}: {first_line(exc)}") from None
+        which = f"config {config}, split {split}" if config else f"split {split}"
+        raise DataError(name, f"no such local file, and cannot load '{repo}' ({which}) from {where}: "
+                              f"{first_line(exc)}") from None
     return [({"record": n}, dict(rec)) for n, rec in enumerate(ds, 1)]
 
 

@@ -64,6 +64,11 @@ def _pairs_hook(pairs: list) -> dict:
     return obj
 
 
+def duplicated_key(obj) -> str | None:
+    """The first key given twice in this parsed object (not its children), else None."""
+    return obj.key if isinstance(obj, _Duplicated) else None
+
+
 def loads_json(text: str):
     """``json.loads`` that marks objects with a repeated key (see :func:`problem`) and turns excessive
     nesting into a ``ValueError`` instead of a ``RecursionError``."""
@@ -82,13 +87,13 @@ def problem(value) -> tuple[str | None, str] | None:
     while stack:
         item, where, depth = stack.pop()
         if depth > MAX_DEPTH:
-            return where, f"nested more than {MAX_DEPTH} levels deep"
+            return where.partition("[")[0] or None, f"nested more than {MAX_DEPTH} levels deep"
         if isinstance(item, str):
             bad = _lone_surrogate(item)
             if bad:
                 return where, bad
         elif isinstance(item, dict):
-            if isinstance(item, _Duplicated):
+            if duplicated_key(item):
                 return where, f"key '{item.key}' appears twice in one object (which value is meant?)"
             for key, child in item.items():
                 bad = _lone_surrogate(key)
@@ -114,6 +119,8 @@ def _lone_surrogate(text: str) -> str | None:
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (merge keys ``<<`` may still override)."""
 
+    source = "YAML"
+
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             seen = {}
@@ -122,9 +129,8 @@ class _StrictLoader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node)
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key '{key}' appears twice in one mapping (first on line "
-                                    f"{seen[key] + 1}; which value is meant?)", key_node.start_mark)
+                    raise ConfigError(f"{self.source}: line {key_node.start_mark.line + 1}: key '{key}' appears "
+                                      f"twice in one mapping (first on line {seen[key] + 1}; which value is meant?)")
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -176,6 +182,7 @@ def _depth(root) -> int:
 def loads_yaml(text: str, source: str):
     """One YAML document, bounded and without duplicate keys; errors are a ConfigError naming ``source``."""
     loader = _StrictLoader(text)
+    loader.source = source
     try:
         node = loader.get_single_node()
         if node is None:
