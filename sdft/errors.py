@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import errno
 
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+                                                    127: "\\x7f"}
+
 
 class SdftError(Exception):
-    """An error caused by the user's input or environment, not by a bug in sdft."""
+    """An error caused by the user's input or environment, not by a bug in sdft. Its message is one line:
+    control characters that came from the input (a key holding a newline, say) are shown escaped."""
+
+    def __init__(self, message: str = "", *args):
+        super().__init__(str(message).translate(_CONTROL), *args)
 
 
 class DataError(SdftError):

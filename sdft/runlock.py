@@ -34,7 +34,7 @@ def check_out(folder: Path) -> None:
     except OSError as exc:
         raise SdftError(f"--out {folder}: cannot create the folder ({exc.strerror})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise SdftError(f"--out {folder}: the folder is not writable")
+        raise SdftError(f"--out {folder}: cannot write in the folder (no write permission)")
 
 
 def holder(folder: Path) -> str:

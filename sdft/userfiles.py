@@ -181,9 +181,10 @@ def _depth(root) -> int:
 
 def loads_yaml(text: str, source: str):
     """One YAML document, bounded and without duplicate keys; errors are a ConfigError naming ``source``."""
-    loader = _StrictLoader(text)
-    loader.source = source
+    loader = None
     try:
+        loader = _StrictLoader(text)  # the reader already refuses control characters
+        loader.source = source
         node = loader.get_single_node()
         if node is None:
             return None
@@ -202,4 +203,5 @@ def loads_yaml(text: str, source: str):
         reason = str(exc) if isinstance(exc, ValueError) else f"nested more than {MAX_DEPTH} levels deep"
         raise ConfigError(f"{source}: {reason}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

@@ -1,0 +1,28 @@
+"""Settings that would fail late with a traceback, or silently score wrong, are refused up front."""
+
+import pytest
+
+from sdft.config import from_dict
+from sdft.errors import ConfigError
+from sdft.tasks import get_task
+from sdft.train import TrainConfig, check_lora_targets
+
+
+def test_lora_targets_must_exist_in_the_model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    config = from_dict(TrainConfig, {"data": "d.jsonl", "out": "o", "lora_targets": ["q_proj", "qkv_proj"]})
+    with pytest.raises(ConfigError) as info:
+        check_lora_targets(config, model)
+    assert str(info.value).startswith(f"--lora-targets qkv_proj: no such module in {config.model}; its linear layers "
+                                      "are down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj")
+    for fine in (["q_proj", "v_proj"], ["all-linear"], ["model.layers.0.self_attn.q_proj"]):
+        check_lora_targets(from_dict(TrainConfig, {"data": "d", "out": "o", "lora_targets": fine}), model)
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "1e9"])
+def test_humaneval_timeout_must_be_positive_and_finite(timeout):
+    with pytest.raises(ConfigError, match="option timeout must be between 0 and 3600 seconds"):
+        get_task("humaneval", None, timeout=timeout)
+    assert get_task("humaneval", None, timeout="0.5").timeout == 0.5
