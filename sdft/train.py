@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sdft import train_data
+from sdft import train_data, train_guards
 from sdft.config import field, to_dict
 from sdft.errors import ConfigError, SdftError
 from sdft.templates import Mode
+from sdft.train_guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
 
 TaskKind = Literal["general", "math", "function_call", "code"]
 # Settings that do not change the trained weights, so a resumed run may change them.
@@ -161,22 +162,6 @@ def _load_model(config: TrainConfig, precision: str):
     return model, load_tokenizer(config.model, padding_side="right")
 
 
-def check_lora_targets(config: TrainConfig, model) -> None:
-    """Every --lora-targets name must match a module of this model (PEFT's own error is a traceback)."""
-    if config.method == "full" or config.lora_targets == ["all-linear"]:
-        return
-    import torch
-
-    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                     if isinstance(module, torch.nn.Linear) and name != "lm_head"})
-    suffixes = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} | \
-        {name for name, _ in model.named_modules()}
-    unknown = [t for t in config.lora_targets if t not in suffixes]
-    if unknown:
-        raise ConfigError(f"--lora-targets {', '.join(unknown)}: no such module in {config.model}; its linear "
-                          f"layers are {', '.join(linear) or '(none)'} (or use all-linear)")
-
-
 def _peft_config(config: TrainConfig):
     if config.method == "full":
         return None
@@ -282,7 +267,7 @@ def prepare(config: TrainConfig) -> Run:
     cuda, precision = _device(config)
 
     model, tokenizer = _load_model(config, precision)
-    check_lora_targets(config, model)
+    train_guards.check_lora_targets(config, model)
     template = load_template(config.template or DEFAULT_PROMPT[config.task], "prompt")
     mode = resolve_mode(config.template_mode, tokenizer)
     targets = train_data.build_targets(pairs, template, tokenizer, mode)
@@ -367,6 +352,7 @@ def train(config: TrainConfig) -> dict:
         print(f"sdft train: {config.method} on {len(run.targets)} examples, {run.steps} steps, {run.world} "
               f"process(es) on {'GPU' if run.cuda else 'CPU'} ({run.precision}); {where}", flush=True)
     trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+    train_guards.check_finite(trainer.model, config)
     trainer.save_model(str(out))
     result = {"main_process": run.is_main, "out": str(out), "method": config.method}
     if run.is_main:
@@ -398,15 +384,6 @@ def _merge(config: TrainConfig, trained, tokenizer, target: Path) -> str:
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return str(target)
-
-
-def interrupted(config: TrainConfig) -> str:
-    """What Ctrl-C left behind: only checkpoints can be resumed, and the first comes after --save-steps."""
-    checkpoint = train_data.last_checkpoint(Path(config.out) / train_data.CHECKPOINTS) if config.out else None
-    if checkpoint is None:
-        return (f"no checkpoint had been written yet (one every --save-steps {config.save_steps} steps), so "
-                "nothing of this training was saved; rerun the same command to start again.")
-    return f"{checkpoint.name} is saved; rerun the same command with --resume to continue from it."
 
 
 def summarize(result: dict) -> str:

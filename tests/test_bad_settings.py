@@ -5,7 +5,8 @@ import pytest
 from sdft.config import from_dict
 from sdft.errors import ConfigError
 from sdft.tasks import get_task
-from sdft.train import TrainConfig, check_lora_targets
+from sdft.train import TrainConfig
+from sdft.train_guards import check_lora_targets
 
 
 def test_lora_targets_must_exist_in_the_model(tiny_model):
@@ -26,3 +27,19 @@ def test_humaneval_timeout_must_be_positive_and_finite(timeout):
     with pytest.raises(ConfigError, match="option timeout must be between 0 and 3600 seconds"):
         get_task("humaneval", None, timeout=timeout)
     assert get_task("humaneval", None, timeout="0.5").timeout == 0.5
+
+
+def test_diverged_training_is_an_error_not_a_saved_result(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sdft.errors import SdftError
+    from sdft.train_guards import check_finite
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    config = from_dict(TrainConfig, {"data": "d.jsonl", "out": "o", "learning_rate": 1e30})
+    check_finite(model, config)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.v_proj.weight[0, 0] = float("nan")
+    with pytest.raises(SdftError, match=r"training diverged: 1 trained tensor\(s\) hold NaN .*layers.1.self_attn.v_proj"):
+        check_finite(model, config)

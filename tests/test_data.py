@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from sdft import hub, records
+from sdft import hub
 from sdft.data import Example, is_distilled, load_examples, load_records, pick_response, with_response
 from sdft.errors import ConfigError, DataError, SdftError
 

@@ -25,7 +25,6 @@ with the paper's. Use a strong judge through an endpoint for anything you would 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 
