@@ -261,10 +261,11 @@ def prepare(config: TrainConfig) -> Run:
     run_key = {"config": {k: v for k, v in to_dict(config).items() if k not in _RESUME_FREE},
                "data_sha256": data_sha}
     checkpoint = train_data.resume_point(config, out, run_key)  # refuse early, before importing torch
+    cuda, precision = _device(config)
+
     examples = load_examples(config.data, shape=config.shape, columns=train_data.column_mapping(config.columns))
     examples = train_data.seeded_subset(examples, config.limit, config.seed)
     pairs, counts = train_data.choose_targets(examples, config.mix_ratio, config.seed)
-    cuda, precision = _device(config)
 
     model, tokenizer = _load_model(config, precision)
     train_guards.check_lora_targets(config, model)

@@ -168,7 +168,7 @@ def test_hub_id_downloads_one_weights_format_when_the_hub_is_reachable(tmp_home,
         return str(tiny_model)
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(models.hub, "reachable", lambda: True)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files",
                         lambda self, repo_id: ["config.json", "model.safetensors", "pytorch_model.bin"])
