@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,11 @@ from urllib.parse import urlsplit, urlunsplit
 from sdft.errors import ConfigError, SdftError
 
 _RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+def api_key() -> str | None:
+    """The judge's key, from the environment only."""
+    return os.environ.get("SDFT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or None
 
 
 def redact(url: str) -> str:

@@ -97,6 +97,9 @@ class EvalConfig:
             raise ConfigError("--n-samples above 1 needs --temperature above 0 (greedy samples are identical)")
         if "winrate" in self.tasks and not self.judge:
             raise ConfigError("task winrate needs --judge (a model, or an OpenAI-compatible endpoint URL)")
+        if self.judge and self.judge.startswith(("http://", "https://")):
+            from sdft.endpoint import api_key, check_url
+            check_url(self.judge, has_key=bool(api_key()))  # before anything is written or loaded
 
     def data_paths(self) -> dict[str, str]:
         return _pairs(self.data, "--data", "TASK=PATH")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
+_URL_USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
 _PACKAGES = ("sdft", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm")
 
 
@@ -31,10 +33,11 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def command_line() -> str:
+    """The command as typed, with any ``user:password@`` in URLs masked: it goes into run records."""
     program = Path(sys.argv[0]).name
     if program == "__main__.py":  # started as `python -m sdft`
         program = "python -m sdft"
-    return " ".join([program, *sys.argv[1:]])
+    return " ".join([program, *(_URL_USERINFO.sub(r"\1***@", arg) for arg in sys.argv[1:])])
 
 
 def run_record(config: dict, **extra) -> dict:

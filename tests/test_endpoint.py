@@ -115,3 +115,18 @@ def test_a_good_endpoint_answers(servers, monkeypatch):
     assert good.requests[0]["path"] == "/v1/chat/completions"
     assert json.loads(good.requests[0]["body"])["model"] == "judge"
     assert KEY not in judge.key and KEY not in judge.description
+
+
+def test_cli_refuses_a_key_in_the_url_before_writing_anything(tmp_path, capsys, monkeypatch):
+    from sdft.cli import main
+    from sdft.provenance import command_line
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--tasks", "winrate", "--data", f"winrate={tmp_path / 'w.json'}", "--judge",
+            f"https://me:{KEY}@judge.example.com/v1", "--judge-model", "m", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "credentials inside the URL are refused" in err and KEY not in err
+    assert not out.exists()  # no lock file, no results: nothing could carry the key
+    monkeypatch.setattr("sys.argv", ["sdft", *argv])
+    assert KEY not in command_line() and "https://***@judge.example.com/v1" in command_line()

@@ -25,7 +25,6 @@ with the paper's. Use a strong judge through an endpoint for anything you would 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 
 from sdft import carriers, templates
@@ -190,11 +189,11 @@ class EndpointJudge:
     """An OpenAI-compatible ``/chat/completions`` endpoint (see :mod:`sdft.endpoint` for the key's safety)."""
 
     def __init__(self, url: str, model: str, batch_size: int, timeout: float = 120.0, retries: int = 4):
-        from sdft.endpoint import check_url, redact
+        from sdft.endpoint import api_key, check_url, redact
 
         base = url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.api_key = os.environ.get("SDFT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or None
+        self.api_key = api_key()
         check_url(self.url, has_key=bool(self.api_key))  # before any model loads or any file is written
         self.model, self.batch_size, self.timeout, self.retries = model, batch_size, timeout, retries
         self.key = f"endpoint\0{redact(self.url)}\0{model}\0{JUDGE_MAX_TOKENS}"
