@@ -111,9 +111,18 @@ def coerce(value: Any, tp: Any, name: str, source: str) -> Any:
     if inner is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{source}: '{name}' must be text, got {value!r}")
-        return str(value)
+        return _valid_text(str(value), name, source)
     if inner is Path:
-        return Path(value)
+        return Path(_valid_text(str(value), name, source))
+    return value
+
+
+def _valid_text(value: str, name: str, source: str) -> str:
+    """A lone surrogate (a YAML "\\ud800", or argv bytes that are not UTF-8) would fail only when the
+    setting is written into a run record, after the work is done."""
+    bad = userfiles.lone_surrogate(value)
+    if bad:
+        raise ConfigError(f"{source}: '{name}' {bad}")
     return value
 
 

@@ -30,8 +30,12 @@ def _is_true(name: str) -> bool:
 
 
 def configure(offline: bool = False) -> None:
-    """Call before the HF libraries are imported: telemetry off by default, offline mode if asked."""
+    """Telemetry off by default, offline mode if asked. The CLI calls it first thing; stages that reach
+    the hub themselves (training) call it again for library users."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None and _is_true("HF_HUB_DISABLE_TELEMETRY"):  # imported before us (library use)
+        constants.HF_HUB_DISABLE_TELEMETRY = True
     if offline or _is_true("SDFT_OFFLINE"):
         go_offline("offline mode was requested")
     elif _is_true("HF_HUB_OFFLINE") or _is_true("TRANSFORMERS_OFFLINE"):

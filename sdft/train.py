@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sdft import train_data, train_guards
+from sdft import hub, train_data, train_guards
 from sdft.config import field, to_dict
 from sdft.errors import ConfigError, SdftError
 from sdft.templates import Mode
@@ -251,6 +251,7 @@ def prepare(config: TrainConfig) -> Run:
     """Check the run folder, pick and order the data, load the model, and build the SFTTrainer."""
     started = time.time()
     config.validate()
+    hub.configure()  # TRL's trainer pings the hub unless telemetry is off
     out = Path(config.out)
     from sdft.data import load_examples
     from sdft.provenance import file_sha256

@@ -89,14 +89,14 @@ def problem(value) -> tuple[str | None, str] | None:
         if depth > MAX_DEPTH:
             return where.partition("[")[0] or None, f"nested more than {MAX_DEPTH} levels deep"
         if isinstance(item, str):
-            bad = _lone_surrogate(item)
+            bad = lone_surrogate(item)
             if bad:
                 return where, bad
         elif isinstance(item, dict):
             if duplicated_key(item):
                 return where, f"key '{item.key}' appears twice in one object (which value is meant?)"
             for key, child in item.items():
-                bad = _lone_surrogate(key)
+                bad = lone_surrogate(key)
                 if bad:
                     return where, bad
                 stack.append((child, key if where is None else f"{where}.{key}", depth + 1))
@@ -105,7 +105,7 @@ def problem(value) -> tuple[str | None, str] | None:
     return None
 
 
-def _lone_surrogate(text: str) -> str | None:
+def lone_surrogate(text: str) -> str | None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

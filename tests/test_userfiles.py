@@ -144,3 +144,13 @@ def test_non_finite_yaml_numbers_are_refused(tmp_path):
     config.write_text("tasks: [gsm8k]\ntemperature: .nan\n")
     with pytest.raises(ConfigError, match="'temperature' must be a finite number"):
         from_dict(EvalConfig, load_yaml(config), str(config))
+
+
+def test_settings_with_lone_surrogates_are_refused(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text('data: "train\\ud800.jsonl"\n')
+    with pytest.raises(ConfigError, match="'data' text holds a lone surrogate"):
+        from_dict(TrainConfig, {"out": "o", **load_yaml(config)}, str(config))
+    undecodable_argv = b"d\xff.jsonl".decode("utf-8", "surrogateescape")  # how Python passes such bytes
+    with pytest.raises(ConfigError, match="command line: 'data' text holds a lone surrogate"):
+        from_dict(TrainConfig, {"out": "o", "data": undecodable_argv}, "command line")
