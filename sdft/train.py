@@ -268,8 +268,8 @@ def prepare(config: TrainConfig) -> Run:
     examples = train_data.seeded_subset(examples, config.limit, config.seed)
     pairs, counts = train_data.choose_targets(examples, config.mix_ratio, config.seed)
 
+    train_guards.check_lora_targets(config)  # before the weights load
     model, tokenizer = _load_model(config, precision)
-    train_guards.check_lora_targets(config, model)
     template = load_template(config.template or DEFAULT_PROMPT[config.task], "prompt")
     mode = resolve_mode(config.template_mode, tokenizer)
     targets = train_data.build_targets(pairs, template, tokenizer, mode)

@@ -10,11 +10,18 @@ from sdft import train_data
 from sdft.errors import ConfigError, SdftError
 
 
-def check_lora_targets(config, model) -> None:
-    """Every --lora-targets name must match a module of this model (PEFT's own error is a traceback)."""
+def check_lora_targets(config, model=None) -> None:
+    """Every --lora-targets name must match a module of this model (PEFT's own error is a traceback).
+
+    Without ``model``, the model's skeleton is built on the meta device from its config.json: no weights
+    are read, so a typo is reported in a second, before a large model loads.
+    """
     if config.method == "full" or config.lora_targets == ["all-linear"]:
         return
     import torch
+
+    if model is None:
+        model = _skeleton(config.model)
 
     linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                      if isinstance(module, torch.nn.Linear) and name != "lm_head"})
@@ -24,6 +31,16 @@ def check_lora_targets(config, model) -> None:
     if unknown:
         raise ConfigError(f"--lora-targets {', '.join(unknown)}: no such module in {config.model}; its linear "
                           f"layers are {', '.join(linear) or '(none)'} (or use all-linear)")
+
+
+def _skeleton(model_name: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sdft.models import resolve_model
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model(model_name)))
 
 
 def check_finite(model, config) -> None:

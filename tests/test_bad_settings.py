@@ -43,3 +43,16 @@ def test_diverged_training_is_an_error_not_a_saved_result(tiny_model):
         model.model.layers[1].self_attn.v_proj.weight[0, 0] = float("nan")
     with pytest.raises(SdftError, match=r"training diverged: 1 trained tensor\(s\) hold NaN .*layers.1.self_attn.v_proj"):
         check_finite(model, config)
+
+
+def test_lora_targets_are_checked_without_loading_weights(tiny_model, monkeypatch):
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    config = from_dict(TrainConfig, {"data": "d.jsonl", "out": "o", "model": str(tiny_model),
+                                     "lora_targets": ["c_attn"]})
+    with pytest.raises(ConfigError, match="--lora-targets c_attn: no such module"):
+        check_lora_targets(config)
