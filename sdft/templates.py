@@ -38,8 +38,10 @@ _ALPACA_TURN = "### Instruction:\n{instruction}\n\n### Response:\n"
 # Llama-2 chat format, used by the paper's math prompts when rendered as plain text.
 _LLAMA2 = "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] "
 # The reference code's layout of the same prompts (its LLaMA-Factory templates gsm8k, gsm8k_infer,
-# gsm8k_distill): the system block before "[INST]", and no space after "[/INST]" (the response is
-# tokenized on its own there, so SentencePiece's prefix space starts it). Used by the paper presets.
+# gsm8k_distill): the system block before "[INST]", and the prompt ends at "[/INST]" (used by the paper
+# presets). It tokenized the response on its own, so SentencePiece's prefix space starts it ("▁The"):
+# the training template ends in a space, which training moves into the completion at the token
+# boundary (train_data.on_token_boundary), giving the reference's very tokens.
 _LLAMA2_REFERENCE = "<<SYS>>\n{system}\n<</SYS>>\n\n[INST] {user} [/INST]"
 
 Mode = Literal["auto", "chat", "plain"]
@@ -80,7 +82,7 @@ PROMPT_TEMPLATES = {
     "alpaca": Template("alpaca", _ALPACA, "{instruction}", "{system}\n\n" + _ALPACA_TURN),
     "math": Template("math", _MATH_TRAIN, "{instruction}", _LLAMA2),
     "math_eval": Template("math_eval", _MATH_EVAL, "{instruction}", _LLAMA2),
-    "paper_math": Template("paper_math", _MATH_TRAIN, "{instruction}", _LLAMA2_REFERENCE),
+    "paper_math": Template("paper_math", _MATH_TRAIN, "{instruction}", _LLAMA2_REFERENCE + " "),
     "paper_math_eval": Template("paper_math_eval", _MATH_EVAL, "{instruction}", _LLAMA2_REFERENCE),
 }
 
