@@ -94,8 +94,8 @@ class LMEvalTask(Task):
 def metrics_from_output(output: dict, task_name: str, metric: str | None = None) -> dict:
     """Our metric shape from ``simple_evaluate``'s output: the named task's (or group's) headline
     metric (``metric`` when given) with a normal 95% interval from lm-eval's standard error, and all its
-    raw numbers. A group that lm-eval lists without a metric of its own (``ai2_arc`` and ``truthfulqa``
-    in recent versions) gets the size-weighted mean of its members', as older versions reported it."""
+    raw numbers. A group or tag without a metric of its own (``ai2_arc`` and ``truthfulqa`` are tags since
+    lm-eval 0.4.3) gets the size-weighted mean of its members', as lm-eval 0.4.0 reported its groups."""
     results = output.get("results", {})
     raw = results.get(task_name) or output.get("groups", {}).get(task_name) or {}
     # lm-eval keys are "metric,filter", e.g. "acc_norm,none" and "acc_norm_stderr,none".
@@ -124,8 +124,10 @@ def _group_mean(output: dict, group: str, metric: str) -> dict:
     """``{metric,filter: mean, metric_stderr,filter: se, "n,group": N}`` over the group's members that
     report ``metric``, weighted by their item counts; empty when there is nothing to average."""
     results, sizes = output.get("results", {}), output.get("n-samples", {})
+    # A tag has no entry in group_subtasks; every result then belongs to it (one name was run).
+    members = output.get("group_subtasks", {}).get(group) or [k for k in results if k != group]
     parts = []
-    for member in output.get("group_subtasks", {}).get(group, []):
+    for member in members:
         row = results.get(member, {})
         key = next((k for k in row if k.split(",")[0] == metric and isinstance(row[k], (int, float))), None)
         n = (sizes.get(member) or {}).get("effective")
