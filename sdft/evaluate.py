@@ -199,6 +199,8 @@ def evaluate(config: EvalConfig) -> dict:
         if name in checkers:
             opts["checker"] = checkers[name]
         tasks[name] = get_task(name, data.get(name), **opts)
+        if hasattr(tasks[name], "check_ready"):  # e.g. lm_eval: a missing package fails now, not hours in
+            tasks[name].check_ready()
         if getattr(tasks[name], "needs_judge", False):
             from sdft.tasks.winrate import make_judge  # the judge loads on first use, like the model
             tasks[name].judge = make_judge(config.judge, model_name=config.judge_model,

@@ -72,11 +72,15 @@ class LMEvalTask(Task):
             args["num_fewshot"] = int(self.options["num_fewshot"])
         return args
 
-    def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
+    def check_ready(self) -> None:
+        """Called before any model loads, so a long run does not stop hours in for a missing package."""
         if not lm_eval_available():
             raise SdftError(f"task '{self.name}' needs lm-evaluation-harness, which is not installed: "
                             f"`{INSTALL_HINT}` (the built-in arc, hellaswag, winogrande, mmlu and "
                             f"truthfulqa tasks work offline without it)")
+
+    def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
+        self.check_ready()
         from sdft.models import resolve_model
 
         args = self.build_arguments(resolve_model(model), adapter, config)
