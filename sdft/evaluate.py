@@ -37,10 +37,8 @@ PRESETS = {
     # 42, HF's default); prompts cut at 1024 tokens from the right. Only HumanEval (bigcode harness,
     # --do_sample False) was greedy. See docs/paper-fidelity.md.
     "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512, "seed": 42,
-              "max_prompt_tokens": 1024, "truncation_side": "right", "option": ["humaneval.temperature=0"]},
+              "max_prompt_tokens": 1024, "truncation_side": "right", "greedy_tasks": ["humaneval"]},
 }
-# Task options that override the run's decoding for one task (e.g. humaneval.temperature=0).
-DECODING_OPTIONS = {"temperature": float, "top_p": float, "top_k": int}
 
 
 @dataclass
@@ -63,6 +61,8 @@ class EvalConfig:
     backend: str = field("hf", "generation backend: hf, vllm, or 'module:Class'")
     template_mode: templates.Mode = field("auto", "chat template (chat), plain text (plain), or auto")
     temperature: float = field(0.0, "0 = greedy decoding")
+    greedy_tasks: list[str] = field(default_factory=list, help="tasks decoded greedily whatever --temperature "
+                                    "(the paper preset: humaneval, as the reference's bigcode harness did)")
     top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
     top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
     n_samples: int = field(1, "samples per item (needs temperature > 0); HumanEval reports pass@k from them")
@@ -303,28 +303,16 @@ def _examples(name: str, task, config: EvalConfig) -> list[dict]:
     return examples
 
 
-def task_decoding(name: str, options: dict) -> dict:
-    """Decoding settings a task's options override (``--option humaneval.temperature=0``)."""
-    out = {}
-    for key, kind in DECODING_OPTIONS.items():
-        if key in options:
-            try:
-                out[key] = kind(options[key])
-            except (TypeError, ValueError):
-                raise ConfigError(f"--option {name}.{key}: expected a {kind.__name__}, got {options[key]!r}") from None
-    return out
-
-
 def _run_generate(name: str, task, examples: list[dict], session: ModelSession, config: EvalConfig,
                   out: Path) -> dict:
     from sdft.generation import GenerationParams
 
-    decoding = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
-                **task_decoding(name, task.options)}
     params = GenerationParams(
-        max_new_tokens=config.max_new_tokens or task.max_new_tokens, seed=config.seed, batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens or task.max_new_tokens,
+        temperature=0.0 if name in config.greedy_tasks else config.temperature, top_p=config.top_p,
+        top_k=config.top_k, seed=config.seed, batch_size=config.batch_size,
         max_prompt_tokens=config.max_prompt_tokens, truncation_side=config.truncation_side,
-        stop=tuple(getattr(task, "stop", ())), **decoding)
+        stop=tuple(getattr(task, "stop", ())))
     settings = _settings(name, task, session, config, params)
     cache_dir = out / "generations" / ".cache"
     task.cache_dir, task.settings_key = cache_dir, settings["settings_key"]  # for tasks that cache more

@@ -59,20 +59,20 @@ def test_empty_accepted_rewrite_is_dropped_from_training_and_counted(tmp_path):
 # ---------------------------------------------------------------------------- 3. evaluation decoding
 
 def test_eval_paper_preset_samples_like_the_fork_and_humaneval_stays_greedy():
-    from sdft.evaluate import PRESETS, EvalConfig, task_decoding
+    from sdft.evaluate import PRESETS, EvalConfig
 
     preset = PRESETS["paper"]
-    assert {k: preset[k] for k in FORK_DECODING} == FORK_DECODING
-    assert "humaneval.temperature=0" in preset["option"]
+    assert {k: preset[k] for k in FORK_DECODING} == FORK_DECODING and preset["greedy_tasks"] == ["humaneval"]
     assert EvalConfig().temperature == 0.0  # greedy stays our default
-    assert task_decoding("humaneval", {"temperature": "0"}) == {"temperature": 0.0}
+    # The CLI preset works with any task list (greedy_tasks may name tasks not run).
+    assert from_dict(EvalConfig, {**preset, "tasks": ["gsm8k"]}).greedy_tasks == ["humaneval"]
     for name in LLAMA2_PRESETS + ["llama3-openfunctions.yaml"]:
         section = paper_config(name)["eval"]
         assert {k: section[k] for k in FORK_DECODING} == FORK_DECODING, name
-        assert "humaneval.temperature=0" in section["option"], name
+        assert section["greedy_tasks"] == ["humaneval"], name
 
 
-def test_a_task_option_overrides_the_run_decoding(tmp_path, monkeypatch):
+def test_greedy_tasks_override_the_run_decoding(tmp_path, monkeypatch):
     """gsm8k samples at the run's temperature, humaneval is greedy: what reaches the backend."""
     from sdft.evaluate import EvalConfig, evaluate
     from sdft.generation.fake import FakeBackend
@@ -88,7 +88,7 @@ def test_a_task_option_overrides_the_run_decoding(tmp_path, monkeypatch):
     gsm = write_json(tmp_path / "g.json", [{"question": "2+3?", "answer": "#### 5"}])
     config = from_dict(EvalConfig, {"model": "fake-model", "backend": "fake", "tasks": ["gsm8k", "humaneval"],
                                     "data": [f"gsm8k={gsm}"], "limit": 1, "progress": False, "out": str(tmp_path / "o"),
-                                    "temperature": 0.95, "top_p": 0.7, "option": ["humaneval.temperature=0"]})
+                                    "temperature": 0.95, "top_p": 0.7, "greedy_tasks": ["humaneval"]})
     results = evaluate(config)
     if "skipped" in results["tasks"]["humaneval"]:
         pytest.skip("no HumanEval carrier installed")

@@ -132,7 +132,6 @@ def _exercise_train(config, tokenizer):
 def _exercise_eval(config, tokenizer):
     """Build every task with its options, load its data (as `sdft eval` does: a task whose default data
     is not installed is skipped, a named file must load), render prompts and score an answer."""
-    from sdft.evaluate import task_decoding
     from sdft.pipeline import stage_configs
     from sdft.tasks import get_task
 
@@ -141,7 +140,6 @@ def _exercise_eval(config, tokenizer):
     for name in evaluation.tasks:
         opts = {"template_mode": evaluation.template_mode, **options.get(name, {})}
         task = get_task(name, data.get(name), **opts)
-        task_decoding(name, task.options)
         kind = getattr(task, "kind", "generate")
         if kind == "external":
             task.build_arguments("/models/seed", None, evaluation)
