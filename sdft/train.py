@@ -393,6 +393,8 @@ def summarize(result: dict) -> str:
     mix = (f"{data['rewritten']} rewritten + {data['original']} original targets (mix ratio {data['mix_ratio']})"
            if data["distilled"] else f"{data['original']} original targets")
     dropped = f", {data['dropped_too_long']} dropped (prompt >= max length)" if data["dropped_too_long"] else ""
+    if data.get("dropped_empty_rewrite"):
+        dropped += f", {data['dropped_empty_rewrite']} dropped (empty accepted rewrite)"
     first = result["loss"][0]["loss"] if result["loss"] else float("nan")
     lines = [f"trained {result['method']} on {data['examples']} examples: {mix}{dropped}",
              f"  {tr['steps']} steps ({tr['epochs']} epochs, batch {tr['global_batch']}, {tr['processes']} process(es)); "
