@@ -85,6 +85,9 @@ class EvalConfig:
             if not known and not (name in data and name in checkers):
                 raise ConfigError(f"unknown task '{name}'; known: {', '.join(sorted(TASKS))}; a user task "
                                   f"needs --data {name}=FILE and --checker {name}=module:function")
+        unknown = [n for n in self.greedy_tasks if n not in TASKS and n not in self.tasks]
+        if unknown:
+            raise ConfigError(f"--greedy-tasks names unknown task(s) {', '.join(unknown)}")
         taken = sorted(set(checkers) & set(TASKS))
         if taken:
             raise ConfigError(f"--checker given for built-in task(s) {', '.join(taken)}, which score themselves; "

@@ -66,6 +66,8 @@ def test_eval_paper_preset_samples_like_the_fork_and_humaneval_stays_greedy():
     assert EvalConfig().temperature == 0.0  # greedy stays our default
     # The CLI preset works with any task list (greedy_tasks may name tasks not run).
     assert from_dict(EvalConfig, {**preset, "tasks": ["gsm8k"]}).greedy_tasks == ["humaneval"]
+    with pytest.raises(Exception, match="humanevl"):
+        from_dict(EvalConfig, {**preset, "tasks": ["gsm8k"], "greedy_tasks": ["humanevl"]})
     for name in LLAMA2_PRESETS + ["llama3-openfunctions.yaml"]:
         section = paper_config(name)["eval"]
         assert {k: section[k] for k in FORK_DECODING} == FORK_DECODING, name
