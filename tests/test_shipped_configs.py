@@ -74,6 +74,16 @@ def test_a_broken_field_name_fails(tmp_path):
         _exercise_eval(config, None)  # ...which this test does for every shipped config
 
 
+def test_a_shift_task_that_is_not_evaluated_is_refused_at_load(tmp_path):
+    raw = yaml.safe_load((ROOT / "configs/paper/gsm8k.yaml").read_text())
+    raw["eval"]["tasks"].remove("advbench")  # shift_tasks still names it
+    path = tmp_path / "paper" / "no-advbench.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SdftError, match="shift_tasks advbench"):
+        resolved_config(path, tmp_path)
+
+
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
 def test_accelerate_configs_parse(path):
     from accelerate.commands.config.config_args import ClusterConfig
