@@ -38,7 +38,7 @@ TaskKind = Literal["general", "math", "function_call", "code"]
 PRESETS = {
     "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512,
               "max_prompt_tokens": 1024, "truncation_side": "right", "seed": 42, "filter_mode": "paper",
-              "input_separator": "\n"},
+              "input_separator": "\n", "template_mode": "plain"},  # the reference rendered prompts as text
 }
 
 

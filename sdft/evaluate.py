@@ -37,7 +37,8 @@ PRESETS = {
     # 42, HF's default); prompts cut at 1024 tokens from the right. Only HumanEval (bigcode harness,
     # --do_sample False) was greedy. See docs/paper-fidelity.md.
     "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512, "seed": 42,
-              "max_prompt_tokens": 1024, "truncation_side": "right", "greedy_tasks": ["humaneval"]},
+              "max_prompt_tokens": 1024, "truncation_side": "right", "greedy_tasks": ["humaneval"],
+              "template_mode": "plain"},  # as text (Llama-3 math excepted: --option gsm8k.template_mode=chat)
 }
 
 

@@ -37,7 +37,8 @@ _RESUME_FREE = {"resume", "overwrite", "logging_steps", "save_steps", "save_tota
 PRESETS = {
     "paper": {"method": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
               "lora_targets": ["q_proj", "v_proj"], "learning_rate": 1e-4, "lr_scheduler": "cosine",
-              "warmup_ratio": 0.0, "batch_size": 2, "grad_accum": 4, "max_length": 1024, "input_separator": "\n"},
+              "warmup_ratio": 0.0, "batch_size": 2, "grad_accum": 4, "max_length": 1024, "input_separator": "\n",
+              "template_mode": "plain"},  # the reference rendered prompts as text
 }
 
 

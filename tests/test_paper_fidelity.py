@@ -27,6 +27,17 @@ def paper_config(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / "paper" / name).read_text())
 
 
+@pytest.mark.parametrize("name", LLAMA2_PRESETS + ["llama3-openfunctions.yaml"])
+def test_the_yaml_presets_and_the_cli_presets_agree(name):
+    """`sdft distill|train|eval --preset paper` and configs/paper/*.yaml give the same values."""
+    from sdft import distill, evaluate, train
+
+    config = paper_config(name)
+    for section, module in (("distill", distill), ("train", train), ("eval", evaluate)):
+        preset = module.PRESETS["paper"]
+        assert {k: config[section].get(k) for k in preset} == preset, (name, section)
+
+
 # ------------------------------------------------------------------------ 1. MultiArith from the hub
 
 def test_multiarith_hub_shape_question_final_ans(tmp_path):
