@@ -27,7 +27,7 @@ def paper_config(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / "paper" / name).read_text())
 
 
-@pytest.mark.parametrize("name", LLAMA2_PRESETS + ["llama3-openfunctions.yaml"])
+@pytest.mark.parametrize("name", LLAMA2_PRESETS + ["llama3-openfunctions.yaml", "llama3-alpaca.yaml"])
 def test_the_yaml_presets_and_the_cli_presets_agree(name):
     """`sdft distill|train|eval --preset paper` and configs/paper/*.yaml give the same values."""
     from sdft import distill, evaluate, train

@@ -59,7 +59,7 @@ def resolved_config(path: Path, tmp_path: Path):
 def test_every_config_is_covered():
     assert RUN_CONFIGS and len(CONFIGS) == len(RUN_CONFIGS) + len(ACCELERATE_CONFIGS)
     assert {p.name for p in RUN_CONFIGS} >= {"demo.yaml", "gsm8k.yaml", "openfunctions.yaml", "alpaca.yaml",
-                                             "llama3-openfunctions.yaml"}
+                                             "llama3-openfunctions.yaml", "llama3-gsm8k.yaml", "llama3-alpaca.yaml"}
 
 
 def test_a_broken_field_name_fails(tmp_path):
