@@ -35,7 +35,7 @@ __all__ = ["Example", "load_examples", "load_records", "with_response", "is_dist
 class Example:
     """One training / distillation example, whatever shape it came in.
 
-    ``instruction`` is the user's request (alpaca ``instruction`` and ``input`` joined by a blank line),
+    ``instruction`` is the user's request (alpaca ``instruction`` and ``input`` joined, by default by a blank line),
     ``response`` the target answer, ``history`` earlier (user, assistant) turns. ``source`` keeps the
     record exactly as read so that outputs can echo it back with only the response replaced.
     """
@@ -82,8 +82,11 @@ class _Bad(Exception):
 # ------------------------------------------------------------------------------------------- examples
 
 def load_examples(path, *, shape: str = "auto", columns: dict[str, str] | None = None,
-                  limit: int | None = None) -> list[Example]:
+                  limit: int | None = None, input_separator: str = "\n\n") -> list[Example]:
     """Load, detect the shape, validate every record, and return the first ``limit`` examples.
+
+    ``input_separator`` joins an alpaca ``instruction`` and its ``input`` (a blank line by default; the
+    reference code joined them with a single newline, which the paper presets reproduce).
 
     All records are validated (not only the first ``limit``) so that a file is valid or not whatever
     the limit, and ids do not depend on it either.
@@ -107,7 +110,7 @@ def load_examples(path, *, shape: str = "auto", columns: dict[str, str] | None =
     parsed, problems = [], []
     for where, rec in rows:
         try:
-            parsed.append(_parse(rec, shape, cols))
+            parsed.append(_parse(rec, shape, cols, input_separator))
         except _Bad as bad:
             problems.append((where, bad))
     if problems:
@@ -142,20 +145,23 @@ def _detect(rec: dict, columns: dict | None) -> str | None:
     return None
 
 
-def _parse(rec: dict, shape: str, cols: dict) -> tuple[str, str, list[tuple[str, str]], str | None]:
+def _parse(rec: dict, shape: str, cols: dict,
+           input_separator: str = "\n\n") -> tuple[str, str, list[tuple[str, str]], str | None]:
     """(instruction, response, history, system) of one record, or raise _Bad."""
     if DISTILL_KEY in rec:
         _check_distilled(rec[DISTILL_KEY])
+    # A distilled record's response is its accepted rewrite, which may be empty (reference filter rules).
+    empty_ok = DISTILL_KEY in rec and rec[DISTILL_KEY]["accepted"]
     if shape in CHAT_SHAPES:
-        return _parse_chat(rec, CHAT_SHAPES[shape])
+        return _parse_chat(rec, CHAT_SHAPES[shape], empty_ok)
     instruction = _text(rec, cols["instruction"], required=True)
     if not instruction.strip():
         raise _Bad("empty instruction", cols["instruction"])
     extra = _text(rec, cols["input"], required=False) if "input" in cols else ""
     if extra.strip():
-        instruction = f"{instruction}\n\n{extra}"
+        instruction = f"{instruction}{input_separator}{extra}"
     response = _text(rec, cols["response"], required=True)
-    if not response.strip():
+    if not response.strip() and not empty_ok:
         raise _Bad("empty response", cols["response"])
     system = _text(rec, cols["system"], required=False) if "system" in cols else ""
     history = []
@@ -170,7 +176,7 @@ def _parse(rec: dict, shape: str, cols: dict) -> tuple[str, str, list[tuple[str,
     return instruction, response, history, system or None
 
 
-def _parse_chat(rec: dict, key: str) -> tuple[str, str, list[tuple[str, str]], str | None]:
+def _parse_chat(rec: dict, key: str, empty_ok: bool = False) -> tuple[str, str, list[tuple[str, str]], str | None]:
     turns = rec.get(key)
     if not isinstance(turns, list):
         raise _Bad(f"expected a list of messages, got {kind(turns)}", key)
@@ -200,7 +206,7 @@ def _parse_chat(rec: dict, key: str) -> tuple[str, str, list[tuple[str, str]], s
                        "messages, turns alternate user, assistant, ...)", where.rsplit(".", 1)[0])
     if not rest or rest[-1][0] != "assistant":
         raise _Bad("the last message must be the assistant's response", key)
-    if not rest[-1][1].strip():
+    if not rest[-1][1].strip() and not empty_ok:
         raise _Bad("empty response", rest[-1][2])
     if not rest[-2][1].strip():
         raise _Bad("empty instruction (the last user message)", rest[-2][2])
@@ -215,8 +221,9 @@ def _check_distilled(meta) -> None:
     for key, types in (("accepted", bool), ("reason", str), ("rewrite", (str, type(None))), ("original", str)):
         if key not in meta or not isinstance(meta[key], types):
             raise _Bad(f"missing or wrong type ({kind(meta.get(key))})", f"{DISTILL_KEY}.{key}")
-    if meta["accepted"] and not meta["rewrite"]:
-        raise _Bad("an accepted rewrite must be non-empty text", f"{DISTILL_KEY}.rewrite")
+    if meta["accepted"] and meta["rewrite"] is None:
+        # An empty text is allowed: the reference filter accepts one and training skips it (counted).
+        raise _Bad("an accepted rewrite must be text", f"{DISTILL_KEY}.rewrite")
 
 
 def _text(rec: dict, key: str, *, required: bool) -> str:
@@ -270,6 +277,6 @@ def pick_response(example: Example, use_rewrite: bool) -> str:
     if not is_distilled(example):
         return example.response
     meta = example.source[DISTILL_KEY]
-    if use_rewrite and meta["accepted"] and meta.get("rewrite"):
+    if use_rewrite and meta["accepted"] and meta.get("rewrite") is not None:
         return meta["rewrite"]
     return meta["original"]

@@ -37,7 +37,8 @@ TaskKind = Literal["general", "math", "function_call", "code"]
 # The reference code never sets decoding values; these are the defaults it inherited (paper-method §4).
 PRESETS = {
     "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512,
-              "max_prompt_tokens": 1024, "seed": 42, "filter_mode": "paper"},
+              "max_prompt_tokens": 1024, "truncation_side": "right", "seed": 42, "filter_mode": "paper",
+              "input_separator": "\n", "template_mode": "plain"},  # the reference rendered prompts as text
 }
 
 
@@ -57,7 +58,10 @@ class DistillConfig:
     limit: int | None = field(None, "distil only the first N examples")
     batch_size: int = field(8, "prompts per generation batch")
     max_new_tokens: int = field(512, "generation budget per rewrite")
-    max_prompt_tokens: int = field(1024, "longer prompts are cut from the left (and reported)")
+    max_prompt_tokens: int = field(1024, "longer prompts are cut (and reported)")
+    truncation_side: Literal["left", "right"] = field(
+        "left", "which end of a too-long prompt is cut (right: the reference code's, loses '### Response:')")
+    input_separator: str = field("\n\n", "joins an alpaca instruction and its input (reference code: one newline)")
     temperature: float = field(0.0, "0 = greedy decoding (our default); the paper sampled at 0.95")
     top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
     top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
@@ -91,13 +95,15 @@ def generation_params(config) -> "GenerationParams":
     from sdft.generation import GenerationParams
     return GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                             top_p=config.top_p, top_k=config.top_k, seed=config.seed,
-                            batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens)
+                            batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens,
+                            truncation_side=config.truncation_side)
 
 
 def _settings_key(record: dict) -> str:
     """Hash of every setting that changes the output; resuming with other settings would mix runs."""
     keyed = {k: record[k] for k in ("model", "adapter", "data", "template", "template_mode",
-                                     "decoding", "filter", "limit", "columns", "shape")}
+                                     "decoding", "filter", "limit", "columns", "shape", "input_separator")
+             if k in record}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -111,10 +117,12 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
                  "sha256": provenance.file_sha256(data_path) if data_path.is_file() else None},
         "template": to_dict(template),
         "template_mode": mode,
-        "decoding": to_dict(generation_params(config)),
+        "decoding": generation_params(config).record(),
         "filter": {"kind": config.filter or config.task, "mode": config.filter_mode},
         "limit": config.limit, "columns": config.columns, "shape": config.shape,
     }
+    if config.input_separator != "\n\n":  # keyed only when set, so earlier runs keep their keys
+        record["input_separator"] = config.input_separator
     record["settings_key"] = _settings_key(record)
     if (config.filter or config.task) == "code":  # where rewrites' code ran (not part of the key)
         from sdft import sandbox
@@ -146,7 +154,7 @@ def distill(config: DistillConfig) -> dict:
 
     # Everything that can fail on bad input fails here, before the model is loaded.
     examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
-                             limit=config.limit)
+                             limit=config.limit, input_separator=config.input_separator)
     template = templates.load_template(config.template or templates.DEFAULT_DISTILL[config.task], "distill")
     accept = make_filter(config.filter or config.task, mode=config.filter_mode)
     out = Path(config.out)

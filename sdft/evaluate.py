@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from sdft import templates
 from sdft.config import field, to_dict
@@ -31,8 +32,13 @@ from sdft.errors import ConfigError, SdftError
 from sdft.store import ProgressFile, write_json, write_jsonl
 
 PRESETS = {
-    # The reference code's evaluation: greedy, 512 new tokens, prompts cut at 1024 tokens (paper §4-5).
-    "paper": {"temperature": 0.0, "max_new_tokens": 512, "max_prompt_tokens": 1024},
+    # The reference code's evaluation: its do_predict runs pass no decoding flags, so they sample with the
+    # LLaMA-Factory fork's GeneratingArguments defaults (T 0.95, top-p 0.7, top-k 50, 512 new tokens; seed
+    # 42, HF's default); prompts cut at 1024 tokens from the right. Only HumanEval (bigcode harness,
+    # --do_sample False) was greedy. See docs/paper-fidelity.md.
+    "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512, "seed": 42,
+              "max_prompt_tokens": 1024, "truncation_side": "right", "greedy_tasks": ["humaneval"],
+              "template_mode": "plain"},  # as text (Llama-3 math excepted: --option gsm8k.template_mode=chat)
 }
 
 
@@ -41,12 +47,14 @@ class EvalConfig:
     model: str = field("smollm2-135m-instruct", "model: alias, hub id, local folder or .gguf file")
     adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
     tasks: list[str] = field(default_factory=list, help="tasks, comma-separated: gsm8k, multiarith, openfunctions, bfcl, humaneval, advbench, "
-                                 "advbench-jailbreak, winrate, arc, hellaswag, winogrande, mmlu, truthfulqa, "
+                                 "advbench-jailbreak, winrate, alpaca_eval, arc, hellaswag, winogrande, mmlu, truthfulqa, "
                                  "lm_eval:<task>, or a user task (--data and --checker)")
     out: str = field("runs/eval", "output folder (rerun the same command to resume)")
     limit: int | None = field(None, "evaluate only the first N items of each task")
     max_new_tokens: int | None = field(None, "generation budget per answer (default: each task's own)")
-    max_prompt_tokens: int = field(2048, "longer prompts are cut from the left (and reported)")
+    max_prompt_tokens: int = field(2048, "longer prompts are cut (and reported)")
+    truncation_side: Literal["left", "right"] = field(
+        "left", "which end of a too-long prompt is cut (right: the reference code's, loses '### Response:')")
     batch_size: int = field(8, "prompts per generation batch")
     data: list[str] = field(default_factory=list, help="TASK=PATH: a task's data file or hub name (repeatable)")
     checker: list[str] = field(default_factory=list, help="TASK=module:function for a user task (with --data)")
@@ -54,6 +62,8 @@ class EvalConfig:
     backend: str = field("hf", "generation backend: hf, vllm, or 'module:Class'")
     template_mode: templates.Mode = field("auto", "chat template (chat), plain text (plain), or auto")
     temperature: float = field(0.0, "0 = greedy decoding")
+    greedy_tasks: list[str] = field(default_factory=list, help="tasks decoded greedily whatever --temperature "
+                                    "(the paper preset: humaneval, as the reference's bigcode harness did)")
     top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
     top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
     n_samples: int = field(1, "samples per item (needs temperature > 0); HumanEval reports pass@k from them")
@@ -76,6 +86,9 @@ class EvalConfig:
             if not known and not (name in data and name in checkers):
                 raise ConfigError(f"unknown task '{name}'; known: {', '.join(sorted(TASKS))}; a user task "
                                   f"needs --data {name}=FILE and --checker {name}=module:function")
+        unknown = [n for n in self.greedy_tasks if n not in TASKS and n not in self.tasks]
+        if unknown:
+            raise ConfigError(f"--greedy-tasks names unknown task(s) {', '.join(unknown)}")
         taken = sorted(set(checkers) & set(TASKS))
         if taken:
             raise ConfigError(f"--checker given for built-in task(s) {', '.join(taken)}, which score themselves; "
@@ -193,6 +206,8 @@ def evaluate(config: EvalConfig) -> dict:
         if name in checkers:
             opts["checker"] = checkers[name]
         tasks[name] = get_task(name, data.get(name), **opts)
+        if hasattr(tasks[name], "check_ready"):  # e.g. lm_eval: a missing package fails now, not hours in
+            tasks[name].check_ready()
         if getattr(tasks[name], "needs_judge", False):
             from sdft.tasks.winrate import make_judge  # the judge loads on first use, like the model
             tasks[name].judge = make_judge(config.judge, model_name=config.judge_model,
@@ -245,7 +260,7 @@ def _settings(name: str, task, session: ModelSession, config: EvalConfig, params
         "data": getattr(task, "source", None) or task.data_path, "options": {k: v for k, v in task.options.items()},
         "template": to_dict(template) if dataclasses.is_dataclass(template) else template,
         "template_mode": config.template_mode, "limit": config.limit, "n_samples": config.n_samples,
-        "decoding": to_dict(params) if params is not None else None,
+        "decoding": params.record() if params is not None else None,
     }
     # Not in the key: limit (a larger limit reuses the items already done) and batch size (a rerun with a
     # smaller batch after running out of memory must resume, not start over).
@@ -300,9 +315,11 @@ def _run_generate(name: str, task, examples: list[dict], session: ModelSession, 
     from sdft.generation import GenerationParams
 
     params = GenerationParams(
-        max_new_tokens=config.max_new_tokens or task.max_new_tokens, temperature=config.temperature,
-        top_p=config.top_p, top_k=config.top_k, seed=config.seed, batch_size=config.batch_size,
-        max_prompt_tokens=config.max_prompt_tokens, stop=tuple(getattr(task, "stop", ())))
+        max_new_tokens=config.max_new_tokens or task.max_new_tokens,
+        temperature=0.0 if name in config.greedy_tasks else config.temperature, top_p=config.top_p,
+        top_k=config.top_k, seed=config.seed, batch_size=config.batch_size,
+        max_prompt_tokens=config.max_prompt_tokens, truncation_side=config.truncation_side,
+        stop=tuple(getattr(task, "stop", ())))
     settings = _settings(name, task, session, config, params)
     cache_dir = out / "generations" / ".cache"
     task.cache_dir, task.settings_key = cache_dir, settings["settings_key"]  # for tasks that cache more

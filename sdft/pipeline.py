@@ -99,6 +99,9 @@ def stage_configs(config: RunConfig) -> dict:
                                     "task": config.task, "shape": config.shape, "columns": config.columns},
                       "train section")
     evaluation = from_dict(EvalConfig, {**config.eval, "model": config.model, "out": "-"}, "eval section")
+    not_evaluated = sorted(set(config.shift_tasks) - set(evaluation.tasks))
+    if not_evaluated:  # else the shift stage would fail after the first model is trained
+        raise ConfigError(f"shift_tasks {', '.join(not_evaluated)} not among the eval section's tasks")
     for spec in evaluation.data:
         path = spec.partition("=")[2]
         if _looks_local(path) and not Path(path).exists():

@@ -2,7 +2,8 @@
 
 Two families. *Distillation* templates (``using``, ``refer``, ``math``) show the original response as a
 reference and ask the seed model to answer in its own words. *Prompt* templates (``alpaca``, ``math``,
-``math_eval``) are used for training and evaluation. Each renders either as plain text (the paper's
+``math_eval``) are used for training and evaluation. The ``paper_*`` variants lay the Llama-2 math prompts
+out exactly as the reference code did (see docs/paper-fidelity.md). Each renders either as plain text (the paper's
 Alpaca / Llama-2 strings) or through the tokenizer's chat template (``mode="chat"``): system and user turns
 as messages, then the generation prompt, then the optional assistant prefix. The prefix primes the
 answer (the paper's "Great! Let's think step by step.") and is never part of the distilled target.
@@ -34,6 +35,12 @@ _REFERENCE_TURN = "### Instruction:\n{instruction}\n\n### Reference Answer:\n{re
 _ALPACA_TURN = "### Instruction:\n{instruction}\n\n### Response:\n"
 # Llama-2 chat format, used by the paper's math prompts when rendered as plain text.
 _LLAMA2 = "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] "
+# The reference code's layout of the same prompts (its LLaMA-Factory templates gsm8k, gsm8k_infer,
+# gsm8k_distill): the system block before "[INST]", and the prompt ends at "[/INST]" (used by the paper
+# presets). It tokenized the response on its own, so SentencePiece's prefix space starts it ("▁The"):
+# the training template ends in a space, which training moves into the completion at the token
+# boundary (train_data.on_token_boundary), giving the reference's very tokens.
+_LLAMA2_REFERENCE = "<<SYS>>\n{system}\n<</SYS>>\n\n[INST] {user} [/INST]"
 
 Mode = Literal["auto", "chat", "plain"]
 
@@ -65,12 +72,16 @@ DISTILL_TEMPLATES = {
                       "{system}\n\n" + _REFERENCE_TURN),
     "math": Template("math", _MATH_DISTILL, "{instruction}\n\n{reference}", _LLAMA2,
                      assistant_prefix="Great! Let's think step by step. "),
+    "paper_math": Template("paper_math", _MATH_DISTILL, "{instruction}\n\n{reference}", _LLAMA2_REFERENCE + " ",
+                           assistant_prefix="Great! Let's think step by step. "),
 }
 
 PROMPT_TEMPLATES = {
     "alpaca": Template("alpaca", _ALPACA, "{instruction}", "{system}\n\n" + _ALPACA_TURN),
     "math": Template("math", _MATH_TRAIN, "{instruction}", _LLAMA2),
     "math_eval": Template("math_eval", _MATH_EVAL, "{instruction}", _LLAMA2),
+    "paper_math": Template("paper_math", _MATH_TRAIN, "{instruction}", _LLAMA2_REFERENCE + " "),
+    "paper_math_eval": Template("paper_math_eval", _MATH_EVAL, "{instruction}", _LLAMA2_REFERENCE),
 }
 
 # Which preset each task kind uses when the user names none (paper §1-2).

@@ -38,7 +38,8 @@ _RESUME_FREE = {"resume", "overwrite", "logging_steps", "save_steps", "save_tota
 PRESETS = {
     "paper": {"method": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
               "lora_targets": ["q_proj", "v_proj"], "learning_rate": 1e-4, "lr_scheduler": "cosine",
-              "warmup_ratio": 0.0, "batch_size": 2, "grad_accum": 4, "max_length": 1024},
+              "warmup_ratio": 0.0, "batch_size": 2, "grad_accum": 4, "max_length": 1024, "input_separator": "\n",
+              "template_mode": "plain"},  # the reference rendered prompts as text
 }
 
 
@@ -67,6 +68,7 @@ class TrainConfig:
     template_mode: Mode = field("auto", "render through the chat template (chat) or as plain text")
     shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages")
     columns: list[str] = field(default_factory=list, help="column mapping, e.g. instruction=prompt,response=answer")
+    input_separator: str = field("\n\n", "joins an alpaca instruction and its input (reference code: one newline)")
     lora_r: int = field(8, "LoRA rank")
     lora_alpha: int = field(16, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = field(0.0, "LoRA dropout")
@@ -264,7 +266,8 @@ def prepare(config: TrainConfig) -> Run:
     checkpoint = train_data.resume_point(config, out, run_key)  # refuse early, before importing torch
     cuda, precision = _device(config)
 
-    examples = load_examples(config.data, shape=config.shape, columns=train_data.column_mapping(config.columns))
+    examples = load_examples(config.data, shape=config.shape, columns=train_data.column_mapping(config.columns),
+                             input_separator=config.input_separator)
     examples = train_data.seeded_subset(examples, config.limit, config.seed)
     pairs, counts = train_data.choose_targets(examples, config.mix_ratio, config.seed)
 
@@ -272,7 +275,7 @@ def prepare(config: TrainConfig) -> Run:
     model, tokenizer = _load_model(config, precision)
     template = load_template(config.template or DEFAULT_PROMPT[config.task], "prompt")
     mode = resolve_mode(config.template_mode, tokenizer)
-    targets = train_data.build_targets(pairs, template, tokenizer, mode)
+    targets, counts["prompt_end_moved_to_token_boundary"] = train_data.build_targets(pairs, template, tokenizer, mode)
     prompt_lens, lengths = train_data.token_lengths(targets, tokenizer, config.max_length)
     # A prompt that fills max_length leaves no response token to learn from; TRL would drop it after
     # tokenizing, which would shift our batch order, so it is dropped (and counted) here instead.
@@ -395,6 +398,8 @@ def summarize(result: dict) -> str:
     mix = (f"{data['rewritten']} rewritten + {data['original']} original targets (mix ratio {data['mix_ratio']})"
            if data["distilled"] else f"{data['original']} original targets")
     dropped = f", {data['dropped_too_long']} dropped (prompt >= max length)" if data["dropped_too_long"] else ""
+    if data.get("dropped_empty_rewrite"):
+        dropped += f", {data['dropped_empty_rewrite']} dropped (empty accepted rewrite)"
     first = result["loss"][0]["loss"] if result["loss"] else float("nan")
     lines = [f"trained {result['method']} on {data['examples']} examples: {mix}{dropped}",
              f"  {tr['steps']} steps ({tr['epochs']} epochs, batch {tr['global_batch']}, {tr['processes']} process(es)); "

@@ -89,9 +89,13 @@ def choose_targets(examples: list, mix_ratio: float | None, seed: int) -> tuple[
     accepted = [ex.id for ex in examples if ex.source["sdft"].get("accepted")]
     use = rewrite_ids(accepted, ratio, seed)
     pairs = [(ex, pick_response(ex, ex.id in use), ex.id in use) for ex in examples]
-    rewritten = sum(1 for _, _, r in pairs if r)
-    return pairs, {"distilled": True, "examples": len(pairs), "accepted": len(accepted),
-                   "rewritten": rewritten, "original": len(pairs) - rewritten, "mix_ratio": ratio}
+    # The reference filter (--filter-mode paper) accepts an empty rewrite; the reference's training
+    # preprocessing then skips the example. Do the same, and count it.
+    kept = [p for p in pairs if p[1].strip()]
+    rewritten = sum(1 for _, _, r in kept if r)
+    return kept, {"distilled": True, "examples": len(kept), "accepted": len(accepted),
+                  "rewritten": rewritten, "original": len(kept) - rewritten, "mix_ratio": ratio,
+                  "dropped_empty_rewrite": len(pairs) - len(kept)}
 
 
 def strip_duplicate_bos(prompt: str, tokenizer) -> str:
@@ -103,20 +107,45 @@ def strip_duplicate_bos(prompt: str, tokenizer) -> str:
     return prompt[len(bos):] if ids and ids[0] == tokenizer.bos_token_id else prompt
 
 
-def build_targets(pairs: list, template, tokenizer, mode: str) -> list[Target]:
+def build_targets(pairs: list, template, tokenizer, mode: str) -> tuple[list[Target], int]:
     """Render each prompt with the task's training template; the completion is the response plus EOS.
 
     EOS is appended here, not left to TRL, so that the model learns to stop whatever the template mode.
+    Returns the targets and how many prompts had to be moved to a token boundary (see ``on_token_boundary``).
     """
     from sdft.templates import render
 
     eos = tokenizer.eos_token or ""
-    targets = []
+    targets, moved = [], 0
     for ex, response, rewritten in pairs:
         prompt = render(template, ex.instruction, tokenizer=tokenizer, mode=mode,
                         history=ex.history or None, system=ex.system)
-        targets.append(Target(ex.id, strip_duplicate_bos(prompt, tokenizer), response + eos, rewritten))
-    return targets
+        prompt, completion, shifted = on_token_boundary(strip_duplicate_bos(prompt, tokenizer), response + eos,
+                                                        tokenizer)
+        moved += shifted
+        targets.append(Target(ex.id, prompt, completion, rewritten))
+    return targets, moved
+
+
+def on_token_boundary(prompt: str, completion: str, tokenizer) -> tuple[str, str, bool]:
+    """Split prompt + completion where the tokenized prompt is a prefix of the tokenized whole.
+
+    The loss mask comes from tokenizing the prompt alone. A prompt ending in a space (Llama-2's
+    ``[/INST] ``) meets a SentencePiece tokenizer that merges that space into the response's first word
+    (``▁The``): masking by the prompt's token count would then hide the first response token, and the
+    mask would disagree between TRL versions. Moving the trailing whitespace into the completion puts
+    the boundary between tokens; the text trained on is unchanged. Returns (prompt, completion, moved).
+    """
+    def is_prefix(head: str) -> bool:
+        ids = tokenizer(head).input_ids
+        return tokenizer(prompt + completion).input_ids[:len(ids)] == ids
+
+    if is_prefix(prompt):
+        return prompt, completion, False
+    trimmed = prompt.rstrip()
+    if trimmed and trimmed != prompt and is_prefix(trimmed):
+        return trimmed, prompt[len(trimmed):] + completion, True
+    return prompt, completion, False
 
 
 def token_lengths(targets: list[Target], tokenizer, max_length: int) -> tuple[list[int], list[int]]:

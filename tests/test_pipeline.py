@@ -96,18 +96,6 @@ def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     assert "| sdft − vanilla | openfunctions/accuracy | 2 |" in rebuilt and "rewrite** (`" in rebuilt
 
 
-_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.mark.parametrize("path", sorted([_ROOT / "configs/demo.yaml", *_ROOT.glob("configs/paper/*.yaml"),
-                                         *_ROOT.glob("configs/experiments/*.yaml")]),
-                         ids=lambda p: p.name)
-def test_shipped_configs_are_valid(path, shared_data, monkeypatch):
-    monkeypatch.chdir(_ROOT)
-    config = load_run_config(path)
-    assert config.name and config.mix_ratios
-
-
 @pytest.mark.slow
 def test_run_on_a_users_own_chat_data_and_checker(tmp_path, tiny_model, monkeypatch):
     """What a user brings: OpenAI `messages` JSONL to train on, a ShareGPT Parquet file to evaluate on,

@@ -26,10 +26,23 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     batch_size: int = 8
     max_prompt_tokens: int = 1024
+    # Which end of a too-long prompt is cut: "left" keeps the instruction's end and the generation
+    # prompt (ours); "right" keeps the start, as the reference code did (paper presets).
+    truncation_side: Literal["left", "right"] = "left"
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    def record(self) -> dict:
+        """The settings as written into run records and cache keys. A setting added later is left out
+        while it holds the value every earlier run used, so those runs' keys (and caches) stay valid."""
+        from dataclasses import asdict
+
+        out = asdict(self)
+        if out["truncation_side"] == "left":
+            del out["truncation_side"]
+        return out
 
 
 @dataclass

@@ -34,13 +34,15 @@ def row_seeds(prompts: list[str], seed: int) -> list[int]:
     return seeds
 
 
-def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tuple[list[list[int]], list[bool]]:
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int,
+                   side: str = "left") -> tuple[list[list[int]], list[bool]]:
     """Token ids of rendered prompts, and whether each was cut (shared by the HF and vLLM backends).
 
     A chat template already wrote its special tokens into the text, so nothing is added again, except a
     BOS where the tokenizer would add one and the text does not start with it. A prompt longer than
     ``max_prompt_tokens`` is cut from the left (the instruction's end and the generation prompt matter
-    most), keeping a leading BOS.
+    most), keeping a leading BOS; ``side="right"`` keeps the first ``max_prompt_tokens`` instead, as the
+    reference code did (losing the end of the prompt, "### Response:" included).
     """
     bos, bos_text = tokenizer.bos_token_id, tokenizer.bos_token or ""
     adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [bos] \
@@ -54,7 +56,9 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tup
         if not ids:  # an empty prompt: generation needs one token to start from
             ids = [bos if bos is not None else tokenizer.eos_token_id]
         cut = len(ids) > max_prompt_tokens
-        if cut:
+        if cut and side == "right":
+            ids = ids[:max_prompt_tokens]
+        elif cut:
             keep_bos = bos is not None and ids[0] == bos and max_prompt_tokens > 1
             ids = [ids[0]] + ids[len(ids) - max_prompt_tokens + 1:] if keep_bos else ids[-max_prompt_tokens:]
         ids_list.append(ids)
@@ -62,10 +66,10 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tup
     return ids_list, truncated
 
 
-def warn_truncated(truncated: list[bool], max_prompt_tokens: int) -> None:
+def warn_truncated(truncated: list[bool], max_prompt_tokens: int, side: str = "left") -> None:
     if any(truncated):
         warnings.warn(f"{sum(truncated)} of {len(truncated)} prompt(s) longer than max_prompt_tokens="
-                      f"{max_prompt_tokens} were cut from the left (prompt_truncated=True)", stacklevel=3)
+                      f"{max_prompt_tokens} were cut from the {side} (prompt_truncated=True)", stacklevel=3)
 
 
 class SeededSampler(LogitsProcessor):
@@ -135,8 +139,9 @@ class HFBackend:
 
         if not prompts:
             return []
-        ids_list, truncated = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)
-        warn_truncated(truncated, params.max_prompt_tokens)
+        ids_list, truncated = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens,
+                                             params.truncation_side)
+        warn_truncated(truncated, params.max_prompt_tokens, params.truncation_side)
         seeds = row_seeds(list(prompts), params.seed)
         # Longest first: similar lengths share a batch (little padding) and memory peaks show up at once.
         order = sorted(range(len(prompts)), key=lambda i: -len(ids_list[i]))

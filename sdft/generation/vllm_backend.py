@@ -59,8 +59,9 @@ class VLLMBackend:
 
         if not prompts:
             return []
-        ids_list, truncated = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)
-        warn_truncated(truncated, params.max_prompt_tokens)
+        ids_list, truncated = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens,
+                                             params.truncation_side)
+        warn_truncated(truncated, params.max_prompt_tokens, params.truncation_side)
         sampling = [SamplingParams(
             n=1, max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
             temperature=0.0 if params.greedy else params.temperature,

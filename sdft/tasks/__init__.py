@@ -64,6 +64,7 @@ TASKS: dict[str, str] = {
     "advbench": "sdft.tasks.advbench:AdvBench",
     "advbench-jailbreak": "sdft.tasks.advbench:AdvBenchJailbreak",
     "winrate": "sdft.tasks.winrate:WinRate",
+    "alpaca_eval": "sdft.tasks.alpaca_eval:AlpacaEval",
     "arc": "sdft.tasks.multiple_choice:ARC",
     "hellaswag": "sdft.tasks.multiple_choice:HellaSwag",
     "winogrande": "sdft.tasks.multiple_choice:Winogrande",

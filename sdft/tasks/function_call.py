@@ -4,8 +4,12 @@
 ``pkg.func(arg=value, ...)``), Alpaca prompt. Scored by ``answers.calls_match``: calls parsed with
 ``ast`` anywhere in the answer (prose and code fences tolerated), keyword order free, numbers compared
 numerically; the parameter order read from the instruction reconciles positional arguments. Option
-``rule=paper`` uses the reference code's regex rule (``answers.paper_call_match``) instead. No PyPI
-package ships the v1 test set: ``--data openfunctions=FILE`` (or a hub dataset name).
+``rule=paper`` uses the reference code's regex rule (``answers.paper_call_match``) instead;
+``rule=paper_half_credit`` is the looser variant the authors published on their ``reproduce`` branch
+(their issue #12): the same rule, plus half credit when the answer's first parentheses hold as many
+comma-separated parts as the reference's arguments and each part contains the reference's value (a
+positional call, but also e.g. a wrong name with the right values). No PyPI package ships the v1 test
+set: ``--data openfunctions=FILE`` (or a hub dataset name).
 
 ``bfcl``: the Berkeley Function Calling Leaderboard's simple_python set (400 items) from the
 ``bfcl-eval`` carrier, or ``--data bfcl=FILE`` of the same shape (ground truth inline as
@@ -36,8 +40,9 @@ class OpenFunctions(Task):
     def __init__(self, data_path: str | None = None, **options):
         super().__init__(data_path, **options)
         self.rule = options.get("rule", "default")
-        if self.rule not in ("default", "paper"):
-            raise ConfigError(f"openfunctions: option rule must be 'default' or 'paper', got {self.rule!r}")
+        if self.rule not in ("default", "paper", "paper_half_credit"):
+            raise ConfigError("openfunctions: option rule must be 'default', 'paper' or 'paper_half_credit', "
+                              f"got {self.rule!r}")
 
     def examples(self) -> list[dict]:
         if not self.data_path:
@@ -60,9 +65,36 @@ class OpenFunctions(Task):
         if self.rule == "paper":
             ok = answers.paper_call_match(completion, example["reference"])
             return float(ok), "paper_rule_match" if ok else "paper_rule_mismatch"
+        if self.rule == "paper_half_credit":
+            score = paper_half_credit_score(completion, example["reference"])
+            return score, {1.0: "paper_rule_match", 0.5: "positional_half_credit"}.get(score, "paper_rule_mismatch")
         signatures = answers.signatures_from_instruction(example["instruction"])
         ok, reason = answers.calls_match(completion, example["reference"], signatures=signatures or None)
         return float(ok), reason
+
+
+def paper_half_credit_score(candidate: str, reference: str) -> float:
+    """The ``reproduce`` branch's ``check_openfunction``: 1 for the exact rule, else 0.5 for its positional
+    fallback, else 0 (flaws kept: the first "(" to the first ")" of the answer, values matched as
+    substrings, a value containing a comma never matches)."""
+    from sdft import answers
+
+    if answers.paper_call_match(candidate, reference):
+        return 1.0
+    match = answers._PAPER_CALL.match(answers._paper_standardize(reference))
+    if not match:
+        return 0.0
+    answer = answers._paper_standardize(candidate)
+    inside = answer[max(answer.find("(") + 1, 0):answer.find(")")]
+    wanted, given = match.group(2).split(","), inside.split(",")
+    if len(wanted) != len(given):
+        return 0.0
+    for ref_param, ans_param in zip(wanted, given):
+        _, eq, value = ref_param.partition("=")
+        # The reference takes split('=')[1]: the text between the first and second '='.
+        if not eq or value.split("=")[0] not in ans_param:
+            return 0.0
+    return 0.5
 
 
 # ------------------------------------------------------------------------------------------------ BFCL

