@@ -16,7 +16,7 @@ and item id; the prompts must be identical, else the comparison means nothing an
   have none.
 
 Each metric is reported per task and pooled, as mean, 95% interval, quantiles, a histogram and the
-per-item values (aligned with ``ids``) for plots. The result is written to ``OUT/shift.json``.
+per-item values (aligned with ``ids``) for plots. The result is written to ``OUT/answer_shift.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, Sequence
 
+from sdft import layout
 from sdft.config import field
 from sdft.errors import ConfigError, DataError, SdftError
 from sdft.store import read_jsonl, write_json
@@ -179,14 +180,14 @@ def seed_likelihood(model, tokenizer, prompts: Sequence[str], texts: Sequence[st
 
 def _eval_dir(path: str, role: str) -> Path:
     folder = Path(path).expanduser()
-    if not (folder / "generations").is_dir():
+    if not (folder / layout.GENERATIONS).is_dir():
         raise SdftError(f"--{role} {folder} is not an eval folder (no generations/ in it); "
                         f"give the --out folder of an `sdft eval` run")
     return folder
 
 
 def _results(folder: Path) -> dict:
-    path = folder / "results.json"
+    path = folder / layout.RESULTS
     if not path.is_file():
         return {}
     try:
@@ -197,7 +198,7 @@ def _results(folder: Path) -> dict:
 
 def _records(folder: Path, task: str) -> dict[str, dict]:
     """A task's generation records by id (a sampled eval's extra samples are left out: first one kept)."""
-    path = folder / "generations" / f"{task}.jsonl"
+    path = layout.generations_file(folder, task)
     if not path.is_file():
         raise SdftError(f"{folder} has no generations for task '{task}' ({path} not found)")
     by_id: dict[str, dict] = {}
@@ -224,7 +225,7 @@ def _choose_tasks(reference: Path, candidate: Path, wanted: list[str] | None) ->
     """(tasks to compare, tasks skipped because their records are picked options, not answers)."""
     if wanted:
         return list(dict.fromkeys(wanted)), []
-    ref, cand = ({p.stem for p in (d / "generations").glob("*.jsonl")} for d in (reference, candidate))
+    ref, cand = ({p.stem for p in (d / layout.GENERATIONS).glob("*.jsonl")} for d in (reference, candidate))
     common = sorted(ref & cand)
     tasks = [t for t in common if _task_kind(t) in ("generate", None)]
     if not tasks:
@@ -274,7 +275,7 @@ def _decoding(results: dict) -> list[float]:
 # ------------------------------------------------------------------ the stage
 
 def analyze(config: AnalyzeConfig) -> dict:
-    """Compare two evaluations; returns the dict also written to ``OUT/shift.json``."""
+    """Compare two evaluations; returns the dict also written to ``OUT/answer_shift.json``."""
     if config.what != "shift":
         raise ConfigError(f"unknown analysis '{config.what}'; known: shift")
     reference, candidate = _eval_dir(config.reference, "reference"), _eval_dir(config.candidate, "candidate")
@@ -312,7 +313,7 @@ def analyze(config: AnalyzeConfig) -> dict:
     if config.likelihood:
         result["seed_likelihood"] = _seed_likelihood_stage(config, ref_results, cand_results, matched, result)
     out = Path(config.out) if config.out else candidate / f"shift_vs_{reference.resolve().name}"
-    write_json(out / "shift.json", result)
+    write_json(out / layout.ANSWER_SHIFT, result)
     result["out"] = str(out)
     return result
 
@@ -389,5 +390,5 @@ def summarize(result: dict) -> str:
         lines.append(f"seed likelihood skipped: {likelihood['skipped']}")
     lines += [f"note: {n}" for n in result.get("notes", [])]
     if result.get("out"):
-        lines.append(f"written: {Path(result['out']) / 'shift.json'}")
+        lines.append(f"written: {Path(result['out']) / layout.ANSWER_SHIFT}")
     return "\n".join(lines)

@@ -9,22 +9,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sdft import userfiles
 from sdft.errors import ConfigError
 
 T = TypeVar("T")
 
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded seed model (see sdft.models.ALIASES)
+TaskKind = Literal["general", "math", "function_call", "code"]  # picks templates and the distillation filter
+
 
 def field(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-          positional: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with help text for the CLI (optionally a custom flag name, or positional)."""
-    meta: dict[str, Any] = {"help": help}
+          positional: bool = False, default_factory: Any = dataclasses.MISSING, keyed: bool = True) -> Any:
+    """A dataclass field with help text for the CLI (optionally a custom flag name, or positional).
+
+    ``keyed=False`` marks a setting that cannot change a stage's result (where output goes, progress
+    display, logging and checkpoint cadence): it stays out of :func:`stage_key`, so changing it neither
+    renames a stage folder nor stops a resume."""
+    meta: dict[str, Any] = {"help": help, "keyed": keyed}
     if flag:
         meta["flag"] = flag
     if positional:
@@ -144,9 +153,65 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
         raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
     obj = cls(**values)
     check = getattr(obj, "validate", None)
-    if check:
+    if check and not isinstance(obj, Validated):  # a Validated config checked itself when built
         check()
     return obj
+
+
+def keyed_settings(config) -> dict:
+    """The config's settings that change results (fields not marked ``keyed=False``), JSON-ready."""
+    plain = to_dict(config)
+    return {f.name: plain[f.name] for f in dataclasses.fields(config) if f.metadata.get("keyed", True)}
+
+
+def stage_key(*parts: Any, length: int = 16) -> str:
+    """The one key of a stage: a hash of its config's keyed settings and its inputs' keys, in order.
+
+    Dataclass configs contribute :func:`keyed_settings`; other parts (upstream keys, extra settings)
+    go in as they are; a single part is hashed on its own (the form eval caches have always used)."""
+    plain = [keyed_settings(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    blob = json.dumps(plain[0] if len(plain) == 1 else plain, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def changed_settings(before: dict, after: dict) -> list[str]:
+    """Names of the settings whose values differ between two :func:`keyed_settings` dicts."""
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+
+
+class Validated:
+    """Base of the stage configs: ``validate()`` runs whenever an instance is built, however it is built
+    (``from_dict``, a direct call, ``dataclasses.replace``), so no config escapes its checks."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for values a stage cannot run with; subclasses extend."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnMapping:
+    """Dataset column names for our fields, from ``field=column`` pairs (``--columns``); checked when built."""
+
+    pairs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.mapping()
+
+    def mapping(self) -> dict[str, str] | None:
+        out = {}
+        for pair in self.pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise ConfigError(f"column mapping '{pair}' must look like field=column")
+            out[key.strip()] = value.strip()
+        return out or None
+
+
+def column_mapping(pairs: list[str]) -> dict[str, str] | None:
+    """``{field: column}`` from ``--columns`` pairs, or None when there are none."""
+    return ColumnMapping(tuple(pairs)).mapping()
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -8,15 +8,15 @@ the original (otherwise the original is kept). Output, in ``out``:
   accepted, plus ``"sdft": {id, accepted, reason, rewrite, original, finish_reason, ...}``;
 * ``stats.json``: counts per reason, acceptance rate, tokens, tokens/s, wall time;
 * ``run.json``: everything that changes the result (model, template text, decoding, filter, seed, data
-  hash, versions, command).
+  hash, versions, command); ``stage.json``: the stage key (:func:`sdft.config.stage_key`).
 
 Progress is appended to ``progress.jsonl`` after every batch, so a rerun of the same command after Ctrl-C
-or ``kill -9`` resumes where it stopped and never duplicates or drops a record.
+or ``kill -9`` resumes where it stopped and never duplicates or drops a record (the resume policy of
+:func:`sdft.layout.claim_stage`: another key in the same folder is refused).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import Counter
@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from sdft import templates
-from sdft.config import field, to_dict
+from sdft import layout, templates
+from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key, to_dict
 from sdft.errors import ConfigError
 from sdft.store import ProgressFile, write_json, write_jsonl
 
 if TYPE_CHECKING:
     from sdft.generation import GenerationParams
 
-TaskKind = Literal["general", "math", "function_call", "code"]
+__all__ = ["DistillConfig", "TaskKind", "column_mapping", "distill", "generation_params", "summarize"]
 
 # The reference code never sets decoding values; these are the defaults it inherited (paper-method §4).
 PRESETS = {
@@ -43,10 +43,10 @@ PRESETS = {
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(Validated):
     data: str = field(None, "dataset file (JSON, JSONL, CSV, Parquet) or hub dataset name")
-    out: str = field("runs/distill", "output folder (rerun the same command to resume)")
-    model: str = field("smollm2-135m-instruct", "seed model: alias, hub id, local folder or .gguf file")
+    out: str = field("runs/distill", "output folder (rerun the same command to resume)", keyed=False)
+    model: str = field(DEFAULT_MODEL, "seed model: alias, hub id, local folder or .gguf file")
     adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
     task: TaskKind = field("general", "task kind: picks the template and the filter")
     template: str | None = field(None, "distillation template preset (using, refer, math) or YAML/JSON file")
@@ -67,28 +67,15 @@ class DistillConfig:
     top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
     seed: int = field(42, "random seed for sampling")
     backend: str = field("hf", "generation backend: hf, vllm, or 'module:Class'")
-    progress: bool = field(True, "show a progress bar")
+    progress: bool = field(True, "show a progress bar", keyed=False)
 
     def validate(self) -> None:
         if not self.data:
             raise ConfigError("distill needs --data (a dataset file or hub name)")
-        for name in ("batch_size", "max_new_tokens", "max_prompt_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"'{name}' must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("'limit' must be at least 1")
-        if not 0 < self.top_p <= 1 or self.temperature < 0:
-            raise ConfigError("need temperature >= 0 and 0 < top_p <= 1")
-
-
-def column_mapping(pairs: list[str]) -> dict[str, str] | None:
-    mapping = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key or not value:
-            raise ConfigError(f"column mapping '{pair}' must look like field=column")
-        mapping[key.strip()] = value.strip()
-    return mapping or None
+        generation_params(self)  # decoding values are checked where they are defined
+        column_mapping(self.columns)
 
 
 def generation_params(config) -> "GenerationParams":
@@ -97,14 +84,6 @@ def generation_params(config) -> "GenerationParams":
                             top_p=config.top_p, top_k=config.top_k, seed=config.seed,
                             batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens,
                             truncation_side=config.truncation_side)
-
-
-def _settings_key(record: dict) -> str:
-    """Hash of every setting that changes the output; resuming with other settings would mix runs."""
-    keyed = {k: record[k] for k in ("model", "adapter", "data", "template", "template_mode",
-                                     "decoding", "filter", "limit", "columns", "shape", "input_separator")
-             if k in record}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _run_record(config: DistillConfig, template: templates.Template, mode: str, model_path: str) -> dict:
@@ -121,9 +100,10 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
         "filter": {"kind": config.filter or config.task, "mode": config.filter_mode},
         "limit": config.limit, "columns": config.columns, "shape": config.shape,
     }
-    if config.input_separator != "\n\n":  # keyed only when set, so earlier runs keep their keys
+    if config.input_separator != "\n\n":  # recorded when set (the stage key covers it either way)
         record["input_separator"] = config.input_separator
-    record["settings_key"] = _settings_key(record)
+    # The key covers what the config names and what its names point to now (file contents, template text).
+    record["settings_key"] = stage_key(config, record["data"]["sha256"], record["template"], mode)
     if (config.filter or config.task) == "code":  # where rewrites' code ran (not part of the key)
         from sdft import sandbox
 
@@ -135,15 +115,6 @@ def _model_source(model_path: str) -> dict | None:
     """The embedded model records where it came from (GGUF file and checksum)."""
     source = Path(model_path) / "sdft-source.json"
     return json.loads(source.read_text()) if source.is_file() else None
-
-
-def _check_resumable(out: Path, run: dict) -> None:
-    previous = out / "run.json"
-    if previous.is_file():
-        old_key = json.loads(previous.read_text()).get("settings_key")
-        if old_key != run["settings_key"]:
-            raise ConfigError(f"{out} holds a distillation with different settings (see {previous}); "
-                              "use another --out, or delete that folder to start over")
 
 
 def distill(config: DistillConfig) -> dict:
@@ -163,16 +134,18 @@ def distill(config: DistillConfig) -> dict:
     tokenizer = getattr(backend, "tokenizer", None)
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"
     run = _run_record(config, template, mode, model_path)
-    _check_resumable(out, run)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "run.json", run)
+    settings = keyed_settings(config)
+    layout.claim_stage(out, run["settings_key"], settings)
+    write_json(out / layout.RUN_RECORD, run)
 
-    progress = ProgressFile(out / "progress.jsonl")
+    progress = ProgressFile(out / layout.DISTILL_PROGRESS)
     prompts = {ex.id: templates.render(template, ex.instruction, reference=ex.response, tokenizer=tokenizer,
                                        mode=mode, history=ex.history, system=None)
                for ex in examples if not progress.done(ex.id)}
     _generate_pending(examples, prompts, backend, accept, progress, config)
-    return _finish(examples, progress, out)
+    stats = _finish(examples, progress, out)
+    layout.finish_stage(out, run["settings_key"], settings, stats)
+    return stats
 
 
 def _generate_pending(examples, prompts, backend, accept, progress: ProgressFile, config) -> None:
@@ -216,10 +189,10 @@ def _finish(examples, progress: ProgressFile, out: Path) -> dict:
                           "rewrite": p["rewrite"], "original": ex.response,
                           "finish_reason": p["finish_reason"]}
         records.append(record)
-    write_jsonl(out / "distilled.jsonl", records)
+    write_jsonl(out / layout.DISTILLED, records)
     stats = _stats([progress.records[ex.id] for ex in examples])
-    stats["output"] = str(out / "distilled.jsonl")
-    write_json(out / "stats.json", stats)
+    stats["output"] = str(out / layout.DISTILLED)
+    write_json(out / layout.DISTILL_STATS, stats)
     return stats
 
 

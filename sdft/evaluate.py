@@ -7,18 +7,16 @@ Writes, in ``out``:
 * ``generations/<task>.jsonl``: one line per item (per sample with ``--n-samples``): id, prompt,
   completion, score, finish_reason and the scorer's reason.
 
-Model outputs are cached in ``generations/.cache/<task>-<settings key>.jsonl`` with
-:class:`sdft.store.ProgressFile`, one batch at a time: a rerun after a crash generates only the missing
-items, and a rerun with identical settings generates nothing (the model is not even loaded). Changing
-anything that alters outputs (model, adapter, template mode, decoding, data) gives a new key, so stale
-generations are never mixed in. Scores are recomputed from the cached text on every run (cheap), so a
-fixed checker applies without regenerating.
+Model outputs are cached per task in ``generations/.cache/<task>-<stage key>.jsonl`` (``sdft.eval_run``),
+one batch at a time: a rerun after a crash generates only the missing items, and a rerun with identical
+settings generates nothing (the model is not even loaded). Changing anything that alters outputs (model,
+adapter, template mode, decoding, data) gives a new key, so stale generations are never mixed in; an
+eval folder can hold several tasks, each keyed on its own. Scores are recomputed from the cached text
+on every run (cheap), so a fixed checker applies without regenerating.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -26,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sdft import templates
-from sdft.config import field, to_dict
+from sdft import layout, templates
+from sdft.config import DEFAULT_MODEL, Validated, field, to_dict
 from sdft.errors import ConfigError, SdftError
-from sdft.store import ProgressFile, write_json, write_jsonl
+from sdft.store import write_json
+from sdft.tasks import ExternalTask, GenerativeTask, JudgedTask
 
 PRESETS = {
     # The reference code's evaluation: its do_predict runs pass no decoding flags, so they sample with the
@@ -43,13 +42,13 @@ PRESETS = {
 
 
 @dataclass
-class EvalConfig:
-    model: str = field("smollm2-135m-instruct", "model: alias, hub id, local folder or .gguf file")
+class EvalConfig(Validated):
+    model: str = field(DEFAULT_MODEL, "model: alias, hub id, local folder or .gguf file")
     adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
     tasks: list[str] = field(default_factory=list, help="tasks, comma-separated: gsm8k, multiarith, openfunctions, bfcl, humaneval, advbench, "
                                  "advbench-jailbreak, winrate, alpaca_eval, arc, hellaswag, winogrande, mmlu, truthfulqa, "
                                  "lm_eval:<task>, or a user task (--data and --checker)")
-    out: str = field("runs/eval", "output folder (rerun the same command to resume)")
+    out: str = field("runs/eval", "output folder (rerun the same command to resume)", keyed=False)
     limit: int | None = field(None, "evaluate only the first N items of each task")
     max_new_tokens: int | None = field(None, "generation budget per answer (default: each task's own)")
     max_prompt_tokens: int = field(2048, "longer prompts are cut (and reported)")
@@ -71,7 +70,7 @@ class EvalConfig:
     judge: str | None = field(None, "winrate judge: a model our backends load, or an OpenAI-compatible URL")
     judge_model: str | None = field(None, "model name to request from a judge endpoint URL")
     judge_backend: str | None = field(None, "backend that loads a local judge (default: --backend)")
-    progress: bool = field(True, "show a progress bar")
+    progress: bool = field(True, "show a progress bar", keyed=False)
 
     def validate(self) -> None:
         from sdft.tasks import TASK_PREFIXES, TASKS
@@ -102,10 +101,7 @@ class EvalConfig:
                 raise ConfigError(f"'{name}' must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("'limit' must be at least 1")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ConfigError("'max_new_tokens' must be at least 1")
-        if not 0 < self.top_p <= 1 or self.temperature < 0:
-            raise ConfigError("need temperature >= 0 and 0 < top_p <= 1")
+        self.decoding()  # decoding values are checked where they are defined
         if self.n_samples > 1 and self.temperature <= 0:
             raise ConfigError("--n-samples above 1 needs --temperature above 0 (greedy samples are identical)")
         if "winrate" in self.tasks and not self.judge:
@@ -113,6 +109,16 @@ class EvalConfig:
         if self.judge and self.judge.startswith(("http://", "https://")):
             from sdft.endpoint import api_key, check_url
             check_url(self.judge, has_key=bool(api_key()))  # before anything is written or loaded
+
+    def decoding(self, task: str | None = None, task_budget: int = 256, stop: tuple[str, ...] = ()):
+        """The :class:`GenerationParams` of a task: its own answer budget unless --max-new-tokens is set,
+        greedy when it is one of --greedy-tasks."""
+        from sdft.generation import GenerationParams
+        return GenerationParams(
+            max_new_tokens=task_budget if self.max_new_tokens is None else self.max_new_tokens,
+            temperature=0.0 if task in self.greedy_tasks else self.temperature, top_p=self.top_p, top_k=self.top_k,
+            seed=self.seed, batch_size=self.batch_size, max_prompt_tokens=self.max_prompt_tokens,
+            truncation_side=self.truncation_side, stop=stop)
 
     def data_paths(self) -> dict[str, str]:
         return _pairs(self.data, "--data", "TASK=PATH")
@@ -176,7 +182,7 @@ class ModelSession:
                 from sdft.models import load_tokenizer
                 self._tokenizer = load_tokenizer(self.model_path, adapter=self.config.adapter)
             else:
-                self._tokenizer = getattr(self.backend, "tokenizer", None)
+                self._tokenizer = self.backend.tokenizer
         return self._tokenizer
 
     def hf_model_and_tokenizer(self):
@@ -184,7 +190,7 @@ class ModelSession:
         if self._hf is None:
             # The HF backend lends its torch model; with any other backend load one only when needed.
             backend = self.backend if self.config.backend == "hf" else self._backend
-            if getattr(backend, "model", None) is not None and hasattr(backend.model, "forward"):
+            if backend is not None and backend.model is not None:  # declared: a torch module, or None
                 self._hf = (backend.model, backend.tokenizer)
             else:
                 from sdft.models import load_model_and_tokenizer
@@ -195,6 +201,7 @@ class ModelSession:
 def evaluate(config: EvalConfig) -> dict:
     """Run (or resume) every task; returns the dict also written to ``out/results.json``."""
     from sdft import provenance
+    from sdft.eval_run import run_generate, run_loglik
     from sdft.tasks import get_task
 
     out = Path(config.out)
@@ -206,71 +213,44 @@ def evaluate(config: EvalConfig) -> dict:
         if name in checkers:
             opts["checker"] = checkers[name]
         tasks[name] = get_task(name, data.get(name), **opts)
-        if hasattr(tasks[name], "check_ready"):  # e.g. lm_eval: a missing package fails now, not hours in
-            tasks[name].check_ready()
-        if getattr(tasks[name], "needs_judge", False):
-            from sdft.tasks.winrate import make_judge  # the judge loads on first use, like the model
-            tasks[name].judge = make_judge(config.judge, model_name=config.judge_model,
-                                           backend=config.judge_backend or config.backend,
-                                           batch_size=config.batch_size, template_mode=config.template_mode)
+        tasks[name].check_ready()  # e.g. lm_eval: a missing package fails now, not hours in
+    judge = None
+    if any(isinstance(t, JudgedTask) for t in tasks.values()):
+        from sdft.tasks.winrate import make_judge  # the judge loads on first use, like the model
+        judge = make_judge(config.judge, model_name=config.judge_model, backend=config.judge_backend or config.backend,
+                           batch_size=config.batch_size, template_mode=config.template_mode)
     examples, skipped = _load_examples(tasks, data, config)
     session = ModelSession(config)
     results = _previous_results(out, config)
     results.update({"model": config.model, "adapter": config.adapter, "backend": config.backend,
                     "provenance": provenance.run_record(to_dict(config))})
     for name, reason in skipped.items():  # an earlier real result for the task is worth keeping
-        results["tasks"].setdefault(name, {"metric": getattr(tasks[name], "metric", ""), "skipped": reason})
+        results["tasks"].setdefault(name, {"metric": tasks[name].metric, "skipped": reason})
     for name, task in tasks.items():
         if name in skipped:
             continue
         began = time.perf_counter()
-        kind = getattr(task, "kind", "generate")
-        if kind == "generate":
-            entry = _run_generate(name, task, examples[name], session, config, out)
-        elif kind == "loglikelihood":
-            entry = _run_loglik(name, task, examples[name], session, config, out)
-        elif kind == "external":
+        if isinstance(task, GenerativeTask):
+            entry = run_generate(name, task, examples[name], session, config, out, judge)
+        elif isinstance(task, ExternalTask):
             entry = dict(task.run(config.model, config.adapter, config))
             entry.setdefault("settings", {"model": config.model, "adapter": config.adapter})
         else:
-            raise ConfigError(f"task '{name}' has unknown kind '{kind}'")
+            entry = run_loglik(name, task, examples[name], session, config, out)
         entry["seconds"] = round(time.perf_counter() - began, 2)
         results["tasks"][name] = entry
-        write_json(out / "results.json", results)  # after each task: finished tasks survive a crash
+        write_json(out / layout.RESULTS, results)  # after each task: finished tasks survive a crash
     return results
 
 
 def _previous_results(out: Path, config: EvalConfig) -> dict:
     """Keep other tasks' results from an earlier eval of the same model in the same folder."""
     try:
-        old = json.loads((out / "results.json").read_text())
+        old = json.loads((out / layout.RESULTS).read_text())
     except (OSError, json.JSONDecodeError):
         return {"tasks": {}}
     same = old.get("model") == config.model and old.get("adapter") == config.adapter
     return {**old, "tasks": dict(old.get("tasks", {}))} if same else {"tasks": {}}
-
-
-def _settings(name: str, task, session: ModelSession, config: EvalConfig, params=None) -> dict:
-    """Everything that changes a task's outputs; its hash names the generation cache."""
-    from sdft.provenance import package_versions
-
-    template = getattr(task, "template", None)
-    settings = {
-        "task": name, "model": config.model, "adapter": config.adapter, "backend": config.backend,
-        "data": getattr(task, "source", None) or task.data_path, "options": {k: v for k, v in task.options.items()},
-        "template": to_dict(template) if dataclasses.is_dataclass(template) else template,
-        "template_mode": config.template_mode, "limit": config.limit, "n_samples": config.n_samples,
-        "decoding": params.record() if params is not None else None,
-    }
-    # Not in the key: limit (a larger limit reuses the items already done) and batch size (a rerun with a
-    # smaller batch after running out of memory must resume, not start over).
-    keyed = {k: v for k, v in settings.items() if k != "limit"}
-    if keyed["decoding"]:
-        keyed["decoding"] = {k: v for k, v in keyed["decoding"].items() if k != "batch_size"}
-    blob = json.dumps(keyed, sort_keys=True, default=str)
-    settings["settings_key"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    settings["versions"] = package_versions()
-    return settings
 
 
 def _load_examples(tasks: dict, data: dict, config: EvalConfig) -> tuple[dict, dict]:
@@ -282,7 +262,7 @@ def _load_examples(tasks: dict, data: dict, config: EvalConfig) -> tuple[dict, d
     """
     examples, skipped = {}, {}
     for name, task in tasks.items():
-        if getattr(task, "kind", "generate") == "external":
+        if isinstance(task, ExternalTask):
             continue
         try:
             examples[name] = _examples(name, task, config)
@@ -310,116 +290,6 @@ def _examples(name: str, task, config: EvalConfig) -> list[dict]:
     return examples
 
 
-def _run_generate(name: str, task, examples: list[dict], session: ModelSession, config: EvalConfig,
-                  out: Path) -> dict:
-    from sdft.generation import GenerationParams
-
-    params = GenerationParams(
-        max_new_tokens=config.max_new_tokens or task.max_new_tokens,
-        temperature=0.0 if name in config.greedy_tasks else config.temperature, top_p=config.top_p,
-        top_k=config.top_k, seed=config.seed, batch_size=config.batch_size,
-        max_prompt_tokens=config.max_prompt_tokens, truncation_side=config.truncation_side,
-        stop=tuple(getattr(task, "stop", ())))
-    settings = _settings(name, task, session, config, params)
-    cache_dir = out / "generations" / ".cache"
-    task.cache_dir, task.settings_key = cache_dir, settings["settings_key"]  # for tasks that cache more
-    progress = ProgressFile(cache_dir / f"{name}-{settings['settings_key']}.jsonl", key="key")
-    # One cache unit per (item, sample); the plain id when there is one sample per item.
-    keys = [(ex, j, ex["id"] if config.n_samples == 1 else f"{ex['id']}#{j}")
-            for j in range(config.n_samples) for ex in examples]
-    pending = [(ex, j, key) for ex, j, key in keys if not progress.done(key)]
-    if pending:
-        _generate(name, task, session, config, params, pending, progress, len(keys))
-    units = [progress.records[key] for _, _, key in keys]
-    records = _score(task, [ex for ex, _, _ in keys], units)
-    order = {ex["id"]: i for i, ex in enumerate(examples)}
-    records.sort(key=lambda r: (order[r["id"]], r.get("sample", 0)))  # input order, samples together
-    write_jsonl(out / "generations" / f"{name}.jsonl", records)
-    entry = _normalize(task.aggregate([r["score"] for r in records], records))
-    entry["finish_length"] = sum(r.get("finish_reason") == "length" for r in records)
-    entry["generations"] = f"generations/{name}.jsonl"
-    entry["settings"] = settings
-    return entry
-
-
-def _generate(name, task, session: ModelSession, config: EvalConfig, params, pending, progress, total) -> None:
-    from tqdm.auto import tqdm
-
-    tokenizer = session.tokenizer
-    prompts = {ex["id"]: task.prompt(ex, tokenizer) for ex, _, _ in pending}
-    bar = tqdm(total=total, initial=total - len(pending), desc=name, unit="gen",
-               disable=not config.progress, dynamic_ncols=True)
-    for sample in sorted({j for _, j, _ in pending}):
-        # Longest first: batches of similar length pad little, and the ETA only improves.
-        todo = sorted((p for p in pending if p[1] == sample), key=lambda p: -len(prompts[p[0]["id"]]))
-        sample_params = dataclasses.replace(params, seed=params.seed + sample)
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start:start + config.batch_size]
-            completions = session.backend.generate([prompts[ex["id"]] for ex, _, _ in batch], sample_params)
-            progress.append({
-                "key": key, "id": ex["id"], "sample": j, "prompt": prompts[ex["id"]], "completion": c.text,
-                "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens, "prompt_truncated": c.prompt_truncated,
-            } for (ex, j, key), c in zip(batch, completions))
-            bar.update(len(batch))
-    bar.close()
-
-
-def _score(task, examples: list[dict], units: list[dict]) -> list[dict]:
-    """Score cached completions: ``score_batch`` when the task has one (sandbox pool, judge), else per item."""
-    completions = [u["completion"] for u in units]
-    if hasattr(task, "score_batch"):
-        scored = task.score_batch(examples, completions)
-    elif hasattr(task, "score_with_reason"):
-        scored = [task.score_with_reason(ex, c) for ex, c in zip(examples, completions)]
-    else:
-        scored = [(task.score(ex, c), None) for ex, c in zip(examples, completions)]
-    several = len(units) != len({u["id"] for u in units})  # n_samples > 1: say which sample
-    records = []
-    for unit, (score, reason) in zip(units, scored):
-        rec = {"id": unit["id"], "prompt": unit["prompt"], "completion": unit["completion"],
-               "score": float(score), "reason": reason, "finish_reason": unit["finish_reason"],
-               "prompt_tokens": unit["prompt_tokens"], "completion_tokens": unit["completion_tokens"]}
-        if unit.get("prompt_truncated"):
-            rec["prompt_truncated"] = True
-        if several:
-            rec["sample"] = unit["sample"]
-        records.append(rec)
-    return records
-
-
-def _run_loglik(name: str, task, examples: list[dict], session: ModelSession, config: EvalConfig,
-                out: Path) -> dict:
-    try:
-        from sdft.loglik import score_multiple_choice
-    except ImportError as exc:
-        return {"metric": task.metric, "skipped": f"log-likelihood scoring unavailable ({exc})"}
-    settings = _settings(name, task, session, config)
-    progress = ProgressFile(out / "generations" / ".cache" / f"{name}-{settings['settings_key']}.jsonl")
-    pending = [ex for ex in examples if not progress.done(ex["id"])]
-    if pending:
-        model, tokenizer = session.hf_model_and_tokenizer()
-        step = max(1, config.batch_size * 4)  # several questions per progress write; options share batches
-        for start in range(0, len(pending), step):
-            progress.append(score_multiple_choice(model, tokenizer, task, pending[start:start + step],
-                                                  batch_size=config.batch_size))
-    records = [progress.records[ex["id"]] for ex in examples]
-    write_jsonl(out / "generations" / f"{name}.jsonl", records)
-    entry = _normalize(task.aggregate([r["score"] for r in records], records))
-    entry["generations"] = f"generations/{name}.jsonl"
-    entry["settings"] = settings
-    return entry
-
-
-def _normalize(agg: dict) -> dict:
-    """Every entry has the headline metric at top level and all metrics under ``metrics``."""
-    entry = dict(agg)
-    head = entry.get("metrics", {}).get(entry["metric"]) or \
-        {"value": entry["value"], "ci95": entry["ci95"], "n": entry["n"]}
-    entry["metrics"] = {entry["metric"]: head, **entry.get("metrics", {})}  # headline first in the table
-    return entry
-
-
 def summarize(result: dict) -> str:
     """A table: one row per task and metric, value and 95% interval in percent."""
     rows = [("task", "metric", "value", "95% interval", "n")]
@@ -437,7 +307,7 @@ def summarize(result: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     where = result.get("provenance", {}).get("config", {}).get("out")
     if where:
-        lines.append(f"results: {Path(where) / 'results.json'}  generations: {Path(where) / 'generations'}/")
+        lines.append(f"results: {Path(where) / layout.RESULTS}  generations: {Path(where) / layout.GENERATIONS}/")
     return "\n".join(lines)
 
 

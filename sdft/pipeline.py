@@ -10,22 +10,25 @@ Stages, each a call to a stage function (never a subprocess):
    likelihood, parameter shift);
 5. write the report.
 
-Each stage's folder is named by a hash of everything it depends on (its settings and its inputs' keys).
-A finished stage leaves ``stage.json``; a rerun skips it, a changed setting reruns only the stages that
-depend on it, and an interrupted stage resumes inside its folder (every stage resumes on its own).
+Each stage's folder is named by its stage key (:func:`sdft.config.stage_key`: its keyed settings and its
+inputs' keys), laid out by :mod:`sdft.layout`. A finished stage leaves ``stage.json`` with its result; a
+rerun skips it, a changed setting reruns only the stages that depend on it, and an interrupted stage
+resumes inside its folder (every stage resumes on its own).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from sdft.config import field, from_dict, load_yaml, to_dict
-from sdft.distill import DistillConfig, TaskKind
+from sdft import layout
+from sdft.config import (DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, from_dict, keyed_settings,
+                         load_yaml, stage_key, to_dict)
+from sdft.distill import DistillConfig
 from sdft.errors import ConfigError
+from sdft.layout import Arm, Manifest, StageRecord
 from sdft.store import write_json
 
 # Keys the pipeline sets itself; a config section may not override them.
@@ -35,13 +38,13 @@ _OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns"},
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Validated):
     """One experiment. Sections ``distill``, ``train`` and ``eval`` take the keys of those stages' configs."""
 
     name: str = field(None, "experiment name; output goes to <out_root>/<name>/")
     data: str = field(None, "training dataset (file or hub name)")
     task: TaskKind = field("general", "task kind of the training data (picks templates and filter)")
-    model: str = field("smollm2-135m-instruct", "seed model")
+    model: str = field(DEFAULT_MODEL, "seed model")
     shape: str = field("auto", "data shape")
     columns: list[str] = field(default_factory=list, help="column mapping, field=column")
     out_root: str = field("runs", "parent folder of the run")
@@ -56,6 +59,7 @@ class RunConfig:
     def validate(self) -> None:
         if not self.name or not self.data:
             raise ConfigError("a run config needs 'name' and 'data'")
+        column_mapping(self.columns)
         if any(not 0 <= r <= 1 for r in self.mix_ratios):
             raise ConfigError("'mix_ratios' must lie in [0, 1]")
         for section, owned in _OWNED.items():
@@ -112,7 +116,6 @@ def stage_configs(config: RunConfig) -> dict:
 def _check_data(config: RunConfig) -> None:
     """Local training data is read and validated now, so bad records stop the run before any work."""
     from sdft.data import load_examples
-    from sdft.distill import column_mapping
 
     path = Path(config.data)
     if path.exists():
@@ -128,27 +131,20 @@ def _looks_local(name: str) -> bool:
                            path.suffix.lower() in {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".gz"})
 
 
-# Settings that change how a stage reports or checkpoints, never its result: left out of stage keys.
-_NOT_KEYED = {"progress", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints", "resume",
-              "overwrite"}
-
-
-def _key(*parts) -> str:
-    parts = tuple({k: v for k, v in p.items() if k not in _NOT_KEYED} if isinstance(p, dict) else p
-                  for p in parts)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+KEY_LENGTH = 10  # characters of the stage key in a folder name
 
 
 def run_stage(folder: Path, settings: dict, work: Callable[[Path], dict], log=print) -> dict:
-    """Run ``work(folder)`` unless ``folder/stage.json`` says it finished with these settings."""
-    marker = folder / "stage.json"
-    if marker.is_file():
+    """Run ``work(folder)`` unless ``folder`` holds a finished stage (its name is its key)."""
+    done = layout.finished_result(folder)
+    if done is not None:
         log(f"[skip] {folder} (done)")
-        return json.loads(marker.read_text())["result"]
+        return done
     log(f"[run ] {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     result = work(folder)
-    write_json(marker, {"settings": settings, "result": result})
+    own = layout.read_stage(folder) or {}  # a stage that claims its folder recorded its own key
+    layout.finish_stage(folder, own.get("key", folder.name), settings, result)
     return result
 
 
@@ -164,76 +160,77 @@ def sweep_points(config: RunConfig) -> list[dict]:
     return out
 
 
-def run(config: RunConfig, log=print) -> dict:
+def run(config: RunConfig, log=print) -> Manifest:
     """Run (or resume) the experiment; returns the manifest also saved as ``manifest.json``."""
     from sdft import report
     from sdft.distill import distill
-    from sdft.evaluate import evaluate
 
     stages = stage_configs(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", to_dict(config))
-    manifest: dict = {"name": config.name, "model": config.model, "data": config.data, "task": config.task,
-                      "models": {}}
+    write_json(run_dir / layout.RUN_CONFIG, to_dict(config))
+    manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task)
+    manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
+                                                         stage_key(config.model), log))
 
-    def evaluate_model(label: str, adapter: str | None, upstream: str) -> dict:
-        settings = to_dict(stages["eval"]) | {"adapter": adapter}
-        folder = run_dir / "eval" / f"{label}-{_key(settings, upstream)}"
-        result = run_stage(folder, settings, lambda f: evaluate(replace(
-            stages["eval"], adapter=adapter, out=str(f))), log)
-        return {"dir": str(folder), "results": result}
-
-    seed_key = _key(config.model)
-    manifest["models"]["seed"] = {"label": "seed", "eval": evaluate_model("seed", None, seed_key)}
-
-    distill_settings = to_dict(stages["distill"])
-    distill_dir = run_dir / "distill" / f"distill-{_key(distill_settings)}"
-    manifest["distill"] = {"dir": str(distill_dir), "stats": run_stage(
-        distill_dir, distill_settings,
-        lambda f: distill(replace(stages["distill"], out=str(f))), log)}
-    distilled = str(distill_dir / "distilled.jsonl")
+    distill_config = stages["distill"]
+    distill_key = stage_key(distill_config)
+    distill_dir = layout.stage_dir(run_dir, "distill", "distill", distill_key[:KEY_LENGTH])
+    manifest.distill = StageRecord(str(distill_dir), run_stage(
+        distill_dir, keyed_settings(distill_config),
+        lambda f: distill(replace(distill_config, out=str(f))), log))
+    distilled = str(distill_dir / layout.DISTILLED)
 
     for point in sweep_points(config):
-        settings = to_dict(stages["train"]) | {"mix_ratio": point["mix_ratio"], "limit": point["sample_size"]}
-        folder = run_dir / "train" / f"{point['label']}-{_key(settings, distill_settings)}"
-        train_result = run_stage(folder, settings, lambda f, p=point: _train(replace(
-            stages["train"], data=distilled, out=str(f), mix_ratio=p["mix_ratio"], limit=p["sample_size"],
-            resume=(f / "checkpoints").is_dir())), log)
-        entry = {**point, "train": {"dir": str(folder), "result": train_result}}
-        entry["eval"] = evaluate_model(point["label"], str(folder), str(folder))
-        entry["shift"] = run_stage(Path(entry["eval"]["dir"]) / "shift", {"vs": "seed"},
-                                   lambda f, e=entry: compare_with_seed(config, manifest, e, f), log)
-        manifest["models"][point["label"]] = entry
-    write_json(run_dir / "manifest.json", manifest)
+        train_config = replace(stages["train"], mix_ratio=point["mix_ratio"], limit=point["sample_size"])
+        key = stage_key(train_config, distill_key)
+        folder = layout.stage_dir(run_dir, "train", point["label"], key[:KEY_LENGTH])
+        trained = StageRecord(str(folder), run_stage(folder, keyed_settings(train_config), lambda f, c=train_config:
+                                                     _train(replace(c, data=distilled, out=str(f))), log))
+        arm = Arm(point["label"], "mix", _evaluate(stages["eval"], run_dir, point["label"], str(folder), key, log),
+                  params={"mix_ratio": point["mix_ratio"], "sample_size": point["sample_size"]}, train=trained)
+        compared = run_stage(Path(arm.eval.dir) / layout.COMPARE, {"vs": "seed"},
+                             lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f), log)
+        arm.answer_shift, arm.weight_shift = compared["answer_shift"], compared["weight_shift"]
+        manifest.arms[arm.label] = arm
+    manifest.write(run_dir)
     paths = report.write_report(run_dir)
-    manifest["report"] = {k: str(v) for k, v in paths.items()}
     log(f"report: {paths['md']}\n        {paths['html']}")
     return manifest
 
 
+def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream: str, log) -> StageRecord:
+    from sdft.evaluate import evaluate
+
+    config = replace(template, adapter=adapter)
+    folder = layout.stage_dir(run_dir, "eval", label, stage_key(config, upstream)[:KEY_LENGTH])
+    result = run_stage(folder, keyed_settings(config), lambda f: evaluate(replace(config, out=str(f))), log)
+    return StageRecord(str(folder), result)
+
+
 def _train(config) -> dict:
-    """Train, unless a crash came after training finished but before the stage was marked done."""
+    """Train (resuming from checkpoints when a crash left some), unless a crash came after training
+    finished but before the stage was marked done."""
     from sdft.train import train
 
-    finished = Path(config.out) / "train.json"
-    if finished.is_file() and not (Path(config.out) / "checkpoints").is_dir():
+    out = Path(config.out)
+    finished = out / layout.TRAIN_RECORD
+    if finished.is_file() and not (out / layout.CHECKPOINTS).is_dir():
         return json.loads(finished.read_text())
-    return train(config)
+    return train(replace(config, resume=(out / layout.CHECKPOINTS).is_dir()))
 
 
-def compare_with_seed(config: RunConfig, manifest: dict, entry: dict, folder: Path) -> dict:
-    """Distribution shift of one trained model against the seed: text similarity, seed likelihood, weights."""
+def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> dict:
+    """How far one trained model moved from the seed: its answers (text similarity, seed likelihood) and
+    its weights."""
     from sdft import analyze
     from sdft.shift import ShiftConfig, parameter_shift
 
-    seed_dir = manifest["models"]["seed"]["eval"]["dir"]
-    result = analyze.analyze(analyze.AnalyzeConfig(
-        what="shift", reference=seed_dir, candidate=entry["eval"]["dir"], out=str(folder),
-        tasks=config.shift_tasks or None, model=config.model, adapter=entry["train"]["dir"]))
-    shift = parameter_shift(ShiftConfig(model=config.model, adapter=entry["train"]["dir"],
-                                        out=str(folder / "parameters")))
-    return {"text": result, "parameters": shift}
+    answers = analyze.analyze(analyze.AnalyzeConfig(
+        what="shift", reference=seed.eval.dir, candidate=arm.eval.dir, out=str(folder),
+        tasks=config.shift_tasks or None, model=config.model, adapter=arm.train.dir))
+    weights = parameter_shift(ShiftConfig(model=config.model, adapter=arm.train.dir, out=str(folder)))
+    return {"answer_shift": answers, "weight_shift": weights}
 
 
 def run_command(command: RunCommand) -> dict:
@@ -243,8 +240,9 @@ def run_command(command: RunCommand) -> dict:
 
     config = load_run_config(command.config, name=command.name, out_root=command.out_root)
     with runlock.claim(config.run_dir, provenance.command_line()):
-        return run(config)
+        run(config)
+    return {"name": config.name, "report": str(config.run_dir / layout.REPORT_MD)}
 
 
-def summarize(manifest: dict) -> str:
-    return f"done: {manifest['name']} — report at {manifest['report']['md']}"
+def summarize(result: dict) -> str:
+    return f"done: {result['name']} — report at {result['report']}"

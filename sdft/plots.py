@@ -1,14 +1,20 @@
-"""Report plots (matplotlib, Agg): metrics vs mix ratio and sample size, similarity histograms, losses."""
+"""Plots (matplotlib, Agg): the report's metrics vs mix ratio and sample size, similarity histograms, and
+the training loss (one function for a training run's own ``loss.png`` and the report's comparison)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from sdft import layout
+from sdft.layout import Arm, Manifest
 
-def make_plots(manifest: dict, folder: Path) -> list[tuple[str, Path]]:
-    import matplotlib
-    matplotlib.use("Agg")
+
+def make_plots(manifest: Manifest, run_dir: Path) -> list[tuple[str, Path]]:
+    """The report's plots, in ``run_dir/plots``; stage folders are found with :func:`layout.locate`, so a
+    moved run folder keeps every plot."""
+    _agg()
+    folder = Path(run_dir) / layout.PLOTS
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     for title, name, draw in ((("Metrics vs mix ratio (paper Figs 5-6)", "mix_ratio.png", _vs_mix),
@@ -16,19 +22,24 @@ def make_plots(manifest: dict, folder: Path) -> list[tuple[str, Path]]:
                               ("Metrics vs training-set size (paper Figs 7-8)", "sample_size.png", _vs_size),
                                ("Embedding similarity to the seed's answers (paper Fig 9)", "similarity.png",
                                 _similarity),
-                               ("Training loss", "loss.png", _losses))):
+                               ("Training loss", layout.LOSS_PLOT, None))):
         path = folder / name
-        if draw(manifest, path):
+        drawn = _losses(manifest, run_dir, path) if draw is None else draw(manifest, path)
+        if drawn:
             made.append((title, path))
     return made
 
 
-def _metric_series(manifest: dict, points: list[dict]) -> dict[str, list[float]]:
-    from sdft.report import task_metrics
+def _agg() -> None:
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display on servers, and no GUI backend in worker processes
+
+
+def _metric_series(points: list[Arm]) -> dict[str, list[float]]:
     series: dict[str, list[float]] = {}
     for p in points:
-        for key, entry in task_metrics(p["eval"]["results"]).items():
-            series.setdefault(key, []).append(entry["value"])
+        for key, metric in p.metrics().items():
+            series.setdefault(key, []).append(metric.value)
     return {k: v for k, v in series.items() if len(v) == len(points)}
 
 
@@ -47,38 +58,38 @@ def _save(fig, ax, path: Path) -> bool:
     return True
 
 
-def _trained(manifest: dict) -> list[dict]:
-    return [m for label, m in manifest["models"].items() if label != "seed"]
+def _mix_arms(manifest: Manifest) -> list[Arm]:
+    return [arm for arm in manifest.trained() if arm.mix_ratio is not None]
 
 
-def _vs_mix(manifest: dict, path: Path) -> bool:
-    points = sorted((m for m in _trained(manifest) if not m.get("sample_size")), key=lambda m: m["mix_ratio"])
+def _vs_mix(manifest: Manifest, path: Path) -> bool:
+    points = sorted((a for a in _mix_arms(manifest) if not a.sample_size), key=lambda a: a.mix_ratio)
     if len(points) < 2:
         return False
     fig, ax = _new_figure()
-    xs = [p["mix_ratio"] for p in points]
-    for key, values in _metric_series(manifest, points).items():
+    xs = [p.mix_ratio for p in points]
+    for key, values in _metric_series(points).items():
         ax.plot(xs, [v * 100 for v in values], marker="o", label=key)
     ax.set_xlabel("mix ratio (share of distilled targets; 0 = vanilla, 1 = SDFT)")
     ax.set_ylabel("score (%)")
     return _save(fig, ax, path)
 
 
-def _shift_vs_mix(manifest: dict, path: Path) -> bool:
+def _shift_vs_mix(manifest: Manifest, path: Path) -> bool:
     """Answer similarity to the seed (left axis) and seed-answer NLL (right axis) against the mix ratio."""
-    points = sorted((m for m in _trained(manifest) if not m.get("sample_size") and m.get("shift")),
-                    key=lambda m: m["mix_ratio"])
+    points = sorted((a for a in _mix_arms(manifest) if not a.sample_size and a.answer_shift),
+                    key=lambda a: a.mix_ratio)
     if len(points) < 2:
         return False
     fig, ax = _new_figure()
-    xs = [p["mix_ratio"] for p in points]
+    xs = [p.mix_ratio for p in points]
     for key, name in (("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L F"), ("embedding_cosine", "MiniLM cosine")):
-        ys = [p["shift"]["text"].get("overall", {}).get(key, {}).get("mean") for p in points]
+        ys = [p.answer_shift.get("overall", {}).get(key, {}).get("mean") for p in points]
         if None not in ys:
             ax.plot(xs, ys, marker="o", label=f"{name} (left)")
     ax.set_xlabel("mix ratio (share of distilled targets; 0 = vanilla, 1 = SDFT)")
     ax.set_ylabel("similarity to the seed's answers")
-    nll = [p["shift"]["text"].get("seed_likelihood", {}).get("mean") for p in points]
+    nll = [p.answer_shift.get("seed_likelihood", {}).get("mean") for p in points]
     if None not in nll:
         right = ax.twinx()
         right.plot(xs, nll, marker="s", linestyle="--", color="black", label="seed-answer NLL (right)")
@@ -87,29 +98,28 @@ def _shift_vs_mix(manifest: dict, path: Path) -> bool:
     return _save(fig, ax, path)
 
 
-def _vs_size(manifest: dict, path: Path) -> bool:
-    sized = [m for m in _trained(manifest) if m.get("sample_size")]
+def _vs_size(manifest: Manifest, path: Path) -> bool:
+    sized = [a for a in _mix_arms(manifest) if a.sample_size]
     if not sized:
         return False
     fig, ax = _new_figure()
     for ratio, name in ((0.0, "vanilla"), (1.0, "SDFT")):
-        points = sorted((m for m in sized if m["mix_ratio"] == ratio), key=lambda m: m["sample_size"])
-        for key, values in _metric_series(manifest, points).items():
-            ax.plot([p["sample_size"] for p in points], [v * 100 for v in values], marker="o",
+        points = sorted((a for a in sized if a.mix_ratio == ratio), key=lambda a: a.sample_size)
+        for key, values in _metric_series(points).items():
+            ax.plot([p.sample_size for p in points], [v * 100 for v in values], marker="o",
                     linestyle="-" if ratio else "--", label=f"{name}: {key}")
     ax.set_xlabel("training examples")
     ax.set_ylabel("score (%)")
     return _save(fig, ax, path)
 
 
-def _similarity_values(model: dict) -> list[float]:
-    shift = model.get("shift") or {}
-    overall = shift.get("text", {}).get("overall", {})
+def _similarity_values(arm: Arm) -> list[float]:
+    overall = (arm.answer_shift or {}).get("overall", {})
     return list(overall.get("embedding_cosine", {}).get("values", []))
 
 
-def _similarity(manifest: dict, path: Path) -> bool:
-    models = {label: _similarity_values(m) for label, m in manifest["models"].items() if label in ("vanilla", "sdft")}
+def _similarity(manifest: Manifest, path: Path) -> bool:
+    models = {label: _similarity_values(a) for label, a in manifest.arms.items() if label in ("vanilla", "sdft")}
     if not any(models.values()):
         return False
     fig, ax = _new_figure()
@@ -121,19 +131,27 @@ def _similarity(manifest: dict, path: Path) -> bool:
     return _save(fig, ax, path)
 
 
-def _losses(manifest: dict, path: Path) -> bool:
-    fig, ax = _new_figure()
-    drawn = False
-    for label, m in manifest["models"].items():
-        train_json = Path(m.get("train", {}).get("dir", "")) / "train.json"
-        if not train_json.is_file():
-            continue
-        steps = json.loads(train_json.read_text()).get("loss") or []
-        if steps:
-            ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], label=label)
-            drawn = True
-    if not drawn:
+def _losses(manifest: Manifest, run_dir: Path, path: Path) -> bool:
+    series = {}
+    for arm in manifest.trained():
+        record = arm.train.path(run_dir) / layout.TRAIN_RECORD
+        if record.is_file():
+            series[arm.label] = json.loads(record.read_text()).get("loss") or []
+    return loss_plot(series, path)
+
+
+def loss_plot(series: dict[str, list[dict]], path: Path, title: str = "") -> bool:
+    """Training loss per step, one line per run (``{label: [{"step", "loss"}, ...]}``); False when empty."""
+    series = {label: steps for label, steps in series.items() if steps}
+    if not series:
         return False
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    _agg()
+    fig, ax = _new_figure()
+    for label, steps in series.items():
+        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], label=label,
+                marker="." if len(steps) < 50 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (response tokens)")
+    if title:
+        ax.set_title(title, fontsize=10)
     return _save(fig, ax, path)

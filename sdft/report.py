@@ -1,30 +1,33 @@
 """The experiment report: ``report.md`` and a self-contained ``report.html`` (plots embedded).
 
-Built only from files a run saved (``manifest.json`` and the stage folders it names), so
-``sdft report RUN_DIR`` can rebuild it at any time without a model.
+Built only from files a run saved (the :class:`sdft.layout.Manifest` and the stage folders it names), so
+``sdft report RUN_DIR`` can rebuild it at any time without a model, from run folders of every version.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdft import layout
 from sdft.config import field
 from sdft.errors import ConfigError
+from sdft.layout import Arm, Manifest
+from sdft.store import read_jsonl
+from sdft.stats import Metric
 
 
 @dataclass
 class ReportConfig:
-    run_dir: str = field(None, "run folder (holds manifest.json)", positional=True)
+    run_dir: str = field(None, f"run folder (holds {layout.MANIFEST})", positional=True)
 
 
 def build_report(config: ReportConfig) -> dict:
-    if not config.run_dir or not (Path(config.run_dir) / "manifest.json").is_file():
-        raise ConfigError(f"'{config.run_dir}' is not a finished run folder (no manifest.json); "
+    if not config.run_dir or not (Path(config.run_dir) / layout.MANIFEST).is_file():
+        raise ConfigError(f"'{config.run_dir}' is not a finished run folder (no {layout.MANIFEST}); "
                           "run `sdft run CONFIG.yaml` first")
     return {k: str(v) for k, v in write_report(Path(config.run_dir)).items()}
 
@@ -33,17 +36,7 @@ def summarize(paths: dict) -> str:
     return f"report: {paths['md']}\n        {paths['html']}"
 
 
-# ---------------------------------------------------------------- reading saved results
-
-def task_metrics(results: dict) -> dict[str, dict]:
-    """``{"task/metric": {value, ci95, n}}`` from an eval's results.json (skipped tasks left out)."""
-    flat = {}
-    for task, entry in results.get("tasks", {}).items():
-        for metric, m in entry.get("metrics", {}).items():
-            if isinstance(m, dict) and m.get("value") is not None:
-                flat[f"{task}/{metric}"] = {"value": m["value"], "ci95": m.get("ci95"), "n": m.get("n")}
-    return flat
-
+# ---------------------------------------------------------------- formatting
 
 def _fmt(value, scale: float = 100.0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -51,8 +44,8 @@ def _fmt(value, scale: float = 100.0) -> str:
     return f"{value * scale:.1f}"
 
 
-def _ci(entry: dict) -> str:
-    ci = entry.get("ci95")
+def _ci(metric: Metric) -> str:
+    ci = metric.ci95
     return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and None not in ci else ""
 
 
@@ -69,9 +62,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 # ---------------------------------------------------------------- sections
 
-def results_section(manifest: dict) -> str:
-    models = manifest["models"]
-    per_model = {label: task_metrics(m["eval"]["results"]) for label, m in models.items()}
+def results_section(manifest: Manifest) -> str:
+    per_model = {label: arm.metrics() for label, arm in manifest.arms.items()}
     columns = sorted({k for metrics in per_model.values() for k in metrics})
     seed = per_model.get("seed", {})
     rows = []
@@ -82,27 +74,29 @@ def results_section(manifest: dict) -> str:
             if not entry:
                 cells.append("–")
                 continue
-            cell = _fmt(entry["value"]) + _ci(entry)
-            if label != "seed" and col in seed and entry["value"] is not None and seed[col]["value"] is not None:
-                cell += f" ({(entry['value'] - seed[col]['value']) * 100:+.1f})"
+            cell = _fmt(entry.value) + _ci(entry)
+            if label != "seed" and col in seed and entry.value is not None and seed[col].value is not None:
+                cell += f" ({(entry.value - seed[col].value) * 100:+.1f})"
             cells.append(cell)
         rows.append(cells)
-    n = {col: next((m[col]["n"] for m in per_model.values() if col in m), "?") for col in columns}
+    n = {col: next((m[col].n for m in per_model.values() if col in m), "?") for col in columns}
     note = ("Scores in %, 95% interval in brackets, change vs seed in parentheses. "
             "Items per task: " + ", ".join(f"{c}: {n[c]}" for c in columns) + ".")
     return "## Results\n\n" + _table(["model", *columns], rows) + "\n\n" + note + "\n"
 
 
-def distill_section(manifest: dict, run_dir: Path, n_examples: int = 2) -> str:
-    stats = manifest["distill"]["stats"]
+def distill_section(manifest: Manifest, run_dir: Path, n_examples: int = 2) -> str:
+    if manifest.distill is None:
+        return ""
+    stats = manifest.distill.result
     reasons = _table(["reason", "count"], [[k, v] for k, v in stats["reasons"].items()])
     text = (f"## Distillation\n\n{stats['examples']} examples, {stats['accepted']} rewrites accepted "
             f"({stats['acceptance_rate']:.0%}); {stats.get('completion_tokens', '?')} new tokens at "
             f"{stats.get('tokens_per_second', '?')} tokens/s; {stats.get('prompts_truncated', 0)} prompts "
             f"truncated.\n\n{reasons}\n")
-    path = locate(run_dir, manifest["distill"]["dir"]) / "distilled.jsonl"
+    path = manifest.distill.path(run_dir) / layout.DISTILLED
     if path.is_file():
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = read_jsonl(path)
         for accepted in (True, False):
             picked = [r["sdft"] for r in records if r["sdft"]["accepted"] == accepted][:n_examples]
             title = "Accepted" if accepted else "Rejected"
@@ -117,13 +111,12 @@ def _clip(text: str | None, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def shift_section(manifest: dict) -> str:
+def shift_section(manifest: Manifest) -> str:
     rows, baseline = [], None
-    for label, m in manifest["models"].items():
-        shift = m.get("shift")
-        if not shift:
+    for label, arm in manifest.arms.items():
+        if not arm.answer_shift and not arm.weight_shift:
             continue
-        text, params = shift.get("text", {}), shift.get("parameters", {})
+        text, params = arm.answer_shift or {}, arm.weight_shift or {}
         likelihood = text.get("seed_likelihood", {})
         baseline = likelihood.get("reference", {}).get("mean", baseline)
         for task, metrics in [("all", text.get("overall", {})), *text.get("tasks", {}).items()]:
@@ -142,17 +135,16 @@ def shift_section(manifest: dict) -> str:
                     f"to the seed).{seed_nll} Parameter shift is the L2 norm of the weight change.")
 
 
-def paired_section(manifest: dict, generations: dict) -> str:
+def paired_section(manifest: Manifest, generations: dict) -> str:
     """Each model trained on rewrites against vanilla (mix 0) trained on the same examples, item by item.
 
     ``generations`` is :func:`load_generations`'s map, read once for all sections."""
     from sdft.stats import paired_comparison
 
-    models = manifest["models"]
     rows = []
-    for label, m in models.items():
-        baseline = _vanilla_for(models, m)
-        if not m.get("mix_ratio") or baseline is None:
+    for label, arm in manifest.arms.items():
+        baseline = _vanilla_for(manifest, arm)
+        if not arm.mix_ratio or baseline is None:
             continue
         ours, theirs = _item_scores(generations[label]), _item_scores(generations[baseline])
         for task in sorted(set(ours) & set(theirs)):
@@ -178,9 +170,10 @@ def paired_section(manifest: dict, generations: dict) -> str:
                     "evaluation noise only, not training-seed variance.")
 
 
-def _vanilla_for(models: dict, model: dict) -> str | None:
-    return next((label for label, m in models.items()
-                 if m.get("mix_ratio") == 0 and m.get("sample_size") == model.get("sample_size")), None)
+def _vanilla_for(manifest: Manifest, arm: Arm) -> str | None:
+    return next((label for label, other in manifest.arms.items()
+                 if other.kind == arm.kind and other.mix_ratio == 0 and other.sample_size == arm.sample_size),
+                None)
 
 
 def _item_scores(found: dict[str, tuple[dict, list[dict]]]) -> dict[str, tuple[str, dict[str, float]]]:
@@ -190,19 +183,19 @@ def _item_scores(found: dict[str, tuple[dict, list[dict]]]) -> dict[str, tuple[s
             for task, (entry, records) in found.items()}
 
 
-def load_generations(manifest: dict, run_dir: Path) -> dict[str, dict[str, tuple[dict, list[dict]]]]:
+def load_generations(manifest: Manifest, run_dir: Path) -> dict[str, dict[str, tuple[dict, list[dict]]]]:
     """``{model label: {task: (results entry, generation records)}}`` for the tasks whose generations
     were saved."""
-    return {label: _generations(m, run_dir) for label, m in manifest["models"].items()}
+    return {label: _generations(arm, run_dir) for label, arm in manifest.arms.items()}
 
 
-def _generations(model: dict, run_dir: Path) -> dict[str, tuple[dict, list[dict]]]:
-    eval_dir = locate(run_dir, model["eval"]["dir"])
+def _generations(arm: Arm, run_dir: Path) -> dict[str, tuple[dict, list[dict]]]:
+    eval_dir = arm.eval.path(run_dir)
     found = {}
-    for task, entry in model["eval"]["results"].get("tasks", {}).items():
+    for task, entry in arm.eval.result.get("tasks", {}).items():
         path = eval_dir / str(entry.get("generations") or "")
         if entry.get("generations") and path.is_file():
-            found[task] = (entry, [json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+            found[task] = (entry, read_jsonl(path))
     return found
 
 
@@ -232,13 +225,6 @@ def length_section(generations: dict) -> str:
                     "evaluation's token budget rather than ending on their own.")
 
 
-def locate(run_dir: Path, stored: str) -> Path:
-    """A stage folder as the manifest names it (relative to where the run was started), or, when the
-    report is rebuilt from elsewhere, the same ``stage/name`` folder inside ``run_dir``."""
-    path = Path(stored)
-    return path if path.exists() else run_dir.joinpath(*path.parts[-2:])
-
-
 def _mean_ci(metric: dict) -> str:
     if metric.get("mean") is None:
         return "–"
@@ -255,21 +241,23 @@ def _num(value) -> str:
 def write_report(run_dir: Path) -> dict[str, Path]:
     from sdft import plots
 
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    images = plots.make_plots(manifest, run_dir / "plots")
+    manifest = Manifest.read(run_dir)
+    images = plots.make_plots(manifest, run_dir)
     generations = load_generations(manifest, run_dir)
-    parts = [f"# SDFT report: {manifest['name']}\n",
-             f"Seed model `{manifest['model']}`, training data `{manifest['data']}` (task kind "
-             f"{manifest['task']}). Every stage's settings are in its folder's `stage.json` and `run.json`.\n",
+    parts = [f"# SDFT report: {manifest.name}\n",
+             f"Seed model `{manifest.model}`, training data `{manifest.data}` (task kind "
+             f"{manifest.task}). Every stage's settings are in its folder's `{layout.STAGE}` and "
+             f"`{layout.RUN_RECORD}`.\n",
              results_section(manifest), paired_section(manifest, generations),
              distill_section(manifest, run_dir), length_section(generations), shift_section(manifest)]
     if images:
-        parts.append("## Plots\n\n" + "\n\n".join(f"![{title}](plots/{path.name})" for title, path in images))
+        parts.append("## Plots\n\n" + "\n\n".join(f"![{title}]({layout.PLOTS}/{path.name})"
+                                                     for title, path in images))
     markdown_text = "\n".join(p for p in parts if p)
-    md_path = run_dir / "report.md"
+    md_path = run_dir / layout.REPORT_MD
     md_path.write_text(markdown_text)
-    html_path = run_dir / "report.html"
-    html_path.write_text(_html(markdown_text, run_dir, manifest["name"]))
+    html_path = run_dir / layout.REPORT_HTML
+    html_path.write_text(_html(markdown_text, run_dir, manifest.name))
     return {"md": md_path, "html": html_path}
 
 
@@ -279,7 +267,7 @@ def _html(markdown_text: str, run_dir: Path, title: str) -> str:
     def embed(match: re.Match) -> str:
         data = base64.b64encode((run_dir / match.group(2)).read_bytes()).decode()
         return f"![{match.group(1)}](data:image/png;base64,{data})"
-    body = markdown.markdown(re.sub(r"!\[([^\]]*)\]\((plots/[^)]+)\)", embed, markdown_text),
+    body = markdown.markdown(re.sub(rf"!\[([^\]]*)\]\(({layout.PLOTS}/[^)]+)\)", embed, markdown_text),
                              extensions=["tables"])
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"

@@ -4,7 +4,7 @@ The paper uses it as one measure of how far a fine-tuned model moved from the se
 it less). For a LoRA adapter the change of an adapted module is ``B @ A * scale``; its norm is computed from
 the adapter file alone, through the r x r products ``(B^T B)(A A^T)``, so neither the base weights nor the
 full out x in matrix are ever built. For full fine-tuning (``--tuned DIR``) it is ``tuned - base`` per weight
-tensor, read one tensor at a time so that large models fit in memory. Results go to ``shift.json``.
+tensor, read one tensor at a time so that large models fit in memory. Results go to ``weight_shift.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdft.config import field
+from sdft import layout
+from sdft.config import DEFAULT_MODEL, field
 from sdft.errors import ConfigError, SdftError
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:embedding_)?(?P<part>[AB])(?:\.weight)?$")
@@ -24,10 +25,10 @@ _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:embedd
 
 @dataclass
 class ShiftConfig:
-    model: str = field("smollm2-135m-instruct", "base model (alias, hub id, folder); needed with --tuned")
+    model: str = field(DEFAULT_MODEL, "base model (alias, hub id, folder); needed with --tuned")
     adapter: str | None = field(None, "LoRA adapter folder (an 'sdft train' output)")
     tuned: str | None = field(None, "folder of fully fine-tuned (or merged) weights, compared with --model")
-    out: str | None = field(None, "folder for shift.json (default: the adapter or tuned folder)")
+    out: str | None = field(None, f"folder for {layout.WEIGHT_SHIFT} (default: the adapter or tuned folder)")
 
     def validate(self) -> None:
         if bool(self.adapter) == bool(self.tuned):
@@ -137,7 +138,7 @@ def _total(values) -> float:
 
 
 def parameter_shift(config: ShiftConfig) -> dict:
-    """Compute the shift for ``--adapter`` or ``--tuned``, save ``shift.json``, return the result."""
+    """Compute the shift for ``--adapter`` or ``--tuned``, save ``weight_shift.json``, return the result."""
     from sdft.store import write_json
 
     config.validate()
@@ -152,8 +153,8 @@ def parameter_shift(config: ShiftConfig) -> dict:
     out = Path(config.out) if config.out else folder
     result["model"] = config.model
     result["by_kind"] = _by_kind(result["modules"])
-    result["saved"] = str(out / "shift.json")
-    write_json(out / "shift.json", result)
+    result["saved"] = str(out / layout.WEIGHT_SHIFT)
+    write_json(out / layout.WEIGHT_SHIFT, result)
     return result
 
 
@@ -170,7 +171,7 @@ def summarize(result: dict, max_rows: int = 40) -> str:
     changed = {name: value for name, value in modules.items() if value > 0}
     rows = sorted(changed.items())
     notes = []
-    if len(rows) > max_rows:  # a 7B model has hundreds of modules: show the largest, the rest are in shift.json
+    if len(rows) > max_rows:  # a 7B model has hundreds of modules: show the largest, the rest are in weight_shift.json
         rows = sorted(changed.items(), key=lambda kv: -kv[1])[:max_rows]
         notes.append(f"{len(changed) - max_rows} smaller changes not shown")
     if len(changed) < len(modules):  # e.g. a merged LoRA: every module it did not adapt is unchanged

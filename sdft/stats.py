@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -14,6 +15,28 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class Metric:
+    """One metric of one task: value, 95% interval and item count (``results.json``'s ``metrics`` entries)."""
+
+    value: float
+    ci95: list[float] | None = None
+    n: int | None = None
+
+    @classmethod
+    def of_scores(cls, scores: list[float]) -> "Metric":
+        """Mean of per-item scores with its 95% interval (:func:`mean_interval`)."""
+        value, low, high = mean_interval(scores)
+        return cls(value, [low, high], len(scores))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Metric":
+        return cls(data["value"], data.get("ci95"), data.get("n"))
+
+    def to_json(self) -> dict:
+        return {"value": self.value, "ci95": self.ci95, "n": self.n}
 
 
 def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float, float]:

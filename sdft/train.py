@@ -24,15 +24,11 @@ from pathlib import Path
 from typing import Literal
 
 from sdft import hub, train_data, train_guards
-from sdft.config import field, to_dict
+from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key
 from sdft.errors import ConfigError, SdftError
 from sdft.templates import Mode
 from sdft.train_guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
 
-TaskKind = Literal["general", "math", "function_call", "code"]
-# Settings that do not change the trained weights, so a resumed run may change them.
-_RESUME_FREE = {"resume", "overwrite", "logging_steps", "save_steps", "save_total_limit",
-                "keep_checkpoints", "merge", "out"}
 # Reference values of the paper's runs (paper-method §4). Epochs: 2 for general data, 5 for GSM8K and
 # OpenFunctions (pass --epochs 5 there).
 PRESETS = {
@@ -44,10 +40,11 @@ PRESETS = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Validated):
     data: str | None = field(None, "dataset file (original data) or a distilled.jsonl from 'sdft distill'")
-    out: str | None = field(None, "output folder: adapter or weights, train.json, loss.png, checkpoints/")
-    model: str = field("smollm2-135m-instruct", "seed model: alias, hub id, local folder or .gguf file")
+    out: str | None = field(None, "output folder: adapter or weights, train.json, loss.png, checkpoints/",
+                            keyed=False)
+    model: str = field(DEFAULT_MODEL, "seed model: alias, hub id, local folder or .gguf file")
     method: Literal["lora", "full", "qlora"] = field("lora", "LoRA adapter, full fine-tuning, or 4-bit QLoRA (GPU)")
     epochs: float = field(2.0, "passes over the data (paper: 2 general, 5 math / function calling)")
     max_steps: int | None = field(None, "stop after this many optimizer steps (overrides --epochs)")
@@ -77,13 +74,15 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         "auto", "auto: fp32 on CPU, bf16 (or fp16) mixed precision on a GPU")
     gradient_checkpointing: bool = field(False, "recompute activations to save memory (slower)")
-    save_steps: int = field(50, "write a checkpoint every N optimizer steps")
-    save_total_limit: int = field(2, "checkpoints kept while training")
-    keep_checkpoints: bool = field(False, "keep checkpoints/ after training finishes")
-    resume: bool = field(False, "continue from the last checkpoint in out/checkpoints")
-    overwrite: bool = field(False, "discard an earlier run's checkpoints and outputs in out")
+    # Not keyed: checkpoint cadence, logging and what happens to the folder do not change the weights.
+    save_steps: int = field(50, "write a checkpoint every N optimizer steps", keyed=False)
+    save_total_limit: int = field(2, "checkpoints kept while training", keyed=False)
+    keep_checkpoints: bool = field(False, "keep checkpoints/ after training finishes", keyed=False)
+    resume: bool = field(False, "continue from the last checkpoint in out/checkpoints", keyed=False)
+    overwrite: bool = field(False, "discard an earlier run's checkpoints and outputs in out", keyed=False)
     merge: bool = field(False, "also write the LoRA merged into full weights to out/merged")
-    logging_steps: int = field(10, "print progress every N steps (the loss is recorded every step)")
+    logging_steps: int = field(10, "print progress every N steps (the loss is recorded every step)",
+                               keyed=False)
 
     def validate(self) -> None:
         if not self.data:
@@ -107,6 +106,7 @@ class TrainConfig:
                 raise ConfigError(f"'{name}' must be between 0 and 1, got {getattr(self, name)}")
         if self.weight_decay < 0 or self.lora_alpha <= 0:
             raise ConfigError("'weight_decay' must be >= 0 and 'lora_alpha' positive")
+        column_mapping(self.columns)
         if not self.lora_targets:
             raise ConfigError("'lora_targets' needs at least one module name (e.g. q_proj,v_proj)")
         if self.merge and self.method == "full":
@@ -261,12 +261,11 @@ def prepare(config: TrainConfig) -> Run:
 
     data_path = Path(config.data)
     data_sha = file_sha256(data_path) if data_path.is_file() else None
-    run_key = {"config": {k: v for k, v in to_dict(config).items() if k not in _RESUME_FREE},
-               "data_sha256": data_sha}
+    run_key = {"key": stage_key(config, data_sha), "settings": keyed_settings(config) | {"data_sha256": data_sha}}
     checkpoint = train_data.resume_point(config, out, run_key)  # refuse early, before importing torch
     cuda, precision = _device(config)
 
-    examples = load_examples(config.data, shape=config.shape, columns=train_data.column_mapping(config.columns),
+    examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
                              input_separator=config.input_separator)
     examples = train_data.seeded_subset(examples, config.limit, config.seed)
     pairs, counts = train_data.choose_targets(examples, config.mix_ratio, config.seed)

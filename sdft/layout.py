@@ -1,0 +1,237 @@
+"""The run folder contract: every file name a stage writes, where it goes, and typed records of what the
+stages write and the report reads.
+
+Nothing else in sdft spells a run-folder file name: stages and the report import the names and path
+helpers from here. ``sdft run`` lays a run out as::
+
+    RUN/config.json  manifest.json  report.md  report.html  plots/
+    RUN/distill/distill-KEY/    run.json stats.json distilled.jsonl progress.jsonl stage.json
+    RUN/train/LABEL-KEY/        adapter (or weights) train.json loss.png checkpoints/ stage.json
+    RUN/eval/LABEL-KEY/         results.json generations/TASK.jsonl generations/.cache/ stage.json
+    RUN/eval/LABEL-KEY/compare/ answer_shift.json weight_shift.json stage.json
+
+The manifest has one :class:`Arm` per model (the seed and every trained arm, named), so a new kind of
+training arm adds entries, not keys. Manifests written before this module (no ``schema``) are read by
+:meth:`Manifest.from_json`, which maps their keys onto the records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdft.stats import Metric
+from sdft.store import read_jsonl, write_json
+
+SCHEMA = 2  # manifest.json format; 1 = the nested dicts of sdft before this module (no "schema" key)
+
+# ---------------------------------------------------------------- file and folder names
+RUN_CONFIG = "config.json"        # the run's config, as loaded
+MANIFEST = "manifest.json"        # the Manifest below
+REPORT_MD, REPORT_HTML, PLOTS = "report.md", "report.html", "plots"
+STAGE = "stage.json"              # a finished (or keyed) stage: key, settings, result
+RUN_RECORD = "run.json"           # a stage's provenance (model, template, decoding, data hash, versions)
+DISTILLED, DISTILL_STATS, DISTILL_PROGRESS = "distilled.jsonl", "stats.json", "progress.jsonl"
+TRAIN_RECORD, LOSS_PLOT, CHECKPOINTS, MERGED = "train.json", "loss.png", "checkpoints", "merged"
+RESULTS, GENERATIONS, CACHE = "results.json", "generations", ".cache"
+COMPARE = "compare"               # a trained model's distance from the seed, inside its eval folder
+ANSWER_SHIFT = "answer_shift.json"  # how far the answers moved (BLEU, ROUGE, cosine, seed likelihood)
+WEIGHT_SHIFT = "weight_shift.json"  # how far the weights moved (L2 of the change)
+STAGES = ("distill", "train", "eval")
+
+
+def stage_dir(run_dir: Path, stage: str, label: str, key: str) -> Path:
+    """``RUN/<stage>/<label>-<key>``: one folder per stage and settings."""
+    return Path(run_dir) / stage / f"{label}-{key}"
+
+
+def generations_file(eval_dir: Path, task: str) -> Path:
+    return Path(eval_dir) / GENERATIONS / f"{task}.jsonl"
+
+
+def cache_dir(eval_dir: Path) -> Path:
+    return Path(eval_dir) / GENERATIONS / CACHE
+
+
+def cache_file(eval_dir: Path, task: str, key: str) -> Path:
+    return cache_dir(eval_dir) / f"{task}-{key}.jsonl"
+
+
+def locate(run_dir: Path, stored: str) -> Path:
+    """A stage folder as the manifest names it (relative to where the run was started), or, when the
+    run folder was moved or the report is rebuilt from elsewhere, the same ``stage/name`` inside ``run_dir``."""
+    path = Path(stored)
+    if path.exists():
+        return path
+    for depth in (3, 2):  # eval/LABEL-KEY/compare first, then stage/LABEL-KEY
+        inside = Path(run_dir).joinpath(*path.parts[-depth:])
+        if len(path.parts) >= depth and inside.exists():
+            return inside
+    return Path(run_dir).joinpath(*path.parts[-2:])
+
+
+# ---------------------------------------------------------------- typed records
+
+@dataclass
+class StageRecord:
+    """A finished stage: its folder (as written at run time) and the result its function returned."""
+
+    dir: str
+    result: dict = field(default_factory=dict)
+
+    def path(self, run_dir: Path) -> Path:
+        return locate(run_dir, self.dir)
+
+    def to_json(self) -> dict:
+        return {"dir": self.dir, "result": self.result}
+
+
+def task_metrics(results: dict) -> dict[str, Metric]:
+    """``{"task/metric": Metric}`` from an eval's results.json (skipped tasks left out)."""
+    flat = {}
+    for task, entry in results.get("tasks", {}).items():
+        for name, m in entry.get("metrics", {}).items():
+            if isinstance(m, dict) and m.get("value") is not None:
+                flat[f"{task}/{name}"] = Metric.from_json(m)
+    return flat
+
+
+@dataclass
+class Arm:
+    """One model of the comparison: the seed, or a model trained by a named arm with its parameters.
+
+    ``kind`` names the training recipe ("seed", "mix": vanilla/SDFT/mixtures of the distilled file; other
+    arms add their own); ``params`` holds what distinguishes this model within its kind (``mix_ratio``,
+    ``sample_size``, ...). ``answer_shift`` and ``weight_shift`` compare a trained model with the seed."""
+
+    label: str
+    kind: str
+    eval: StageRecord
+    params: dict = field(default_factory=dict)
+    train: StageRecord | None = None
+    answer_shift: dict | None = None
+    weight_shift: dict | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.train is not None
+
+    @property
+    def mix_ratio(self) -> float | None:
+        return self.params.get("mix_ratio")
+
+    @property
+    def sample_size(self) -> int | None:
+        return self.params.get("sample_size")
+
+    def metrics(self) -> dict[str, Metric]:
+        return task_metrics(self.eval.result)
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "kind": self.kind, "params": self.params, "eval": self.eval.to_json(),
+                "train": self.train.to_json() if self.train else None,
+                "answer_shift": self.answer_shift, "weight_shift": self.weight_shift}
+
+    @classmethod
+    def from_json(cls, label: str, data: dict) -> "Arm":
+        if "kind" not in data:
+            data = _arm_v1(label, data)
+        train = data.get("train")
+        return cls(label=label, kind=data["kind"], params=dict(data.get("params") or {}),
+                   eval=StageRecord(**data["eval"]), train=StageRecord(**train) if train else None,
+                   answer_shift=data.get("answer_shift"), weight_shift=data.get("weight_shift"))
+
+
+def _arm_v1(label: str, old: dict) -> dict:
+    """A schema-1 model entry: ``eval.results``, ``train.result``, ``shift.{text,parameters}``, the mix
+    parameters at top level."""
+    shift = old.get("shift") or {}
+    params = {k: old[k] for k in ("mix_ratio", "sample_size") if k in old}
+    return {"kind": "seed" if label == "seed" and "train" not in old else "mix", "params": params,
+            "eval": {"dir": old["eval"]["dir"], "result": old["eval"].get("results", {})},
+            "train": old.get("train"), "answer_shift": shift.get("text"), "weight_shift": shift.get("parameters")}
+
+
+@dataclass
+class Manifest:
+    """What ``sdft run`` made: the seed model, the distillation, and one :class:`Arm` per model."""
+
+    name: str
+    model: str
+    data: str
+    task: str
+    arms: dict[str, Arm] = field(default_factory=dict)
+    distill: StageRecord | None = None
+
+    @property
+    def seed(self) -> Arm:
+        return self.arms["seed"]
+
+    def trained(self) -> list[Arm]:
+        return [arm for arm in self.arms.values() if arm.trained]
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "name": self.name, "model": self.model, "data": self.data, "task": self.task,
+                "distill": self.distill.to_json() if self.distill else None,
+                "models": {label: arm.to_json() for label, arm in self.arms.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        distill = data.get("distill")
+        if distill and "stats" in distill:  # schema 1
+            distill = {"dir": distill["dir"], "result": distill["stats"]}
+        return cls(name=data["name"], model=data["model"], data=data["data"], task=data["task"],
+                   distill=StageRecord(**distill) if distill else None,
+                   arms={label: Arm.from_json(label, m) for label, m in data.get("models", {}).items()})
+
+    def write(self, run_dir: Path) -> Path:
+        path = Path(run_dir) / MANIFEST
+        write_json(path, self.to_json())
+        return path
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "Manifest":
+        return cls.from_json(json.loads((Path(run_dir) / MANIFEST).read_text()))
+
+
+# ---------------------------------------------------------------- the resume policy, for every stage
+
+def read_stage(folder: Path) -> dict | None:
+    try:
+        return json.loads((Path(folder) / STAGE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def claim_stage(folder: Path, key: str, settings: dict, *, overwrite: bool = False) -> None:
+    """Start or resume a stage in ``folder``: refuse when the folder holds work of another key (naming the
+    settings that differ), unless ``overwrite``; then record this key. Same key: the stage resumes."""
+    if not overwrite:
+        refuse_other_key(Path(folder) / STAGE, read_stage(folder), key, settings)
+    write_json(Path(folder) / STAGE, {"key": key, "settings": settings})
+
+
+def refuse_other_key(where: Path, before: dict | None, key: str, settings: dict) -> None:
+    """The resume check shared by every stage: work recorded under another key is never continued."""
+    from sdft.config import changed_settings
+    from sdft.errors import ConfigError
+
+    if before and before.get("key") not in (None, key):
+        changed = changed_settings(before.get("settings", {}), settings) or ["inputs"]
+        raise ConfigError(f"{where.parent} holds work done with different settings; these differ: "
+                          f"{', '.join(changed)} (see {where}); rerun with the same settings, use another "
+                          "output folder, or start over")
+
+
+def finish_stage(folder: Path, key: str, settings: dict, result: dict) -> None:
+    """Mark the stage in ``folder`` done: a rerun with the same key returns ``result`` without work."""
+    write_json(Path(folder) / STAGE, {"key": key, "settings": settings, "result": result})
+
+
+def finished_result(folder: Path, key: str | None = None) -> dict | None:
+    """The recorded result of a finished stage (of ``key`` when given; records older than keys match)."""
+    record = read_stage(folder)
+    if not record or "result" not in record or record.get("key") not in (None, key) and key is not None:
+        return None
+    return record["result"]
