@@ -210,15 +210,16 @@ def _records(folder: Path, task: str) -> dict[str, dict]:
     return by_id
 
 
-def _task_kind(name: str) -> str | None:
+def _answers_text(name: str) -> bool:
+    """Whether a task's records hold written answers (a generative task, or a user task: always generative)."""
     from sdft.generation import import_target
-    from sdft.tasks import TASK_PREFIXES, TASKS
+    from sdft.tasks import TASK_PREFIXES, TASKS, GenerativeTask
     if name.startswith(tuple(TASK_PREFIXES)):
-        return "external"
+        return False
     try:
-        return import_target(TASKS[name], "task").kind if name in TASKS else None
+        return issubclass(import_target(TASKS[name], "task"), GenerativeTask) if name in TASKS else True
     except ConfigError:
-        return None
+        return True
 
 
 def _choose_tasks(reference: Path, candidate: Path, wanted: list[str] | None) -> tuple[list[str], list[str]]:
@@ -227,7 +228,7 @@ def _choose_tasks(reference: Path, candidate: Path, wanted: list[str] | None) ->
         return list(dict.fromkeys(wanted)), []
     ref, cand = ({p.stem for p in (d / layout.GENERATIONS).glob("*.jsonl")} for d in (reference, candidate))
     common = sorted(ref & cand)
-    tasks = [t for t in common if _task_kind(t) in ("generate", None)]
+    tasks = [t for t in common if _answers_text(t)]
     if not tasks:
         raise SdftError(f"{reference} and {candidate} have no generative task in common "
                         f"(tasks with generations: {', '.join(sorted(ref)) or 'none'} vs "

@@ -32,8 +32,6 @@ from sdft.store import ProgressFile, write_json, write_jsonl
 if TYPE_CHECKING:
     from sdft.generation import GenerationParams
 
-__all__ = ["DistillConfig", "TaskKind", "column_mapping", "distill", "generation_params", "summarize"]
-
 # The reference code never sets decoding values; these are the defaults it inherited (paper-method §4).
 PRESETS = {
     "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512,
@@ -131,7 +129,7 @@ def distill(config: DistillConfig) -> dict:
     out = Path(config.out)
     model_path = model_for_backend(config.backend, config.model)
     backend = load_backend(config.backend, model_path, config.adapter, progress=False)  # we draw the bar
-    tokenizer = getattr(backend, "tokenizer", None)
+    tokenizer = backend.tokenizer  # declared by every backend (None: plain prompts)
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"
     run = _run_record(config, template, mode, model_path)
     settings = keyed_settings(config)

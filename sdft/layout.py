@@ -101,12 +101,13 @@ def task_metrics(results: dict) -> dict[str, Metric]:
 class Arm:
     """One model of the comparison: the seed, or a model trained by a named arm with its parameters.
 
-    ``kind`` names the training recipe ("seed", "mix": vanilla/SDFT/mixtures of the distilled file; other
-    arms add their own); ``params`` holds what distinguishes this model within its kind (``mix_ratio``,
-    ``sample_size``, ...). ``answer_shift`` and ``weight_shift`` compare a trained model with the seed."""
+    ``recipe`` names how the model was made ("seed"; "mix": vanilla, SDFT and mixtures of the distilled
+    file; other training arms add their own); ``params`` holds what distinguishes this model within its
+    recipe (``mix_ratio``, ``sample_size``, ...). ``answer_shift`` and ``weight_shift`` compare a trained
+    model with the seed."""
 
     label: str
-    kind: str
+    recipe: str
     eval: StageRecord
     params: dict = field(default_factory=dict)
     train: StageRecord | None = None
@@ -129,16 +130,16 @@ class Arm:
         return task_metrics(self.eval.result)
 
     def to_json(self) -> dict:
-        return {"label": self.label, "kind": self.kind, "params": self.params, "eval": self.eval.to_json(),
+        return {"label": self.label, "recipe": self.recipe, "params": self.params, "eval": self.eval.to_json(),
                 "train": self.train.to_json() if self.train else None,
                 "answer_shift": self.answer_shift, "weight_shift": self.weight_shift}
 
     @classmethod
     def from_json(cls, label: str, data: dict) -> "Arm":
-        if "kind" not in data:
+        if "recipe" not in data:
             data = _arm_v1(label, data)
         train = data.get("train")
-        return cls(label=label, kind=data["kind"], params=dict(data.get("params") or {}),
+        return cls(label=label, recipe=data["recipe"], params=dict(data.get("params") or {}),
                    eval=StageRecord(**data["eval"]), train=StageRecord(**train) if train else None,
                    answer_shift=data.get("answer_shift"), weight_shift=data.get("weight_shift"))
 
@@ -148,7 +149,7 @@ def _arm_v1(label: str, old: dict) -> dict:
     parameters at top level."""
     shift = old.get("shift") or {}
     params = {k: old[k] for k in ("mix_ratio", "sample_size") if k in old}
-    return {"kind": "seed" if label == "seed" and "train" not in old else "mix", "params": params,
+    return {"recipe": "seed" if label == "seed" and "train" not in old else "mix", "params": params,
             "eval": {"dir": old["eval"]["dir"], "result": old["eval"].get("results", {})},
             "train": old.get("train"), "answer_shift": shift.get("text"), "weight_shift": shift.get("parameters")}
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdft import layout
+from sdft import layout, plots
 from sdft.config import field
 from sdft.errors import ConfigError
 from sdft.layout import Arm, Manifest
@@ -172,7 +172,7 @@ def paired_section(manifest: Manifest, generations: dict) -> str:
 
 def _vanilla_for(manifest: Manifest, arm: Arm) -> str | None:
     return next((label for label, other in manifest.arms.items()
-                 if other.kind == arm.kind and other.mix_ratio == 0 and other.sample_size == arm.sample_size),
+                 if other.recipe == arm.recipe and other.mix_ratio == 0 and other.sample_size == arm.sample_size),
                 None)
 
 
@@ -239,8 +239,6 @@ def _num(value) -> str:
 # ---------------------------------------------------------------- assembly
 
 def write_report(run_dir: Path) -> dict[str, Path]:
-    from sdft import plots
-
     manifest = Manifest.read(run_dir)
     images = plots.make_plots(manifest, run_dir)
     generations = load_generations(manifest, run_dir)

@@ -26,7 +26,7 @@ def _write_math(path: Path, n: int) -> Path:
 class AppleRewriterDouble:
     """Test double backend: rewrites correctly for an even number of apples, wrongly for odd."""
 
-    tokenizer = None
+    tokenizer = model = None  # declared like a real backend: no chat template, no torch module
 
     def __init__(self, model, adapter=None, progress=True):
         pass

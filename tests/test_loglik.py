@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sdft import loglik  # noqa: E402
+from sdft.tasks import ExternalTask, LoglikelihoodTask  # noqa: E402
 
 PAIRS = [
     ("Question: What is 2 + 3?\nAnswer:", " The answer is 5."),
@@ -202,7 +203,7 @@ def test_carrier_tasks_load_and_score(name, options, package, first_id, fragment
         pytest.skip(f"carrier {package} not installed")
     task = get_task(name, None, **options)
     examples = task.examples()[:2]
-    assert task.kind == "loglikelihood" and examples[0]["id"] == first_id and package in task.source
+    assert isinstance(task, LoglikelihoodTask) and examples[0]["id"] == first_id and package in task.source
     for ex in examples:
         context, continuations = task.choices(ex)
         contexts = [context] if isinstance(context, str) else context
@@ -293,7 +294,7 @@ def test_lm_eval_missing_says_how_to_install(monkeypatch):
 
     monkeypatch.setattr(lm_eval_task, "lm_eval_available", lambda: False)
     task = get_task("lm_eval:hellaswag")
-    assert task.kind == "external" and task.task_name == "hellaswag"
+    assert isinstance(task, ExternalTask) and task.task_name == "hellaswag"
     with pytest.raises(SdftError, match="pip install lm-eval"):
         task.run("smollm2-135m-instruct", None, SimpleNamespace(limit=2, batch_size=1))
     with pytest.raises(ConfigError, match="--data does not apply"):

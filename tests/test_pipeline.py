@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sdft import layout
 from sdft.errors import ConfigError
+from sdft.layout import Manifest
 from sdft.pipeline import load_run_config, run
 from sdft.report import ReportConfig, build_report
 
@@ -70,7 +72,10 @@ def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
         assert row in report
     assert "data:image/png;base64," in (run_dir / "report.html").read_text()
     assert {"mix_ratio.png", "sample_size.png", "loss.png"} <= {p.name for p in (run_dir / "plots").iterdir()}
-    assert set(manifest["models"]) == {"seed", "vanilla", "sdft", "mix0.5", "vanilla-n2", "sdft-n2"}
+    assert set(manifest.arms) == {"seed", "vanilla", "sdft", "mix0.5", "vanilla-n2", "sdft-n2"}
+    compare = Path(manifest.arms["sdft"].eval.dir) / layout.COMPARE
+    assert (compare / layout.ANSWER_SHIFT).is_file() and (compare / layout.WEIGHT_SHIFT).is_file()
+    assert Manifest.read(run_dir) == manifest
 
     # A second run does no work at all.
     logs.clear()
@@ -92,8 +97,10 @@ def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     moved = tmp_path / "archive" / "tiny"
     shutil.copytree(run_dir, moved)
     shutil.rmtree(run_dir)
+    shutil.rmtree(moved / "plots")
     rebuilt = Path(build_report(ReportConfig(run_dir=str(moved)))["md"]).read_text()
     assert "| sdft − vanilla | openfunctions/accuracy | 2 |" in rebuilt and "rewrite** (`" in rebuilt
+    assert "![Training loss](plots/loss.png)" in rebuilt and (moved / "plots" / "loss.png").is_file()
 
 
 @pytest.mark.slow
@@ -130,7 +137,7 @@ def test_run_on_a_users_own_chat_data_and_checker(tmp_path, tiny_model, monkeypa
 
     manifest = run(load_run_config(path), log=lambda line: None)
 
-    assert set(manifest["models"]) == {"seed", "vanilla", "sdft"}
+    assert set(manifest.arms) == {"seed", "vanilla", "sdft"}
     report = (tmp_path / "runs" / "mine" / "report.md").read_text()
     assert "words/score" in report and "| sdft |" in report
     distilled = next((tmp_path / "runs" / "mine" / "distill").glob("*/distilled.jsonl"))

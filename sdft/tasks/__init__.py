@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from sdft.errors import ConfigError
 from sdft.generation import import_target
@@ -42,7 +42,6 @@ class Task(ABC):
     """Common part of every task. Subclass one of the kind bases below, not this."""
 
     name: ClassVar[str] = ""
-    kind: ClassVar[Literal["generate", "loglikelihood", "external"]]
     metric: ClassVar[str] = "accuracy"
     template: ClassVar[Any] = None  # the prompt template, recorded in the settings when there is one
 
@@ -74,7 +73,6 @@ class Task(ABC):
 class GenerativeTask(Task):
     """A model writes an answer to a prompt; the task grades the text."""
 
-    kind = "generate"
     max_new_tokens: ClassVar[int] = 256  # default answer budget (overridable with --max-new-tokens)
     stop: ClassVar[tuple[str, ...]] = ()
 
@@ -110,7 +108,6 @@ class JudgedTask(GenerativeTask):
 class LoglikelihoodTask(Task):
     """The model picks, by log-likelihood, one of several continuations of a context."""
 
-    kind = "loglikelihood"
 
     @abstractmethod
     def choices(self, example: dict) -> tuple[Any, list[str]]:
@@ -124,7 +121,6 @@ class LoglikelihoodTask(Task):
 class ExternalTask(Task):
     """A task that runs itself (another harness), given the model to evaluate."""
 
-    kind = "external"
 
     def examples(self) -> list[dict]:
         return []  # the harness loads its own data

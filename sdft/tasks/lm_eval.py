@@ -34,7 +34,6 @@ class LMEvalTask(ExternalTask):
     (the headline metric, e.g. ``acc``: the paper reports lm-eval's ``acc`` for ARC and TruthfulQA).
     """
 
-    kind = "external"
     metric = "lm_eval"
 
     def __init__(self, data_path: str | None = None, task_name: str = "", **options: Any):

@@ -54,7 +54,6 @@ def _read_arrow(path: Path) -> list[dict]:
 class MultipleChoiceTask(LoglikelihoodTask):
     """Shared loading and scoring. Subclasses say where the data is and build one example per row."""
 
-    kind = "loglikelihood"
     metric = "acc"
     normalize: ClassVar[bool] = False  # headline metric is acc_norm (per-character log-likelihood)
     # Reported metrics, as lm-eval reports them: acc_norm only where options differ in length in a way

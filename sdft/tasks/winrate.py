@@ -163,7 +163,7 @@ class LocalJudge:
                 from sdft.models import resolve_model
                 path = resolve_model(self.model)
             self._backend = load_backend(self.backend_name, path, None)
-        tokenizer = getattr(self._backend, "tokenizer", None)
+        tokenizer = self._backend.tokenizer
         chat = tokenizer is not None and templates.resolve_mode(self.mode, tokenizer) == "chat"
         # The chat template directly, not templates.render: answers are arbitrary text, and render's
         # placeholder filling would touch a literal "{reference}" inside them.
