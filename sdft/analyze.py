@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, Sequence
 
 from sdft import layout
-from sdft.config import field
+from sdft.config import Validated, field
 from sdft.errors import ConfigError, DataError, SdftError
 from sdft.store import read_jsonl, write_json
 
@@ -40,7 +40,7 @@ _QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 @dataclass
-class AnalyzeConfig:
+class AnalyzeConfig(Validated):
     reference: str = field(help="eval folder of the reference (seed) model")
     candidate: str = field(help="eval folder of the model compared with it (e.g. after fine-tuning)")
     what: Literal["shift"] = field("shift", "analysis to run: shift (distribution shift)", positional=True)

@@ -111,7 +111,8 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
 
 def _model_source(model_path: str) -> dict | None:
     """The embedded model records where it came from (GGUF file and checksum)."""
-    source = Path(model_path) / "sdft-source.json"
+    from sdft.models import SOURCE_FILE
+    source = Path(model_path) / SOURCE_FILE
     return json.loads(source.read_text()) if source.is_file() else None
 
 

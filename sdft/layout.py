@@ -38,7 +38,10 @@ RESULTS, GENERATIONS, CACHE = "results.json", "generations", ".cache"
 COMPARE = "compare"               # a trained model's distance from the seed, inside its eval folder
 ANSWER_SHIFT = "answer_shift.json"  # how far the answers moved (BLEU, ROUGE, cosine, seed likelihood)
 WEIGHT_SHIFT = "weight_shift.json"  # how far the weights moved (L2 of the change)
-STAGES = ("distill", "train", "eval")
+RUN_GUARD = "sdft-run.json"       # in checkpoints/: the key a resumed training run must share with the first
+DISTILL, TRAIN, EVAL = "distill", "train", "eval"  # the stage folders of a run
+PLOT_FILES = {"mix_ratio": "mix_ratio.png", "shift_vs_mix": "shift_vs_mix.png", "sample_size": "sample_size.png",
+              "similarity": "similarity.png", "loss": LOSS_PLOT}
 
 
 def stage_dir(run_dir: Path, stage: str, label: str, key: str) -> Path:

@@ -175,7 +175,7 @@ def run(config: RunConfig, log=print) -> Manifest:
 
     distill_config = stages["distill"]
     distill_key = stage_key(distill_config)
-    distill_dir = layout.stage_dir(run_dir, "distill", "distill", distill_key[:KEY_LENGTH])
+    distill_dir = layout.stage_dir(run_dir, layout.DISTILL, "distill", distill_key[:KEY_LENGTH])
     manifest.distill = StageRecord(str(distill_dir), run_stage(
         distill_dir, keyed_settings(distill_config),
         lambda f: distill(replace(distill_config, out=str(f))), log))
@@ -184,7 +184,7 @@ def run(config: RunConfig, log=print) -> Manifest:
     for point in sweep_points(config):
         train_config = replace(stages["train"], mix_ratio=point["mix_ratio"], limit=point["sample_size"])
         key = stage_key(train_config, distill_key)
-        folder = layout.stage_dir(run_dir, "train", point["label"], key[:KEY_LENGTH])
+        folder = layout.stage_dir(run_dir, layout.TRAIN, point["label"], key[:KEY_LENGTH])
         trained = StageRecord(str(folder), run_stage(folder, keyed_settings(train_config), lambda f, c=train_config:
                                                      _train(replace(c, data=distilled, out=str(f))), log))
         arm = Arm(point["label"], "mix", _evaluate(stages["eval"], run_dir, point["label"], str(folder), key, log),
@@ -203,7 +203,7 @@ def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream
     from sdft.evaluate import evaluate
 
     config = replace(template, adapter=adapter)
-    folder = layout.stage_dir(run_dir, "eval", label, stage_key(config, upstream)[:KEY_LENGTH])
+    folder = layout.stage_dir(run_dir, layout.EVAL, label, stage_key(config, upstream)[:KEY_LENGTH])
     result = run_stage(folder, keyed_settings(config), lambda f: evaluate(replace(config, out=str(f))), log)
     return StageRecord(str(folder), result)
 

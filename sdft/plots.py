@@ -17,13 +17,12 @@ def make_plots(manifest: Manifest, run_dir: Path) -> list[tuple[str, Path]]:
     folder = Path(run_dir) / layout.PLOTS
     folder.mkdir(parents=True, exist_ok=True)
     made = []
-    for title, name, draw in ((("Metrics vs mix ratio (paper Figs 5-6)", "mix_ratio.png", _vs_mix),
-                               ("Distance from the seed vs mix ratio", "shift_vs_mix.png", _shift_vs_mix),
-                              ("Metrics vs training-set size (paper Figs 7-8)", "sample_size.png", _vs_size),
-                               ("Embedding similarity to the seed's answers (paper Fig 9)", "similarity.png",
-                                _similarity),
-                               ("Training loss", layout.LOSS_PLOT, None))):
-        path = folder / name
+    for title, name, draw in ((("Metrics vs mix ratio (paper Figs 5-6)", "mix_ratio", _vs_mix),
+                               ("Distance from the seed vs mix ratio", "shift_vs_mix", _shift_vs_mix),
+                               ("Metrics vs training-set size (paper Figs 7-8)", "sample_size", _vs_size),
+                               ("Embedding similarity to the seed's answers (paper Fig 9)", "similarity", _similarity),
+                               ("Training loss", "loss", None))):
+        path = folder / layout.PLOT_FILES[name]
         drawn = _losses(manifest, run_dir, path) if draw is None else draw(manifest, path)
         if drawn:
             made.append((title, path))

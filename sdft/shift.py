@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdft import layout
-from sdft.config import DEFAULT_MODEL, field
+from sdft.config import DEFAULT_MODEL, Validated, field
 from sdft.errors import ConfigError, SdftError
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:embedding_)?(?P<part>[AB])(?:\.weight)?$")
 
 
 @dataclass
-class ShiftConfig:
+class ShiftConfig(Validated):
     model: str = field(DEFAULT_MODEL, "base model (alias, hub id, folder); needed with --tuned")
     adapter: str | None = field(None, "LoRA adapter folder (an 'sdft train' output)")
     tuned: str | None = field(None, "folder of fully fine-tuned (or merged) weights, compared with --model")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sdft import hub, train_data, train_guards
+from sdft import hub, layout, train_data, train_guards
 from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key
 from sdft.errors import ConfigError, SdftError
 from sdft.templates import Mode
@@ -316,7 +316,7 @@ def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, 
     dataset = datasets.Dataset.from_dict({"prompt": [targets[i].prompt for i in order],
                                           "completion": [targets[i].response for i in order]})
     args = SFTConfig(
-        output_dir=str(out / train_data.CHECKPOINTS), max_steps=steps, num_train_epochs=1,
+        output_dir=str(out / layout.CHECKPOINTS), max_steps=steps, num_train_epochs=1,
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
         warmup_steps=math.ceil(config.warmup_ratio * steps), weight_decay=config.weight_decay,
@@ -331,7 +331,7 @@ def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, 
     state = PartialState()
     if state.is_main_process:
         train_data.clean(out, checkpoint)
-        write_json(out / train_data.CHECKPOINTS / train_data.RUN_GUARD, run_key)
+        write_json(out / layout.CHECKPOINTS / layout.RUN_GUARD, run_key)
     state.wait_for_everyone()
 
     progress = _progress_callback(config.logging_steps, steps)
@@ -361,7 +361,7 @@ def train(config: TrainConfig) -> dict:
     result = {"main_process": run.is_main, "out": str(out), "method": config.method}
     if run.is_main:
         if config.merge:
-            result["merged"] = _merge(config, trainer.model, trainer.processing_class, out / "merged")
+            result["merged"] = _merge(config, trainer.model, trainer.processing_class, out / layout.MERGED)
         result.update(train_data.write_record(run))
     trainer.accelerator.wait_for_everyone()  # no process exits while the main one still writes
     return result

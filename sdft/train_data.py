@@ -23,13 +23,12 @@ from pathlib import Path
 
 from sdft import layout
 from sdft.errors import ConfigError, SdftError
-from sdft.layout import CHECKPOINTS, LOSS_PLOT, MERGED, TRAIN_RECORD
+from sdft.layout import CHECKPOINTS, LOSS_PLOT, MERGED, RUN_GUARD, TRAIN_RECORD
 from sdft.plots import loss_plot
 
 # A mega-batch is this many global micro-batches; lengths are sorted inside it. Big enough that batches
 # hold similar lengths (little padding), small enough that the order stays random across the data.
 MEGABATCH_BATCHES = 16
-RUN_GUARD = "sdft-run.json"  # in checkpoints/: the settings a resumed run must share with the first one
 # Files a training run writes at the top of ``out`` (what --overwrite removes; nothing else is touched).
 _OUTPUTS = (TRAIN_RECORD, LOSS_PLOT, "adapter_model.safetensors", "adapter_config.json", "model.safetensors",
             "model.safetensors.index.json", "README.md")
