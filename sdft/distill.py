@@ -116,6 +116,13 @@ def _model_source(model_path: str) -> dict | None:
     return json.loads(source.read_text()) if source.is_file() else None
 
 
+def _refuse_unkeyed_progress(out: Path) -> None:
+    """Progress left by a version before stage keys has no key to compare: never mix it into this run."""
+    if (out / layout.DISTILL_PROGRESS).exists() and layout.read_stage(out) is None:
+        raise ConfigError(f"{out} holds distillation progress without a stage key (an earlier sdft version); "
+                          "use another --out, or delete that folder to start over")
+
+
 def distill(config: DistillConfig) -> dict:
     """Run (or resume) distillation; returns the statistics also written to ``stats.json``."""
     from sdft.data import load_examples
@@ -134,6 +141,7 @@ def distill(config: DistillConfig) -> dict:
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"
     run = _run_record(config, template, mode, model_path)
     settings = keyed_settings(config)
+    _refuse_unkeyed_progress(out)
     layout.claim_stage(out, run["settings_key"], settings)
     write_json(out / layout.RUN_RECORD, run)
 

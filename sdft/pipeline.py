@@ -134,8 +134,8 @@ def _looks_local(name: str) -> bool:
 KEY_LENGTH = 10  # characters of the stage key in a folder name
 
 
-def run_stage(folder: Path, settings: dict, work: Callable[[Path], dict], log=print) -> dict:
-    """Run ``work(folder)`` unless ``folder`` holds a finished stage (its name is its key)."""
+def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dict], log=print) -> dict:
+    """Run ``work(folder)`` unless ``folder`` holds a finished stage (its name carries its key)."""
     done = layout.finished_result(folder)
     if done is not None:
         log(f"[skip] {folder} (done)")
@@ -144,7 +144,7 @@ def run_stage(folder: Path, settings: dict, work: Callable[[Path], dict], log=pr
     folder.mkdir(parents=True, exist_ok=True)
     result = work(folder)
     own = layout.read_stage(folder) or {}  # a stage that claims its folder recorded its own key
-    layout.finish_stage(folder, own.get("key", folder.name), settings, result)
+    layout.finish_stage(folder, own.get("key", key), settings, result)
     return result
 
 
@@ -177,7 +177,7 @@ def run(config: RunConfig, log=print) -> Manifest:
     distill_key = stage_key(distill_config)
     distill_dir = layout.stage_dir(run_dir, layout.DISTILL, "distill", distill_key[:KEY_LENGTH])
     manifest.distill = StageRecord(str(distill_dir), run_stage(
-        distill_dir, keyed_settings(distill_config),
+        distill_dir, distill_key, keyed_settings(distill_config),
         lambda f: distill(replace(distill_config, out=str(f))), log))
     distilled = str(distill_dir / layout.DISTILLED)
 
@@ -185,11 +185,13 @@ def run(config: RunConfig, log=print) -> Manifest:
         train_config = replace(stages["train"], mix_ratio=point["mix_ratio"], limit=point["sample_size"])
         key = stage_key(train_config, distill_key)
         folder = layout.stage_dir(run_dir, layout.TRAIN, point["label"], key[:KEY_LENGTH])
-        trained = StageRecord(str(folder), run_stage(folder, keyed_settings(train_config), lambda f, c=train_config:
-                                                     _train(replace(c, data=distilled, out=str(f))), log))
+        trained = StageRecord(str(folder), run_stage(
+            folder, key, keyed_settings(train_config),
+            lambda f, c=train_config: _train(replace(c, data=distilled, out=str(f))), log))
         arm = Arm(point["label"], "mix", _evaluate(stages["eval"], run_dir, point["label"], str(folder), key, log),
                   params={"mix_ratio": point["mix_ratio"], "sample_size": point["sample_size"]}, train=trained)
-        compared = run_stage(Path(arm.eval.dir) / layout.COMPARE, {"vs": "seed"},
+        compare_dir = Path(arm.eval.dir) / layout.COMPARE
+        compared = run_stage(compare_dir, stage_key(manifest.seed.eval.dir, arm.eval.dir), {"vs": "seed"},
                              lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f), log)
         arm.answer_shift, arm.weight_shift = compared["answer_shift"], compared["weight_shift"]
         manifest.arms[arm.label] = arm
@@ -203,8 +205,9 @@ def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream
     from sdft.evaluate import evaluate
 
     config = replace(template, adapter=adapter)
-    folder = layout.stage_dir(run_dir, layout.EVAL, label, stage_key(config, upstream)[:KEY_LENGTH])
-    result = run_stage(folder, keyed_settings(config), lambda f: evaluate(replace(config, out=str(f))), log)
+    key = stage_key(config, upstream)
+    folder = layout.stage_dir(run_dir, layout.EVAL, label, key[:KEY_LENGTH])
+    result = run_stage(folder, key, keyed_settings(config), lambda f: evaluate(replace(config, out=str(f))), log)
     return StageRecord(str(folder), result)
 
 

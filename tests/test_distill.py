@@ -69,6 +69,16 @@ def test_other_settings_refuse_to_resume(tmp_path):
         distill(_fake_config(tmp_path, data, max_new_tokens=7))
 
 
+def test_progress_without_a_stage_key_is_not_mixed_in(tmp_path):
+    data = _write_math(tmp_path / "math.json", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "progress.jsonl").write_text('{"id": "old"}\n')  # left by a version before stage keys
+    from sdft.errors import ConfigError
+    with pytest.raises(ConfigError, match="without a stage key"):
+        distill(_fake_config(tmp_path, data))
+
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "sdft", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=600, **kw)
