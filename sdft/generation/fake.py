@@ -1,7 +1,9 @@
 """A TEST DOUBLE backend: canned, deterministic completions without loading any model.
 
 For tests of the stages around generation (distillation filters, resume, evaluation scoring, the
-pipeline), where a real model's output would be random noise or too slow. Not for real runs.
+pipeline), where a real model's output would be random noise or too slow. Not for real runs, so not in
+``sdft.generation.BACKENDS``: the tests register it as ``fake`` (``tests/conftest.py``); elsewhere name it
+``sdft.generation.fake:FakeBackend``.
 """
 
 from __future__ import annotations
