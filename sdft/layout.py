@@ -236,6 +236,8 @@ def finish_stage(folder: Path, key: str, settings: dict, result: dict) -> None:
 def finished_result(folder: Path, key: str | None = None) -> dict | None:
     """The recorded result of a finished stage (of ``key`` when given; records older than keys match)."""
     record = read_stage(folder)
-    if not record or "result" not in record or record.get("key") not in (None, key) and key is not None:
+    if not record or "result" not in record:
+        return None
+    if key is not None and record.get("key") not in (None, key):
         return None
     return record["result"]

@@ -235,9 +235,9 @@ def resume_point(config, out: Path, run_key: dict) -> Path | None:
         before = json.loads((ckpt_dir / RUN_GUARD).read_text())
     except (OSError, ValueError):
         before = None
-    # Guards written before stage keys (no "key") hold other fields: they count as another key.
-    layout.refuse_other_key(ckpt_dir / RUN_GUARD, before and {"key": before.get("key", "old"), **before},
-                            run_key["key"], run_key["settings"])
+    if before is not None and "key" not in before:  # a guard written before stage keys: never the same run
+        before = {"key": "unkeyed", "settings": before.get("config", {})}
+    layout.refuse_other_key(ckpt_dir / RUN_GUARD, before, run_key["key"], run_key["settings"])
     return checkpoint
 
 
