@@ -43,7 +43,7 @@ def run_generate(name: str, task: GenerativeTask, examples: list[dict], session,
                  judge=None) -> dict:
     params = config.decoding(name, task.max_new_tokens, tuple(task.stop))
     settings = task_settings(name, task, config, params)
-    context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge)
+    context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge, out)
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]), key="key")
     # One cache unit per (item, sample); the plain id when there is one sample per item.
     keys = [(ex, j, ex["id"] if config.n_samples == 1 else f"{ex['id']}#{j}")

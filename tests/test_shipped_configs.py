@@ -105,8 +105,8 @@ def test_shipped_run_config_drives_every_stage(path, tmp_path, tiny_model):
 
 def _exercise_distill(config, tokenizer):
     from sdft import templates
+    from sdft.config import column_mapping
     from sdft.data import load_examples
-    from sdft.distill import column_mapping
     from sdft.filters import make_filter
     from sdft.generation import Completion
     from sdft.pipeline import stage_configs
@@ -126,12 +126,13 @@ def _exercise_distill(config, tokenizer):
 
 def _exercise_train(config, tokenizer):
     from sdft import train_data
+    from sdft.config import column_mapping
     from sdft.data import load_examples
     from sdft.pipeline import stage_configs
     from sdft.templates import DEFAULT_PROMPT, load_template, resolve_mode
 
     train = stage_configs(config)["train"]
-    examples = load_examples(config.data, shape=train.shape, columns=train_data.column_mapping(train.columns),
+    examples = load_examples(config.data, shape=train.shape, columns=column_mapping(train.columns),
                              input_separator=train.input_separator)
     pairs, _ = train_data.choose_targets(examples, None, train.seed)
     template = load_template(train.template or DEFAULT_PROMPT[train.task], "prompt")
@@ -143,15 +144,14 @@ def _exercise_eval(config, tokenizer):
     """Build every task with its options, load its data (as `sdft eval` does: a task whose default data
     is not installed is skipped, a named file must load), render prompts and score an answer."""
     from sdft.pipeline import stage_configs
-    from sdft.tasks import get_task
+    from sdft.tasks import ExternalTask, JudgedTask, LoglikelihoodTask, get_task
 
     evaluation = stage_configs(config)["eval"]
     data, options = evaluation.data_paths(), evaluation.task_options()
     for name in evaluation.tasks:
         opts = {"template_mode": evaluation.template_mode, **options.get(name, {})}
         task = get_task(name, data.get(name), **opts)
-        kind = getattr(task, "kind", "generate")
-        if kind == "external":
+        if isinstance(task, ExternalTask):
             task.build_arguments("/models/seed", None, evaluation)
             continue
         try:
@@ -163,10 +163,10 @@ def _exercise_eval(config, tokenizer):
         if tokenizer is None:
             continue
         for ex in examples:
-            if kind == "loglikelihood":
+            if isinstance(task, LoglikelihoodTask):
                 context, options_ = task.choices(ex)
                 assert options_
             else:
                 assert task.prompt(ex, tokenizer)
-                if not hasattr(task, "score_batch") and name != "humaneval":
+                if not isinstance(task, JudgedTask) and name != "humaneval":  # those grade in batches
                     assert task.score(ex, str(ex.get("reference", ""))) in (0.0, 0.5, 1.0)

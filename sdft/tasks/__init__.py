@@ -36,6 +36,7 @@ class TaskContext:
     settings_key: str = "nokey"        # the task's stage key: names caches of extra work (judge verdicts)
     cache_dir: Path | None = None      # where such caches live (None: no caching)
     judge: Any = None                  # a judge for JudgedTask (``ask(prompts) -> texts``, ``batch_size``)
+    out_dir: Path | None = None        # the eval folder, for tasks that export files beside results.json
 
 
 class Task(ABC):

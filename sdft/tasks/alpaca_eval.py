@@ -20,20 +20,16 @@ from pathlib import Path
 from sdft import carriers, templates
 from sdft.errors import ConfigError
 from sdft.store import write_json
-from sdft.tasks import Task
+from sdft.tasks import GenerativeTask, TaskContext
 
 OUTPUT_FILE = "alpaca_eval_outputs.json"
 
 
-class AlpacaEval(Task):
+class AlpacaEval(GenerativeTask):
     name = "alpaca_eval"
     metric = "answered"
     max_new_tokens = 512
     template = templates.PROMPT_TEMPLATES["alpaca"]
-
-    def __init__(self, data_path: str | None = None, **options):
-        super().__init__(data_path, **options)
-        self.cache_dir = None  # set by the evaluation driver: <out>/generations/.cache
 
     def examples(self) -> list[dict]:
         if not self.data_path:
@@ -57,10 +53,10 @@ class AlpacaEval(Task):
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         return (1.0, "answered") if completion.strip() else (0.0, "empty")
 
-    def aggregate(self, scores: list[float], records: list[dict]) -> dict:
+    def aggregate(self, scores: list[float], records: list[dict], context: TaskContext | None = None) -> dict:
         entry = super().aggregate(scores, records)
-        if self.cache_dir is not None:
-            out = Path(self.cache_dir).parents[1] / OUTPUT_FILE
+        if context is not None and context.out_dir is not None:
+            out = Path(context.out_dir) / OUTPUT_FILE
             generator = self.options.get("generator") or out.parent.name
             write_json(out, alpaca_eval_outputs(records, self._by_id, generator))
             entry["exported"] = str(out)
