@@ -28,6 +28,7 @@ from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, fiel
 from sdft.errors import ConfigError, SdftError
 from sdft.templates import Mode
 from sdft.train_guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
+from sdft.train_speed import auto_precision, base_dtype, compile_body, sft_trainer_class
 
 # Reference values of the paper's runs (paper-method §4). Epochs: 2 for general data, 5 for GSM8K and
 # OpenFunctions (pass --epochs 5 there).
@@ -72,7 +73,11 @@ class TrainConfig(Validated):
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
                                     help="modules that get LoRA adapters, or all-linear")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        "auto", "auto: fp32 on CPU, bf16 (or fp16) mixed precision on a GPU")
+        "auto", "auto: bf16 (or fp16) mixed precision on a GPU, bf16 on CPUs with bf16 matrix units (AVX512-BF16, "
+                "AMX), else fp32; with LoRA, bf16 also stores the frozen base in bf16")
+    response_only_logits: bool = field(True, "project only response positions through the LM head (same loss, "
+                                             "less work); off = TRL's default on CPUs, every position")
+    compile: bool = field(False, "torch.compile the transformer body (pays a compile time at the start)")
     gradient_checkpointing: bool = field(False, "recompute activations to save memory (slower)")
     # Not keyed: checkpoint cadence, logging and what happens to the folder do not change the weights.
     save_steps: int = field(50, "write a checkpoint every N optimizer steps", keyed=False)
@@ -130,9 +135,7 @@ def _device(config: TrainConfig) -> tuple[bool, str]:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise SdftError("--method qlora needs the bitsandbytes package: pip install bitsandbytes") from None
-    precision = config.precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    precision = auto_precision(cuda) if config.precision == "auto" else config.precision
     if precision == "fp16" and not cuda:
         raise ConfigError("--precision fp16 needs a GPU; use fp32 (or bf16) on the CPU")
     return cuda, precision
@@ -142,11 +145,11 @@ def _load_model(config: TrainConfig, precision: str):
     from sdft.models import load_model_and_tokenizer, load_tokenizer, resolve_model
 
     if config.method != "qlora":
-        # fp32 master weights whatever the checkpoint's dtype: bf16/fp16 runs are the Trainer's autocast, so
-        # optimizer updates are never lost to low-precision rounding. Loaded on the CPU: the Trainer moves it
-        # to each process's own device.
-        model, tokenizer = load_model_and_tokenizer(config.model, dtype="float32", device="cpu",
-                                                    for_training=True)
+        # Trainable weights are fp32 whatever the checkpoint's dtype (bf16/fp16 runs are the Trainer's autocast),
+        # so optimizer updates are never lost to low-precision rounding; a frozen LoRA base may be bf16
+        # (sdft.train_speed.base_dtype). Loaded on the CPU: the Trainer moves it to each process's own device.
+        model, tokenizer = load_model_and_tokenizer(config.model, dtype=base_dtype(config.method, precision),
+                                                    device="cpu", for_training=True)
         if config.method == "full":
             model.requires_grad_(True)
         return model, tokenizer
@@ -308,7 +311,7 @@ def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, 
     import datasets
     from accelerate import PartialState
     from transformers import PrinterCallback, ProgressCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from sdft.store import write_json
 
@@ -337,12 +340,15 @@ def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, 
     progress = _progress_callback(config.logging_steps, steps)
     datasets.disable_progress_bars()  # tokenizing a few thousand rows needs no progress bars
     try:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=_peft_config(config), callbacks=[progress])
+        trainer = sft_trainer_class(config.response_only_logits)(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+            peft_config=_peft_config(config), callbacks=[progress])
     finally:
         datasets.enable_progress_bars()
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    if config.compile:
+        compile_body(trainer.model)
     return trainer, progress
 
 
@@ -374,8 +380,8 @@ def _merge(config: TrainConfig, trained, tokenizer, target: Path) -> str:
 
     from sdft.models import load_model_and_tokenizer, resolve_model
 
-    if config.method == "qlora":
-        # A 4-bit base would be merged lossily: fold the saved adapter into a full-precision copy instead.
+    if config.method == "qlora" or trained.get_base_model().dtype != torch.float32:
+        # A 4-bit or bf16 base would be merged lossily: fold the saved adapter into a full-precision copy instead.
         from peft import PeftModel
 
         base, _ = load_model_and_tokenizer(config.model, dtype="float32", device="cpu")

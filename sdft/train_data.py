@@ -270,6 +270,7 @@ def write_record(run) -> dict:
     from sdft.config import to_dict
     from sdft.provenance import run_record
     from sdft.store import write_json
+    from sdft.train_speed import base_dtype
 
     config, state = run.config, run.trainer.state
     out = Path(config.out)
@@ -285,6 +286,7 @@ def write_record(run) -> dict:
         "training": {"steps": state.global_step, "planned_steps": run.steps,
                      "epochs": round(state.global_step * global_batch / len(run.lengths), 3),
                      "processes": run.world, "global_batch": global_batch, "precision": run.precision,
+                     "base_weights_dtype": base_dtype(config.method, run.precision),
                      "device": "cuda" if run.cuda else "cpu", **run.parameters,
                      "resumed_from": run.checkpoint.name if run.checkpoint else None},
         "loss": per_step,
