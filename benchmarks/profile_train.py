@@ -65,7 +65,13 @@ def label_regions(trainer) -> None:
     body = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
     wrap(body, "forward", "forward: body")
     wrap(trainer.accelerator, "backward", "backward")
-    wrap(trainer.data_collator, "__call__", "data: collate")
+    collate = trainer.data_collator  # called as a function: wrap the object, not its __call__
+
+    def labelled_collate(features):
+        with region("data: collate"):
+            return collate(features)
+
+    trainer.data_collator = labelled_collate
 
 
 def profile(config, steps: int) -> tuple[float, object, int]:

@@ -28,7 +28,7 @@ from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, fiel
 from sdft.errors import ConfigError, SdftError
 from sdft.templates import Mode
 from sdft.train_guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
-from sdft.train_speed import auto_precision, base_dtype, compile_body, sft_trainer_class
+from sdft.train_speed import auto_precision, base_dtype, compile_body, sft_trainer_class, should_compile
 
 # Reference values of the paper's runs (paper-method §4). Epochs: 2 for general data, 5 for GSM8K and
 # OpenFunctions (pass --epochs 5 there).
@@ -75,9 +75,12 @@ class TrainConfig(Validated):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         "auto", "auto: bf16 (or fp16) mixed precision on a GPU, bf16 on CPUs with bf16 matrix units (AVX512-BF16, "
                 "AMX), else fp32; with LoRA, bf16 also stores the frozen base in bf16")
+    # Not keyed: speed only; the weights agree within float rounding (tests/test_train_speed.py).
     response_only_logits: bool = field(True, "project only response positions through the LM head (same loss, "
-                                             "less work); off = TRL's default on CPUs, every position")
-    compile: bool = field(False, "torch.compile the transformer body (pays a compile time at the start)")
+                                             "less work); off = TRL's default on CPUs, every position", keyed=False)
+    compile: Literal["auto", "on", "off"] = field(
+        "auto", "torch.compile each decoder layer; auto: on a CPU with a C++ compiler, for a model of 10M+ "
+                "parameters and a run of 64+ examples (compiling takes about a minute)", keyed=False)
     gradient_checkpointing: bool = field(False, "recompute activations to save memory (slower)")
     # Not keyed: checkpoint cadence, logging and what happens to the folder do not change the weights.
     save_steps: int = field(50, "write a checkpoint every N optimizer steps", keyed=False)
@@ -242,6 +245,7 @@ class Run:
     cuda: bool
     started: float
     parameters: dict  # trainable and total, counted before a --merge folds the adapter away
+    compiled: bool
 
     @property
     def world(self) -> int:
@@ -302,8 +306,11 @@ def prepare(config: TrainConfig) -> Run:
     params = list(trainer.model.parameters())
     parameters = {"trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
                   "total_parameters": sum(p.numel() for p in params)}
+    compiled = should_compile(config.compile, cuda, parameters["total_parameters"], steps * global_batch)
+    if compiled:
+        compile_body(trainer.model)
     return Run(config, trainer, progress, targets, lengths, order, steps, counts, checkpoint, data_sha,
-               template.name, mode, precision, cuda, started, parameters)
+               template.name, mode, precision, cuda, started, parameters, compiled)
 
 
 def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision, run_key):
@@ -347,8 +354,6 @@ def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, 
         datasets.enable_progress_bars()
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    if config.compile:
-        compile_body(trainer.model)
     return trainer, progress
 
 

@@ -286,7 +286,7 @@ def write_record(run) -> dict:
         "training": {"steps": state.global_step, "planned_steps": run.steps,
                      "epochs": round(state.global_step * global_batch / len(run.lengths), 3),
                      "processes": run.world, "global_batch": global_batch, "precision": run.precision,
-                     "base_weights_dtype": base_dtype(config.method, run.precision),
+                     "base_weights_dtype": base_dtype(config.method, run.precision), "compiled": run.compiled,
                      "device": "cuda" if run.cuda else "cpu", **run.parameters,
                      "resumed_from": run.checkpoint.name if run.checkpoint else None},
         "loss": per_step,

@@ -9,7 +9,7 @@ from sdft import train_speed
 from sdft.train import prepare, train
 
 # Before this change, on a CPU: fp32 weights and autocast off, every position through the LM head.
-PREVIOUS = {"precision": "fp32", "response_only_logits": False}
+PREVIOUS = {"precision": "fp32", "response_only_logits": False, "compile": "off"}
 
 
 def losses(result) -> list[float]:
@@ -63,6 +63,25 @@ def test_lora_base_is_bf16_and_adapters_fp32(tiny_model, repeated_data, tmp_path
     full = prepare(config(tiny_model, repeated_data, tmp_path / "full", precision="bf16", method="full",
                           max_steps=1))
     assert {p.dtype for p in full.trainer.model.parameters()} == {torch.float32}  # master weights
+
+
+@pytest.mark.slow  # compiling the tiny model's layers takes about a minute here
+def test_compiled_layers_give_the_same_loss_curve(tiny_model, repeated_data, tmp_path):
+    before = losses(train(config(tiny_model, repeated_data, tmp_path / "before", **PREVIOUS)))
+    result = train(config(tiny_model, repeated_data, tmp_path / "after", precision="fp32", compile="on"))
+    assert result["training"]["compiled"]
+    assert losses(result) == pytest.approx(before, rel=1e-4, abs=1e-5)
+
+
+def test_compile_auto_only_where_it_pays(monkeypatch):
+    monkeypatch.setattr(train_speed, "has_cpu_compiler", lambda: True)
+    assert train_speed.should_compile("auto", False, 135_000_000, 128)
+    assert not train_speed.should_compile("auto", False, 20_000, 128)  # the tiny test model
+    assert not train_speed.should_compile("auto", False, 135_000_000, 8)  # a few steps
+    assert not train_speed.should_compile("auto", True, 135_000_000, 128)  # GPU: not measured
+    assert train_speed.should_compile("on", True, 1, 1) and not train_speed.should_compile("off", False, 10**9, 10**6)
+    monkeypatch.setattr(train_speed, "has_cpu_compiler", lambda: False)
+    assert not train_speed.should_compile("auto", False, 135_000_000, 128)
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
