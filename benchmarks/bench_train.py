@@ -5,8 +5,8 @@ head. Current: the defaults (``--precision auto`` = bf16 on CPUs with bf16 matri
 base stored in bf16; logits and loss on response positions only; decoder layers compiled). Both train the same LoRA (r=8 on q/v) on
 the same GSM8K examples in the same order for the same steps; the first step of each is a warm-up and not
 timed. Per seed it prints train tokens/s (real tokens, prompt included, padding not) in wall and CPU time,
-the speed-up, both loss curves, and MFU: model FLOPs (4 x parameters per token for LoRA: forward plus the
-input gradients; 6 x for --method full) over the bf16 matmul peak measured on this machine in the same run.
+the speed-up, both loss curves, and MFU: model FLOPs (4 x matmul parameters per token for LoRA: forward
+plus the input gradients; 6 x for --method full; attention scores not counted) over the bf16 matmul peak measured on this machine in the same run.
 
     .venv/bin/python benchmarks/bench_train.py [--models smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct
         --steps 3 --batch-size 4 --max-length 256 --data ../shared/data/sdft-paper/gsm8k_train.json]
@@ -82,7 +82,11 @@ def measure(config) -> dict:
     run.trainer.train()
     history = run.trainer.state.log_history
     model = run.trainer.model
-    params = sum(p.numel() for p in (model.get_base_model() if hasattr(model, "get_base_model") else model).parameters())
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Matmul weights: an input embedding is a lookup, unless it is tied to (is) the LM head.
+    embedding = model.get_input_embeddings().weight
+    tied = embedding is model.get_output_embeddings().weight
+    params = sum(p.numel() for p in model.parameters()) - (0 if tied else embedding.numel())
     return {"tokens_per_s": timer.tokens / timer.seconds, "tokens_per_cpu_s": timer.tokens / timer.cpu_seconds,
             "tokens": timer.tokens, "seconds": timer.seconds, "precision": run.precision,
             "losses": [h["loss"] for h in history if "loss" in h and "step" in h], "parameters": params}
@@ -107,7 +111,7 @@ def bench_model(model: str, args, peak: float) -> None:
                                  save_steps=10**6, logging_steps=10**6, **settings)
             results[name] = measure(config)
     flops_per_token = (6 if args.method == "full" else 4) * results["current"]["parameters"]
-    print(f"\n{model} ({results['current']['parameters'] / 1e6:.0f}M parameters), {args.method}, "
+    print(f"\n{model} ({results['current']['parameters'] / 1e6:.0f}M matmul parameters), {args.method}, "
           f"{args.steps} steps x batch {args.batch_size} x <= {args.max_length} tokens (first step not timed)")
     for name, r in results.items():
         mfu = r["tokens_per_s"] * flops_per_token / peak
