@@ -306,9 +306,8 @@ def prepare(config: TrainConfig) -> Run:
     params = list(trainer.model.parameters())
     parameters = {"trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
                   "total_parameters": sum(p.numel() for p in params)}
-    compiled = should_compile(config.compile, cuda, parameters["total_parameters"], steps * global_batch)
-    if compiled:
-        compile_body(trainer.model)
+    compiled = (should_compile(config.compile, cuda, parameters["total_parameters"], steps * global_batch)
+                and compile_body(trainer.model))
     return Run(config, trainer, progress, targets, lengths, order, steps, counts, checkpoint, data_sha,
                template.name, mode, precision, cuda, started, parameters, compiled)
 

@@ -104,12 +104,18 @@ def should_compile(setting: str, cuda: bool, parameters: int, examples: int) -> 
             and has_cpu_compiler())
 
 
-def compile_body(model) -> None:
+def compile_body(model) -> bool:
     """``torch.compile`` each decoder layer of the transformer body, in place: PyTorch's regional compilation.
     The layers share one code path, so the first one's compiled graph serves them all and compile time does
     not grow with depth. What it buys on a CPU is fusion of the element-wise work (RMSNorm, rotary embedding,
     SiLU gate, residual adds, casts) that bf16 matmuls leave dominant. Not the LM head: its input size changes
-    with every batch's response length. Sequence lengths vary, so shapes are dynamic from the start."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for layer in base.model.layers:
-        layer.compile(dynamic=True)
+    with every batch's response length. Sequence lengths vary, so shapes are dynamic from the start.
+    Returns False (nothing compiled) for a model without a list of identical blocks."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
+            for block in module:
+                block.compile(dynamic=True)
+            return True
+    return False
