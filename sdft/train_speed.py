@@ -2,7 +2,8 @@
 ``torch.compile``. Profile and measurements: docs/performance.md.
 
 Each choice here changes speed, not what is learned (within bf16 rounding where bf16 is chosen); each is
-recorded in ``train.json`` under ``training.speed``.
+recorded in ``train.json`` (``training.precision``, ``training.base_weights_dtype``, ``training.compiled``,
+and the config's ``response_only_logits``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import contextlib
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX): there bf16 is about twice as
-    fast as fp32; elsewhere oneDNN emulates bf16 and it is slower than fp32."""
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX): there a bf16 matmul is
+    several times faster than fp32 (docs/performance.md); elsewhere oneDNN emulates bf16, slower than fp32."""
     import torch
 
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
