@@ -19,7 +19,8 @@ from sdft.errors import SdftError, environment_problem
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "setup": ("sdft.models", "SetupConfig", "setup", "provision the embedded seed model (offline)"),
     "distill": ("sdft.distill", "DistillConfig", "distill", "rewrite a dataset's responses with the seed model"),
-    "train": ("sdft.train", "TrainConfig", "train", "fine-tune on original, distilled or mixed data"),
+    "train": ("sdft.train", "TrainConfig", "train",
+              "fine-tune: original or distilled targets, replay mix, or on-policy self-distillation"),
     "shift": ("sdft.shift", "ShiftConfig", "parameter_shift", "L2 norm of the weight change per module"),
     "eval": ("sdft.evaluate", "EvalConfig", "evaluate", "evaluate a model on benchmark tasks"),
     "analyze": ("sdft.analyze", "AnalyzeConfig", "analyze", "distribution shift between two evaluations"),

@@ -9,6 +9,7 @@ helpers from here. ``sdft run`` lays a run out as::
     RUN/train/LABEL-KEY/        adapter (or weights) train.json loss.png checkpoints/ stage.json
     RUN/eval/LABEL-KEY/         results.json generations/TASK.jsonl generations/.cache/ stage.json
     RUN/eval/LABEL-KEY/compare/ answer_shift.json weight_shift.json stage.json
+    RUN/interp/LABEL-KEY/       a scaled copy of vanilla's adapter, interp.json, stage.json (the interp arm)
 
 The manifest has one :class:`Arm` per model (the seed and every trained arm, named), so a new kind of
 training arm adds entries, not keys. Manifests written before this module (no ``schema``) are read by
@@ -40,8 +41,9 @@ ANSWER_SHIFT = "answer_shift.json"  # how far the answers moved (BLEU, ROUGE, co
 WEIGHT_SHIFT = "weight_shift.json"  # how far the weights moved (L2 of the change)
 RUN_GUARD = "sdft-run.json"       # in checkpoints/: the key a resumed training run must share with the first
 DISTILL, TRAIN, EVAL = "distill", "train", "eval"  # the stage folders of a run
+INTERP, INTERP_RECORD = "interp", "interp.json"  # the interp arm's scaled adapters (sdft.interp)
 PLOT_FILES = {"mix_ratio": "mix_ratio.png", "shift_vs_mix": "shift_vs_mix.png", "sample_size": "sample_size.png",
-              "similarity": "similarity.png", "loss": LOSS_PLOT}
+              "similarity": "similarity.png", "loss": LOSS_PLOT, "arms": "arms.png", "interp": "interp.png"}
 
 
 def stage_dir(run_dir: Path, stage: str, label: str, key: str) -> Path:
@@ -174,6 +176,12 @@ class Manifest:
 
     def trained(self) -> list[Arm]:
         return [arm for arm in self.arms.values() if arm.trained]
+
+    @property
+    def has_other_arms(self) -> bool:
+        """Whether models of arms other than vanilla / SDFT / their mixtures are in the comparison (the report
+        then adds what only such runs need: each arm against vanilla, costs, an all-arms plot)."""
+        return any(arm.recipe not in ("seed", "mix") for arm in self.arms.values())
 
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "name": self.name, "model": self.model, "data": self.data, "task": self.task,

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from sdft import layout
+from sdft import arms, layout
+from sdft.arms import ARMS, DEFAULT_ARMS
 from sdft.config import (DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, from_dict, keyed_settings,
                          load_yaml, stage_key, to_dict)
 from sdft.distill import DistillConfig
@@ -55,6 +56,11 @@ class RunConfig(Validated):
                                    help="eval tasks whose answers are compared with the seed's (default: all generative)")
     mix_ratios: list[float] = field(default_factory=lambda: [0.0, 1.0], help="share of rewrites used in training")
     sample_sizes: list[int] = field(default_factory=list, help="training-set sizes to sweep (at mix 0 and 1)")
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS),
+                            help=f"arms to train and compare: {', '.join(ARMS)} (docs/arms.md)")
+    replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens")
+    onpolicy: dict = field(default_factory=dict, help="onpolicy arms: sdft train --onpolicy-* keys without the prefix")
+    interp: dict = field(default_factory=dict, help="interp arm: alphas (0 = seed, 1 = vanilla)")
 
     def validate(self) -> None:
         if not self.name or not self.data:
@@ -67,6 +73,15 @@ class RunConfig(Validated):
             if clash:
                 raise ConfigError(f"section '{section}' may not set {', '.join(sorted(clash))}: "
                                   "the pipeline sets them (use the top-level keys)")
+        per_arm = sorted(k for k in self.train if k == "objective" or k.startswith(("replay_", "onpolicy_")))
+        if per_arm:
+            raise ConfigError(f"section 'train' may not set {', '.join(per_arm)}: they belong to arms "
+                              "(use 'arms' and the replay / onpolicy sections)")
+        arms.check(self.arms, self.arm_sections, self.train)
+
+    @property
+    def arm_sections(self) -> dict:
+        return {"replay": self.replay, "onpolicy": self.onpolicy, "interp": self.interp}
 
     @property
     def run_dir(self) -> Path:
@@ -110,6 +125,9 @@ def stage_configs(config: RunConfig) -> dict:
         path = spec.partition("=")[2]
         if _looks_local(path) and not Path(path).exists():
             raise ConfigError(f"eval data file '{path}' (from '{spec}') not found")
+    replay_data = config.replay.get("data")
+    if replay_data and _looks_local(str(replay_data)) and not Path(replay_data).exists():
+        raise ConfigError(f"replay data file '{replay_data}' not found")
     return {"distill": distill, "train": train, "eval": evaluation}
 
 
@@ -148,16 +166,9 @@ def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dic
     return result
 
 
-def sweep_points(config: RunConfig) -> list[dict]:
-    """(label, mix ratio, sample size) of every model to train; vanilla and SDFT always included."""
-    points = {(r, None) for r in {0.0, 1.0, *config.mix_ratios}}
-    points |= {(r, n) for n in config.sample_sizes for r in (0.0, 1.0)}
-    labels = {0.0: "vanilla", 1.0: "sdft"}
-    out = []
-    for ratio, size in sorted(points, key=lambda p: (p[1] or 0, p[0])):
-        label = labels.get(ratio, f"mix{ratio:g}") + (f"-n{size}" if size else "")
-        out.append({"label": label, "mix_ratio": ratio, "sample_size": size})
-    return out
+def sweep_points(config: RunConfig) -> list[arms.Point]:
+    """Every model to train: each arm, the sdft arm's mix-ratio sweep and the sample sizes."""
+    return arms.train_points(config.arms, config.arm_sections, config.mix_ratios, config.sample_sizes)
 
 
 def run(config: RunConfig, log=print) -> Manifest:
@@ -181,20 +192,30 @@ def run(config: RunConfig, log=print) -> Manifest:
         lambda f: distill(replace(distill_config, out=str(f))), log))
     distilled = str(distill_dir / layout.DISTILLED)
 
-    for point in sweep_points(config):
-        train_config = replace(stages["train"], mix_ratio=point["mix_ratio"], limit=point["sample_size"])
-        key = stage_key(train_config, distill_key)
-        folder = layout.stage_dir(run_dir, layout.TRAIN, point["label"], key[:KEY_LENGTH])
-        trained = StageRecord(str(folder), run_stage(
-            folder, key, keyed_settings(train_config),
-            lambda f, c=train_config: _train(replace(c, data=distilled, out=str(f))), log))
-        arm = Arm(point["label"], "mix", _evaluate(stages["eval"], run_dir, point["label"], str(folder), key, log),
-                  params={"mix_ratio": point["mix_ratio"], "sample_size": point["sample_size"]}, train=trained)
+    def finish(label: str, recipe: str, params: dict, trained: StageRecord, key: str) -> None:
+        """Evaluate a trained (or interpolated) model, compare it with the seed, add it to the manifest."""
+        arm = Arm(label, recipe, _evaluate(stages["eval"], run_dir, label, trained.dir, key, log), params=params,
+                  train=trained)
         compare_dir = Path(arm.eval.dir) / layout.COMPARE
         compared = run_stage(compare_dir, stage_key(manifest.seed.eval.dir, arm.eval.dir), {"vs": "seed"},
                              lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f), log)
         arm.answer_shift, arm.weight_shift = compared["answer_shift"], compared["weight_shift"]
         manifest.arms[arm.label] = arm
+
+    for point in sweep_points(config):
+        train_config = replace(stages["train"], mix_ratio=point.mix_ratio, limit=point.sample_size,
+                               **point.overrides)
+        key = stage_key(train_config, distill_key)
+        folder = layout.stage_dir(run_dir, layout.TRAIN, point.label, key[:KEY_LENGTH])
+        trained = StageRecord(str(folder), run_stage(
+            folder, key, keyed_settings(train_config),
+            lambda f, c=train_config: _train(replace(c, data=distilled, out=str(f))), log))
+        finish(point.label, point.recipe, point.params, trained, key)
+    for label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
+        vanilla = manifest.arms["vanilla"]
+        key = stage_key({"alpha": alpha}, stage_key(vanilla.train.dir))
+        finish(label, "interp", {"alpha": alpha, "from": "vanilla"}, _interpolate(vanilla, label, alpha, key,
+                                                                                   run_dir, log), key)
     manifest.write(run_dir)
     paths = report.write_report(run_dir)
     log(f"report: {paths['md']}\n        {paths['html']}")
@@ -209,6 +230,15 @@ def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream
     folder = layout.stage_dir(run_dir, layout.EVAL, label, key[:KEY_LENGTH])
     result = run_stage(folder, key, keyed_settings(config), lambda f: evaluate(replace(config, out=str(f))), log)
     return StageRecord(str(folder), result)
+
+
+def _interpolate(vanilla: Arm, label: str, alpha: float, key: str, run_dir: Path, log) -> StageRecord:
+    """The interp arm at one alpha: the vanilla adapter scaled (WiSE-FT) into ``RUN/interp/LABEL-KEY``."""
+    from sdft.interp import scale_adapter
+
+    folder = layout.stage_dir(run_dir, layout.INTERP, label, key[:KEY_LENGTH])
+    return StageRecord(str(folder), run_stage(folder, key, {"alpha": alpha, "from": vanilla.train.dir},
+                                              lambda f: scale_adapter(vanilla.train.dir, f, alpha), log))
 
 
 def _train(config) -> dict:

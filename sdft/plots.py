@@ -21,7 +21,9 @@ def make_plots(manifest: Manifest, run_dir: Path) -> list[tuple[str, Path]]:
                                ("Distance from the seed vs mix ratio", "shift_vs_mix", _shift_vs_mix),
                                ("Metrics vs training-set size (paper Figs 7-8)", "sample_size", _vs_size),
                                ("Embedding similarity to the seed's answers (paper Fig 9)", "similarity", _similarity),
-                               ("Training loss", "loss", None))):
+                               ("Training loss", "loss", None),
+                               ("Every model on every metric", "arms", _arms),
+                               ("Weight interpolation between the seed (0) and vanilla (1)", "interp", _interp))):
         path = folder / layout.PLOT_FILES[name]
         drawn = _losses(manifest, run_dir, path) if draw is None else draw(manifest, path)
         if drawn:
@@ -118,7 +120,8 @@ def _similarity_values(arm: Arm) -> list[float]:
 
 
 def _similarity(manifest: Manifest, path: Path) -> bool:
-    models = {label: _similarity_values(a) for label, a in manifest.arms.items() if label in ("vanilla", "sdft")}
+    shown = (lambda a: a.trained) if manifest.has_other_arms else (lambda a: a.label in ("vanilla", "sdft"))
+    models = {label: _similarity_values(a) for label, a in manifest.arms.items() if shown(a)}
     if not any(models.values()):
         return False
     fig, ax = _new_figure()
@@ -153,4 +156,42 @@ def loss_plot(series: dict[str, list[dict]], path: Path, title: str = "") -> boo
     ax.set_ylabel("training loss (response tokens)")
     if title:
         ax.set_title(title, fontsize=10)
+    return _save(fig, ax, path)
+
+
+def _arms(manifest: Manifest, path: Path) -> bool:
+    """Grouped bars: one group per task metric, one bar per model (seed included), with 95% intervals."""
+    import numpy as np
+
+    per_model = {label: arm.metrics() for label, arm in manifest.arms.items()}
+    keys = sorted({k for metrics in per_model.values() for k in metrics})
+    if not manifest.has_other_arms or not keys:
+        return False
+    fig, ax = _new_figure()
+    width = 0.8 / len(per_model)
+    for i, (label, metrics) in enumerate(per_model.items()):
+        xs = np.arange(len(keys)) + i * width
+        ax.bar(xs, [100 * (metrics[k].value if k in metrics else 0) for k in keys], width, label=label)
+        for x, k in zip(xs, keys):
+            metric = metrics.get(k)
+            if metric and metric.ci95 and None not in metric.ci95:
+                low, high = metric.ci95
+                ax.errorbar(x, 100 * metric.value, yerr=[[100 * (metric.value - low)], [100 * (high - metric.value)]],
+                            color="black", capsize=2, linewidth=0.8)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys, rotation=20, fontsize=7, ha="right")
+    ax.set_ylabel("score (%)")
+    return _save(fig, ax, path)
+
+
+def _interp(manifest: Manifest, path: Path) -> bool:
+    """Metrics against alpha: the seed at 0, the interpolated models between, vanilla at 1."""
+    points = sorted((a for a in manifest.arms.values() if a.recipe == "interp"), key=lambda a: a.params["alpha"])
+    if not points or "vanilla" not in manifest.arms:
+        return False
+    ends = [(0.0, manifest.seed), *((a.params["alpha"], a) for a in points), (1.0, manifest.arms["vanilla"])]
+    fig, ax = _new_figure()
+    for key, values in _metric_series([arm for _, arm in ends]).items():
+        ax.plot([alpha for alpha, _ in ends], [v * 100 for v in values], marker="o", label=key)
+    ax.set_xlabel("alpha (0 = seed, 1 = vanilla fine-tuned)")
+    ax.set_ylabel("score (%)")
     return _save(fig, ax, path)

@@ -16,6 +16,7 @@ from sdft import layout, plots
 from sdft.config import field
 from sdft.errors import ConfigError
 from sdft.layout import Arm, Manifest
+from sdft import report_cost
 from sdft.store import read_jsonl
 from sdft.stats import Metric
 
@@ -144,7 +145,7 @@ def paired_section(manifest: Manifest, generations: dict) -> str:
     rows = []
     for label, arm in manifest.arms.items():
         baseline = _vanilla_for(manifest, arm)
-        if not arm.mix_ratio or baseline is None:
+        if label in ("seed", baseline) or baseline is None:
             continue
         ours, theirs = _item_scores(generations[label]), _item_scores(generations[baseline])
         for task in sorted(set(ours) & set(theirs)):
@@ -160,19 +161,30 @@ def paired_section(manifest: Manifest, generations: dict) -> str:
                          "–" if c["p"] is None else f"{c['p']:.3f}"])
     if not rows:
         return ""
-    return _section("Rewrites vs original targets, item by item",
+    title, what = (("Each arm vs vanilla, item by item", "Each model (rewrites, other arms)")
+                   if manifest.has_other_arms else ("Rewrites vs original targets, item by item",
+                                                    "Each model trained on rewrites"))
+    return _section(title,
                     ["comparison", "task/metric", "items", "difference (points) [95%]", "better", "worse",
                      "McNemar p"], rows,
-                    "Each model trained on rewrites against vanilla trained on the same examples, on the same "
+                    f"{what} against vanilla trained on the same examples, on the same "
                     "evaluation items: the difference of their scores with a paired 95% interval, how many items "
                     "the first scored higher / lower on, and for 0/1 scores the exact McNemar p-value (interval: "
                     "Bonett-Price adjusted Wald for paired proportions). With one training run per arm this is "
                     "evaluation noise only, not training-seed variance.")
 
 
+def cost_section(manifest: Manifest) -> str:
+    if not manifest.has_other_arms:  # vanilla vs SDFT: the distillation section states the one extra cost
+        return ""
+    rows, caption = report_cost.cost_table(manifest)
+    return _section("Training cost per arm", report_cost.HEADER, rows, caption) if rows else ""
+
+
 def _vanilla_for(manifest: Manifest, arm: Arm) -> str | None:
+    """Vanilla (the "mix" recipe at mix 0) trained on as many examples as ``arm``."""
     return next((label for label, other in manifest.arms.items()
-                 if other.recipe == arm.recipe and other.mix_ratio == 0 and other.sample_size == arm.sample_size),
+                 if other.recipe == "mix" and other.mix_ratio == 0 and other.sample_size == arm.sample_size),
                 None)
 
 
@@ -247,7 +259,8 @@ def write_report(run_dir: Path) -> dict[str, Path]:
              f"{manifest.task}). Every stage's settings are in its folder's `{layout.STAGE}` and "
              f"`{layout.RUN_RECORD}`.\n",
              results_section(manifest), paired_section(manifest, generations),
-             distill_section(manifest, run_dir), length_section(generations), shift_section(manifest)]
+             distill_section(manifest, run_dir), length_section(generations), shift_section(manifest),
+             cost_section(manifest)]
     if images:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{title}]({layout.PLOTS}/{path.name})"
                                                      for title, path in images))

@@ -163,10 +163,7 @@ def render(template: Template, instruction: str, *, reference: str | None = None
     user_text = _fill(template.user, instruction, reference)
     concrete = resolve_mode(mode, tokenizer) if tokenizer is not None else ("plain" if mode == "auto" else mode)
     if concrete == "chat":
-        messages = [{"role": "system", "content": system_text}] if system_text else []
-        for user_turn, assistant_turn in history or []:
-            messages += [{"role": "user", "content": user_turn}, {"role": "assistant", "content": assistant_turn}]
-        messages.append({"role": "user", "content": user_text})
+        messages = chat_messages(system_text, user_text, history)
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return prompt + template.assistant_prefix
     if history:
@@ -175,3 +172,21 @@ def render(template: Template, instruction: str, *, reference: str | None = None
         system_text = f"{system_text}\n\n{past}" if system_text else past
     body = _fill(template.plain, instruction, reference, system_text, user_text)
     return body + template.assistant_prefix
+
+
+def chat_messages(system: str, user: str, history: list[tuple[str, str]] | None = None) -> list[dict]:
+    """The conversation a chat-mode prompt renders: system turn (when any), earlier turns, the user turn."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for user_turn, assistant_turn in history or []:
+        messages += [{"role": "user", "content": user_turn}, {"role": "assistant", "content": assistant_turn}]
+    messages.append({"role": "user", "content": user})
+    return messages
+
+
+def prompt_messages(template: Template, instruction: str, *, history: list[tuple[str, str]] | None = None,
+                    system: str | None = None) -> list[dict]:
+    """The messages ``render`` would pass to the chat template (trainers that apply it themselves)."""
+    if template.uses_reference:
+        raise ValueError(f"template '{template.name}' needs a reference answer")
+    return chat_messages(template.system if system is None else system, _fill(template.user, instruction, None),
+                         history)

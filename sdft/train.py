@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sdft import hub, layout, train_data, train_guards
+from sdft import hub, layout, onpolicy, replay, train_data, train_guards
 from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key
+from sdft.train_output import merge, progress_callback, summarize  # noqa: F401  (summarize: the CLI's)
 from sdft.errors import ConfigError, SdftError
 from sdft.templates import Mode
 from sdft.train_guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
@@ -91,6 +92,37 @@ class TrainConfig(Validated):
     merge: bool = field(False, "also write the LoRA merged into full weights to out/merged")
     logging_steps: int = field(10, "print progress every N steps (the loss is recorded every step)",
                                keyed=False)
+    # Arms beyond vanilla / SDFT (README "Arms"): replay mixing and on-policy self-distillation.
+    objective: Literal["sft", "onpolicy"] = field(
+        "sft", "sft: learn the target responses (vanilla, SDFT, replay); onpolicy: the student answers each "
+               "prompt and the same model shown the target response teaches it token by token (Shenfeld et "
+               "al. 2026, through TRL's experimental SDFTTrainer)")
+    replay_data: str | None = field(None, "general dataset (any shape) whose examples are mixed into the "
+                                          "training data: replay against forgetting")
+    replay_ratio: float | None = field(None, "replay examples per task example (0.25 = one for every four)")
+    replay_source: Literal["data", "seed"] = field(
+        "data", "replay targets: the file's own responses, or the seed model's greedy answers to its "
+                "instructions (generated once, cached in $SDFT_HOME/replay)")
+    replay_max_new_tokens: int = field(256, "token budget of the seed's replay answers (answers cut by it are dropped)")
+    onpolicy_teacher: Literal["base", "ema", "live"] = field(
+        "base", "onpolicy teacher: the frozen seed (base), an EMA of the student (ema, the authors' code) or "
+                "the student itself (live)")
+    onpolicy_teacher_update_rate: float = field(0.01, "ema teacher: weight of the student in each update "
+                                                      "(the authors' code: 0.01 every step)")
+    onpolicy_divergence: float = field(1.0, "onpolicy divergence: 1 = reverse KL(student || teacher), as the "
+                                            "paper and its code; 0 = forward KL; between = generalised JSD")
+    onpolicy_loss: Literal["full_logits", "topk_logits", "sampled_token"] = field(
+        "full_logits", "onpolicy: divergence over the whole vocabulary (the authors' code), the student's top-k "
+                       "tokens (TRL's default, cheaper for large vocabularies) or the sampled token only")
+    onpolicy_topk: int = field(100, "onpolicy_loss topk_logits: tokens in the support")
+    onpolicy_max_new_tokens: int = field(256, "onpolicy: length budget of the student's answer to each prompt")
+    onpolicy_temperature: float = field(1.0, "onpolicy: sampling temperature of the student's answers")
+    onpolicy_skip_tokens: int = field(3, "onpolicy: first answer tokens left out of the loss (the authors' code: 3)")
+    onpolicy_teacher_prompt: str = field(
+        "{prompt}\n\nThis is an example for a response to the question:\n{privileged_context}\n\n"
+        "Now answer with a response of your own, including the thinking process.",
+        "onpolicy: the teacher's user turn ({prompt} = the instruction, {privileged_context} = the target "
+        "response); default: the authors' code")
 
     def validate(self) -> None:
         if not self.data:
@@ -121,6 +153,8 @@ class TrainConfig(Validated):
             raise ConfigError("--merge applies to LoRA/QLoRA; full fine-tuning already writes full weights")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one")
+        replay.validate(self)
+        onpolicy.validate(self)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -180,36 +214,6 @@ def _peft_config(config: TrainConfig):
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
-def _progress_callback(every: int, total: int):
-    from transformers import TrainerCallback
-
-    class Progress(TrainerCallback):
-        """One line every ``every`` steps on the main process, and the wall time of this session's training
-        (for tokens/s); the Trainer's own printer would print every logged step as a dict."""
-
-        def __init__(self):
-            self.began = self.ended = None
-            self.tokens = 0.0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.began = time.perf_counter()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.ended = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            self.tokens = logs.get("num_tokens", self.tokens)
-            if "loss" not in logs or not state.is_world_process_zero:
-                return
-            if state.global_step % every == 0 or state.global_step == total:
-                rate = self.tokens / max(time.perf_counter() - self.began, 1e-9)
-                print(f"step {state.global_step}/{total}  loss {logs['loss']:.4f}  "
-                      f"lr {logs.get('learning_rate', 0):.2e}  {rate:.0f} tokens/s", flush=True)
-
-    return Progress()
-
-
 def _launched_processes() -> int:
     """Processes of this launch, read as accelerate reads them (torchrun or MPI variables): the batch order
     is laid out for all processes together before the Trainer exists."""
@@ -262,8 +266,9 @@ def prepare(config: TrainConfig) -> Run:
     config.validate()
     hub.configure()  # TRL's trainer pings the hub unless telemetry is off
     out = Path(config.out)
-    from sdft.data import load_examples
+    from sdft.data import is_distilled, load_examples
     from sdft.provenance import file_sha256
+    from sdft.models import load_tokenizer
     from sdft.templates import DEFAULT_PROMPT, load_template, resolve_mode
 
     data_path = Path(config.data)
@@ -275,13 +280,23 @@ def prepare(config: TrainConfig) -> Run:
     examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
                              input_separator=config.input_separator)
     examples = train_data.seeded_subset(examples, config.limit, config.seed)
-    pairs, counts = train_data.choose_targets(examples, config.mix_ratio, config.seed)
+    # On-policy distillation learns from the demonstrations themselves: on a distilled file, the originals.
+    mix = 0.0 if config.objective == "onpolicy" and examples and is_distilled(examples[0]) else config.mix_ratio
+    pairs, counts = train_data.choose_targets(examples, mix, config.seed)
+
+    template = load_template(config.template or DEFAULT_PROMPT[config.task], "prompt")
+    mode = resolve_mode(config.template_mode, load_tokenizer(config.model))
+    # Before the training model loads: the seed may have to answer the replay instructions first.
+    replayed, counts["replay"] = replay.train_pairs(config, len(pairs), mode)
 
     train_guards.check_lora_targets(config)  # before the weights load
     model, tokenizer = _load_model(config, precision)
-    template = load_template(config.template or DEFAULT_PROMPT[config.task], "prompt")
-    mode = resolve_mode(config.template_mode, tokenizer)
-    targets, counts["prompt_end_moved_to_token_boundary"] = train_data.build_targets(pairs, template, tokenizer, mode)
+    targets, moved = train_data.build_targets(pairs, template, tokenizer, mode)
+    if replayed:
+        replay_template = load_template(DEFAULT_PROMPT["general"], "prompt")
+        more, moved_too = train_data.build_targets(replayed, replay_template, tokenizer, mode, replay=True)
+        targets, moved = targets + more, moved + moved_too
+    counts["prompt_end_moved_to_token_boundary"] = moved
     prompt_lens, lengths = train_data.token_lengths(targets, tokenizer, config.max_length)
     # A prompt that fills max_length leaves no response token to learn from; TRL would drop it after
     # tokenizing, which would shift our batch order, so it is dropped (and counted) here instead.
@@ -291,8 +306,10 @@ def prepare(config: TrainConfig) -> Run:
                         "response token is left to train on; raise --max-length")
     targets = [targets[i] for i in keep]
     lengths = [lengths[i] for i in keep]
-    counts.update(examples=len(targets), dropped_too_long=len(prompt_lens) - len(keep),
-                  rewritten=sum(t.rewritten for t in targets), original=sum(not t.rewritten for t in targets))
+    task = [t for t in targets if not t.replay]
+    counts.update(examples=len(targets), dropped_too_long=len(prompt_lens) - len(keep), task_examples=len(task),
+                  replay_examples=len(targets) - len(task), rewritten=sum(t.rewritten for t in task),
+                  original=sum(not t.rewritten for t in task))
 
     world = _launched_processes()
     global_batch = config.batch_size * config.grad_accum * world
@@ -306,54 +323,75 @@ def prepare(config: TrainConfig) -> Run:
     params = list(trainer.model.parameters())
     parameters = {"trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
                   "total_parameters": sum(p.numel() for p in params)}
-    compiled = (should_compile(config.compile, cuda, parameters["total_parameters"], steps * global_batch)
+    # auto never compiles for onpolicy: generating answers of every length would recompile the layers.
+    setting = "off" if config.objective == "onpolicy" and config.compile == "auto" else config.compile
+    compiled = (should_compile(setting, cuda, parameters["total_parameters"], steps * global_batch)
                 and compile_body(trainer.model))
     return Run(config, trainer, progress, targets, lengths, order, steps, counts, checkpoint, data_sha,
                template.name, mode, precision, cuda, started, parameters, compiled)
 
 
-def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision, run_key):
-    """TRL's SFTTrainer reading ``order`` (already laid out for all epochs) as it is."""
-    import datasets
-    from accelerate import PartialState
-    from transformers import PrinterCallback, ProgressCallback
-    from trl import SFTConfig
-
-    from sdft.store import write_json
-
-    out = Path(config.out)
-    dataset = datasets.Dataset.from_dict({"prompt": [targets[i].prompt for i in order],
-                                          "completion": [targets[i].response for i in order]})
-    args = SFTConfig(
-        output_dir=str(out / layout.CHECKPOINTS), max_steps=steps, num_train_epochs=1,
+def training_args(config: TrainConfig, steps: int, cuda: bool, precision: str) -> dict:
+    """TrainingArguments shared by every objective, so that arms differ only in what they learn from."""
+    return dict(
+        output_dir=str(Path(config.out) / layout.CHECKPOINTS), max_steps=steps, num_train_epochs=1,
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
         warmup_steps=math.ceil(config.warmup_ratio * steps), weight_decay=config.weight_decay,
-        max_length=config.max_length, completion_only_loss=True, seed=config.seed, data_seed=config.seed,
-        train_sampling_strategy="sequential", dataloader_num_workers=0,
+        seed=config.seed, data_seed=config.seed, dataloader_num_workers=0,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda,
         activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         # Every parameter that trains is used in every forward, so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
         logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, report_to=[], disable_tqdm=True)
+
+
+def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision, run_key):
+    """TRL's SFTTrainer (or SDFTTrainer for --objective onpolicy) reading ``order`` (already laid out for
+    all epochs) as it is."""
+    import datasets
+    from accelerate import PartialState
+    from transformers import PrinterCallback, ProgressCallback
+
+    from sdft.store import write_json
+
+    out = Path(config.out)
     state = PartialState()
     if state.is_main_process:
         train_data.clean(out, checkpoint)
         write_json(out / layout.CHECKPOINTS / layout.RUN_GUARD, run_key)
     state.wait_for_everyone()
 
-    progress = _progress_callback(config.logging_steps, steps)
+    progress = progress_callback(config.logging_steps, steps)
+    args = training_args(config, steps, cuda, precision)
     datasets.disable_progress_bars()  # tokenizing a few thousand rows needs no progress bars
     try:
-        trainer = sft_trainer_class(config.response_only_logits)(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-            peft_config=_peft_config(config), callbacks=[progress])
+        if config.objective == "onpolicy":
+            from sdft import onpolicy
+
+            trainer = onpolicy.build_trainer(config, model, tokenizer, [targets[i] for i in order], args,
+                                             _peft_config(config), [progress])
+        else:
+            trainer = _sft_trainer(config, model, tokenizer, [targets[i] for i in order], args, [progress])
     finally:
         datasets.enable_progress_bars()
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer, progress
+
+
+def _sft_trainer(config, model, tokenizer, ordered: list, args: dict, callbacks: list):
+    import datasets
+    from trl import SFTConfig
+
+    dataset = datasets.Dataset.from_dict({"prompt": [t.prompt for t in ordered],
+                                          "completion": [t.response for t in ordered]})
+    sft_args = SFTConfig(**args, max_length=config.max_length, completion_only_loss=True,
+                         train_sampling_strategy="sequential")
+    return sft_trainer_class(config.response_only_logits)(
+        model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=_peft_config(config), callbacks=callbacks)
 
 
 def train(config: TrainConfig) -> dict:
@@ -371,52 +409,7 @@ def train(config: TrainConfig) -> dict:
     result = {"main_process": run.is_main, "out": str(out), "method": config.method}
     if run.is_main:
         if config.merge:
-            result["merged"] = _merge(config, trainer.model, trainer.processing_class, out / layout.MERGED)
+            result["merged"] = merge(config, trainer.model, trainer.processing_class, out / layout.MERGED)
         result.update(train_data.write_record(run))
     trainer.accelerator.wait_for_everyone()  # no process exits while the main one still writes
     return result
-
-
-def _merge(config: TrainConfig, trained, tokenizer, target: Path) -> str:
-    """Full weights with the adapter folded in, loadable without peft, in the base checkpoint's dtype."""
-    import torch
-    from transformers import AutoConfig
-
-    from sdft.models import load_model_and_tokenizer, resolve_model
-
-    if config.method == "qlora" or trained.get_base_model().dtype != torch.float32:
-        # A 4-bit or bf16 base would be merged lossily: fold the saved adapter into a full-precision copy instead.
-        from peft import PeftModel
-
-        base, _ = load_model_and_tokenizer(config.model, dtype="float32", device="cpu")
-        trained = PeftModel.from_pretrained(base, config.out)
-    merged = trained.merge_and_unload()
-    declared = getattr(AutoConfig.from_pretrained(resolve_model(config.model)), "dtype", None)
-    declared = getattr(torch, declared) if isinstance(declared, str) else declared
-    if declared in (torch.bfloat16, torch.float16):  # trained in fp32; saved as compact as the base
-        merged = merged.to(declared)
-    merged.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return str(target)
-
-
-def summarize(result: dict) -> str:
-    if not result.get("main_process", True):
-        return ""
-    data, tr, tp = result["data"], result["training"], result["throughput"]
-    mix = (f"{data['rewritten']} rewritten + {data['original']} original targets (mix ratio {data['mix_ratio']})"
-           if data["distilled"] else f"{data['original']} original targets")
-    dropped = f", {data['dropped_too_long']} dropped (prompt >= max length)" if data["dropped_too_long"] else ""
-    if data.get("dropped_empty_rewrite"):
-        dropped += f", {data['dropped_empty_rewrite']} dropped (empty accepted rewrite)"
-    first = result["loss"][0]["loss"] if result["loss"] else float("nan")
-    lines = [f"trained {result['method']} on {data['examples']} examples: {mix}{dropped}",
-             f"  {tr['steps']} steps ({tr['epochs']} epochs, batch {tr['global_batch']}, {tr['processes']} process(es)); "
-             f"loss {first:.4f} -> {result['final_loss']:.4f}",
-             f"  {tp['train_tokens_per_s'] or 0:.0f} train tokens/s, padding efficiency "
-             f"{tp['padding_efficiency']:.0%}, wall time {result['wall_time_s']:.1f} s"]
-    if "parameter_shift_l2" in result:
-        lines.append(f"  parameter shift (L2 of B@A*scale): {result['parameter_shift_l2']:.4g}")
-    lines.append(f"  saved: {result['out']} (train.json, loss.png)"
-                 + (f"; merged weights: {result['outputs']['merged']}" if result["outputs"]["merged"] else ""))
-    return "\n".join(lines)

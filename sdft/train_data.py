@@ -42,6 +42,8 @@ class Target:
     prompt: str
     response: str
     rewritten: bool
+    replay: bool = False  # a replay example mixed in (sdft.replay), not one of the task's
+    messages: list | None = None  # the prompt as chat messages (chat mode), for trainers that render it
 
 
 def seeded_subset(examples: list, limit: int | None, seed: int) -> list:
@@ -108,13 +110,13 @@ def strip_duplicate_bos(prompt: str, tokenizer) -> str:
     return prompt[len(bos):] if ids and ids[0] == tokenizer.bos_token_id else prompt
 
 
-def build_targets(pairs: list, template, tokenizer, mode: str) -> tuple[list[Target], int]:
+def build_targets(pairs: list, template, tokenizer, mode: str, replay: bool = False) -> tuple[list[Target], int]:
     """Render each prompt with the task's training template; the completion is the response plus EOS.
 
     EOS is appended here, not left to TRL, so that the model learns to stop whatever the template mode.
     Returns the targets and how many prompts had to be moved to a token boundary (see ``on_token_boundary``).
     """
-    from sdft.templates import render
+    from sdft.templates import prompt_messages, render
 
     eos = tokenizer.eos_token or ""
     targets, moved = [], 0
@@ -124,7 +126,11 @@ def build_targets(pairs: list, template, tokenizer, mode: str) -> tuple[list[Tar
         prompt, completion, shifted = on_token_boundary(strip_duplicate_bos(prompt, tokenizer), response + eos,
                                                         tokenizer)
         moved += shifted
-        targets.append(Target(ex.id, prompt, completion, rewritten))
+        # As messages only where they render to exactly this prompt (an assistant prefix is not a message).
+        messages = (prompt_messages(template, ex.instruction, history=ex.history or None, system=ex.system)
+                    if mode == "chat" and not template.assistant_prefix else None)
+        targets.append(Target(f"replay:{ex.id}" if replay else ex.id, prompt, completion, rewritten, replay,
+                              messages))
     return targets, moved
 
 
@@ -283,7 +289,7 @@ def write_record(run) -> dict:
     summary = {
         "data": {"path": str(config.data), "sha256": run.data_sha, **run.counts},
         "template": {"name": run.template, "mode": run.mode},
-        "training": {"steps": state.global_step, "planned_steps": run.steps,
+        "training": {"objective": config.objective, "steps": state.global_step, "planned_steps": run.steps,
                      "epochs": round(state.global_step * global_batch / len(run.lengths), 3),
                      "processes": run.world, "global_batch": global_batch, "precision": run.precision,
                      "base_weights_dtype": base_dtype(config.method, run.precision), "compiled": run.compiled,
@@ -295,6 +301,10 @@ def write_record(run) -> dict:
                        "tokens_this_session": run.progress.tokens, "seconds_this_session": round(seconds, 3),
                        "padding_efficiency": round(padding_efficiency(run.lengths, run.order, config.batch_size), 4)},
     }
+    if config.objective == "onpolicy":
+        from sdft.onpolicy import cost
+
+        summary["onpolicy"] = cost(state.log_history, config, global_batch)
     if config.method != "full":
         from sdft.shift import lora_shift
 

@@ -1,10 +1,13 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sdft-paper"
+# Beside the clone (CI, the main checkout); SDFT_SHARED_DATA points elsewhere (a git worktree in another folder).
+SHARED_DATA = Path(os.environ.get("SDFT_SHARED_DATA") or
+                   Path(__file__).resolve().parents[1].parent / "shared" / "data") / "sdft-paper"
 
 
 def pytest_configure(config):
