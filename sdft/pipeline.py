@@ -213,7 +213,7 @@ def run(config: RunConfig, log=print) -> Manifest:
         finish(point.label, point.recipe, point.params, trained, key)
     for label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
         vanilla = manifest.arms["vanilla"]
-        key = stage_key({"alpha": alpha}, stage_key(vanilla.train.dir))
+        key = stage_key({"alpha": alpha}, Path(vanilla.train.dir).name)  # vanilla's folder carries its key
         finish(label, "interp", {"alpha": alpha, "from": "vanilla"}, _interpolate(vanilla, label, alpha, key,
                                                                                    run_dir, log), key)
     manifest.write(run_dir)
