@@ -46,6 +46,8 @@ def resolved_config(path: Path, tmp_path: Path):
 
     raw = yaml.safe_load(path.read_text())
     raw["data"] = _resolve(raw["data"], path)
+    if (raw.get("replay") or {}).get("data"):  # the replay arms' general dataset
+        raw["replay"]["data"] = _resolve(raw["replay"]["data"], path)
     specs = raw.get("eval", {}).get("data", [])
     specs = [specs] if isinstance(specs, str) else specs
     pairs = [part.strip() for spec in specs for part in spec.split(",") if part.strip()]
