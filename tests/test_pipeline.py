@@ -64,7 +64,7 @@ def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     manifest = run(config, log=logs.append)
     run_dir = tmp_path / "runs" / "tiny"
     report = (run_dir / "report.md").read_text()
-    for section in ("## Results", "## Each arm vs vanilla", "## Distillation", "## Answer length",
+    for section in ("## Results", "## Rewrites vs original targets", "## Distillation", "## Answer length",
                     "## Distribution shift", "## Plots"):
         assert section in report
     for row in ("| seed |", "| vanilla |", "| sdft |", "| mix0.5 |", "| vanilla-n2 |", "| sdft-n2 |",
