@@ -130,7 +130,11 @@ def replay_pairs(config, n_task: int, template, mode: str) -> tuple[list, dict]:
         return pairs, info
     from accelerate import PartialState
 
-    with PartialState().main_process_first():  # the main process generates; the others read its cache
+    from sdft.models import default_device
+
+    # cpu=True on CPUs: a bare PartialState() there sets up no process group under a multi-process launch.
+    state = PartialState(cpu=default_device() == "cpu")
+    with state.main_process_first():  # the main process generates; the others read its cache
         answers = seed_answers(config, chosen, template, mode)
     pairs = [(ex, answers[ex.id]["text"]) for ex in chosen
              if answers[ex.id]["finish_reason"] != _DROP_FINISH and answers[ex.id]["text"]]

@@ -357,7 +357,9 @@ def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, 
     from sdft.store import write_json
 
     out = Path(config.out)
-    state = PartialState()
+    # cpu=True on CPUs: a bare PartialState() under `accelerate launch --multi_gpu` without a GPU sets up no
+    # process group, so every rank thinks it is the main one and they race on the folder below.
+    state = PartialState(cpu=not cuda)
     if state.is_main_process:
         train_data.clean(out, checkpoint)
         write_json(out / layout.CHECKPOINTS / layout.RUN_GUARD, run_key)
