@@ -309,7 +309,8 @@ def load_model_and_tokenizer(model: str, adapter: str | None = None, *, dtype=No
 
 @dataclass
 class SetupConfig:
-    model: str = field(DEFAULT_MODEL, "model to provision: an alias, a .gguf file, a folder or a hub id")
+    model: str = field(DEFAULT_MODEL, f"model to provision: an alias ({', '.join(ALIASES)}), a .gguf file, "
+                                      "a folder or a hub id")
     force: bool = field(False, "convert again even when the cached folder exists")
 
 

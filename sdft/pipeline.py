@@ -186,7 +186,8 @@ def run(config: RunConfig, log=print) -> Manifest:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / layout.RUN_CONFIG, to_dict(config))
-    manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task)
+    manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task,
+                        system_prompt={name: c.system_prompt for name, c in stages.items()})
     manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
                                                          stage_key(config.model), log))
 

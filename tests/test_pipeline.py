@@ -79,6 +79,7 @@ def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     manifest = run(config, log=logs.append)
     run_dir = tmp_path / "runs" / "tiny"
     report = (run_dir / "report.md").read_text()
+    assert "system prompt `model` in every stage" in report
     for section in ("## Results", "## Rewrites vs original targets", "## Distillation", "## Answer length",
                     "## Distribution shift", "## Plots"):
         assert section in report
