@@ -92,13 +92,13 @@ def test_training_prompts_follow_the_system_choice_and_records_keep_their_own(ti
     own = Example(id="b", instruction="Say yo.", response="Yo", system="Be terse.")
     pairs = [(plain, "Hi", False), (own, "Yo", False)]
     alpaca = PROMPT_TEMPLATES["alpaca"]
-    paper = train_data.build_targets(pairs, alpaca, tok, "chat", "template")
+    paper, _ = train_data.build_targets(pairs, alpaca, tok, "chat", "template")
     assert paper[0].prompt.startswith(f"<|im_start|>system\n{alpaca.system}<|im_end|>")
     assert paper[1].prompt.startswith("<|im_start|>system\nBe terse.<|im_end|>")
-    custom = train_data.build_targets(pairs, alpaca, tok, "chat", "Be safe.")
+    custom, _ = train_data.build_targets(pairs, alpaca, tok, "chat", "Be safe.")
     assert custom[0].prompt.startswith("<|im_start|>system\nBe safe.<|im_end|>")
     assert custom[1].prompt.startswith("<|im_start|>system\nBe terse.<|im_end|>")
-    assert train_data.build_targets(pairs, alpaca, tok, "chat", "model")[0].prompt.startswith("<|im_start|>user")
+    assert train_data.build_targets(pairs, alpaca, tok, "chat", "model")[0][0].prompt.startswith("<|im_start|>user")
 
 
 def test_mix_ratio_on_original_data_is_refused(repeated_data):
