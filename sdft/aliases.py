@@ -16,10 +16,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdft.config import DEFAULT_MODEL
 from sdft.errors import SdftError
 from sdft.provenance import file_sha256
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 _CHUNK = 1 << 20
 
 

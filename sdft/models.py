@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdft import hub
-from sdft.aliases import ALIASES, DEFAULT_MODEL, alias_gguf, part_files, source_record
-from sdft.config import field
+from sdft.aliases import ALIASES, alias_gguf, part_files, source_record
+from sdft.config import DEFAULT_MODEL, field
 from sdft.errors import SdftError
 from sdft.provenance import file_sha256
 
