@@ -22,7 +22,7 @@ from sdft.errors import ConfigError
 
 T = TypeVar("T")
 
-DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded seed model (see sdft.models.ALIASES)
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded seed model (see sdft.aliases.ALIASES)
 TaskKind = Literal["general", "math", "function_call", "code"]  # picks templates and the distillation filter
 
 

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 PRESETS = {
     "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512,
               "max_prompt_tokens": 1024, "truncation_side": "right", "seed": 42, "filter_mode": "paper",
-              "input_separator": "\n", "template_mode": "plain"},  # the reference rendered prompts as text
+              "input_separator": "\n", "template_mode": "plain",  # the reference rendered prompts as text
+              "system_prompt": "template"},
 }
 
 
@@ -49,6 +50,7 @@ class DistillConfig(Validated):
     task: TaskKind = field("general", "task kind: picks the template and the filter")
     template: str | None = field(None, "distillation template preset (using, refer, math) or YAML/JSON file")
     template_mode: templates.Mode = field("auto", "render through the chat template (chat) or as plain text")
+    system_prompt: str = field(templates.DEFAULT_SYSTEM_PROMPT, templates.SYSTEM_PROMPT_HELP)
     filter: str | None = field(None, "filter kind, or a user filter 'module:function' (default: the task's)")
     filter_mode: Literal["default", "paper"] = field("default", "'paper' reproduces the reference code's rules")
     shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages")
@@ -74,6 +76,7 @@ class DistillConfig(Validated):
             raise ConfigError("'limit' must be at least 1")
         generation_params(self)  # decoding values are checked where they are defined
         column_mapping(self.columns)
+        templates.check_system_prompt(self.system_prompt)
 
 
 def generation_params(config) -> "GenerationParams":
@@ -84,7 +87,8 @@ def generation_params(config) -> "GenerationParams":
                             truncation_side=config.truncation_side)
 
 
-def _run_record(config: DistillConfig, template: templates.Template, mode: str, model_path: str) -> dict:
+def _run_record(config: DistillConfig, template: templates.Template, mode: str, model_path: str,
+                tokenizer) -> dict:
     from sdft import provenance
     data_path = Path(config.data)
     record = {
@@ -94,6 +98,7 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
                  "sha256": provenance.file_sha256(data_path) if data_path.is_file() else None},
         "template": to_dict(template),
         "template_mode": mode,
+        "system_prompt": templates.describe_system(config.system_prompt, tokenizer, mode, template),
         "decoding": generation_params(config).record(),
         "filter": {"kind": config.filter or config.task, "mode": config.filter_mode},
         "limit": config.limit, "columns": config.columns, "shape": config.shape,
@@ -139,7 +144,7 @@ def distill(config: DistillConfig) -> dict:
     backend = load_backend(config.backend, model_path, config.adapter, progress=False)  # we draw the bar
     tokenizer = backend.tokenizer  # declared by every backend (None: plain prompts)
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"
-    run = _run_record(config, template, mode, model_path)
+    run = _run_record(config, template, mode, model_path, tokenizer)
     settings = keyed_settings(config)
     _refuse_unkeyed_progress(out)
     layout.claim_stage(out, run["settings_key"], settings)
@@ -147,7 +152,7 @@ def distill(config: DistillConfig) -> dict:
 
     progress = ProgressFile(out / layout.DISTILL_PROGRESS)
     prompts = {ex.id: templates.render(template, ex.instruction, reference=ex.response, tokenizer=tokenizer,
-                                       mode=mode, history=ex.history, system=None)
+                                       mode=mode, history=ex.history, system_prompt=config.system_prompt)
                for ex in examples if not progress.done(ex.id)}
     _generate_pending(examples, prompts, backend, accept, progress, config)
     stats = _finish(examples, progress, out)

@@ -37,7 +37,8 @@ PRESETS = {
     # --do_sample False) was greedy. See docs/paper-fidelity.md.
     "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512, "seed": 42,
               "max_prompt_tokens": 1024, "truncation_side": "right", "greedy_tasks": ["humaneval"],
-              "template_mode": "plain"},  # as text (Llama-3 math excepted: --option gsm8k.template_mode=chat)
+              "template_mode": "plain",  # as text (Llama-3 math excepted: --option gsm8k.template_mode=chat)
+              "system_prompt": "template"},
 }
 
 
@@ -60,6 +61,7 @@ class EvalConfig(Validated):
     option: list[str] = field(default_factory=list, help="TASK.KEY=VALUE task option, e.g. openfunctions.rule=paper")
     backend: str = field("hf", "generation backend: hf, vllm, or 'module:Class'")
     template_mode: templates.Mode = field("auto", "chat template (chat), plain text (plain), or auto")
+    system_prompt: str = field(templates.DEFAULT_SYSTEM_PROMPT, templates.SYSTEM_PROMPT_HELP)
     temperature: float = field(0.0, "0 = greedy decoding")
     greedy_tasks: list[str] = field(default_factory=list, help="tasks decoded greedily whatever --temperature "
                                     "(the paper preset: humaneval, as the reference's bigcode harness did)")
@@ -109,6 +111,7 @@ class EvalConfig(Validated):
         if self.judge and self.judge.startswith(("http://", "https://")):
             from sdft.endpoint import api_key, check_url
             check_url(self.judge, has_key=bool(api_key()))  # before anything is written or loaded
+        templates.check_system_prompt(self.system_prompt)
 
     def decoding(self, task: str | None = None, task_budget: int = 256, stop: tuple[str, ...] = ()):
         """The :class:`GenerationParams` of a task: its own answer budget unless --max-new-tokens is set,
@@ -209,7 +212,8 @@ def evaluate(config: EvalConfig) -> dict:
     # Build every task first: bad names, options and data files fail before any model is loaded.
     tasks = {}
     for name in config.tasks:
-        opts = {"template_mode": config.template_mode, **options.get(name, {})}
+        opts = {"template_mode": config.template_mode, "system_prompt": config.system_prompt,
+                **options.get(name, {})}
         if name in checkers:
             opts["checker"] = checkers[name]
         tasks[name] = get_task(name, data.get(name), **opts)
@@ -239,8 +243,16 @@ def evaluate(config: EvalConfig) -> dict:
             entry = run_loglik(name, task, examples[name], session, config, out)
         entry["seconds"] = round(time.perf_counter() - began, 2)
         results["tasks"][name] = entry
+        results["system_prompt"] = _system_record(config, session)
         write_json(out / layout.RESULTS, results)  # after each task: finished tasks survive a crash
     return results
+
+
+def _system_record(config: EvalConfig, session: ModelSession) -> dict:
+    """The --system-prompt choice and the text it stood for (a tokenizer load is cheap; an engine is not)."""
+    tokenizer = session.tokenizer if session.hf_like else session._tokenizer
+    mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else config.template_mode
+    return templates.describe_system(config.system_prompt, tokenizer, mode)
 
 
 def _previous_results(out: Path, config: EvalConfig) -> dict:

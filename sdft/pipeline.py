@@ -31,6 +31,7 @@ from sdft.distill import DistillConfig
 from sdft.errors import ConfigError
 from sdft.layout import Arm, Manifest, StageRecord
 from sdft.store import write_json
+from sdft.templates import DEFAULT_SYSTEM_PROMPT
 
 # Keys the pipeline sets itself; a config section may not override them.
 _OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns"},
@@ -46,6 +47,8 @@ class RunConfig(Validated):
     data: str = field(None, "training dataset (file or hub name)")
     task: TaskKind = field("general", "task kind of the training data (picks templates and filter)")
     model: str = field(DEFAULT_MODEL, "seed model")
+    system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, "system text for every stage unless a section sets its "
+                               "own: model (the chat template's default), none, template, or your own text")
     shape: str = field("auto", "data shape")
     columns: list[str] = field(default_factory=list, help="column mapping, field=column")
     out_root: str = field("runs", "parent folder of the run")
@@ -110,14 +113,17 @@ def stage_configs(config: RunConfig) -> dict:
     from sdft.train import TrainConfig
 
     _check_data(config)
-    distill = from_dict(DistillConfig, {**config.distill, "model": config.model,
+    # One system text for all stages by default (the model must be trained and tested under the same one).
+    system = {"system_prompt": config.system_prompt}
+    distill = from_dict(DistillConfig, {**system, **config.distill, "model": config.model,
                                         "data": config.data, "task": config.task, "shape": config.shape,
                                         "columns": config.columns, "out": "-"}, "distill section")
     # The distilled file keeps the user's record shape and column names, so training reads it the same way.
-    train = from_dict(TrainConfig, {**config.train, "model": config.model, "data": "-", "out": "-",
+    train = from_dict(TrainConfig, {**system, **config.train, "model": config.model, "data": "-", "out": "-",
                                     "task": config.task, "shape": config.shape, "columns": config.columns},
                       "train section")
-    evaluation = from_dict(EvalConfig, {**config.eval, "model": config.model, "out": "-"}, "eval section")
+    evaluation = from_dict(EvalConfig, {**system, **config.eval, "model": config.model, "out": "-"},
+                           "eval section")
     not_evaluated = sorted(set(config.shift_tasks) - set(evaluation.tasks))
     if not_evaluated:  # else the shift stage would fail after the first model is trained
         raise ConfigError(f"shift_tasks {', '.join(not_evaluated)} not among the eval section's tasks")
@@ -180,7 +186,8 @@ def run(config: RunConfig, log=print) -> Manifest:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / layout.RUN_CONFIG, to_dict(config))
-    manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task)
+    manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task,
+                        system_prompt={name: c.system_prompt for name, c in stages.items()})
     manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
                                                          stage_key(config.model), log))
 

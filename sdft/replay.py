@@ -84,7 +84,8 @@ def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]
         for start in range(0, len(pending), params.batch_size):
             batch = pending[start:start + params.batch_size]
             prompts = [render(template, ex.instruction, tokenizer=backend.tokenizer, mode=mode,
-                              history=ex.history or None, system=ex.system) for ex in batch]
+                              history=ex.history or None, system=ex.system, system_prompt=config.system_prompt)
+                       for ex in batch]
             done = backend.generate(prompts, params)
             progress.append({"id": ex.id, "text": c.text.strip(), "finish_reason": c.finish_reason}
                             for ex, c in zip(batch, done))
@@ -93,7 +94,7 @@ def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]
 
 
 def cache_file(config, model_path: str, template, mode: str) -> Path:
-    """One cache per seed model, replay file contents, prompt template and decoding budget."""
+    """One cache per seed model, replay file contents, prompt template, system prompt and decoding budget."""
     from sdft.config import to_dict
     from sdft.models import sdft_home
     from sdft.provenance import file_sha256
@@ -103,6 +104,8 @@ def cache_file(config, model_path: str, template, mode: str) -> Path:
     key = {"model": str(model_path), "weights": _stamp(weights), "data": file_sha256(data) if data.is_file()
            else str(data), "template": to_dict(template), "mode": mode,
            "max_new_tokens": config.replay_max_new_tokens}
+    if config.system_prompt != "template":  # caches made before --system-prompt used the template's text
+        key["system_prompt"] = config.system_prompt
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = sdft_home() / "replay"
     folder.mkdir(parents=True, exist_ok=True)

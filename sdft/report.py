@@ -256,8 +256,8 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     generations = load_generations(manifest, run_dir)
     parts = [f"# SDFT report: {manifest.name}\n",
              f"Seed model `{manifest.model}`, training data `{manifest.data}` (task kind "
-             f"{manifest.task}). Every stage's settings are in its folder's `{layout.STAGE}` and "
-             f"`{layout.RUN_RECORD}`.\n",
+             f"{manifest.task}){_system_line(manifest)}. Every stage's settings are in its folder's "
+             f"`{layout.STAGE}` and `{layout.RUN_RECORD}`.\n",
              results_section(manifest), paired_section(manifest, generations),
              distill_section(manifest, run_dir), length_section(generations), shift_section(manifest),
              cost_section(manifest)]
@@ -270,6 +270,16 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     html_path = run_dir / layout.REPORT_HTML
     html_path.write_text(_html(markdown_text, run_dir, manifest.name))
     return {"md": md_path, "html": html_path}
+
+
+def _system_line(manifest: Manifest) -> str:
+    """The --system-prompt of each stage (it decides, e.g., whether a chat model refuses at all)."""
+    chosen = manifest.system_prompt  # empty for runs made before the option existed
+    if not chosen:
+        return ""
+    if len(set(chosen.values())) == 1:
+        return f", system prompt `{next(iter(chosen.values()))}` in every stage"
+    return ", system prompt " + ", ".join(f"`{v}` ({k})" for k, v in chosen.items())
 
 
 def _html(markdown_text: str, run_dir: Path, title: str) -> str:

@@ -150,33 +150,62 @@ def _fill(text: str, instruction: str, reference: str | None, system: str = "", 
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
+# --system-prompt: what goes in the system slot, for distillation, training and evaluation alike.
+SYSTEM_PROMPTS = {
+    "model": "the model's own: no system message, so the chat template writes its default (Qwen2.5: "
+             "'You are Qwen, created by Alibaba Cloud...'; SmolLM2: 'You are a helpful AI assistant named "
+             "SmolLM...'); plain mode has no such default and uses the template's text",
+    "none": "an empty system message (it overrides a chat template's default); no system text in plain mode",
+    "template": "the prompt template's own system text (the paper's text for the presets)",
+}
+DEFAULT_SYSTEM_PROMPT = "model"  # how chat models are deployed; the paper presets set "template"
+SYSTEM_PROMPT_HELP = ("system text: model (the chat template's own default), none, template (the "
+                      "template's text: the paper's for the presets), or your own text")
+
+
+def check_system_prompt(value: str, where: str = "system_prompt") -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"'{where}' must be {', '.join(SYSTEM_PROMPTS)} or your own text; "
+                          "for no system text use 'none'")
+
+
 def render(template: Template, instruction: str, *, reference: str | None = None, tokenizer=None,
            mode: Mode = "auto", history: list[tuple[str, str]] | None = None,
-           system: str | None = None) -> str:
+           system: str | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
     """Render a prompt string ready for generation (ends where the model's answer begins).
 
-    ``system`` overrides the template's system text (e.g. a record's own system prompt).
+    ``system_prompt`` picks the system text (``model``, ``none``, ``template`` or custom text; see
+    :data:`SYSTEM_PROMPTS`). ``system``, a prompt's own system text (a record's, a task's), wins over it.
     """
     if template.uses_reference and reference is None:
         raise ValueError(f"template '{template.name}' needs a reference answer")
-    system_text = template.system if system is None else system
-    user_text = _fill(template.user, instruction, reference)
     concrete = resolve_mode(mode, tokenizer) if tokenizer is not None else ("plain" if mode == "auto" else mode)
+    system_text, preamble = _system_slot(template, system_prompt, system, concrete)
+    user_text = _fill(template.user, instruction, reference)
+    if preamble:
+        user_text = f"{preamble}\n\n{user_text}"
     if concrete == "chat":
         messages = chat_messages(system_text, user_text, history)
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return prompt + template.assistant_prefix
+    system_text = system_text or ""
     if history:
         # Plain text has no turn markers of its own: earlier turns go in Alpaca form after the system text.
         past = "\n\n".join(f"### Instruction:\n{u}\n\n### Response:\n{a}" for u, a in history)
         system_text = f"{system_text}\n\n{past}" if system_text else past
+    if preamble and "{user}" not in template.plain:
+        # Alpaca-style plain text writes the turn from {instruction} itself: the moved text follows the system.
+        system_text = "\n\n".join(t for t in (system_text, preamble) if t)
     body = _fill(template.plain, instruction, reference, system_text, user_text)
+    if not system_text and template.plain.startswith("{system}"):
+        body = body.lstrip("\n")  # no system text: no blank lines where it would have been
     return body + template.assistant_prefix
 
 
-def chat_messages(system: str, user: str, history: list[tuple[str, str]] | None = None) -> list[dict]:
-    """The conversation a chat-mode prompt renders: system turn (when any), earlier turns, the user turn."""
-    messages = [{"role": "system", "content": system}] if system else []
+def chat_messages(system: str | None, user: str, history: list[tuple[str, str]] | None = None) -> list[dict]:
+    """The conversation a chat-mode prompt renders: system turn (None: none, so the chat template writes its
+    default; "" an empty one), earlier turns, the user turn."""
+    messages = [] if system is None else [{"role": "system", "content": system}]
     for user_turn, assistant_turn in history or []:
         messages += [{"role": "user", "content": user_turn}, {"role": "assistant", "content": assistant_turn}]
     messages.append({"role": "user", "content": user})
@@ -184,9 +213,63 @@ def chat_messages(system: str, user: str, history: list[tuple[str, str]] | None 
 
 
 def prompt_messages(template: Template, instruction: str, *, history: list[tuple[str, str]] | None = None,
-                    system: str | None = None) -> list[dict]:
+                    system: str | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[dict]:
     """The messages ``render`` would pass to the chat template (trainers that apply it themselves)."""
     if template.uses_reference:
         raise ValueError(f"template '{template.name}' needs a reference answer")
-    return chat_messages(template.system if system is None else system, _fill(template.user, instruction, None),
-                         history)
+    slot, _ = _system_slot(template, system_prompt, system, "chat")  # no preamble: not a distill template
+    return chat_messages(slot, _fill(template.user, instruction, None), history)
+
+
+def _system_slot(template: Template, choice: str, own: str | None, mode: str) -> tuple[str | None, str]:
+    """``(system message, preamble)``. A message of None leaves the chat template to write its default.
+
+    The template's system text moves in front of the user turn when something else takes the system
+    slot and the template needs that text to make sense: a distillation template's system text is the
+    instruction to rewrite the reference answer. A prompt template's (the paper's Alpaca framing) is
+    dropped instead: a chat template already frames the turns.
+    """
+    check_system_prompt(choice)
+    if choice == "template" or (choice == "model" and mode == "plain"):
+        slot = template.system or None
+    elif choice == "model":
+        slot = None
+    else:
+        slot = "" if choice == "none" else choice
+    if own:  # a record's or a task's own system text is part of the data
+        slot = own
+    moved = slot != (template.system or None) and template.uses_reference and bool(template.system)
+    return slot, template.system if moved else ""
+
+
+def model_default_system(tokenizer) -> str | None:
+    """The system text a chat template writes when given none (what ``model`` means), or None.
+
+    Found by rendering one conversation with a marker as the system message and one without: where the
+    marker sits in the first, the default sits in the second.
+    """
+    marker, user = "\x00sdft-system\x00", [{"role": "user", "content": "\x00sdft-user\x00"}]
+    try:
+        with_marker = tokenizer.apply_chat_template([{"role": "system", "content": marker}, *user], tokenize=False)
+        without = tokenizer.apply_chat_template(user, tokenize=False)
+    except Exception:  # a template that refuses system messages (e.g. Gemma's older ones) has no default
+        return None
+    head, _, tail = with_marker.partition(marker)
+    if not without.startswith(head) or not without.endswith(tail) or len(without) < len(head) + len(tail):
+        return None
+    return without[len(head):len(without) - len(tail)] or None
+
+
+def describe_system(choice: str, tokenizer, mode: str, template: Template | None = None) -> dict:
+    """What the system slot held, for run records: the choice and the text it stands for.
+
+    Without ``template`` (evaluation: one per task) the template's text is in each task's settings.
+    """
+    record: dict = {"choice": choice, "mode": mode}
+    if choice == "model" and mode == "chat":
+        record["text"] = model_default_system(tokenizer) if tokenizer is not None else None
+    elif choice in ("template", "model"):
+        record["text"] = template.system if template is not None else "each task's template system text"
+    else:
+        record["text"] = "" if choice == "none" else choice
+    return record

@@ -27,7 +27,7 @@ from sdft import hub, layout, onpolicy, replay, train_data, train_guards
 from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key
 from sdft.train_output import merge, progress_callback, summarize  # noqa: F401  (summarize: the CLI's)
 from sdft.errors import ConfigError, SdftError
-from sdft.templates import Mode
+from sdft.templates import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP, Mode, check_system_prompt
 from sdft.train_guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
 from sdft.train_speed import auto_precision, base_dtype, compile_body, sft_trainer_class, should_compile
 
@@ -37,7 +37,8 @@ PRESETS = {
     "paper": {"method": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
               "lora_targets": ["q_proj", "v_proj"], "learning_rate": 1e-4, "lr_scheduler": "cosine",
               "warmup_ratio": 0.0, "batch_size": 2, "grad_accum": 4, "max_length": 1024, "input_separator": "\n",
-              "template_mode": "plain"},  # the reference rendered prompts as text
+              "template_mode": "plain",  # the reference rendered prompts as text
+              "system_prompt": "template"},
 }
 
 
@@ -65,6 +66,7 @@ class TrainConfig(Validated):
     task: TaskKind = field("general", "task kind: picks the prompt template (math preset for math)")
     template: str | None = field(None, "prompt template preset (alpaca, math) or YAML/JSON file")
     template_mode: Mode = field("auto", "render through the chat template (chat) or as plain text")
+    system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP)
     shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages")
     columns: list[str] = field(default_factory=list, help="column mapping, e.g. instruction=prompt,response=answer")
     input_separator: str = field("\n\n", "joins an alpaca instruction and its input (reference code: one newline)")
@@ -151,6 +153,7 @@ class TrainConfig(Validated):
             raise ConfigError("'lora_targets' needs at least one module name (e.g. q_proj,v_proj)")
         if self.merge and self.method == "full":
             raise ConfigError("--merge applies to LoRA/QLoRA; full fine-tuning already writes full weights")
+        check_system_prompt(self.system_prompt)
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one")
         replay.validate(self)
@@ -250,6 +253,7 @@ class Run:
     started: float
     parameters: dict  # trainable and total, counted before a --merge folds the adapter away
     compiled: bool
+    system: dict      # what the system slot held (templates.describe_system)
 
     @property
     def world(self) -> int:
@@ -269,7 +273,7 @@ def prepare(config: TrainConfig) -> Run:
     from sdft.data import is_distilled, load_examples
     from sdft.provenance import file_sha256
     from sdft.models import load_tokenizer
-    from sdft.templates import DEFAULT_PROMPT, load_template, resolve_mode
+    from sdft.templates import DEFAULT_PROMPT, describe_system, load_template, resolve_mode
 
     data_path = Path(config.data)
     data_sha = file_sha256(data_path) if data_path.is_file() else None
@@ -291,10 +295,11 @@ def prepare(config: TrainConfig) -> Run:
 
     train_guards.check_lora_targets(config)  # before the weights load
     model, tokenizer = _load_model(config, precision)
-    targets, moved = train_data.build_targets(pairs, template, tokenizer, mode)
+    targets, moved = train_data.build_targets(pairs, template, tokenizer, mode, config.system_prompt)
     if replayed:
         replay_template = load_template(DEFAULT_PROMPT["general"], "prompt")
-        more, moved_too = train_data.build_targets(replayed, replay_template, tokenizer, mode, replay=True)
+        more, moved_too = train_data.build_targets(replayed, replay_template, tokenizer, mode, config.system_prompt,
+                                                   replay=True)
         targets, moved = targets + more, moved + moved_too
     counts["prompt_end_moved_to_token_boundary"] = moved
     prompt_lens, lengths = train_data.token_lengths(targets, tokenizer, config.max_length)
@@ -328,7 +333,8 @@ def prepare(config: TrainConfig) -> Run:
     compiled = (should_compile(setting, cuda, parameters["total_parameters"], steps * global_batch)
                 and compile_body(trainer.model))
     return Run(config, trainer, progress, targets, lengths, order, steps, counts, checkpoint, data_sha,
-               template.name, mode, precision, cuda, started, parameters, compiled)
+               template.name, mode, precision, cuda, started, parameters, compiled,
+               describe_system(config.system_prompt, tokenizer, mode, template))
 
 
 def training_args(config: TrainConfig, steps: int, cuda: bool, precision: str) -> dict:

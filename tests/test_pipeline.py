@@ -57,6 +57,21 @@ def test_config_errors_before_any_work(tmp_path, tiny_model):
     assert not (tmp_path / "runs").exists()
 
 
+def test_one_system_prompt_for_all_stages_unless_a_section_sets_its_own(tmp_path, tiny_model):
+    from sdft.pipeline import stage_configs
+
+    default = stage_configs(load_run_config(_config(tmp_path, tiny_model)))
+    assert {name: c.system_prompt for name, c in default.items()} == \
+        {"distill": "model", "train": "model", "eval": "model"}
+    path = _config(tmp_path, tiny_model, system_prompt="none",
+                   eval={"tasks": ["advbench"], "system_prompt": "template"})
+    chosen = stage_configs(load_run_config(path))
+    assert {name: c.system_prompt for name, c in chosen.items()} == \
+        {"distill": "none", "train": "none", "eval": "template"}
+    with pytest.raises(ConfigError, match="system_prompt"):
+        load_run_config(_config(tmp_path, tiny_model, system_prompt=""))
+
+
 @pytest.mark.slow
 def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     config = load_run_config(_config(tmp_path, tiny_model))
@@ -64,6 +79,7 @@ def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     manifest = run(config, log=logs.append)
     run_dir = tmp_path / "runs" / "tiny"
     report = (run_dir / "report.md").read_text()
+    assert "system prompt `model` in every stage" in report
     for section in ("## Results", "## Rewrites vs original targets", "## Distillation", "## Answer length",
                     "## Distribution shift", "## Plots"):
         assert section in report

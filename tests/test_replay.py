@@ -63,8 +63,9 @@ def test_choice_is_seeded_nested_and_capped():
 
 def test_replay_examples_of_another_shape_join_the_training_data(tiny_model, task_data, general_gsm8k_jsonl,
                                                                  tmp_path):
+    # system_prompt=template: the template's own system text shows which template rendered each prompt.
     run = prepare(config(tiny_model, task_data, tmp_path / "out", replay_data=str(general_gsm8k_jsonl),
-                         replay_ratio=0.5))
+                         replay_ratio=0.5, system_prompt="template"))
     replayed = [t for t in run.targets if t.replay]
     assert len(replayed) == 4 and len(run.targets) == 12
     assert all("general question" in t.prompt and t.response.startswith("general answer") for t in replayed)

@@ -18,8 +18,9 @@ from sdft.errors import SdftError
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "shipped"
 CONFIGS = sorted(ROOT.glob("configs/**/*.yaml"))
-RUN_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts]
+RUN_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts and "eval" not in p.parts]
 ACCELERATE_CONFIGS = [p for p in CONFIGS if "accelerate" in p.parts]
+EVAL_CONFIGS = [p for p in CONFIGS if "eval" in p.parts]  # `sdft eval --config` files
 
 # What a shipped config names -> a fixture of the same record shape.
 DATA = {
@@ -59,7 +60,7 @@ def resolved_config(path: Path, tmp_path: Path):
 
 
 def test_every_config_is_covered():
-    assert RUN_CONFIGS and len(CONFIGS) == len(RUN_CONFIGS) + len(ACCELERATE_CONFIGS)
+    assert RUN_CONFIGS and len(CONFIGS) == len(RUN_CONFIGS) + len(ACCELERATE_CONFIGS) + len(EVAL_CONFIGS)
     assert {p.name for p in RUN_CONFIGS} >= {"demo.yaml", "gsm8k.yaml", "openfunctions.yaml", "alpaca.yaml",
                                              "llama3-openfunctions.yaml", "llama3-gsm8k.yaml", "llama3-alpaca.yaml"}
 
@@ -105,6 +106,18 @@ def test_shipped_run_config_drives_every_stage(path, tmp_path, tiny_model):
     _exercise_eval(config, tokenizer)
 
 
+@pytest.mark.parametrize("path", EVAL_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_shipped_eval_config_drives_its_tasks(path, tiny_model):
+    from transformers import AutoTokenizer
+
+    from sdft.config import from_dict, load_yaml
+    from sdft.evaluate import EvalConfig
+
+    evaluation = from_dict(EvalConfig, load_yaml(path), str(path))
+    assert evaluation.tasks and not evaluation.data  # each command of its list names its own data
+    _exercise_tasks(evaluation, AutoTokenizer.from_pretrained(tiny_model))
+
+
 def _exercise_distill(config, tokenizer):
     from sdft import templates
     from sdft.config import column_mapping
@@ -120,7 +133,8 @@ def _exercise_distill(config, tokenizer):
     accept = make_filter(distill.filter or distill.task, mode=distill.filter_mode)
     for ex in examples:
         prompt = templates.render(template, ex.instruction, reference=ex.response, tokenizer=tokenizer,
-                                  mode=distill.template_mode, history=ex.history or None, system=ex.system)
+                                  mode=distill.template_mode, history=ex.history or None, system=ex.system,
+                                  system_prompt=distill.system_prompt)
         assert ex.instruction in prompt and ex.response in prompt
         # The seed repeating the reference passes every task's check.
         assert accept(ex, Completion(ex.response, 10, 10, "stop"), prompt).accepted
@@ -138,7 +152,8 @@ def _exercise_train(config, tokenizer):
                              input_separator=train.input_separator)
     pairs, _ = train_data.choose_targets(examples, None, train.seed)
     template = load_template(train.template or DEFAULT_PROMPT[train.task], "prompt")
-    targets, _ = train_data.build_targets(pairs, template, tokenizer, resolve_mode(train.template_mode, tokenizer))
+    targets, _ = train_data.build_targets(pairs, template, tokenizer, resolve_mode(train.template_mode, tokenizer),
+                                          train.system_prompt)
     assert len(targets) == len(examples) and all(t.response.strip() for t in targets)
 
 
@@ -146,12 +161,17 @@ def _exercise_eval(config, tokenizer):
     """Build every task with its options, load its data (as `sdft eval` does: a task whose default data
     is not installed is skipped, a named file must load), render prompts and score an answer."""
     from sdft.pipeline import stage_configs
+
+    _exercise_tasks(stage_configs(config)["eval"], tokenizer)
+
+
+def _exercise_tasks(evaluation, tokenizer):
     from sdft.tasks import ExternalTask, JudgedTask, LoglikelihoodTask, get_task
 
-    evaluation = stage_configs(config)["eval"]
     data, options = evaluation.data_paths(), evaluation.task_options()
     for name in evaluation.tasks:
-        opts = {"template_mode": evaluation.template_mode, **options.get(name, {})}
+        opts = {"template_mode": evaluation.template_mode, "system_prompt": evaluation.system_prompt,
+                **options.get(name, {})}
         task = get_task(name, data.get(name), **opts)
         if isinstance(task, ExternalTask):
             task.build_arguments("/models/seed", None, evaluation)

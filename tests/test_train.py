@@ -81,6 +81,26 @@ def test_mix_ratio_picks_rewrites_among_accepted_only(tmp_path):
     assert train_data.choose_targets(examples, None, seed=1)[1]["rewritten"] == 5
 
 
+def test_training_prompts_follow_the_system_choice_and_records_keep_their_own(tiny_model):
+    from transformers import AutoTokenizer
+
+    from sdft.data import Example
+    from sdft.templates import PROMPT_TEMPLATES
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    plain = Example(id="a", instruction="Say hi.", response="Hi")
+    own = Example(id="b", instruction="Say yo.", response="Yo", system="Be terse.")
+    pairs = [(plain, "Hi", False), (own, "Yo", False)]
+    alpaca = PROMPT_TEMPLATES["alpaca"]
+    paper, _ = train_data.build_targets(pairs, alpaca, tok, "chat", "template")
+    assert paper[0].prompt.startswith(f"<|im_start|>system\n{alpaca.system}<|im_end|>")
+    assert paper[1].prompt.startswith("<|im_start|>system\nBe terse.<|im_end|>")
+    custom, _ = train_data.build_targets(pairs, alpaca, tok, "chat", "Be safe.")
+    assert custom[0].prompt.startswith("<|im_start|>system\nBe safe.<|im_end|>")
+    assert custom[1].prompt.startswith("<|im_start|>system\nBe terse.<|im_end|>")
+    assert train_data.build_targets(pairs, alpaca, tok, "chat", "model")[0][0].prompt.startswith("<|im_start|>user")
+
+
 def test_mix_ratio_on_original_data_is_refused(repeated_data):
     from sdft.data import load_examples
 
@@ -144,6 +164,8 @@ def test_lora_run_trains_adapter_and_writes_outputs(tiny_model, repeated_data, t
     assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: it trained
     record = json.loads((out / "train.json").read_text())
     assert record["data"]["sha256"] and record["data"]["original"] == 16 and record["data"]["rewritten"] == 0
+    # The tiny model's chat template writes no default system turn, so "model" means none here.
+    assert record["template"]["system_prompt"] == {"choice": "model", "mode": "chat", "text": None}
     assert record["throughput"]["train_tokens_per_s"] > 0 and record["versions"]["trl"]
     assert (out / "loss.png").stat().st_size > 0 and (out / "tokenizer_config.json").is_file()
     assert not (out / "checkpoints").exists()

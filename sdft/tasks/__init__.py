@@ -81,6 +81,13 @@ class GenerativeTask(Task):
     def prompt(self, example: dict, tokenizer) -> str:
         """The rendered prompt (the tokenizer's chat template where the options ask for it)."""
 
+    def render(self, template, instruction: str, tokenizer, **overrides) -> str:
+        """``templates.render`` with this task's template mode and system-prompt choice (eval options)."""
+        from sdft import templates
+        settings = {"mode": self.options.get("template_mode", "auto"),
+                    "system_prompt": self.options.get("system_prompt", templates.DEFAULT_SYSTEM_PROMPT)}
+        return templates.render(template, instruction, tokenizer=tokenizer, **{**settings, **overrides})
+
     @abstractmethod
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, Any]:
         """``(score, reason)`` for one answer."""

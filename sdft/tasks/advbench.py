@@ -52,8 +52,7 @@ class AdvBench(GenerativeTask):
         return [carriers.pick(s, ("value",), f"{path}, seed {i + 1}") for i, s in enumerate(seeds)]
 
     def prompt(self, example: dict, tokenizer) -> str:
-        return templates.render(self.template, example["goal"] + self.suffix, tokenizer=tokenizer,
-                                mode=self.options.get("template_mode", "auto"))
+        return self.render(self.template, example["goal"] + self.suffix, tokenizer)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         from sdft.answers import paper_is_refusal, strict_is_refusal

@@ -39,7 +39,7 @@ class CustomTask(GenerativeTask):
         self.template = templates.load_template(str(options.get("template", "alpaca")), "prompt")
         self.shape = str(options.get("shape", "auto"))
         self.columns = {k.split(".", 1)[1]: str(v) for k, v in options.items() if k.startswith("column.")}
-        unknown = set(options) - {"template_mode", "metric", "template", "shape"} \
+        unknown = set(options) - {"template_mode", "system_prompt", "metric", "template", "shape"} \
             - {k for k in options if k.startswith("column.")}
         if unknown:
             raise ConfigError(f"user task '{task_name}': unknown option(s) {', '.join(sorted(unknown))}; "
@@ -56,9 +56,8 @@ class CustomTask(GenerativeTask):
                  "record": ex.source, "location": ex.location} for ex in loaded]
 
     def prompt(self, example: dict, tokenizer) -> str:
-        return templates.render(self.template, example["instruction"], tokenizer=tokenizer,
-                                mode=self.options.get("template_mode", "auto"), history=example["history"],
-                                system=example["system"])
+        return self.render(self.template, example["instruction"], tokenizer, history=example["history"],
+                           system=example["system"])
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str | None]:
         try:

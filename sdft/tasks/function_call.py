@@ -56,8 +56,7 @@ class OpenFunctions(GenerativeTask):
                 for i, (loc, rec) in enumerate(records)]
 
     def prompt(self, example: dict, tokenizer) -> str:
-        return templates.render(self.template, example["instruction"], tokenizer=tokenizer,
-                                mode=self.options.get("template_mode", "auto"))
+        return self.render(self.template, example["instruction"], tokenizer)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         from sdft import answers
@@ -153,8 +152,7 @@ class BFCL(GenerativeTask):
 
     def prompt(self, example: dict, tokenizer) -> str:
         system = BFCL_SYSTEM.replace("{functions}", json.dumps([example["function"]], indent=2))
-        return templates.render(self.template, example["question"], tokenizer=tokenizer,
-                                mode=self.options.get("template_mode", "auto"), system=system)
+        return self.render(self.template, example["question"], tokenizer, system=system)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         ok, reason = bfcl_match(completion, example["function"], example["ground_truth"])

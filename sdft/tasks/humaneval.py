@@ -94,7 +94,7 @@ class HumanEval(GenerativeTask):
         question = INSTRUCTION + (CHAT_CODE if chat else PLAIN_CODE).replace("{code}", code)
         template = templates.Template("humaneval", "", "{instruction}", "Question: {instruction}\n\nAnswer:\n",
                                       assistant_prefix="```python\n" if chat else code)
-        return templates.render(template, question, tokenizer=tokenizer, mode=concrete)
+        return self.render(template, question, tokenizer, mode=concrete)
 
     def run(self, example: dict, completion: str):
         from sdft.sandbox import check_program

@@ -68,8 +68,7 @@ class MathTask(GenerativeTask):
                 "reference": reference}
 
     def prompt(self, example: dict, tokenizer) -> str:
-        return templates.render(self.template, example["question"], tokenizer=tokenizer,
-                                mode=self.options.get("template_mode", "auto"))
+        return self.render(self.template, example["question"], tokenizer)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         from sdft import answers

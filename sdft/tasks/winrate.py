@@ -83,8 +83,7 @@ class WinRate(JudgedTask):
         return examples
 
     def prompt(self, example: dict, tokenizer) -> str:
-        return templates.render(self.template, example["instruction"], tokenizer=tokenizer,
-                                mode=self.options.get("template_mode", "auto"))
+        return self.render(self.template, example["instruction"], tokenizer)
 
     def score_batch(self, examples: list[dict], completions: list[str],
                     context: TaskContext | None = None) -> list[tuple[float, dict]]:
