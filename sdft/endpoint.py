@@ -80,30 +80,45 @@ def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
+class Transient(SdftError):
+    """A failure worth retrying: the endpoint unreachable, timed out, rate-limited or erring (HTTP 5xx)."""
+
+
+def request_json(url: str, payload: dict | None = None, *, api_key: str | None = None,
+                 timeout: float = 120.0) -> dict:
+    """One exchange: GET (no payload) or POST ``payload``; the JSON reply, else ``Transient`` / SdftError."""
+    check_url(url, has_key=bool(api_key))
+    shown = redact(url)
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    body = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=body, headers=headers, method="GET" if body is None else "POST")
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        # Rate limits and server errors are worth a retry; anything else is the user's to fix.
+        detail = _scrub(exc.read()[:200].decode(errors="replace"), api_key)
+        error = Transient if exc.code in _RETRY_STATUS else SdftError
+        raise error(f"endpoint {shown} answered HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = _scrub(str(getattr(exc, "reason", exc)), api_key)
+        raise Transient(f"endpoint {shown} unreachable: {reason}") from None
+    try:
+        return json.loads(raw.decode())
+    except ValueError:
+        raise SdftError(f"endpoint {shown} answered something that is not JSON: {raw[:80]!r}") from None
+
+
 def post_json(url: str, payload: dict, *, api_key: str | None = None, timeout: float = 120.0,
               retries: int = 4) -> dict:
     """POST ``payload`` and return the JSON reply; rate limits and server errors are retried with backoff."""
-    check_url(url, has_key=bool(api_key))
-    shown = redact(url)
-    body = json.dumps(payload).encode()
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
     for attempt in range(retries + 1):
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with _OPENER.open(request, timeout=timeout) as response:
-                return json.loads(response.read().decode())
-        except urllib.error.HTTPError as exc:
-            # Rate limits and server errors are worth a retry; anything else is the user's to fix.
-            if exc.code not in _RETRY_STATUS or attempt == retries:
-                detail = _scrub(exc.read()[:200].decode(errors="replace"), api_key)
-                raise SdftError(f"endpoint {shown} answered HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            return request_json(url, payload, api_key=api_key, timeout=timeout)
+        except Transient:
             if attempt == retries:
-                reason = _scrub(str(getattr(exc, "reason", exc)), api_key)
-                raise SdftError(f"endpoint {shown} unreachable: {reason}") from None
-        except ValueError:
-            raise SdftError(f"endpoint {shown} answered something that is not JSON") from None
+                raise
         time.sleep(min(30.0, 2.0 ** attempt))
     raise AssertionError("unreachable: the loop returns or raises")

@@ -17,14 +17,15 @@ from sdft.store import ProgressFile, write_jsonl
 from sdft.tasks import GenerativeTask, LoglikelihoodTask, TaskContext
 
 
-def task_settings(name: str, task, config, params=None) -> dict:
-    """Everything that changes a task's outputs; its hash names the generation cache."""
+def task_settings(name: str, task, config, params=None, precision: str = "fp32") -> dict:
+    """Everything that changes a task's outputs; its hash names the generation cache. ``precision`` is the
+    resolved one (``sdft.generation.auto``)."""
     from sdft.provenance import package_versions
 
     template = task.template
     settings = {
         "task": name, "model": config.model, "adapter": config.adapter, "backend": config.backend,
-        "data": task.source or task.data_path, "options": {k: v for k, v in task.options.items()},
+        "precision": precision, "data": task.source or task.data_path, "options": {k: v for k, v in task.options.items()},
         "template": to_dict(template) if dataclasses.is_dataclass(template) else template,
         "template_mode": config.template_mode, "limit": config.limit, "n_samples": config.n_samples,
         "decoding": params.record() if params is not None else None,
@@ -32,6 +33,8 @@ def task_settings(name: str, task, config, params=None) -> dict:
     # Not in the key: limit (a larger limit reuses the items already done) and batch size (a rerun with a
     # smaller batch after running out of memory must resume, not start over).
     keyed = {k: v for k, v in settings.items() if k != "limit"}
+    if keyed["precision"] == "fp32":  # keyed only when not fp32, so earlier (fp32) caches stay valid
+        del keyed["precision"]
     if keyed["decoding"]:
         keyed["decoding"] = {k: v for k, v in keyed["decoding"].items() if k != "batch_size"}
     settings["settings_key"] = stage_key(keyed)
@@ -42,7 +45,7 @@ def task_settings(name: str, task, config, params=None) -> dict:
 def run_generate(name: str, task: GenerativeTask, examples: list[dict], session, config, out: Path,
                  judge=None) -> dict:
     params = config.decoding(name, task.max_new_tokens, tuple(task.stop))
-    settings = task_settings(name, task, config, params)
+    settings = task_settings(name, task, config, params, session.setup.record["precision"])
     context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge, out)
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]), key="key")
     # One cache unit per (item, sample); the plain id when there is one sample per item.
@@ -74,8 +77,10 @@ def _generate(name, task: GenerativeTask, session, config, params, pending, prog
         # Longest first: batches of similar length pad little, and the ETA only improves.
         todo = sorted((p for p in pending if p[1] == sample), key=lambda p: -len(prompts[p[0]["id"]]))
         sample_params = dataclasses.replace(params, seed=params.seed + sample)
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start:start + config.batch_size]
+        # vLLM and servers want many prompts in flight; each chunk is one progress write.
+        chunk = max(config.batch_size, getattr(session.backend, "request_chunk", 0) or 0)
+        for start in range(0, len(todo), chunk):
+            batch = todo[start:start + chunk]
             completions = session.backend.generate([prompts[ex["id"]] for ex, _, _ in batch], sample_params)
             progress.append({
                 "key": key, "id": ex["id"], "sample": j, "prompt": prompts[ex["id"]], "completion": c.text,
@@ -108,7 +113,8 @@ def run_loglik(name: str, task: LoglikelihoodTask, examples: list[dict], session
         from sdft.loglik import score_multiple_choice
     except ImportError as exc:
         return {"metric": task.metric, "skipped": f"log-likelihood scoring unavailable ({exc})"}
-    settings = task_settings(name, task, config)
+    # Log-likelihoods stay fp32 unless bf16 is asked for by name (HF bf16 was not faster on a CPU).
+    settings = task_settings(name, task, config, precision="bf16" if config.precision == "bf16" else "fp32")
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]))
     pending = [ex for ex in examples if not progress.done(ex["id"])]
     if pending:

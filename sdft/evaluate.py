@@ -17,6 +17,7 @@ on every run (cheap), so a fixed checker applies without regenerating.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -59,7 +60,14 @@ class EvalConfig(Validated):
     data: list[str] = field(default_factory=list, help="TASK=PATH: a task's data file or hub name (repeatable)")
     checker: list[str] = field(default_factory=list, help="TASK=module:function for a user task (with --data)")
     option: list[str] = field(default_factory=list, help="TASK.KEY=VALUE task option, e.g. openfunctions.rule=paper")
-    backend: str = field("hf", "generation backend: hf, vllm, or 'module:Class'")
+    backend: str = field("auto", "generation backend: auto (vllm when installed and it supports the model, "
+                         "else hf), hf, vllm, openai (--endpoint), or 'module:Class'")
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        "auto", "generation precision; auto: bf16 where measured faster (vLLM on a GPU or a bf16-capable CPU)")
+    endpoint: list[str] = field(default_factory=list, keyed=False,
+                                help="OpenAI-compatible server URL(s) for --backend openai")
+    backend_option: list[str] = field(default_factory=list, keyed=False,
+                                      help="KEY=VALUE backend option, e.g. max_concurrency=64")
     template_mode: templates.Mode = field("auto", "chat template (chat), plain text (plain), or auto")
     system_prompt: str = field(templates.DEFAULT_SYSTEM_PROMPT, templates.SYSTEM_PROMPT_HELP)
     temperature: float = field(0.0, "0 = greedy decoding")
@@ -155,26 +163,21 @@ def _pairs(items: list[str], flag: str, form: str) -> dict[str, str]:
 class ModelSession:
     """The model under evaluation, loaded at most once, and only when some task really needs it."""
 
-    def __init__(self, config: EvalConfig):
-        self.config = config
+    def __init__(self, config: EvalConfig, setup):
+        self.config, self.setup = config, setup  # setup: the resolved sdft.generation.BackendSetup
         from sdft.generation import loads_hf_weights
-        self.hf_like = loads_hf_weights(config.backend)
-        self._backend = self._tokenizer = self._model_path = self._hf = None
+        self.hf_like = loads_hf_weights(setup.name)
+        self._backend = self._tokenizer = self._hf = None
 
     @property
     def model_path(self) -> str:
-        if self._model_path is None:
-            from sdft.generation import model_for_backend
-            self._model_path = model_for_backend(self.config.backend, self.config.model)
-        return self._model_path
+        return self.setup.model_path
 
     @property
     def backend(self):
         if self._backend is None:
-            from sdft.generation import load_backend
             # Our own bar counts items across the task; a backend's inner bar would only add noise.
-            self._backend = load_backend(self.config.backend, self.model_path, self.config.adapter,
-                                         progress=False)
+            self._backend = self.setup.load(self.config.adapter, progress=False)
         return self._backend
 
     @property
@@ -192,12 +195,15 @@ class ModelSession:
         """Raw HF model + tokenizer for log-likelihood tasks, shared with the HF backend."""
         if self._hf is None:
             # The HF backend lends its torch model; with any other backend load one only when needed.
-            backend = self.backend if self.config.backend == "hf" else self._backend
+            backend = self.backend if self.setup.name == "hf" else self._backend
             if backend is not None and backend.model is not None:  # declared: a torch module, or None
                 self._hf = (backend.model, backend.tokenizer)
             else:
                 from sdft.models import load_model_and_tokenizer
-                self._hf = load_model_and_tokenizer(self.model_path, self.config.adapter)
+                # fp32 unless bf16 was asked for by name: auto keeps scoring exact (HF bf16 was not faster).
+                dtype = "bf16" if self.config.precision == "bf16" else None
+                self._hf = load_model_and_tokenizer(self.config.model if not self.hf_like else self.model_path,
+                                                    self.config.adapter, dtype=dtype)
         return self._hf
 
 
@@ -224,10 +230,13 @@ def evaluate(config: EvalConfig) -> dict:
         judge = make_judge(config.judge, model_name=config.judge_model, backend=config.judge_backend or config.backend,
                            batch_size=config.batch_size, template_mode=config.template_mode)
     examples, skipped = _load_examples(tasks, data, config)
-    session = ModelSession(config)
+    from sdft.generation import backend_setup
+    setup = backend_setup(config)
+    config = dataclasses.replace(config, backend=setup.name)  # the settings keys name the backend that ran
+    session = ModelSession(config, setup)
     results = _previous_results(out, config)
     results.update({"model": config.model, "adapter": config.adapter, "backend": config.backend,
-                    "provenance": provenance.run_record(to_dict(config))})
+                    "generation": setup.record, "provenance": provenance.run_record(to_dict(config))})
     for name, reason in skipped.items():  # an earlier real result for the task is worth keeping
         results["tasks"].setdefault(name, {"metric": tasks[name].metric, "skipped": reason})
     for name, task in tasks.items():

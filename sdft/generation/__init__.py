@@ -67,6 +67,12 @@ class Completion:
     prompt_truncated: bool = False
 
 
+def cut_at_stop(text: str, stop) -> tuple[str, bool]:
+    """The text up to the first stop string (and whether one was found): every backend cuts the same way."""
+    hits = [text.find(s) for s in stop if s and s in text]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
 class Backend(Protocol):
     """Constructed as ``Backend(model=..., adapter=..., progress=..., **options)``.
 
@@ -82,6 +88,7 @@ class Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "hf": "sdft.generation.hf:HFBackend",
     "vllm": "sdft.generation.vllm_backend:VLLMBackend",
+    "openai": "sdft.generation.openai_backend:OpenAIBackend",
 }
 
 
@@ -130,4 +137,53 @@ def model_for_backend(name: str, model: str) -> str:
 
 def load_backend(name: str, model: str, adapter: str | None = None, **options) -> Backend:
     """Instantiate a registered backend (or any ``module:Class``) for a model."""
-    return backend_class(name)(model=model, adapter=adapter, **options)
+    try:
+        return backend_class(name)(model=model, adapter=adapter, **options)
+    except TypeError as exc:  # an option the backend does not take: the user's --backend-option
+        if "argument" not in str(exc):
+            raise
+        raise ConfigError(f"backend '{name}': {exc}") from None
+
+
+@dataclass(frozen=True)
+class BackendSetup:
+    """What a stage hands to ``load_backend``: the resolved backend, its model path and options."""
+
+    name: str
+    model_path: str
+    options: dict
+    record: dict  # for run records: backend and precision as requested and as chosen, why, endpoints
+
+    def load(self, adapter: str | None, **extra) -> Backend:
+        return load_backend(self.name, self.model_path, adapter, **self.options, **extra)
+
+
+def _takes(cls: type, name: str) -> bool:
+    """Whether a backend names ``name`` among its parameters (a bare ``**options`` does not count)."""
+    import inspect
+    return name in inspect.signature(cls).parameters
+
+
+def backend_setup(config) -> BackendSetup:
+    """Resolve a stage config's ``backend``/``precision``/``endpoint``/``backend_option`` (auto printed)."""
+    from sdft.generation.auto import choose, parse_options
+
+    requested, endpoints = config.backend, list(getattr(config, "endpoint", []) or [])
+    if requested == "auto" and endpoints:
+        requested = "openai"  # naming servers is choosing them
+    if endpoints and requested != "openai":
+        raise ConfigError(f"--endpoint applies to --backend openai, not '{requested}'")
+    folder = None
+    if requested == "auto":
+        from sdft.models import resolve_model
+        folder = resolve_model(config.model)
+    choice = choose(requested, getattr(config, "precision", "auto"), folder)
+    cls = backend_class(choice.backend)
+    options = parse_options(list(getattr(config, "backend_option", []) or []))
+    if _takes(cls, "precision"):
+        options["precision"] = choice.precision
+    if endpoints:
+        options["endpoint"] = endpoints
+    path = folder or model_for_backend(choice.backend, config.model)
+    record = {**choice.record(), "options": {k: v for k, v in options.items() if k != "precision"}}
+    return BackendSetup(choice.backend, path, options, record)

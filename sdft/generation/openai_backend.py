@@ -1,0 +1,186 @@
+"""Generation on OpenAI-compatible completions servers (vLLM, SGLang, TGI, llama.cpp): one or many.
+
+``--backend openai --endpoint http://host:8000/v1[,http://host2:8000/v1...]``. Every prompt is one
+``/completions`` request carrying its own seed (the HF backend's ``row_seed``), so a sample does not depend
+on which server or batch it lands on; requests are spread round-robin over the endpoints, at most
+``max_concurrency`` in flight per endpoint (a server batches what is in flight). When the model is a
+local checkpoint (an alias or folder) its tokenizer renders and truncates the prompts here and the server
+gets token ids, exactly what the in-process backends feed their engines; otherwise it gets the text.
+
+Failures: connection errors, timeouts and HTTP 408/429/5xx are retried with exponential backoff (on the
+next endpoint); anything else, or an answer that is not a completion, stops the job with one line. Stages
+write progress after every chunk, so finished records survive. The API key comes only from an
+environment variable (``SDFT_API_KEY``, else ``OPENAI_API_KEY``, or the one named by ``api_key_env``);
+it is never a config value, so it never reaches a run record. The transport is ``sdft.endpoint``'s: with a
+key, plain http only to loopback; redirects never followed (the key would follow them); URLs redacted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from sdft.endpoint import Transient, check_url, redact, request_json
+from sdft.errors import ConfigError, SdftError
+from sdft.generation import Completion, GenerationParams, cut_at_stop
+
+API_KEY_ENVS = ("SDFT_API_KEY", "OPENAI_API_KEY")
+
+
+class EndpointError(SdftError):
+    """A request failed for good (after retries, or for a reason a retry cannot fix)."""
+
+
+def base_urls(endpoints, with_key: bool) -> list[str]:
+    """Validated base URLs (``.../v1``) from a list or comma-separated string."""
+    items = [endpoints] if isinstance(endpoints, str) else list(endpoints or [])
+    urls = [part.strip().rstrip("/") for item in items for part in str(item).split(",") if part.strip()]
+    if not urls:
+        raise ConfigError("--backend openai needs --endpoint URL (e.g. http://127.0.0.1:8000/v1)")
+    return [check_url(url, has_key=with_key).removesuffix("/completions") for url in urls]
+
+
+class OpenAIBackend:
+    """``generate(prompts, params)`` over OpenAI-compatible ``/completions`` endpoints.
+
+    Options (``--backend-option KEY=VALUE``): ``max_concurrency`` (in flight per endpoint, default 32),
+    ``timeout`` (seconds per request, default 600), ``retries`` (default 4), ``backoff`` (first wait in
+    seconds, default 1, doubling), ``api_key_env`` (variable holding the key), ``served_model`` (the name
+    to request when the server calls the model otherwise), ``tokenizer`` (folder or alias for token-id
+    prompts when the model name is not local), ``request_chunk``.
+    """
+
+    loads_hf_weights = False
+
+    def __init__(self, model: str, adapter: str | None = None, progress: bool = True, endpoint=None,
+                 max_concurrency: int = 32, timeout: float = 600.0, retries: int = 4, backoff: float = 1.0,
+                 api_key_env: str | None = None, served_model: str | None = None, tokenizer: str | None = None,
+                 request_chunk: int | None = None, **unknown):
+        if "api_key" in unknown:
+            raise ConfigError("an API key is never a setting (it would be written to run records): put it in "
+                              f"the environment variable {api_key_env or API_KEY_ENVS[0]}")
+        if unknown:
+            raise ConfigError(f"unknown option(s) for the openai backend: {', '.join(sorted(unknown))}")
+        if adapter:
+            raise ConfigError("the openai backend cannot apply --adapter: serve it (vllm serve BASE --enable-lora "
+                              "--lora-modules NAME=DIR) and pass --model NAME")
+        self._key = self._api_key(api_key_env)
+        self.endpoints = base_urls(endpoint, bool(self._key))
+        self.model_name = served_model or model
+        self.max_concurrency, self.timeout = max(1, int(max_concurrency)), float(timeout)
+        self.retries, self.backoff, self.progress = max(0, int(retries)), float(backoff), progress
+        self.request_chunk = int(request_chunk or 4 * self.max_concurrency * len(self.endpoints))
+        self._next = 0
+        self._lock = threading.Lock()
+        self.tokenizer = self._tokenizer(tokenizer or model)
+        self.model = None
+        for url in self.endpoints:
+            self._check_serves(url)
+
+    @staticmethod
+    def _api_key(env_name: str | None) -> str | None:
+        names = (env_name,) if env_name else API_KEY_ENVS
+        return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+    @staticmethod
+    def _tokenizer(name: str):
+        from sdft.models import ALIASES, load_tokenizer
+        if name in ALIASES or Path(name).expanduser().is_dir():
+            return load_tokenizer(name)
+        return None  # a remote-only model: the server tokenizes the text
+
+    # ------------------------------------------------------------------------------------------ HTTP
+    def _call(self, url: str, body: dict | None = None) -> dict:
+        return request_json(url, body, api_key=self._key, timeout=self.timeout)
+
+    def _check_serves(self, base: str) -> None:
+        """Fail now, with one line, when a server is down or does not serve the model."""
+        try:
+            listing = self._call(base + "/models")
+        except Transient as exc:
+            raise EndpointError(f"{exc}; is the server running?") from None
+        names = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] \
+            if isinstance(listing, dict) else []
+        if names and self.model_name not in names:
+            raise ConfigError(f"endpoint {redact(base)} serves {', '.join(map(str, names))}, not "
+                              f"'{self.model_name}': start it with --served-model-name, or pass "
+                              "--backend-option served_model=NAME")
+
+    def _with_retries(self, body: dict) -> dict:
+        with self._lock:  # round-robin start; a retry moves on to the next endpoint
+            first, self._next = self._next, self._next + 1
+        error = ""
+        for attempt in range(self.retries + 1):
+            url = self.endpoints[(first + attempt) % len(self.endpoints)] + "/completions"
+            try:
+                return self._call(url, body)
+            except Transient as exc:
+                error = str(exc)
+            if attempt < self.retries:  # full jitter: many clients retrying at once do not collide
+                time.sleep(random.uniform(0, self.backoff * 2 ** attempt))
+        raise EndpointError(f"request failed after {self.retries + 1} attempt(s); the last: {error}")
+
+    # ------------------------------------------------------------------------------------ generation
+    def _body(self, prompt, seed: int, params: GenerationParams) -> dict:
+        body = {"model": self.model_name, "prompt": prompt, "max_tokens": params.max_new_tokens, "n": 1,
+                "temperature": 0.0 if params.greedy else params.temperature, "seed": seed}
+        if not params.greedy:
+            body["top_p"] = params.top_p
+            if params.top_k > 0:
+                body["top_k"] = params.top_k  # an extension (vLLM, SGLang, llama.cpp); OpenAI proper has none
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if self.tokenizer is not None:
+            body["return_token_ids"] = True  # a vLLM extension: the text is then decoded as in-process
+        return body
+
+    def _one(self, prompt, seed: int, params: GenerationParams, prompt_len: int | None, cut: bool) -> Completion:
+        reply = self._with_retries(self._body(prompt, seed, params))
+        try:
+            choice = reply["choices"][0]
+            text, reason, usage = choice["text"], choice.get("finish_reason"), reply.get("usage") or {}
+            completion_tokens = int(usage["completion_tokens"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise EndpointError(f"endpoint answered something that is not a completion: {str(reply)[:160]}") from None
+        if reason not in ("stop", "length"):
+            raise EndpointError(f"endpoint ended a completion with finish_reason {reason!r}")
+        if self.tokenizer is not None and isinstance(choice.get("token_ids"), list):
+            # Decoded as the in-process backends do (a character cut by the budget becomes U+FFFD there).
+            text = cut_at_stop(self.tokenizer.decode(choice["token_ids"], skip_special_tokens=True), params.stop)[0]
+        return Completion(text=text, prompt_tokens=prompt_len if prompt_len is not None else
+                          int(usage.get("prompt_tokens", 0)), completion_tokens=completion_tokens,
+                          finish_reason=reason, prompt_truncated=cut)
+
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
+        from tqdm.auto import tqdm
+
+        from sdft.generation.hf import encode_prompts, row_seeds, warn_truncated
+
+        if not prompts:
+            return []
+        if self.tokenizer is not None:
+            inputs, truncated = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens,
+                                               params.truncation_side)
+            warn_truncated(truncated, params.max_prompt_tokens, params.truncation_side)
+            lengths = [len(ids) for ids in inputs]
+        else:
+            inputs, truncated, lengths = list(prompts), [False] * len(prompts), [None] * len(prompts)
+        seeds = row_seeds(list(prompts), params.seed)
+        results: list[Completion | None] = [None] * len(prompts)
+        workers = self.max_concurrency * len(self.endpoints)
+        with ThreadPoolExecutor(max_workers=min(workers, len(prompts))) as pool, \
+                tqdm(total=len(prompts), unit="prompt", desc="generate", disable=not self.progress) as bar:
+            futures = {pool.submit(self._one, inputs[i], seeds[i], params, lengths[i], truncated[i]): i
+                       for i in range(len(prompts))}
+            for future in as_completed(futures):
+                if future.exception() is not None:
+                    for other in futures:  # queued requests are dropped; in-flight ones end on their own
+                        other.cancel()
+                    raise future.exception()
+                results[futures[future]] = future.result()
+                bar.update(1)
+        return results  # type: ignore[return-value]

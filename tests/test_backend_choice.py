@@ -1,0 +1,106 @@
+"""--backend auto / --precision auto: what they choose, that it is printed, and how stages record it."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from sdft.errors import ConfigError
+from sdft.generation import auto, backend_setup
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """Pretend hardware: set ``cpu.bf16`` / ``cpu.cuda`` / ``cpu.vllm`` in a test."""
+    state = SimpleNamespace(bf16="avx512_bf16", cuda=False, vllm=(True, "vLLM supports LlamaForCausalLM"))
+    monkeypatch.setattr(auto, "cpu_bf16_support", lambda: state.bf16)
+    monkeypatch.setattr(auto, "_cuda", lambda: state.cuda)
+    monkeypatch.setattr(auto, "vllm_installed", lambda: state.vllm is not None)
+    monkeypatch.setattr(auto, "vllm_supports", lambda folder: state.vllm)
+    return state
+
+
+def test_auto_backend_prefers_vllm_when_it_supports_the_model(cpu, tiny_model):
+    assert auto.choose_backend("auto", str(tiny_model)) == ("vllm", "vLLM supports LlamaForCausalLM")
+    cpu.vllm = (False, "vLLM does not support FancyForCausalLM")
+    assert auto.choose_backend("auto", str(tiny_model)) == ("hf", "vLLM does not support FancyForCausalLM")
+    cpu.vllm = None
+    assert auto.choose_backend("auto", str(tiny_model)) == ("hf", "vLLM is not installed")
+    assert auto.choose_backend("hf", str(tiny_model)) == ("hf", "requested")
+
+
+def test_auto_precision_is_bf16_only_where_measured_faster(cpu):
+    assert auto.generation_precision("auto", "vllm") == "bf16"
+    assert auto.generation_precision("auto", "hf") == "fp32"  # HF bf16 decoding was slower on a CPU
+    cpu.bf16 = None
+    assert auto.generation_precision("auto", "vllm") == "fp32"
+    cpu.cuda = True
+    assert auto.generation_precision("auto", "vllm") == auto.generation_precision("auto", "hf") == "bf16"
+    assert auto.generation_precision("fp32", "vllm") == "fp32"
+    assert auto.generation_precision("auto", "openai") == "server"
+    with pytest.raises(ConfigError, match="server"):
+        auto.generation_precision("bf16", "openai")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    real_path = auto.Path
+    monkeypatch.setattr(auto, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
+    auto.cpu_bf16_support.cache_clear()
+    try:
+        assert auto.cpu_bf16_support() == "avx512_bf16"
+        info.write_text("flags\t\t: fpu sse avx2\n")
+        auto.cpu_bf16_support.cache_clear()
+        assert auto.cpu_bf16_support() is None
+    finally:
+        auto.cpu_bf16_support.cache_clear()
+
+
+def _config(**kw):
+    values = {"backend": "auto", "precision": "auto", "endpoint": [], "backend_option": [], "model": "m"}
+    return SimpleNamespace(**{**values, **kw})
+
+
+def test_setup_resolves_prints_and_records(cpu, tiny_model, capsys):
+    setup = backend_setup(_config(model=str(tiny_model), backend_option=["kv_cache_gib=3", "enforce_eager=true"]))
+    assert setup.name == "vllm" and setup.model_path == str(tiny_model)
+    assert setup.options == {"kv_cache_gib": 3, "enforce_eager": True, "precision": "bf16"}
+    assert setup.record["backend"] == "vllm" and setup.record["requested_backend"] == "auto"
+    assert setup.record["precision"] == "bf16" and setup.record["cpu_bf16"] == "avx512_bf16"
+    assert "generation backend vllm (vLLM supports LlamaForCausalLM), precision bf16" in capsys.readouterr().err
+    hf = backend_setup(_config(model=str(tiny_model), backend="hf"))
+    assert hf.name == "hf" and hf.options == {"precision": "fp32"}
+
+
+def test_endpoints_choose_the_openai_backend(cpu):
+    setup = backend_setup(_config(endpoint=["http://127.0.0.1:9/v1"]))
+    assert setup.name == "openai" and setup.options["endpoint"] == ["http://127.0.0.1:9/v1"]
+    assert setup.record["precision"] == "server" and "precision" not in setup.options
+    with pytest.raises(ConfigError, match="--endpoint applies to --backend openai"):
+        backend_setup(_config(backend="hf", endpoint=["http://127.0.0.1:9/v1"]))
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        backend_setup(_config(backend="hf", backend_option=["nonsense"]))
+
+
+def test_unknown_backend_option_is_one_clear_error(tiny_model):
+    from sdft.generation import load_backend
+    with pytest.raises(ConfigError, match="backend 'hf'.*colour"):
+        load_backend("hf", str(tiny_model), None, colour="blue")
+
+
+def test_distill_records_the_choice_and_refuses_to_mix_engines(cpu, tmp_path, tiny_model):
+    """A resumed distillation must not switch engine or precision halfway (the text would differ)."""
+    from sdft.distill import DistillConfig, distill
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say {i}.", "output": f"{i}."}) + "\n" for i in range(2)))
+    common = dict(data=str(data), out=str(tmp_path / "o"), model=str(tiny_model), max_new_tokens=4,
+                  progress=False, backend="hf")
+    distill(DistillConfig(**common))
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["generation"]["backend"] == "hf" and run["generation"]["precision"] == "fp32"
+    with pytest.raises(ConfigError, match="different settings"):
+        distill(DistillConfig(**common, precision="bf16"))
