@@ -48,12 +48,10 @@ class StubServer:
                     step = stub.script.pop(0) if stub.script else None
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
-                try:
-                    time.sleep(stub.delay)
-                    self._answer(step, body)
-                finally:
-                    with stub.lock:
-                        stub.in_flight -= 1
+                time.sleep(stub.delay)
+                with stub.lock:  # counted down before answering: the client may send its next one at once
+                    stub.in_flight -= 1
+                self._answer(step, body)
 
             def _answer(self, step, body):
                 if isinstance(step, int):

@@ -269,3 +269,9 @@ def test_bf16_greedy_accuracy_is_within_noise_of_fp32(vllm_fp32, folder):
     assert lost - gained <= max(2, 2 * (lost + gained) ** 0.5), (sum(right32), sum(right16), lost, gained)
     assert sum(a == b for a, b in zip(fp32, low)) >= 0.8 * len(gold)  # the same answers, mostly
     assert sum(a is not None for a in low) >= 0.9 * len(gold)  # and well-formed
+
+
+def test_auto_backend_checks_what_this_vllm_can_run(folder, tiny_model):
+    from sdft.generation.auto import choose_backend
+    assert choose_backend("auto", folder)[0] == "vllm"
+    assert choose_backend("auto", str(tiny_model)) == ("hf", "vLLM's CPU attention does not take head size 8")

@@ -71,7 +71,27 @@ def vllm_supports(folder: str) -> tuple[bool, str]:
     known = [arch for arch in architectures if arch in supported]
     if not known:
         return False, f"vLLM does not support {', '.join(architectures) or 'an unnamed architecture'}"
+    if not _cuda():
+        sizes = _cpu_head_sizes()
+        head = _head_dim(json.loads(config.read_text()))
+        if sizes and head not in sizes:  # e.g. the tests' tiny model (head size 8)
+            return False, f"vLLM's CPU attention does not take head size {head}"
     return True, f"vLLM supports {known[0]}"
+
+
+def _head_dim(config: dict) -> int | None:
+    text = config.get("text_config") or config
+    heads = text.get("num_attention_heads")
+    return text.get("head_dim") or (text["hidden_size"] // heads if heads and text.get("hidden_size") else None)
+
+
+def _cpu_head_sizes() -> list[int] | None:
+    """Head sizes the CPU build's attention kernels take (None when this vLLM does not say)."""
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+        return list(CPUAttentionBackend.get_supported_head_sizes())
+    except (ImportError, AttributeError):
+        return None
 
 
 def choose_backend(requested: str, model_folder: str | None) -> tuple[str, str]:
