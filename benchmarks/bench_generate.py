@@ -158,7 +158,7 @@ def bench_server(folder: str, dtype: str, prompts: dict, args, rows: list) -> No
                 break
             except OSError:
                 time.sleep(2)
-        print(f"vllm serve ({dtype}) ready in {time.perf_counter() - began:.0f} s", flush=True)
+        print(f"vLLM server ({dtype}) ready in {time.perf_counter() - began:.0f} s", flush=True)
         backend = load_backend("openai", name, None, progress=False, endpoint=[url], max_concurrency=256,
                                tokenizer=folder)
         params = GenerationParams(max_new_tokens=args.max_new_tokens, max_prompt_tokens=4096)

