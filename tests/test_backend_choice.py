@@ -16,7 +16,7 @@ def cpu(monkeypatch):
     """Pretend hardware: set ``cpu.bf16`` / ``cpu.cuda`` / ``cpu.vllm`` in a test."""
     state = SimpleNamespace(bf16="avx512_bf16", cuda=False, vllm=(True, "vLLM supports LlamaForCausalLM"))
     monkeypatch.setattr(auto, "cpu_bf16_support", lambda: state.bf16)
-    monkeypatch.setattr(auto, "_cuda", lambda: state.cuda)
+    monkeypatch.setattr(auto, "cuda_available", lambda: state.cuda)
     monkeypatch.setattr(auto, "vllm_installed", lambda: state.vllm is not None)
     monkeypatch.setattr(auto, "vllm_supports", lambda folder: state.vllm)
     return state

@@ -140,7 +140,7 @@ def load_backend(name: str, model: str, adapter: str | None = None, **options) -
     try:
         return backend_class(name)(model=model, adapter=adapter, **options)
     except TypeError as exc:  # an option the backend does not take: the user's --backend-option
-        if "argument" not in str(exc):
+        if "unexpected keyword argument" not in str(exc):
             raise
         raise ConfigError(f"backend '{name}': {exc}") from None
 

@@ -48,7 +48,7 @@ def cpu_bf16_support() -> str | None:
     return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
 
 
-def _cuda() -> bool:
+def cuda_available() -> bool:
     try:
         import torch
     except ImportError:
@@ -71,7 +71,7 @@ def vllm_supports(folder: str) -> tuple[bool, str]:
     known = [arch for arch in architectures if arch in supported]
     if not known:
         return False, f"vLLM does not support {', '.join(architectures) or 'an unnamed architecture'}"
-    if not _cuda():
+    if not cuda_available():
         sizes = _cpu_head_sizes()
         head = _head_dim(json.loads(config.read_text()))
         if sizes and head not in sizes:  # e.g. the tests' tiny model (head size 8)
@@ -118,8 +118,8 @@ def generation_precision(requested: str, backend: str) -> str:
     if requested != "auto":
         return requested
     if backend == "vllm":
-        return "bf16" if (_cuda() or cpu_bf16_support()) else "fp32"
-    if backend == "hf" and _cuda():
+        return "bf16" if (cuda_available() or cpu_bf16_support()) else "fp32"
+    if backend == "hf" and cuda_available():
         return "bf16"
     return "fp32"  # HF on a CPU (bf16 was slower for the 0.5B seed), remote servers (their own dtype)
 

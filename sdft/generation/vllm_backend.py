@@ -81,7 +81,7 @@ class VLLMBackend:
     Options (``--backend-option KEY=VALUE``): ``kv_cache_gib`` (CPU KV cache, default 2),
     ``request_chunk`` (prompts per generate() call and progress write, default 128), ``max_model_len``,
     ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enforce_eager`` (skip compilation: starts much
-    faster, decodes somewhat slower) and any other ``vllm.LLM`` keyword.
+    faster; the default on a CPU) and any other ``vllm.LLM`` keyword.
     """
 
     loads_hf_weights = True
@@ -112,6 +112,11 @@ class VLLMBackend:
             self.lora_request = LoRARequest(adapter_path.name or "adapter", _adapter_id(adapter_path),
                                             str(adapter_path))
         self.dtype = _vllm_dtype(precision, dtype)
+        from sdft.generation.auto import cuda_available
+        if not cuda_available():
+            # On a CPU, compilation makes an engine start take three to four minutes instead of one; eager
+            # decoding ran at 450-540 new tokens/s here (docs/results/generation-speed-2026-12-01.md).
+            engine_options.setdefault("enforce_eager", True)
         self.llm = _engine(folder, self.dtype, lora_rank, engine_options)
         # The HF tokenizer (the adapter's when it carries one): the same rendering and ids as the HF backend.
         self.tokenizer = load_tokenizer(folder, adapter=adapter)
