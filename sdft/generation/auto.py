@@ -9,7 +9,6 @@ transformers generation and log-likelihood stay fp32 on a CPU, because HF bf16 d
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import sys
@@ -37,15 +36,10 @@ class Choice:
                 "cpu_bf16": cpu_bf16_support()}
 
 
-@functools.cache
-def cpu_bf16_support() -> str | None:
-    """``'amx_bf16'`` or ``'avx512_bf16'`` when this x86 CPU has fast bf16 matmuls, else None."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
+def cpu_bf16_support() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX or AVX512-BF16): one test for training and generation."""
+    from sdft.train_speed import cpu_has_native_bf16
+    return cpu_has_native_bf16()
 
 
 def cuda_available() -> bool:
@@ -129,9 +123,7 @@ def choose(requested_backend: str, requested_precision: str, model_folder: str |
     precision = generation_precision(requested_precision, backend)
     choice = Choice(backend, precision, requested_backend, requested_precision, reason)
     if requested_backend == "auto" or (requested_precision == "auto" and backend in ("hf", "vllm")):
-        print(f"sdft: generation backend {backend} ({reason}), precision {precision}"
-              f"{' (CPU has ' + cpu_bf16_support() + ')' if cpu_bf16_support() and precision == 'bf16' else ''}",
-              file=sys.stderr, flush=True)
+        print(f"sdft: generation backend {backend} ({reason}), precision {precision}", file=sys.stderr, flush=True)
     return choice
 
 
