@@ -40,7 +40,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
-	$(BIN)/python benchmarks/bench_train.py --bf16
+	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_sandbox.py
 
 clean:
