@@ -281,3 +281,16 @@ def test_auto_backend_checks_what_this_vllm_can_run(folder, tiny_model):
     from sdft.generation.auto import choose_backend
     assert choose_backend("auto", folder)[0] == "vllm"
     assert choose_backend("auto", str(tiny_model)) == ("hf", "vLLM's CPU attention does not take head size 8")
+
+
+@pytest.mark.parametrize("env_level, expected", [(None, "WARNING"), ("INFO", "INFO")])
+def test_vllm_info_lines_are_off_unless_the_user_asks(env_level, expected):
+    """sdft turns vLLM's INFO flood off before importing it; a user's VLLM_LOGGING_LEVEL wins."""
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
+    if env_level:
+        env["VLLM_LOGGING_LEVEL"] = env_level
+    code = ("from sdft.generation.auto import quiet_vllm_logs; quiet_vllm_logs(); import vllm.envs; "
+            "print(vllm.envs.VLLM_LOGGING_LEVEL)")  # the level vLLM configures its loggers with
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == expected

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +55,19 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def quiet_vllm_logs() -> None:
+    """Call before the first ``import vllm``: vLLM logs dozens of INFO lines per engine start and shutdown,
+    burying sdft's progress bars and one-line messages. ``VLLM_LOGGING_LEVEL=INFO`` brings them back."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
 def vllm_supports(folder: str) -> tuple[bool, str]:
     """Whether vLLM's registry knows the architecture in ``folder/config.json`` (and why not)."""
     config = Path(folder) / "config.json"
     if not config.is_file():
         return False, f"{folder} has no config.json"
     architectures = json.loads(config.read_text()).get("architectures") or []
+    quiet_vllm_logs()
     from vllm import ModelRegistry  # imported only here: vLLM takes seconds to import
     supported = set(ModelRegistry.get_supported_archs())
     known = [arch for arch in architectures if arch in supported]

@@ -89,6 +89,9 @@ class VLLMBackend:
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
                  progress: bool = True, precision: str | None = None, kv_cache_gib: float | None = None,
                  request_chunk: int = DEFAULT_REQUEST_CHUNK, **engine_options):
+        from sdft.generation.auto import quiet_vllm_logs
+
+        quiet_vllm_logs()
         try:
             import vllm  # noqa: F401
             from vllm.lora.request import LoRARequest
