@@ -30,6 +30,60 @@ def test_stage_key_leaves_out_fields_marked_unkeyed():
     assert {"learning_rate", "seed", "mix_ratio", "merge"} <= set(train)
 
 
+def _pinned_configs():
+    """One DistillConfig and one EvalConfig of each kind a user has (defaults; a preset from YAML-style keys
+    with the engine settings given), the way ``sdft run`` and ``--config`` build them."""
+    from sdft.config import from_dict
+    from sdft.distill import PRESETS as DISTILL_PRESETS
+    from sdft.evaluate import PRESETS as EVAL_PRESETS
+
+    engine = {"backend": "hf", "precision": "fp32", "endpoint": [], "backend_option": ["max_concurrency=4"]}
+    remote = {"backend": "openai", "precision": "bf16", "endpoint": ["http://127.0.0.1:8000/v1"],
+              "backend_option": ["retries=1"]}
+    return {
+        "distill-default": DistillConfig(data="d.jsonl"),
+        "distill-paper": from_dict(DistillConfig, {**DISTILL_PRESETS["paper"], "data": "alpaca.json",
+                                                   "columns": ["instruction=q"], **engine}),
+        "eval-default": EvalConfig(tasks=["gsm8k"]),
+        "eval-paper": from_dict(EvalConfig, {**EVAL_PRESETS["paper"], "tasks": ["gsm8k", "arc"], "limit": 5,
+                                             **remote}),
+    }
+
+
+# Computed before the engine settings became one shared definition (sdft.generation.EngineSettings): a stage
+# key names run folders and caches, so a refactoring that changes one makes users' runs start over.
+PINNED_KEYS = {
+    "distill-default": ("3fc2e088c3119109", "42d4c7cfdce8d0b7"),
+    "distill-paper": ("0c2d745388af9e05", "9d9ed31400137341"),
+    "eval-default": ("b5a5da7fb0d72d32", "8844d12dffccc2ed"),
+    "eval-paper": ("46f10659e90aaa36", "649c9c602176ebcd"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_KEYS))
+def test_stage_keys_of_existing_configs_never_change(name):
+    config = _pinned_configs()[name]
+    assert (stage_key(config), stage_key(config, "upstream")) == PINNED_KEYS[name]
+    assert {"backend", "precision"} <= set(keyed_settings(config))
+    assert {"endpoint", "backend_option", "out", "progress"}.isdisjoint(keyed_settings(config))
+
+
+@pytest.mark.parametrize("command", ["distill", "eval"])
+def test_engine_flags_keep_their_names(command):
+    from sdft.cli import build_parser
+    from sdft.config import resolve
+
+    cls = {"distill": DistillConfig, "eval": EvalConfig}[command]
+    args = build_parser(command).parse_args([
+        command, "--data" if command == "distill" else "--tasks", "d.jsonl" if command == "distill" else "gsm8k",
+        "--backend", "openai", "--precision", "bf16", "--endpoint", "http://127.0.0.1:8000/v1",
+        "--endpoint", "http://127.0.0.1:8001/v1", "--backend-option", "retries=1,max_concurrency=2"])
+    config = resolve(cls, args)
+    assert (config.backend, config.precision) == ("openai", "bf16")
+    assert config.endpoint == ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"]
+    assert config.backend_option == ["retries=1", "max_concurrency=2"]
+
+
 @pytest.mark.parametrize("build", [
     lambda: dataclasses.replace(EvalConfig(tasks=["gsm8k"]), top_p=2.0),
     lambda: dataclasses.replace(DistillConfig(data="d"), temperature=-1.0),
