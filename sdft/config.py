@@ -251,14 +251,28 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def _argument_groups(parser: argparse.ArgumentParser, cls) -> dict[str, Any]:
+    """Where each field's flag is listed: a field a config inherits from a settings mixin (e.g.
+    ``sdft.generation.EngineSettings``) goes in a section headed by the mixin's ``section``, after the
+    config's own flags (a dataclass puts inherited fields first, which would open ``--help`` with them)."""
+    where: dict[str, Any] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            group = parser.add_argument_group(getattr(base, "section", base.__name__))
+            where.update({f.name: group for f in dataclasses.fields(base)})
+    return where
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """Add one flag per dataclass field. Defaults stay None so we can tell what the user set."""
     hints = _type_hints(cls)
+    groups = _argument_groups(parser, cls)
     for f in dataclasses.fields(cls):
+        target = groups.get(f.name, parser)
         inner, _ = _unwrap_optional(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, nargs="?", default=None, help=kwargs["help"])
+            target.add_argument(f.name, nargs="?", default=None, help=kwargs["help"])
             continue
         if inner is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -270,7 +284,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
             continue  # nested settings come from YAML only
         if f.default is not dataclasses.MISSING and f.default is not None and "help" in kwargs:
             kwargs["help"] += f" (default: {f.default})"
-        parser.add_argument(flag_name(f), **kwargs)
+        target.add_argument(flag_name(f), **kwargs)
 
 
 def resolve(cls: type[T], args: argparse.Namespace, config_path: str | None = None,

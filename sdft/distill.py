@@ -22,15 +22,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from sdft import layout, templates
 from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key, to_dict
 from sdft.errors import ConfigError
+from sdft.generation import EngineSettings, GenerationParams
 from sdft.store import ProgressFile, write_json, write_jsonl
-
-if TYPE_CHECKING:
-    from sdft.generation import GenerationParams
 
 # The reference code never sets decoding values; these are the defaults it inherited (paper-method §4).
 PRESETS = {
@@ -42,7 +40,7 @@ PRESETS = {
 
 
 @dataclass
-class DistillConfig(Validated):
+class DistillConfig(EngineSettings, Validated):
     data: str = field(None, "dataset file (JSON, JSONL, CSV, Parquet) or hub dataset name")
     out: str = field("runs/distill", "output folder (rerun the same command to resume)", keyed=False)
     model: str = field(DEFAULT_MODEL, "seed model: alias, hub id, local folder or .gguf file")
@@ -66,14 +64,6 @@ class DistillConfig(Validated):
     top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
     top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
     seed: int = field(42, "random seed for sampling")
-    backend: str = field("auto", "generation backend: auto (vllm when installed and it supports the model, "
-                         "else hf), hf, vllm, openai (--endpoint), or 'module:Class'")
-    precision: Literal["auto", "fp32", "bf16"] = field(
-        "auto", "generation precision; auto: bf16 where measured faster (vLLM on a GPU or a bf16-capable CPU)")
-    endpoint: list[str] = field(default_factory=list, keyed=False,
-                                help="OpenAI-compatible server URL(s) for --backend openai")
-    backend_option: list[str] = field(default_factory=list, keyed=False,
-                                      help="KEY=VALUE backend option, e.g. max_concurrency=64")
     progress: bool = field(True, "show a progress bar", keyed=False)
 
     def validate(self) -> None:
@@ -86,8 +76,7 @@ class DistillConfig(Validated):
         templates.check_system_prompt(self.system_prompt)
 
 
-def generation_params(config) -> "GenerationParams":
-    from sdft.generation import GenerationParams
+def generation_params(config) -> GenerationParams:
     return GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                             top_p=config.top_p, top_k=config.top_k, seed=config.seed,
                             batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens,

@@ -28,6 +28,7 @@ from typing import Literal
 from sdft import layout, templates
 from sdft.config import DEFAULT_MODEL, Validated, field, to_dict
 from sdft.errors import ConfigError, SdftError
+from sdft.generation import EngineSettings
 from sdft.store import write_json
 from sdft.tasks import ExternalTask, GenerativeTask, JudgedTask
 
@@ -44,7 +45,7 @@ PRESETS = {
 
 
 @dataclass
-class EvalConfig(Validated):
+class EvalConfig(EngineSettings, Validated):
     model: str = field(DEFAULT_MODEL, "model: alias, hub id, local folder or .gguf file")
     adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
     tasks: list[str] = field(default_factory=list, help="tasks, comma-separated: gsm8k, multiarith, openfunctions, bfcl, humaneval, advbench, "
@@ -60,14 +61,6 @@ class EvalConfig(Validated):
     data: list[str] = field(default_factory=list, help="TASK=PATH: a task's data file or hub name (repeatable)")
     checker: list[str] = field(default_factory=list, help="TASK=module:function for a user task (with --data)")
     option: list[str] = field(default_factory=list, help="TASK.KEY=VALUE task option, e.g. openfunctions.rule=paper")
-    backend: str = field("auto", "generation backend: auto (vllm when installed and it supports the model, "
-                         "else hf), hf, vllm, openai (--endpoint), or 'module:Class'")
-    precision: Literal["auto", "fp32", "bf16"] = field(
-        "auto", "generation precision; auto: bf16 where measured faster (vLLM on a GPU or a bf16-capable CPU)")
-    endpoint: list[str] = field(default_factory=list, keyed=False,
-                                help="OpenAI-compatible server URL(s) for --backend openai")
-    backend_option: list[str] = field(default_factory=list, keyed=False,
-                                      help="KEY=VALUE backend option, e.g. max_concurrency=64")
     template_mode: templates.Mode = field("auto", "chat template (chat), plain text (plain), or auto")
     system_prompt: str = field(templates.DEFAULT_SYSTEM_PROMPT, templates.SYSTEM_PROMPT_HELP)
     temperature: float = field(0.0, "0 = greedy decoding")

@@ -74,7 +74,8 @@ def test_engine_flags_keep_their_names(command):
     from sdft.config import resolve
 
     cls = {"distill": DistillConfig, "eval": EvalConfig}[command]
-    args = build_parser(command).parse_args([
+    parser = build_parser(command)
+    args = parser.parse_args([
         command, "--data" if command == "distill" else "--tasks", "d.jsonl" if command == "distill" else "gsm8k",
         "--backend", "openai", "--precision", "bf16", "--endpoint", "http://127.0.0.1:8000/v1",
         "--endpoint", "http://127.0.0.1:8001/v1", "--backend-option", "retries=1,max_concurrency=2"])
@@ -82,6 +83,9 @@ def test_engine_flags_keep_their_names(command):
     assert (config.backend, config.precision) == ("openai", "bf16")
     assert config.endpoint == ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"]
     assert config.backend_option == ["retries=1", "max_concurrency=2"]
+    sub = parser._subparsers._group_actions[0].choices[command]  # flags listed under their own heading
+    engine = next(g for g in sub._action_groups if g.title == "generation engine")
+    assert [a.dest for a in engine._group_actions] == ["backend", "precision", "endpoint", "backend_option"]
 
 
 @pytest.mark.parametrize("build", [

@@ -14,9 +14,31 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
+from sdft.config import field
 from sdft.errors import ConfigError
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass
+class EngineSettings:
+    """Generation engine: the settings every generating stage (distill, eval) takes, declared once.
+
+    A mixin of those stages' configs, so the YAML keys and flags stay flat (``backend:``, ``--backend``);
+    :func:`backend_setup` turns them into a backend to load. Endpoints and options are not keyed: they say
+    where and how fast, not what is generated (the backend and precision as resolved are recorded)."""
+
+    section: ClassVar[str] = "generation engine"  # the heading of these flags in --help
+    backend: str = field("auto", "generation backend: auto (vllm when installed and it supports the model, "
+                         "else hf), hf, vllm, openai (--endpoint), or 'module:Class'")
+    precision: Precision = field(
+        "auto", "generation precision; auto: bf16 where measured faster (vLLM on a GPU or a bf16-capable CPU)")
+    endpoint: list[str] = field(default_factory=list, keyed=False,
+                                help="OpenAI-compatible server URL(s) for --backend openai")
+    backend_option: list[str] = field(default_factory=list, keyed=False,
+                                      help="KEY=VALUE backend option, e.g. max_concurrency=64")
 
 
 @dataclass(frozen=True)
@@ -164,11 +186,11 @@ def _takes(cls: type, name: str) -> bool:
     return name in inspect.signature(cls).parameters
 
 
-def backend_setup(config) -> BackendSetup:
-    """Resolve a stage config's ``backend``/``precision``/``endpoint``/``backend_option`` (auto printed)."""
+def backend_setup(config: EngineSettings) -> BackendSetup:
+    """Resolve a stage config's :class:`EngineSettings` for its ``model`` (auto choices printed)."""
     from sdft.generation.auto import choose, parse_options
 
-    requested, endpoints = config.backend, list(getattr(config, "endpoint", []) or [])
+    requested, endpoints = config.backend, list(config.endpoint)
     if requested == "auto" and endpoints:
         requested = "openai"  # naming servers is choosing them
     if endpoints and requested != "openai":
@@ -177,9 +199,9 @@ def backend_setup(config) -> BackendSetup:
     if requested == "auto":
         from sdft.models import resolve_model
         folder = resolve_model(config.model)
-    choice = choose(requested, getattr(config, "precision", "auto"), folder)
+    choice = choose(requested, config.precision, folder)
     cls = backend_class(choice.backend)
-    options = parse_options(list(getattr(config, "backend_option", []) or []))
+    options = parse_options(list(config.backend_option))
     if _takes(cls, "precision"):
         options["precision"] = choice.precision
     if endpoints:
