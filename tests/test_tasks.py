@@ -277,6 +277,25 @@ def test_winrate_needs_data_and_endpoint_needs_model_name():
     assert judge.url == "https://example.org/v1/chat/completions"
 
 
+def test_instruction_sets_read_the_same_with_each_tasks_input_join(tmp_path):
+    """alpaca_eval and winrate share one reader; alpaca_eval trims an input, winrate keeps it as written."""
+    data = write_json(tmp_path / "a.json", [
+        {"instruction": "Sum", "input": "  1 2 \n", "output": "3", "dataset": "helpful_base"},
+        {"id": 7, "prompt": "Hi", "input": "   ", "output": "Hello"},
+        {"question": "Why?", "input": 0, "output": "Because"},
+    ])
+    alpaca = get_task("alpaca_eval", data).examples()
+    assert [(e["id"], e["instruction"], e["question"], e["dataset"]) for e in alpaca] == [
+        ("alpaca_eval-0000", "Sum", "Sum\n\n1 2", "helpful_base"), ("7", "Hi", "Hi", None),
+        ("alpaca_eval-0002", "Why?", "Why?", None)]
+    winrate = get_task("winrate", data).examples()
+    assert [(e["id"], e["instruction"], e["reference"]) for e in winrate] == [
+        ("winrate-0000", "Sum\n\n  1 2 \n", "3"), ("7", "Hi", "Hello"), ("winrate-0002", "Why?", "Because")]
+    bad = write_json(tmp_path / "b.json", [{"instruction": "x"}, {"output": "y"}])
+    with pytest.raises(DataError, match="record 1.*'output'"):  # the first bad record, whichever field
+        get_task("winrate", bad).examples()
+
+
 # --------------------------------------------------------------------------------------------- custom
 
 def contains_reference(record, completion):

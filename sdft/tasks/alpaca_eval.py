@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdft import carriers, templates
+from sdft import templates
 from sdft.errors import ConfigError
 from sdft.store import write_json
 from sdft.tasks import GenerativeTask, TaskContext
+from sdft.tasks.instructions import read_instructions
 
 OUTPUT_FILE = "alpaca_eval_outputs.json"
 
@@ -35,14 +36,9 @@ class AlpacaEval(GenerativeTask):
         if not self.data_path:
             raise ConfigError("task alpaca_eval needs the AlpacaEval instructions: --data alpaca_eval=FILE "
                               "(records of instruction [+ input]), e.g. the paper's alpaca_eval.json")
-        records, self.source = carriers.user_records(self.data_path)
-        examples = []
-        for i, (loc, rec) in enumerate(records):
-            original = carriers.pick(rec, ("instruction", "prompt", "question"), loc)
-            extra = str(rec.get("input") or "").strip()
-            examples.append({"id": str(rec.get("id", f"alpaca_eval-{i:04d}")), "instruction": original,
-                             "question": f"{original}\n\n{extra}" if extra else original,
-                             "dataset": rec.get("dataset")})
+        instructions, self.source = read_instructions(self.name, self.data_path)
+        examples = [{"id": item.id, "instruction": item.text, "question": item.with_input(strip=True),
+                     "dataset": item.record.get("dataset")} for item in instructions]
         self._by_id = {ex["id"]: ex for ex in examples}
         return examples
 

@@ -31,6 +31,7 @@ from sdft import carriers, templates
 from sdft.errors import ConfigError, SdftError
 from sdft.store import ProgressFile
 from sdft.tasks import JudgedTask, TaskContext
+from sdft.tasks.instructions import read_instructions
 
 JUDGE_SYSTEM = "You are a fair judge of the quality of answers written by AI assistants."
 JUDGE_PROMPT = (
@@ -72,15 +73,10 @@ class WinRate(JudgedTask):
             raise ConfigError("task winrate needs an instruction set with reference answers: "
                               "--data winrate=FILE (records of instruction [+ input] and output), e.g. "
                               "the paper's alpaca_eval.json")
-        records, self.source = carriers.user_records(self.data_path)
-        examples = []
-        for i, (loc, rec) in enumerate(records):
-            instruction = carriers.pick(rec, ("instruction", "prompt", "question"), loc)
-            if rec.get("input") and str(rec["input"]).strip():
-                instruction = f"{instruction}\n\n{rec['input']}"
-            examples.append({"id": str(rec.get("id", f"winrate-{i:04d}")), "instruction": instruction,
-                             "reference": carriers.pick(rec, ("output", "response", "reference"), loc)})
-        return examples
+        instructions, self.source = read_instructions(self.name, self.data_path)
+        return [{"id": item.id, "instruction": item.with_input(),
+                 "reference": carriers.pick(item.record, ("output", "response", "reference"), item.location)}
+                for item in instructions]
 
     def prompt(self, example: dict, tokenizer) -> str:
         return self.render(self.template, example["instruction"], tokenizer)
