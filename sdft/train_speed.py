@@ -36,7 +36,7 @@ def base_dtype(method: str, precision: str) -> str:
     backward (the largest single cost of bf16 autocast over fp32 weights on a CPU). Trainable weights (LoRA
     adapters; everything under --method full) stay fp32 so that small optimizer updates are not rounded away."""
     if method == "qlora":
-        return "nf4"  # bitsandbytes 4-bit, loaded by sdft.train._load_model itself
+        return "nf4"  # bitsandbytes 4-bit, loaded by sdft.train_setup.load_model itself
     return "bfloat16" if method == "lora" and precision == "bf16" else "float32"
 
 
