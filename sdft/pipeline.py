@@ -108,6 +108,17 @@ class RunCommand:
     out_root: str | None = field(None, "override the config's out_root")
 
 
+def help_epilog() -> str:
+    """``sdft run --help``: the keys of the YAML file, with the help of :class:`RunConfig`'s fields."""
+    import dataclasses
+    import textwrap
+
+    lines = ["keys of the experiment YAML file (README: `sdft run`; sections take the stage's own keys):"]
+    for f in dataclasses.fields(RunConfig):
+        lines += textwrap.wrap(f"{f.name}: {f.metadata['help']}", 96, initial_indent="  ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def load_run_config(path: str | Path, **overrides) -> RunConfig:
     """Load and fully validate a run config, including every stage section, before any work starts."""
     data = load_yaml(path)

@@ -89,3 +89,12 @@ def test_a_second_seed_reuses_the_first_and_trains_only_its_own_models(tmp_path,
                 "| sdft-s43 − vanilla-s43 | openfunctions/accuracy | 2 |",
                 "| sdft − vanilla (seeds pooled) | openfunctions/accuracy | 2 × 2 | +0.0 (no item or seed differs"):
         assert row in report, row
+
+
+def test_run_help_documents_the_config_keys(capsys):
+    from sdft.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "train_seeds: training seeds" in text and "-s<seed>" in text and "mix_ratios:" in text
