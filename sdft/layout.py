@@ -110,7 +110,8 @@ class Arm:
     file; other training arms add their own); ``params`` holds what distinguishes this model within its
     recipe (``mix_ratio``, ``sample_size``, ...). ``answer_shift`` and ``weight_shift`` compare a trained
     model with the seed. ``seed`` is the training seed (``sdft train --seed``) of a trained or interpolated
-    model; None in runs made before it was recorded. The same arm at another training seed is another
+    model when the run trained several (``train_seeds``); None otherwise (every model then has the train
+    section's seed, recorded in its stage.json). The same arm at another training seed is another
     ``Arm`` with the same recipe and params (:mod:`sdft.seeds` names and groups them)."""
 
     label: str

@@ -206,7 +206,9 @@ def run(config: RunConfig, log=print) -> Manifest:
     stages = stage_configs(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / layout.RUN_CONFIG, to_dict(config))
+    # A run without train_seeds writes the config.json (and manifest) it wrote before the key existed.
+    write_json(run_dir / layout.RUN_CONFIG, {k: v for k, v in to_dict(config).items()
+                                             if not (k == "train_seeds" and v is None)})
     manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task,
                         system_prompt={name: c.system_prompt for name, c in stages.items()})
     manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
@@ -220,7 +222,7 @@ def run(config: RunConfig, log=print) -> Manifest:
         lambda f: distill(replace(distill_config, out=str(f))), log))
     distilled = str(distill_dir / layout.DISTILLED)
 
-    def finish(label: str, recipe: str, params: dict, trained: StageRecord, key: str, seed: int) -> None:
+    def finish(label: str, recipe: str, params: dict, trained: StageRecord, key: str, seed: int | None) -> None:
         """Evaluate a trained (or interpolated) model, compare it with the seed, add it to the manifest."""
         arm = Arm(label, recipe, _evaluate(stages["eval"], run_dir, label, trained.dir, key, log), params=params,
                   train=trained, seed=seed)
@@ -231,6 +233,7 @@ def run(config: RunConfig, log=print) -> Manifest:
         manifest.arms[arm.label] = arm
 
     primary = stages["train"].seed
+    several = config.training_seeds(primary) != [primary]  # else every model has train.seed, as before the key
     # Seed by seed, the run's own seed first: its models are complete (and reported) before the next seed's.
     for seed in config.training_seeds(primary):
         for point in sweep_points(config):
@@ -242,13 +245,13 @@ def run(config: RunConfig, log=print) -> Manifest:
             trained = StageRecord(str(folder), run_stage(
                 folder, key, keyed_settings(train_config),
                 lambda f, c=train_config: _train(replace(c, data=distilled, out=str(f))), log))
-            finish(label, point.recipe, point.params, trained, key, seed)
+            finish(label, point.recipe, point.params, trained, key, seed if several else None)
         for interp_label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
             vanilla = manifest.arms[seeds.label("vanilla", seed, primary)]  # the vanilla of the same seed
             label = seeds.label(interp_label, seed, primary)
             key = stage_key({"alpha": alpha}, Path(vanilla.train.dir).name)  # vanilla's folder carries its key
             finish(label, "interp", {"alpha": alpha, "from": "vanilla"},
-                   _interpolate(vanilla, label, alpha, key, run_dir, log), key, seed)
+                   _interpolate(vanilla, label, alpha, key, run_dir, log), key, seed if several else None)
     manifest.write(run_dir)
     paths = report.write_report(run_dir)
     log(f"report: {paths['md']}\n        {paths['html']}")

@@ -188,7 +188,9 @@ def _arms(manifest: Manifest, path: Path) -> bool:
     width = 0.8 / len(per_model)
     for i, (label, metrics) in enumerate(per_model.items()):
         xs = np.arange(len(keys)) + i * width
-        ax.bar(xs, [100 * (metrics[k].value if k in metrics else 0) for k in keys], width, label=label)
+        arm = manifest.arms[label]
+        name = f"{label} ({len(arm.members)} seeds)" if isinstance(arm, seeds.SeedMean) else label
+        ax.bar(xs, [100 * (metrics[k].value if k in metrics else 0) for k in keys], width, label=name)
         for x, k in zip(xs, keys):
             metric = metrics.get(k)
             if metric and metric.ci95 and None not in metric.ci95:

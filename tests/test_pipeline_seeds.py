@@ -58,14 +58,17 @@ def test_a_second_seed_reuses_the_first_and_trains_only_its_own_models(tmp_path,
     logs: list[str] = []
     before = run(load_run_config(_config(tmp_path, tiny_model)), log=logs.append)
     folders, report = _stage_folders(run_dir), (run_dir / layout.REPORT_MD).read_text()
+    manifest = (run_dir / layout.MANIFEST).read_bytes()
+    assert "train_seeds" not in json.loads((run_dir / layout.RUN_CONFIG).read_text())  # as before the key
     assert list(before.arms) == ["seed", "vanilla", "sdft", "interp-a0.5"]
-    assert [a.seed for a in before.arms.values()] == [None, 42, 42, 42]  # the manifest records each seed
+    assert [a.seed for a in before.arms.values()] == [None] * 4  # one seed: the manifest is as before
 
     # The key naming only train.seed changes nothing: no work, the same folders and report, byte for byte.
     logs.clear()
     run(load_run_config(_config(tmp_path, tiny_model, train_seeds=[42])), log=logs.append)
     assert not [line for line in logs if line.startswith("[run ]")]
     assert _stage_folders(run_dir) == folders and (run_dir / layout.REPORT_MD).read_text() == report
+    assert (run_dir / layout.MANIFEST).read_bytes() == manifest
     assert "training seed" not in report and "(seeds pooled)" not in report
 
     # A second seed: seed 42's models are reused, only seed 43's are trained, interpolated and evaluated.
@@ -80,8 +83,8 @@ def test_a_second_seed_reuses_the_first_and_trains_only_its_own_models(tmp_path,
     assert after.arms["interp-a0.5-s43"].train.result["source_adapter"] == after.arms["vanilla-s43"].train.dir
     trained = json.loads((Path(after.arms["sdft-s43"].train.dir) / layout.STAGE).read_text())
     assert trained["settings"]["seed"] == 43
-    saved = json.loads((run_dir / layout.MANIFEST).read_text())["models"]
-    assert saved["vanilla-s43"]["seed"] == 43 and "seed" not in saved["seed"]
+    saved = json.loads((run_dir / layout.MANIFEST).read_text())["models"]  # the manifest records each seed
+    assert saved["vanilla"]["seed"] == 42 and saved["vanilla-s43"]["seed"] == 43 and "seed" not in saved["seed"]
 
     report = (run_dir / layout.REPORT_MD).read_text()
     for row in ("| vanilla (2 seeds) |", "| sdft (2 seeds) |", "| interp-a0.5 (2 seeds) |", "## Results per training seed",
