@@ -236,6 +236,7 @@ def run(config: RunConfig, log=print) -> Manifest:
     several = config.training_seeds(primary) != [primary]  # else every model has train.seed, as before the key
     # Seed by seed, the run's own seed first: its models are complete (and reported) before the next seed's.
     for seed in config.training_seeds(primary):
+        recorded = seed if several else None
         for point in sweep_points(config):
             label = seeds.label(point.label, seed, primary)
             train_config = replace(stages["train"], seed=seed, mix_ratio=point.mix_ratio, limit=point.sample_size,
@@ -245,13 +246,13 @@ def run(config: RunConfig, log=print) -> Manifest:
             trained = StageRecord(str(folder), run_stage(
                 folder, key, keyed_settings(train_config),
                 lambda f, c=train_config: _train(replace(c, data=distilled, out=str(f))), log))
-            finish(label, point.recipe, point.params, trained, key, seed if several else None)
+            finish(label, point.recipe, point.params, trained, key, recorded)
         for interp_label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
             vanilla = manifest.arms[seeds.label("vanilla", seed, primary)]  # the vanilla of the same seed
             label = seeds.label(interp_label, seed, primary)
             key = stage_key({"alpha": alpha}, Path(vanilla.train.dir).name)  # vanilla's folder carries its key
             finish(label, "interp", {"alpha": alpha, "from": "vanilla"},
-                   _interpolate(vanilla, label, alpha, key, run_dir, log), key, seed if several else None)
+                   _interpolate(vanilla, label, alpha, key, run_dir, log), key, recorded)
     manifest.write(run_dir)
     paths = report.write_report(run_dir)
     log(f"report: {paths['md']}\n        {paths['html']}")
