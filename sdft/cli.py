@@ -2,7 +2,8 @@
 
 Each subcommand names a module, its config dataclass and its stage function, imported only when that
 subcommand runs (so ``sdft --help`` stays fast and never imports torch). A module may also define
-``PRESETS`` (named sets of config values for ``--preset``) and ``summarize(result) -> str``.
+``PRESETS`` (named sets of config values for ``--preset``), ``summarize(result) -> str`` and
+``help_epilog() -> str`` (text after the flags in ``--help``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 p.add_argument("--preset", choices=sorted(module.PRESETS),
                                help="named set of reference values (applied before --config and flags)")
             add_arguments(p, config_cls)
+            epilog = getattr(module, "help_epilog", None)  # e.g. the keys of `sdft run`'s YAML file
+            if epilog:
+                p.epilog, p.formatter_class = epilog(), argparse.RawDescriptionHelpFormatter
         p.add_argument("--offline", action="store_true", default=None,
                        help="never contact the Hugging Face hub (also: SDFT_OFFLINE=1 or HF_HUB_OFFLINE=1)")
     return parser

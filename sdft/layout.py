@@ -109,7 +109,10 @@ class Arm:
     ``recipe`` names how the model was made ("seed"; "mix": vanilla, SDFT and mixtures of the distilled
     file; other training arms add their own); ``params`` holds what distinguishes this model within its
     recipe (``mix_ratio``, ``sample_size``, ...). ``answer_shift`` and ``weight_shift`` compare a trained
-    model with the seed."""
+    model with the seed. ``seed`` is the training seed (``sdft train --seed``) of a trained or interpolated
+    model when the run trained several (``train_seeds``); None otherwise (every model then has the train
+    section's seed, recorded in its stage.json). The same arm at another training seed is another
+    ``Arm`` with the same recipe and params (:mod:`sdft.seeds` names and groups them)."""
 
     label: str
     recipe: str
@@ -118,6 +121,7 @@ class Arm:
     train: StageRecord | None = None
     answer_shift: dict | None = None
     weight_shift: dict | None = None
+    seed: int | None = None
 
     @property
     def trained(self) -> bool:
@@ -135,8 +139,9 @@ class Arm:
         return task_metrics(self.eval.result)
 
     def to_json(self) -> dict:
-        return {"label": self.label, "recipe": self.recipe, "params": self.params, "eval": self.eval.to_json(),
-                "train": self.train.to_json() if self.train else None,
+        seed = {} if self.seed is None else {"seed": self.seed}  # the seed model has none
+        return {"label": self.label, "recipe": self.recipe, "params": self.params, **seed,
+                "eval": self.eval.to_json(), "train": self.train.to_json() if self.train else None,
                 "answer_shift": self.answer_shift, "weight_shift": self.weight_shift}
 
     @classmethod
@@ -146,7 +151,8 @@ class Arm:
         train = data.get("train")
         return cls(label=label, recipe=data["recipe"], params=dict(data.get("params") or {}),
                    eval=StageRecord(**data["eval"]), train=StageRecord(**train) if train else None,
-                   answer_shift=data.get("answer_shift"), weight_shift=data.get("weight_shift"))
+                   answer_shift=data.get("answer_shift"), weight_shift=data.get("weight_shift"),
+                   seed=data.get("seed"))
 
 
 def _arm_v1(label: str, old: dict) -> dict:

@@ -5,7 +5,8 @@ Stages, each a call to a stage function (never a subprocess):
 1. evaluate the seed model;
 2. distil the training set once with the seed model;
 3. train at every (mix ratio, sample size) point — mix 0 is vanilla fine-tuning, mix 1 is SDFT — on the
-   distilled file, so every point sees the same examples and only the targets differ;
+   distilled file, so every point sees the same examples and only the targets differ; once per training
+   seed (``train_seeds``; distillation and the seed's evaluation are shared);
 4. evaluate each trained model, and compare it with the seed (text similarity of their answers, seed
    likelihood, parameter shift);
 5. write the report.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from sdft import arms, layout
+from sdft import arms, layout, seeds
 from sdft.arms import ARMS, DEFAULT_ARMS
 from sdft.config import (DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, from_dict, keyed_settings,
                          load_yaml, stage_key, to_dict)
@@ -64,6 +65,10 @@ class RunConfig(Validated):
     replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens")
     onpolicy: dict = field(default_factory=dict, help="onpolicy arms: sdft train --onpolicy-* keys without the prefix")
     interp: dict = field(default_factory=dict, help="interp arm: alphas (0 = seed, 1 = vanilla)")
+    train_seeds: list[int] | None = field(
+        None, "training seeds: every trained arm is trained and evaluated once per seed (sdft train --seed: "
+        "subset, mix choice, batch order, adapter init); the report shows the mean and spread over seeds. "
+        "Default: train.seed alone (42). The model of train.seed keeps the arm's label, others get -s<seed>")
 
     def validate(self) -> None:
         if not self.name or not self.data:
@@ -81,6 +86,7 @@ class RunConfig(Validated):
             raise ConfigError(f"section 'train' may not set {', '.join(per_arm)}: they belong to arms "
                               "(use 'arms' and the replay / onpolicy sections)")
         arms.check(self.arms, self.arm_sections, self.train)
+        seeds.check(self.train_seeds)
 
     @property
     def arm_sections(self) -> dict:
@@ -90,12 +96,27 @@ class RunConfig(Validated):
     def run_dir(self) -> Path:
         return Path(self.out_root) / self.name
 
+    def training_seeds(self, primary: int) -> list[int]:
+        """The training seeds, given the train section's own ``seed`` (``primary``)."""
+        return list(self.train_seeds) if self.train_seeds is not None else [primary]
+
 
 @dataclass
 class RunCommand:
     config: str = field(None, "experiment YAML file", positional=True)
     name: str | None = field(None, "override the config's name")
     out_root: str | None = field(None, "override the config's out_root")
+
+
+def help_epilog() -> str:
+    """``sdft run --help``: the keys of the YAML file, with the help of :class:`RunConfig`'s fields."""
+    import dataclasses
+    import textwrap
+
+    lines = ["keys of the experiment YAML file (README: `sdft run`; sections take the stage's own keys):"]
+    for f in dataclasses.fields(RunConfig):
+        lines += textwrap.wrap(f"{f.name}: {f.metadata['help']}", 96, initial_indent="  ", subsequent_indent="      ")
+    return "\n".join(lines)
 
 
 def load_run_config(path: str | Path, **overrides) -> RunConfig:
@@ -185,7 +206,9 @@ def run(config: RunConfig, log=print) -> Manifest:
     stages = stage_configs(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / layout.RUN_CONFIG, to_dict(config))
+    # A run without train_seeds writes the config.json (and manifest) it wrote before the key existed.
+    write_json(run_dir / layout.RUN_CONFIG, {k: v for k, v in to_dict(config).items()
+                                             if not (k == "train_seeds" and v is None)})
     manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task,
                         system_prompt={name: c.system_prompt for name, c in stages.items()})
     manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
@@ -199,30 +222,37 @@ def run(config: RunConfig, log=print) -> Manifest:
         lambda f: distill(replace(distill_config, out=str(f))), log))
     distilled = str(distill_dir / layout.DISTILLED)
 
-    def finish(label: str, recipe: str, params: dict, trained: StageRecord, key: str) -> None:
+    def finish(label: str, recipe: str, params: dict, trained: StageRecord, key: str, seed: int | None) -> None:
         """Evaluate a trained (or interpolated) model, compare it with the seed, add it to the manifest."""
         arm = Arm(label, recipe, _evaluate(stages["eval"], run_dir, label, trained.dir, key, log), params=params,
-                  train=trained)
+                  train=trained, seed=seed)
         compare_dir = Path(arm.eval.dir) / layout.COMPARE
         compared = run_stage(compare_dir, stage_key(manifest.seed.eval.dir, arm.eval.dir), {"vs": "seed"},
                              lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f), log)
         arm.answer_shift, arm.weight_shift = compared["answer_shift"], compared["weight_shift"]
         manifest.arms[arm.label] = arm
 
-    for point in sweep_points(config):
-        train_config = replace(stages["train"], mix_ratio=point.mix_ratio, limit=point.sample_size,
-                               **point.overrides)
-        key = stage_key(train_config, distill_key)
-        folder = layout.stage_dir(run_dir, layout.TRAIN, point.label, key[:KEY_LENGTH])
-        trained = StageRecord(str(folder), run_stage(
-            folder, key, keyed_settings(train_config),
-            lambda f, c=train_config: _train(replace(c, data=distilled, out=str(f))), log))
-        finish(point.label, point.recipe, point.params, trained, key)
-    for label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
-        vanilla = manifest.arms["vanilla"]
-        key = stage_key({"alpha": alpha}, Path(vanilla.train.dir).name)  # vanilla's folder carries its key
-        finish(label, "interp", {"alpha": alpha, "from": "vanilla"}, _interpolate(vanilla, label, alpha, key,
-                                                                                   run_dir, log), key)
+    primary = stages["train"].seed
+    several = config.training_seeds(primary) != [primary]  # else every model has train.seed, as before the key
+    # Seed by seed, the run's own seed first: its models are complete (and reported) before the next seed's.
+    for seed in config.training_seeds(primary):
+        recorded = seed if several else None
+        for point in sweep_points(config):
+            label = seeds.label(point.label, seed, primary)
+            train_config = replace(stages["train"], seed=seed, mix_ratio=point.mix_ratio, limit=point.sample_size,
+                                   **point.overrides)
+            key = stage_key(train_config, distill_key)
+            folder = layout.stage_dir(run_dir, layout.TRAIN, label, key[:KEY_LENGTH])
+            trained = StageRecord(str(folder), run_stage(
+                folder, key, keyed_settings(train_config),
+                lambda f, c=train_config: _train(replace(c, data=distilled, out=str(f))), log))
+            finish(label, point.recipe, point.params, trained, key, recorded)
+        for interp_label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
+            vanilla = manifest.arms[seeds.label("vanilla", seed, primary)]  # the vanilla of the same seed
+            label = seeds.label(interp_label, seed, primary)
+            key = stage_key({"alpha": alpha}, Path(vanilla.train.dir).name)  # vanilla's folder carries its key
+            finish(label, "interp", {"alpha": alpha, "from": "vanilla"},
+                   _interpolate(vanilla, label, alpha, key, run_dir, log), key, recorded)
     manifest.write(run_dir)
     paths = report.write_report(run_dir)
     log(f"report: {paths['md']}\n        {paths['html']}")

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdft import layout
+from sdft import layout, seeds
 from sdft.layout import Arm, Manifest
 
 
 def make_plots(manifest: Manifest, run_dir: Path) -> list[tuple[str, Path]]:
     """The report's plots, in ``run_dir/plots``; stage folders are found with :func:`layout.locate`, so a
-    moved run folder keeps every plot."""
+    moved run folder keeps every plot. An arm trained at several seeds is drawn once, at its mean over
+    seeds, with the seeds' range as error bars (the loss plot keeps one line per trained model)."""
     _agg()
+    view = seeds.collapsed(manifest)
     folder = Path(run_dir) / layout.PLOTS
     folder.mkdir(parents=True, exist_ok=True)
     made = []
@@ -25,7 +27,7 @@ def make_plots(manifest: Manifest, run_dir: Path) -> list[tuple[str, Path]]:
                                ("Every model on every metric", "arms", _arms),
                                ("Weight interpolation between the seed (0) and vanilla (1)", "interp", _interp))):
         path = folder / layout.PLOT_FILES[name]
-        drawn = _losses(manifest, run_dir, path) if draw is None else draw(manifest, path)
+        drawn = _losses(manifest, run_dir, path) if draw is None else draw(view, path)
         if drawn:
             made.append((title, path))
     return made
@@ -42,6 +44,19 @@ def _metric_series(points: list[Arm]) -> dict[str, list[float]]:
         for key, metric in p.metrics().items():
             series.setdefault(key, []).append(metric.value)
     return {k: v for k, v in series.items() if len(v) == len(points)}
+
+
+def _line(ax, xs: list[float], points: list[Arm], key: str, values: list[float], **style) -> None:
+    """One metric against x, in %; where a point is a mean over training seeds, the seeds' range as an
+    error bar."""
+    ys = [v * 100 for v in values]
+    if not any(isinstance(p, seeds.SeedMean) for p in points):
+        ax.plot(xs, ys, **style)
+        return
+    spans = [p.metrics()[key].ci95 if isinstance(p, seeds.SeedMean) else None for p in points]
+    below = [y - 100 * s[0] if s else 0.0 for y, s in zip(ys, spans)]
+    above = [100 * s[1] - y if s else 0.0 for y, s in zip(ys, spans)]
+    ax.errorbar(xs, ys, yerr=[below, above], capsize=3, **style)
 
 
 def _new_figure():
@@ -70,7 +85,7 @@ def _vs_mix(manifest: Manifest, path: Path) -> bool:
     fig, ax = _new_figure()
     xs = [p.mix_ratio for p in points]
     for key, values in _metric_series(points).items():
-        ax.plot(xs, [v * 100 for v in values], marker="o", label=key)
+        _line(ax, xs, points, key, values, marker="o", label=key)
     ax.set_xlabel("mix ratio (share of distilled targets; 0 = vanilla, 1 = SDFT)")
     ax.set_ylabel("score (%)")
     return _save(fig, ax, path)
@@ -107,8 +122,8 @@ def _vs_size(manifest: Manifest, path: Path) -> bool:
     for ratio, name in ((0.0, "vanilla"), (1.0, "SDFT")):
         points = sorted((a for a in sized if a.mix_ratio == ratio), key=lambda a: a.sample_size)
         for key, values in _metric_series(points).items():
-            ax.plot([p.sample_size for p in points], [v * 100 for v in values], marker="o",
-                    linestyle="-" if ratio else "--", label=f"{name}: {key}")
+            _line(ax, [p.sample_size for p in points], points, key, values, marker="o",
+                  linestyle="-" if ratio else "--", label=f"{name}: {key}")
     ax.set_xlabel("training examples")
     ax.set_ylabel("score (%)")
     return _save(fig, ax, path)
@@ -160,18 +175,22 @@ def loss_plot(series: dict[str, list[dict]], path: Path, title: str = "") -> boo
 
 
 def _arms(manifest: Manifest, path: Path) -> bool:
-    """Grouped bars: one group per task metric, one bar per model (seed included), with 95% intervals."""
+    """Grouped bars: one group per task metric, one bar per model (seed included), with 95% intervals
+    (for a mean over training seeds: the seeds' range)."""
     import numpy as np
 
     per_model = {label: arm.metrics() for label, arm in manifest.arms.items()}
     keys = sorted({k for metrics in per_model.values() for k in metrics})
-    if not manifest.has_other_arms or not keys:
+    several = any(isinstance(a, seeds.SeedMean) for a in manifest.arms.values())
+    if not (manifest.has_other_arms or several) or not keys:
         return False
     fig, ax = _new_figure()
     width = 0.8 / len(per_model)
     for i, (label, metrics) in enumerate(per_model.items()):
         xs = np.arange(len(keys)) + i * width
-        ax.bar(xs, [100 * (metrics[k].value if k in metrics else 0) for k in keys], width, label=label)
+        arm = manifest.arms[label]
+        name = f"{label} ({len(arm.members)} seeds)" if isinstance(arm, seeds.SeedMean) else label
+        ax.bar(xs, [100 * (metrics[k].value if k in metrics else 0) for k in keys], width, label=name)
         for x, k in zip(xs, keys):
             metric = metrics.get(k)
             if metric and metric.ci95 and None not in metric.ci95:
@@ -191,7 +210,7 @@ def _interp(manifest: Manifest, path: Path) -> bool:
     ends = [(0.0, manifest.seed), *((a.params["alpha"], a) for a in points), (1.0, manifest.arms["vanilla"])]
     fig, ax = _new_figure()
     for key, values in _metric_series([arm for _, arm in ends]).items():
-        ax.plot([alpha for alpha, _ in ends], [v * 100 for v in values], marker="o", label=key)
+        _line(ax, [alpha for alpha, _ in ends], [arm for _, arm in ends], key, values, marker="o", label=key)
     ax.set_xlabel("alpha (0 = seed, 1 = vanilla fine-tuned)")
     ax.set_ylabel("score (%)")
     return _save(fig, ax, path)

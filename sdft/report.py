@@ -12,13 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdft import layout, plots
+from sdft import layout, plots, seeds
 from sdft.config import field
 from sdft.errors import ConfigError
 from sdft.layout import Arm, Manifest
 from sdft import report_cost
 from sdft.store import read_jsonl
-from sdft.stats import Metric
+from sdft.stats import Metric, pooled_paired, seed_interval
 
 
 @dataclass
@@ -68,22 +68,68 @@ def results_section(manifest: Manifest) -> str:
     columns = sorted({k for metrics in per_model.values() for k in metrics})
     seed = per_model.get("seed", {})
     rows = []
-    for label, metrics in per_model.items():
-        cells = [label]
-        for col in columns:
-            entry = metrics.get(col)
-            if not entry:
-                cells.append("–")
-                continue
-            cell = _fmt(entry.value) + _ci(entry)
-            if label != "seed" and col in seed and entry.value is not None and seed[col].value is not None:
-                cell += f" ({(entry.value - seed[col].value) * 100:+.1f})"
-            cells.append(cell)
-        rows.append(cells)
+    for name, members in seeds.groups(manifest.arms.values()).items():
+        if len(members) == 1:
+            rows.append([members[0].label, *_model_cells(members[0].label, per_model[members[0].label], columns, seed)])
+        else:
+            rows.append([f"{name} ({len(members)} seeds)",
+                         *_seed_mean_cells([per_model[m.label] for m in members], columns, seed)])
     n = {col: next((m[col].n for m in per_model.values() if col in m), "?") for col in columns}
     note = ("Scores in %, 95% interval in brackets, change vs seed in parentheses. "
             "Items per task: " + ", ".join(f"{c}: {n[c]}" for c in columns) + ".")
-    return "## Results\n\n" + _table(["model", *columns], rows) + "\n\n" + note + "\n"
+    text = "## Results\n\n" + _table(["model", *columns], rows) + "\n\n" + note + "\n"
+    if not seeds.several(manifest):
+        return text
+    return (text[:-1] + " " + SEED_NOTE + "\n\n" +
+            _section("Results per training seed", ["model", "training seed", "model folder", *columns],
+                     [[arm.label, "–" if arm.seed is None else arm.seed, _folder(arm),
+                       *_model_cells(arm.label, per_model[arm.label], columns, seed)]
+                      for members in seeds.groups(manifest.arms.values()).values() for arm in members],
+                     "Each model on its own: score in %, 95% interval over the evaluation items in brackets, "
+                     "change vs seed in parentheses. The model folder holds its training (or interpolation) "
+                     "record; its evaluation is the eval folder of the same label."))
+
+
+SEED_NOTE = ("Rows marked (N seeds): the arm trained at N training seeds; mean over seeds, 95% t-interval over the "
+             "seeds' scores in brackets (N − 1 degrees of freedom: training-seed variance, wide with few seeds), "
+             "change of the mean vs seed in parentheses, then each seed's score in seed order (per-item "
+             "intervals: the per-seed table below).")
+
+
+def _model_cells(label: str, metrics: dict[str, Metric], columns: list[str], seed: dict[str, Metric]) -> list[str]:
+    """One model's cells: score [per-item interval] (change vs seed)."""
+    cells = []
+    for col in columns:
+        entry = metrics.get(col)
+        if not entry:
+            cells.append("–")
+            continue
+        cell = _fmt(entry.value) + _ci(entry)
+        if label != "seed" and col in seed and entry.value is not None and seed[col].value is not None:
+            cell += f" ({(entry.value - seed[col].value) * 100:+.1f})"
+        cells.append(cell)
+    return cells
+
+
+def _seed_mean_cells(per_seed: list[dict[str, Metric]], columns: list[str], seed: dict[str, Metric]) -> list[str]:
+    """One arm over its seeds: mean [t-interval over seeds] (change vs seed); seeds' scores."""
+    cells = []
+    for col in columns:
+        values = [m[col].value for m in per_seed if col in m and m[col].value is not None]
+        if len(values) < len(per_seed):  # a seed without this metric: a mean of the rest would mislead
+            cells.append("–")
+            continue
+        mean, low, high = seed_interval(values)
+        cell = f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
+        if col in seed and seed[col].value is not None:
+            cell += f" ({(mean - seed[col].value) * 100:+.1f})"
+        cells.append(cell + "; seeds " + ", ".join(_fmt(v) for v in values))
+    return cells
+
+
+def _folder(arm: Arm) -> str:
+    record = arm.train or arm.eval
+    return "/".join(Path(record.dir).parts[-2:])
 
 
 def distill_section(manifest: Manifest, run_dir: Path, n_examples: int = 2) -> str:
@@ -143,22 +189,23 @@ def paired_section(manifest: Manifest, generations: dict) -> str:
     from sdft.stats import paired_comparison
 
     rows = []
-    for label, arm in manifest.arms.items():
-        baseline = _vanilla_for(manifest, arm)
-        if label in ("seed", baseline) or baseline is None:
-            continue
-        ours, theirs = _item_scores(generations[label]), _item_scores(generations[baseline])
-        for task in sorted(set(ours) & set(theirs)):
-            metric, scores = ours[task]
-            reference = theirs[task][1]
-            ids = sorted(set(scores) & set(reference))
-            if not ids:
+    for name, members in seeds.groups(manifest.arms.values()).items():
+        per_seed = []  # each seed's {task: (metric, ours, theirs)}, for the pooled rows
+        for arm in members:
+            baseline = _vanilla_for(manifest, arm)
+            if arm.label in ("seed", baseline) or baseline is None:
                 continue
-            c = paired_comparison([scores[i] for i in ids], [reference[i] for i in ids])
-            low, high = c["ci95"]
-            rows.append([f"{label} − {baseline}", f"{task}/{metric}", c["n"],
-                         f"{c['mean'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]", c["wins"], c["losses"],
-                         "–" if c["p"] is None else f"{c['p']:.3f}"])
+            pairs = _pairs(generations[arm.label], generations[baseline])
+            for task, (metric, ours, theirs) in sorted(pairs.items()):
+                c = paired_comparison(list(ours.values()), list(theirs.values()))
+                low, high = c["ci95"]
+                rows.append([f"{arm.label} − {baseline}", f"{task}/{metric}", c["n"],
+                             f"{c['mean'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]", c["wins"],
+                             c["losses"], "–" if c["p"] is None else f"{c['p']:.3f}"])
+            per_seed.append(pairs)
+            against = seeds.group_name(manifest.arms[baseline])
+        if len(per_seed) > 1:
+            rows += _pooled_rows(f"{name} − {against} (seeds pooled)", per_seed)
     if not rows:
         return ""
     title, what = (("Each arm vs vanilla, item by item", "Each model (rewrites, other arms)")
@@ -171,7 +218,47 @@ def paired_section(manifest: Manifest, generations: dict) -> str:
                     "evaluation items: the difference of their scores with a paired 95% interval, how many items "
                     "the first scored higher / lower on, and for 0/1 scores the exact McNemar p-value (interval: "
                     "Bonett-Price adjusted Wald for paired proportions). With one training run per arm this is "
-                    "evaluation noise only, not training-seed variance.")
+                    "evaluation noise only, not training-seed variance." + (POOLED_NOTE if seeds.several(manifest)
+                                                                             else ""))
+
+
+# Why pooled this way: sdft.stats.pooled_paired; DEVELOPERS.md ("Training seeds").
+POOLED_NOTE = (" Each seed's models are compared with vanilla trained at the same seed. Rows (seeds pooled): "
+               "the mean difference over every seed and item (items all seeds share; items × seeds in the items "
+               "column, better / worse summed over seeds), with a 95% interval that adds the item-sampling "
+               "variance and the training-seed variance (t with Satterthwaite degrees of freedom), so it "
+               "covers both a new draw of evaluation items and a new training seed; no McNemar test there, as "
+               "the pairs of different seeds share items and are not independent.")
+
+
+def _pairs(ours: dict, theirs: dict) -> dict[str, tuple[str, dict[str, float], dict[str, float]]]:
+    """``{task: (metric, {id: our score}, {id: their score})}`` on the items both models were scored on."""
+    ours, theirs = _item_scores(ours), _item_scores(theirs)
+    out = {}
+    for task in set(ours) & set(theirs):
+        (metric, a), b = ours[task], theirs[task][1]
+        ids = sorted(set(a) & set(b))
+        if ids:
+            out[task] = (metric, {i: a[i] for i in ids}, {i: b[i] for i in ids})
+    return out
+
+
+def _pooled_rows(comparison: str, per_seed: list[dict]) -> list[list]:
+    """One row per task: the arm against vanilla over all its seeds (:func:`sdft.stats.pooled_paired`)."""
+    rows = []
+    for task in sorted(set.intersection(*(set(p) for p in per_seed))):
+        ids = sorted(set.intersection(*(set(p[task][1]) for p in per_seed)))
+        if len(ids) < 2:
+            continue
+        diffs = [[p[task][1][i] - p[task][2][i] for i in ids] for p in per_seed]
+        c = pooled_paired(diffs)
+        low, high = c["ci95"]
+        interval = ("(no item or seed differs: no interval)" if c["df"] is None  # a zero-width one would claim certainty
+                    else f"[{low * 100:+.1f}, {high * 100:+.1f}]")
+        rows.append([comparison, f"{task}/{per_seed[0][task][0]}",
+                     f"{len(ids)} × {len(per_seed)}", f"{c['mean'] * 100:+.1f} {interval}",
+                     sum(d > 0 for row in diffs for d in row), sum(d < 0 for row in diffs for d in row), "–"])
+    return rows
 
 
 def cost_section(manifest: Manifest) -> str:
@@ -182,9 +269,10 @@ def cost_section(manifest: Manifest) -> str:
 
 
 def _vanilla_for(manifest: Manifest, arm: Arm) -> str | None:
-    """Vanilla (the "mix" recipe at mix 0) trained on as many examples as ``arm``."""
+    """Vanilla (the "mix" recipe at mix 0) trained on as many examples as ``arm``, with its training seed."""
     return next((label for label, other in manifest.arms.items()
-                 if other.recipe == "mix" and other.mix_ratio == 0 and other.sample_size == arm.sample_size),
+                 if other.recipe == "mix" and other.mix_ratio == 0 and other.sample_size == arm.sample_size
+                 and other.seed == arm.seed),
                 None)
 
 
@@ -264,6 +352,10 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     if images:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{title}]({layout.PLOTS}/{path.name})"
                                                      for title, path in images))
+        if seeds.several(manifest):
+            parts[-1] += ("\n\nAn arm trained at several seeds is one point (or bar) at its mean over seeds, with "
+                          "error bars from the lowest to the highest seed; other bars show their 95% per-item "
+                          "interval. The loss plot has one line per trained model.")
     markdown_text = "\n".join(p for p in parts if p)
     md_path = run_dir / layout.REPORT_MD
     md_path.write_text(markdown_text)

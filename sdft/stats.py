@@ -98,3 +98,49 @@ def mcnemar_p(wins: int, losses: int) -> float:
     from scipy.stats import binomtest
 
     return float(binomtest(wins, wins + losses, 0.5).pvalue)
+
+
+def seed_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
+    """Mean over training seeds with a t-interval (n - 1 degrees of freedom); None below two seeds.
+
+    Each value is one trained model's score, so the spread is training-seed variance (plus the evaluation
+    noise each model's score carries). With two seeds the interval is wide (t = 12.7): honest, since two
+    runs say little about how far a third would land."""
+    n = len(values)
+    if n < 2:
+        return None
+    from scipy.stats import t
+
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return (mean, mean - half, mean + half)
+
+
+def pooled_paired(diffs: list[list[float]], level: float = 0.95) -> dict:
+    """Model A against model B at several training seeds, on the same items: ``diffs[s][i]`` is
+    A's score minus B's on item i, both trained with seed s.
+
+    The estimate is the mean of every difference (the mean of the per-seed mean differences). Its variance
+    has two sources, item sampling and training seeds, and the seeds share the items, so pooling all item
+    pairs as independent would count each item once per seed and ignore that seeds differ. Here the
+    variance is the sum of two estimates: of the item means (each item's difference averaged over seeds),
+    var_i / n_items, and of the seed means, var_s / n_seeds. Both contain the item x seed residual, so the
+    sum counts it twice: slightly conservative. The interval is a t with Welch-Satterthwaite degrees of
+    freedom, which with few seeds is dominated by the seed term (wide, as it should be)."""
+    seeds, n = len(diffs), len(diffs[0]) if diffs else 0
+    if seeds < 2 or n < 2 or any(len(row) != n for row in diffs):
+        raise ValueError(f"pooling needs at least two seeds and items, equal per seed (got {seeds} seeds)")
+    from scipy.stats import t
+
+    item_means = [sum(row[i] for row in diffs) / seeds for i in range(n)]
+    seed_means = [sum(row) / n for row in diffs]
+    mean = sum(seed_means) / seeds
+    v_items = sum((m - mean) ** 2 for m in item_means) / (n - 1) / n
+    v_seeds = sum((m - mean) ** 2 for m in seed_means) / (seeds - 1) / seeds
+    variance = v_items + v_seeds
+    if variance == 0:
+        return {"mean": mean, "ci95": (mean, mean), "df": None, "seeds": seeds, "n": n}
+    df = variance ** 2 / (v_items ** 2 / (n - 1) + v_seeds ** 2 / (seeds - 1))
+    half = float(t.ppf(0.5 + level / 2, df)) * math.sqrt(variance)
+    return {"mean": mean, "ci95": (mean - half, mean + half), "df": df, "seeds": seeds, "n": n}

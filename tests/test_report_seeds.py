@@ -1,0 +1,101 @@
+"""The report of a run with several training seeds, built from run folders with known per-seed scores:
+mean and spread over seeds, per-seed rows tracing to folders, paired tests per seed and pooled."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sdft import layout, seeds
+from sdft.layout import Arm, Manifest, StageRecord
+from sdft.report import write_report
+from sdft.stats import Metric, pooled_paired, seed_interval
+
+# Ten evaluation items per model, scored 0/1; vanilla and sdft at seeds 42 and 43.
+SCORES = {"seed": [1] * 5 + [0] * 5,
+          "vanilla": [1] * 6 + [0] * 4, "sdft": [1] * 7 + [0] * 3,
+          "vanilla-s43": [1] * 8 + [0] * 2, "sdft-s43": [1] * 9 + [0] * 1}
+
+
+def _model(run_dir: Path, label: str) -> Arm:
+    eval_dir = run_dir / layout.EVAL / f"{label}-0123456789"
+    scores = SCORES[label]
+    records = [{"id": f"item{i}", "score": s} for i, s in enumerate(scores)]
+    layout.generations_file(eval_dir, "openfunctions").parent.mkdir(parents=True)
+    layout.generations_file(eval_dir, "openfunctions").write_text("".join(json.dumps(r) + "\n" for r in records))
+    metric = Metric.of_scores([float(s) for s in scores]).to_json()
+    result = {"tasks": {"openfunctions": {"metric": "accuracy", "metrics": {"accuracy": metric},
+                                          "generations": "generations/openfunctions.jsonl"}}}
+    (eval_dir / layout.RESULTS).write_text(json.dumps(result))
+    if label == "seed":
+        return Arm("seed", "seed", StageRecord(str(eval_dir), result))
+    seed = 43 if label.endswith("-s43") else 42
+    train_dir = run_dir / layout.TRAIN / f"{label}-abcdefabcd"
+    train_dir.mkdir(parents=True)
+    return Arm(label, "mix", StageRecord(str(eval_dir), result), seed=seed,
+               params={"mix_ratio": 1.0 if label.startswith("sdft") else 0.0, "sample_size": None},
+               train=StageRecord(str(train_dir), {}))
+
+
+@pytest.fixture
+def report(tmp_path) -> str:
+    manifest = Manifest(name="known", model="m", data="d.json", task="function_call")
+    for label in SCORES:
+        manifest.arms[label] = _model(tmp_path, label)
+    manifest.write(tmp_path)
+    return Path(write_report(tmp_path)["md"]).read_text()
+
+
+def test_each_arm_has_one_row_of_means_over_seeds(report):
+    # vanilla: 60 and 80 -> mean 70; t(0.975, 1) = 12.706 times the standard error 10 -> 70 ± 127.1
+    assert "| vanilla (2 seeds) | 70.0 [-57.1, 197.1] (+20.0); seeds 60.0, 80.0 |" in report
+    assert "| sdft (2 seeds) | 80.0 [-47.1, 207.1] (+30.0); seeds 70.0, 90.0 |" in report
+    assert "| seed | 50.0 [23.7, 76.3] |" in report  # the shared seed model keeps its per-item interval
+    assert "t-interval over the seeds' scores" in report
+
+
+def test_every_model_has_a_per_seed_row_naming_its_folder(report):
+    assert "## Results per training seed" in report
+    assert "| vanilla-s43 | 43 | train/vanilla-s43-abcdefabcd | 80.0 [49.0, 94.3] (+30.0) |" in report
+    assert "| sdft | 42 | train/sdft-abcdefabcd | 70.0 [39.7, 89.2] (+20.0) |" in report
+    assert "| seed | – | eval/seed-0123456789 | 50.0 [23.7, 76.3] |" in report
+
+
+def test_paired_comparison_per_seed_and_pooled(report):
+    # Each seed against its own vanilla: sdft wins item 6 at seed 42 and item 8 at seed 43.
+    assert "| sdft − vanilla | openfunctions/accuracy | 10 | +10.0 [" in report
+    assert "| sdft-s43 − vanilla-s43 | openfunctions/accuracy | 10 | +10.0 [" in report
+    assert "sdft − vanilla-s43" not in report and "sdft-s43 − vanilla |" not in report
+    # Pooled: both seeds +10, so no seed variance; the per-item means (0.5 on two items, 0 elsewhere) have
+    # variance 0.4/9, standard error 0.0667, t(0.975, 9) = 2.262 -> +10.0 ± 15.1.
+    assert ("| sdft − vanilla (seeds pooled) | openfunctions/accuracy | 10 × 2 | +10.0 [-5.1, +25.1] | 2 | 0 | – |"
+            in report)
+
+
+def test_the_manifest_groups_models_by_arm(tmp_path, report):
+    manifest = Manifest.read(tmp_path)
+    assert manifest.arms["sdft-s43"].seed == 43 and manifest.seed.seed is None
+    assert {name: [a.label for a in members] for name, members in seeds.groups(manifest.arms.values()).items()} == \
+        {"seed": ["seed"], "vanilla": ["vanilla", "vanilla-s43"], "sdft": ["sdft", "sdft-s43"]}
+    view = seeds.collapsed(manifest)
+    vanilla = view.arms["vanilla"].metrics()["openfunctions/accuracy"]
+    assert vanilla.value == pytest.approx(0.7) and vanilla.ci95 == [0.6, 0.8]  # plots: mean, seeds' range
+    assert (tmp_path / layout.PLOTS / "mix_ratio.png").is_file()
+    assert "error bars from the lowest to the highest seed" in (tmp_path / layout.REPORT_MD).read_text()
+
+
+def test_pooled_interval_reduces_to_the_known_cases():
+    from scipy.stats import t
+
+    # Seeds that agree exactly: the paired t-interval over items.
+    diffs = [0.0, 1.0, 0.0, 1.0, -1.0, 0.0]
+    pooled = pooled_paired([diffs, diffs])
+    mean = sum(diffs) / 6
+    se = (sum((d - mean) ** 2 for d in diffs) / 5 / 6) ** 0.5
+    assert pooled["ci95"] == pytest.approx((mean - t.ppf(0.975, 5) * se, mean + t.ppf(0.975, 5) * se))
+    # Items that agree within each seed: the t-interval over the seeds' means.
+    pooled = pooled_paired([[0.1] * 4, [0.3] * 4, [0.2] * 4])
+    assert pooled["mean"] == pytest.approx(0.2) and pooled["df"] == pytest.approx(2)
+    assert pooled["ci95"] == pytest.approx(seed_interval([0.1, 0.3, 0.2])[1:])
+    with pytest.raises(ValueError, match="two seeds"):
+        pooled_paired([diffs])
