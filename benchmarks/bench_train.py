@@ -25,8 +25,10 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "sdft-paper" / "gsm8k_train.json"
 # "current" is the defaults of a real-length run: --compile auto compiles from 64 examples on, more than a
 # benchmark's few steps, so it is set on here.
+# "current-fp32" is "current" forced to fp32: current / current-fp32 is what bf16 alone buys (issue 9).
 SETUPS = {"previous": {"precision": "fp32", "response_only_logits": False, "compile": "off"},
-          "current": {"compile": "on"}}
+          "current": {"compile": "on"},
+          "current-fp32": {"compile": "on", "precision": "fp32"}}
 
 
 def timer_callback():
@@ -115,7 +117,7 @@ def bench_model(model: str, args, peak: float) -> None:
           f"{args.steps} steps x batch {args.batch_size} x <= {args.max_length} tokens (first step not timed)")
     for name, r in results.items():
         mfu = r["tokens_per_s"] * flops_per_token / peak
-        print(f"  {name:>8} ({r['precision']}): {r['tokens_per_s']:7.1f} train tokens/s, "
+        print(f"  {name:>12} ({r['precision']}): {r['tokens_per_s']:7.1f} train tokens/s, "
               f"{r['tokens_per_cpu_s']:7.1f} per CPU-second, MFU {mfu:.1%}; "
               f"loss {' '.join(f'{x:.4f}' for x in r['losses'])}", flush=True)
     before, after = results["previous"], results["current"]
@@ -123,6 +125,10 @@ def bench_model(model: str, args, peak: float) -> None:
     print(f"  largest loss difference per step: {gap:.4f}")
     print(f"  speedup (CPU time): {after['tokens_per_cpu_s'] / before['tokens_per_cpu_s']:.2f}")
     print(f"  speedup: {after['tokens_per_s'] / before['tokens_per_s']:.2f}", flush=True)
+    fp32 = results["current-fp32"]
+    print(f"  bf16 alone (current / current-fp32, {after['precision']} vs {fp32['precision']}): "
+          f"{after['tokens_per_s'] / fp32['tokens_per_s']:.2f} wall, "
+          f"{after['tokens_per_cpu_s'] / fp32['tokens_per_cpu_s']:.2f} CPU time", flush=True)
 
 
 def main() -> None:
