@@ -17,9 +17,11 @@ def progress_callback(every: int, total: int):
         def __init__(self):
             self.began = self.ended = None
             self.tokens = 0.0
+            self.first_step = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.began = time.perf_counter()
+            self.first_step = state.global_step  # a resumed run starts past 0
 
         def on_train_end(self, args, state, control, **kwargs):
             self.ended = time.perf_counter()
@@ -30,9 +32,12 @@ def progress_callback(every: int, total: int):
             if "loss" not in logs or not state.is_world_process_zero:
                 return
             if state.global_step % every == 0 or state.global_step == total:
-                rate = self.tokens / max(time.perf_counter() - self.began, 1e-9)
+                elapsed = max(time.perf_counter() - self.began, 1e-9)
+                # TRL's SDFTTrainer (the onpolicy arm) logs no token count: show the time per step instead.
+                speed = (f"{self.tokens / elapsed:.0f} tokens/s" if self.tokens
+                         else f"{elapsed / max(state.global_step - self.first_step, 1):.1f} s/step")
                 print(f"step {state.global_step}/{total}  loss {logs['loss']:.4f}  "
-                      f"lr {logs.get('learning_rate', 0):.2e}  {rate:.0f} tokens/s", flush=True)
+                      f"lr {logs.get('learning_rate', 0):.2e}  {speed}", flush=True)
 
     return Progress()
 
