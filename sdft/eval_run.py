@@ -113,8 +113,8 @@ def run_loglik(name: str, task: LoglikelihoodTask, examples: list[dict], session
         from sdft.loglik import score_multiple_choice
     except ImportError as exc:
         return {"metric": task.metric, "skipped": f"log-likelihood scoring unavailable ({exc})"}
-    # Log-likelihoods stay fp32 unless bf16 is asked for by name (HF bf16 was not faster on a CPU).
-    settings = task_settings(name, task, config, precision="bf16" if config.precision == "bf16" else "fp32")
+    # The dtype the scoring model is loaded in (fp32 on a CPU unless bf16 is asked for by name).
+    settings = task_settings(name, task, config, precision=session.loglik_precision)
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]))
     pending = [ex for ex in examples if not progress.done(ex["id"])]
     if pending:

@@ -184,8 +184,19 @@ class ModelSession:
                 self._tokenizer = self.backend.tokenizer
         return self._tokenizer
 
+    @property
+    def loglik_precision(self) -> str:
+        """fp32 or bf16: the dtype log-likelihoods are scored in, known before any model loads (it keys their
+        cache). The HF backend's own when it lends its model; otherwise ``--precision`` resolved as for HF
+        generation (auto: fp32 on a CPU, where HF bf16 was not faster; bf16 on a GPU)."""
+        if self.setup.name == "hf":
+            return self.setup.record["precision"]
+        from sdft.generation.auto import generation_precision
+        return generation_precision(self.config.precision, "hf")
+
     def hf_model_and_tokenizer(self):
-        """Raw HF model + tokenizer for log-likelihood tasks, shared with the HF backend."""
+        """Raw HF model + tokenizer for log-likelihood tasks, in :attr:`loglik_precision`, shared with the HF
+        backend."""
         if self._hf is None:
             # The HF backend lends its torch model; with any other backend load one only when needed.
             backend = self.backend if self.setup.name == "hf" else self._backend
@@ -193,10 +204,9 @@ class ModelSession:
                 self._hf = (backend.model, backend.tokenizer)
             else:
                 from sdft.models import load_model_and_tokenizer
-                # fp32 unless bf16 was asked for by name: auto keeps scoring exact (HF bf16 was not faster).
-                dtype = "bf16" if self.config.precision == "bf16" else None
+                # Loaded in the recorded dtype by name: a bare default would be bf16/fp16 on a GPU.
                 self._hf = load_model_and_tokenizer(self.config.model if not self.hf_like else self.model_path,
-                                                    self.config.adapter, dtype=dtype)
+                                                    self.config.adapter, dtype=self.loglik_precision)
         return self._hf
 
 

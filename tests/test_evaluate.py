@@ -266,3 +266,36 @@ def test_acceptance_command_on_the_embedded_model(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results["tasks"]) == {"gsm8k", "advbench", "advbench-jailbreak", "openfunctions", "humaneval"}
     assert all(entry["n"] == 2 for entry in results["tasks"].values())
+
+
+@pytest.mark.parametrize("backend", ["fake", "hf"])
+@pytest.mark.parametrize("gpu, precision, expected", [(True, "auto", "bf16"), (True, "fp32", "fp32"),
+                                                      (False, "auto", "fp32"), (False, "bf16", "bf16")])
+def test_loglik_scores_in_the_precision_it_records(tmp_path, tiny_model, monkeypatch, backend, gpu, precision,
+                                                   expected):
+    """The cache key and results.json name the dtype the scoring model really has: on a GPU a bare default
+    would load bf16 while "fp32" was recorded. CPU runs keep fp32 (left out of the key: old caches stay)."""
+    import torch
+
+    from sdft import evaluate as evaluate_module
+    from sdft.generation import auto
+
+    monkeypatch.setattr(auto, "cuda_available", lambda: gpu)
+    loaded = []
+    real_session = evaluate_module.ModelSession.hf_model_and_tokenizer
+
+    def spy(self):
+        model, tokenizer = real_session(self)
+        loaded.append(model.dtype)
+        return model, tokenizer
+    monkeypatch.setattr(evaluate_module.ModelSession, "hf_model_and_tokenizer", spy)
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text(json.dumps({"question": "2 + 2 = ?", "subject": "elementary_mathematics",
+                                "choices": ["3", "4", "5", "6"], "answer": 1}) + "\n")
+    result = evaluate(from_dict(EvalConfig, {"model": str(tiny_model), "backend": backend, "precision": precision,
+                                             "tasks": ["mmlu"], "data": [f"mmlu={mmlu}"], "out": str(tmp_path / "o"),
+                                             "progress": False}))
+    settings = result["tasks"]["mmlu"]["settings"]
+    assert settings["precision"] == expected
+    assert loaded == [{"fp32": torch.float32, "bf16": torch.bfloat16}[expected]]
+    assert (tmp_path / "o" / "generations" / ".cache" / f"mmlu-{settings['settings_key']}.jsonl").is_file()
