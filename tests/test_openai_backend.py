@@ -55,6 +55,14 @@ def test_transient_errors_are_retried_then_reported_in_one_line():
     assert "\n" not in str(err.value) and "HTTP 503" in str(err.value)
 
 
+def test_a_retry_moves_on_to_the_next_endpoint():
+    # The first server fails every request; each prompt's retry lands on the second one and succeeds.
+    with StubServer(script=[503] * 4) as failing, StubServer() as healthy:
+        out = _backend(f"{failing.url},{healthy.url}", retries=1, max_concurrency=1).generate(
+            PROMPTS[:4], GenerationParams(max_new_tokens=4))
+    assert all(c.text for c in out) and len(healthy.posts()) == 4 and len(failing.posts()) == 2
+
+
 def test_client_errors_and_garbage_are_not_retried():
     for step, message in ((400, "HTTP 400"), ("garbage", "not JSON"), ("empty", "not a completion")):
         with StubServer(script=[step]) as server:
@@ -88,6 +96,10 @@ def test_api_key_from_environment_only(monkeypatch):
     assert {r["headers"].get("Authorization") for r in server.requests} == {"Bearer sk-test-secret"}
     with pytest.raises(ConfigError, match="clear text"):
         _backend("http://10.1.2.3:8000/v1")
+    monkeypatch.setenv("MY_SERVER_KEY", "sk-named-variable")  # api_key_env picks the variable, and only it
+    with StubServer() as server:
+        _backend(server.url, api_key_env="MY_SERVER_KEY").generate(["x"], GenerationParams(max_new_tokens=2))
+    assert {r["headers"].get("Authorization") for r in server.requests} == {"Bearer sk-named-variable"}
     with pytest.raises(ConfigError, match="environment variable"):
         _backend("https://example.invalid/v1", api_key="sk-visible")
 
