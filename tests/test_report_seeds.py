@@ -99,3 +99,21 @@ def test_pooled_interval_reduces_to_the_known_cases():
     assert pooled["ci95"] == pytest.approx(seed_interval([0.1, 0.3, 0.2])[1:])
     with pytest.raises(ValueError, match="two seeds"):
         pooled_paired([diffs])
+
+
+def test_labels_follow_the_runs_own_seed_and_seed_zero_is_a_seed():
+    # A train section with seed 7: its models keep the arm's label, seed 42 is just another seed.
+    assert seeds.label("vanilla", 7, primary=7) == "vanilla"
+    assert seeds.label("vanilla", 42, primary=7) == "vanilla-s42"
+    seeds.check([0, 1])  # 0 is a valid seed (numpy takes 0 .. 2**32 - 1)
+
+
+def test_a_seed_missing_a_metric_blanks_the_mean_and_one_shared_item_gives_no_pooled_row():
+    from sdft.report import _pooled_rows, _seed_mean_cells
+
+    both, one = {"t/acc": Metric(0.5)}, {}
+    assert _seed_mean_cells([both, one], ["t/acc"], {}) == ["–"]  # not the mean of the seeds that have it
+    assert _seed_mean_cells([both, {"t/acc": Metric(0.7)}], ["t/acc"], {})[0].startswith("60.0 [")
+    # Two seeds sharing a single scored item: too few for an interval, so no pooled row (and no crash).
+    per_seed = [{"t": ("acc", {"i1": 1.0}, {"i1": 0.0})}, {"t": ("acc", {"i1": 1.0, "i2": 1.0}, {"i1": 1.0})}]
+    assert _pooled_rows("sdft − vanilla (seeds pooled)", per_seed) == []
