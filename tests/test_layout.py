@@ -73,6 +73,13 @@ def test_stage_folder_belongs_to_one_key(tmp_path):
     assert layout.read_stage(tmp_path)["key"] == "k2"
 
 
+def test_a_stage_record_older_than_keys_resumes(tmp_path):
+    """stage.json written before stages had keys (run-v0.1) names no key: continued, never refused."""
+    (tmp_path / layout.STAGE).write_text(json.dumps({"settings": {"max_new_tokens": 8}}))
+    layout.claim_stage(tmp_path, "k1", {"max_new_tokens": 8})
+    assert layout.read_stage(tmp_path)["key"] == "k1"
+
+
 def test_plots_read_the_layout_not_the_report():
     """The report uses the plots; the plots read saved results through sdft.layout only (no import cycle)."""
     import ast
