@@ -17,6 +17,10 @@ def test_every_arm_becomes_a_training_point_with_its_settings():
     assert list(points) == ["vanilla", "mix0.5", "sdft", "onpolicy", "replay", "sdft+replay", "vanilla-n16",
                             "sdft-n16"]
     assert points["vanilla"].overrides == {} and points["sdft"].mix_ratio == 1.0
+    # vanilla, SDFT and the mixtures are one recipe (the report's mix-ratio plot and tables read them so).
+    assert {points[k].recipe for k in ("vanilla", "mix0.5", "sdft", "sdft-n16")} == {"mix"}
+    assert points["sdft"].params == {"mix_ratio": 1.0, "sample_size": None}
+    assert points["replay"].recipe == "replay" and points["replay"].params["targets"] == "originals"
     assert points["onpolicy"].overrides == {"objective": "onpolicy", "onpolicy_teacher": "ema"}
     assert points["onpolicy"].mix_ratio == 0.0  # on-policy learns from the original demonstrations
     replay = {"replay_data": "general.json", "replay_ratio": 0.5, "replay_source": "seed", "replay_max_new_tokens": 256}
