@@ -55,6 +55,9 @@ def test_choice_is_seeded_nested_and_capped():
     half, info = replay.choose(examples, 8, 0.5, seed=3)
     assert len(quarter) == 2 and len(half) == 4 and info["requested"] == 4 and not info["capped"]
     assert {e.id for e in quarter} < {e.id for e in half} and half == sorted(half, key=examples.index)  # a larger share adds, never swaps; file order
+    for seed in range(20):  # at every seed, not by luck at one
+        ids = [{e.id for e in replay.choose(examples, 8, share, seed)[0]} for share in (0.25, 0.5)]
+        assert ids[0] < ids[1]
     assert replay.choose(examples, 8, 0.5, seed=3) == (half, info)
     assert replay.choose(examples, 8, 0.5, seed=4)[0] != half
     everything, info = replay.choose(examples, 8, 2.0, seed=3)
@@ -97,6 +100,11 @@ def test_seed_answers_are_generated_once_cached_and_cut_ones_dropped(tiny_model,
     assert len(list((tmp_path / "home" / "replay").glob("*.jsonl"))) == 1
     prepare(config(tiny_model, task_data, tmp_path / "b", **settings))
     assert CannedSeed.built == 1  # the second run reads the cache
+    # Another token budget or system prompt changes the seed's answers: a new cache, never the old one.
+    prepare(config(tiny_model, task_data, tmp_path / "c", **{**settings, "replay_max_new_tokens": 60}))
+    assert CannedSeed.built == 2
+    prepare(config(tiny_model, task_data, tmp_path / "d", **settings, system_prompt="none"))
+    assert CannedSeed.built == 3 and len(list((tmp_path / "home" / "replay").glob("*.jsonl"))) == 3
 
 
 def test_bad_replay_settings_get_one_clear_line(tiny_model, task_data, tmp_path):
