@@ -114,6 +114,28 @@ def test_resume_from_a_checkpoint_finishes_with_the_same_weights(tiny_model, dat
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_teacher_sees_the_demonstration_without_eos_and_prompts_up_to_max_length(tiny_model, data, tmp_path,
+                                                                              monkeypatch):
+    """What reaches TRL: the dataset response as the privileged context (not the EOS appended for SFT
+    targets, which would show up as literal text in the teacher's prompt), and our prompt budget."""
+    import trl.experimental.sdft as trl_sdft
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(**kwargs):
+        seen.update(kwargs)
+        raise Captured
+    monkeypatch.setattr(trl_sdft, "SDFTTrainer", capture)
+    with pytest.raises(Captured):
+        train(config(tiny_model, data, tmp_path / "out"))
+    contexts = set(seen["train_dataset"]["privileged_context"])
+    assert contexts <= {a for _, a in QA} and len(contexts) > 1
+    assert seen["args"].max_prompt_length == 256 and seen["args"].shuffle_dataset is False
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("settings, message", [
