@@ -154,3 +154,30 @@ def test_cli_reports_a_stopped_server_in_one_line(tmp_path, capsys):
                  "--data", f"gsm8k={data}", "--out", str(tmp_path / "e"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unreachable" in err[0] and url in err[0]
+
+
+def test_a_stage_that_never_calls_the_server_still_writes_no_key(tmp_path, tiny_model, monkeypatch, capsys):
+    """Log-likelihood tasks score with a local model and never load the openai backend: its options were
+    recorded in results.json unchecked, ``api_key=...`` included. Now refused before anything is written,
+    and the command line (run records, the lock file) masks such values."""
+    from sdft import provenance
+    from sdft.cli import main
+
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text(json.dumps({"question": "2 + 2 = ?", "subject": "x", "choices": ["3", "4"], "answer": 1}) + "\n")
+    argv = ["eval", "--model", str(tiny_model), "--backend", "openai", "--endpoint", "http://127.0.0.1:9/v1",
+            "--backend-option", "api_key=sk-typed-secret", "--tasks", "mmlu", "--data", f"mmlu={mmlu}",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    monkeypatch.setattr("sys.argv", ["sdft", *argv])
+    assert "sk-typed-secret" not in provenance.command_line() and "api_key=***" in provenance.command_line()
+    assert main(argv) == 2
+    assert "never a setting" in capsys.readouterr().err
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert not any("sk-typed-secret" in p.read_text(errors="replace") for p in written)
+    assert not (tmp_path / "out" / "results.json").exists()
+    argv[argv.index("http://127.0.0.1:9/v1")] = "http://me:pw@127.0.0.1:9/v1"
+    argv[argv.index("api_key=sk-typed-secret")] = "timeout=5"
+    monkeypatch.setenv("SDFT_API_KEY", "sk-env")
+    assert main(argv) == 2
+    assert "credentials inside the URL" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -206,6 +206,8 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
         options["precision"] = choice.precision
     if endpoints:
         options["endpoint"] = endpoints
+    if hasattr(cls, "check_options"):  # before the options reach any record: a stage may never load the backend
+        cls.check_options(options)
     path = folder or model_for_backend(choice.backend, config.model)
     record = {**choice.record(), "options": {k: v for k, v in options.items() if k != "precision"}}
     return BackendSetup(choice.backend, path, options, record)

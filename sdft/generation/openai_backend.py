@@ -60,9 +60,7 @@ class OpenAIBackend:
                  max_concurrency: int = 32, timeout: float = 600.0, retries: int = 4, backoff: float = 1.0,
                  api_key_env: str | None = None, served_model: str | None = None, tokenizer: str | None = None,
                  request_chunk: int | None = None, **unknown):
-        if "api_key" in unknown:
-            raise ConfigError("an API key is never a setting (it would be written to run records): put it in "
-                              f"the environment variable {api_key_env or API_KEY_ENVS[0]}")
+        self.check_options({**unknown, "api_key_env": api_key_env})
         if unknown:
             raise ConfigError(f"unknown option(s) for the openai backend: {', '.join(sorted(unknown))}")
         if adapter:
@@ -80,6 +78,16 @@ class OpenAIBackend:
         self.model = None
         for url in self.endpoints:
             self._check_serves(url)
+
+    @staticmethod
+    def check_options(options: dict) -> None:
+        """What is refused before a stage records its settings (``backend_setup`` calls this, so that a
+        stage which never sends a request, e.g. log-likelihood tasks only, cannot write a key either)."""
+        if "api_key" in options:
+            raise ConfigError("an API key is never a setting (it would be written to run records): put it in "
+                              f"the environment variable {options.get('api_key_env') or API_KEY_ENVS[0]}")
+        if options.get("endpoint"):
+            base_urls(options["endpoint"], bool(OpenAIBackend._api_key(options.get("api_key_env"))))
 
     @staticmethod
     def _api_key(env_name: str | None) -> str | None:
