@@ -101,3 +101,27 @@ def test_run_help_documents_the_config_keys(capsys):
         main(["run", "--help"])
     text = capsys.readouterr().out
     assert "train_seeds: training seeds" in text and "-s<seed>" in text and "mix_ratios:" in text
+
+
+def test_a_changed_setting_reruns_exactly_the_stages_that_depend_on_it(tmp_path, tiny_model):
+    """Stage keys chain: a train setting reruns training and all that reads its model (the interp arm
+    included: its key names vanilla's folder, not its label); a distill setting reruns training too."""
+    run_dir = tmp_path / "runs" / "seeds"
+    train = {"max_steps": 1, "batch_size": 2, "grad_accum": 1, "max_length": 320, "learning_rate": 1e-3}
+    distill = {"max_new_tokens": 8, "batch_size": 4, "progress": False, "backend": "fake"}
+
+    def stages_run(**sections) -> set[str]:
+        logs: list[str] = []
+        config = _config(tmp_path, tiny_model, arms=["vanilla", "interp"], **{"train": train, "distill": distill,
+                                                                               **sections})
+        run(load_run_config(config), log=logs.append)
+        folders = [Path(line.split(maxsplit=2)[2]).relative_to(run_dir).parts for line in logs
+                   if line.startswith("[run ]")]
+        return {"/".join([parts[0], parts[1].rsplit("-", 1)[0], *parts[2:]]) for parts in folders}
+
+    downstream_of_training = {"train/vanilla", "eval/vanilla", "eval/vanilla/compare", "interp/interp-a0.5",
+                              "eval/interp-a0.5", "eval/interp-a0.5/compare"}
+    assert stages_run() == {"eval/seed", "distill/distill"} | downstream_of_training
+    assert stages_run(train={**train, "learning_rate": 2e-3}) == downstream_of_training
+    assert stages_run(train={**train, "learning_rate": 2e-3}, distill={**distill, "max_new_tokens": 6}) == \
+        {"distill/distill"} | downstream_of_training
