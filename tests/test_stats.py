@@ -51,3 +51,15 @@ def test_non_binary_scores_use_a_normal_interval_and_no_p_value():
     assert c["p"] is None and c["ci95"][0] < c["mean"] < c["ci95"][1]
     with pytest.raises(ValueError, match="equal lengths"):
         paired_comparison([1.0], [1.0, 0.0])
+
+
+def test_intervals_match_hand_computed_values():
+    # Bonett-Price for 7 wins, 0 losses in 100 pairs: (8/102 - 1/102) +- 1.96 sqrt((9/102 - (7/102)^2) / 102).
+    low, high = paired_comparison([1.0] * 7 + [0.0] * 93, [0.0] * 100)["ci95"]
+    assert (low, high) == pytest.approx((0.01254, 0.12471), abs=1e-4)  # 0.06863 +- 0.05609
+    # Non-binary scores: the normal interval of the differences (0.1, 0.2, 0.1, 0.0), sd 0.0816, se 0.0408.
+    c = paired_comparison([0.5, 0.7, 0.9, 0.6], [0.4, 0.5, 0.8, 0.6])
+    assert c["ci95"] == pytest.approx((0.1 - 1.96 * 0.040825, 0.1 + 1.96 * 0.040825), abs=1e-4)
+    # A mean of scores that are not all 0/1 gets the normal interval, not Wilson's, whatever comes first.
+    mean, low, high = mean_interval([1.0, 0.5, 0.0])
+    assert mean == 0.5 and (low, high) == pytest.approx((0.5 - 1.96 * 0.288675, 0.5 + 1.96 * 0.288675), abs=1e-4)
