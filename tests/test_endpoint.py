@@ -107,6 +107,20 @@ def test_server_errors_do_not_echo_the_key(servers, monkeypatch):
     assert "HTTP 400" in str(info.value) and KEY not in str(info.value) and "***" in str(info.value)
 
 
+def test_rate_limits_and_server_errors_are_retried_the_given_number_of_times(servers, monkeypatch):
+    import sdft.endpoint
+
+    monkeypatch.setattr(sdft.endpoint.time, "sleep", lambda seconds: None)
+    script = [(429, {}, b"slow down"), (503, {}, b"busy")]
+    flaky = servers(lambda h: script.pop(0) if script else completion("fine"))
+    assert post_json(flaky.url + "/v1/chat/completions", {"x": 1}, retries=2)["choices"]
+    assert len(flaky.requests) == 3
+    down = servers(lambda h: (502, {}, b"bad gateway"))
+    with pytest.raises(SdftError, match="HTTP 502"):
+        post_json(down.url + "/v1/chat/completions", {"x": 1}, retries=2)
+    assert len(down.requests) == 3  # the first try and two retries
+
+
 def test_a_good_endpoint_answers(servers, monkeypatch):
     good = servers(lambda h: completion("Output (b)"))
     monkeypatch.setenv("SDFT_JUDGE_API_KEY", KEY)
