@@ -123,6 +123,17 @@ def test_resume_after_crash_skips_finished_items_and_identical_rerun_generates_n
     assert len(made) == count + 1 and len(made[-1][1].prompts) == 4
 
 
+
+def test_a_larger_limit_generates_only_the_new_items(tmp_path, small_data, fake_backends):
+    made, _ = fake_backends
+    evaluate(fake_config(tmp_path, data=[f"gsm8k={small_data['gsm']}"], limit=2))
+    first = made[-1][1]
+    result = evaluate(fake_config(tmp_path, data=[f"gsm8k={small_data['gsm']}"], limit=4))
+    second = made[-1][1]
+    assert len(second.prompts) == 2 and not set(second.prompts) & set(first.prompts)
+    assert result["tasks"]["gsm8k"]["n"] == 4
+
+
 def test_scores_are_recomputed_from_cached_text(tmp_path, small_data, fake_backends):
     made, plan = fake_backends
     plan["fake-model"] = lambda: CountingBackend(respond=lambda p: "The answer is 1.")
@@ -154,6 +165,8 @@ def test_n_samples_give_pass_at_k(tmp_path, fake_backends):
     lines = (tmp_path / "out" / "generations" / "humaneval.jsonl").read_text().splitlines()
     assert [(json.loads(x)["id"], json.loads(x)["sample"]) for x in lines] == \
         [("HumanEval/0", 0), ("HumanEval/0", 1), ("HumanEval/1", 0), ("HumanEval/1", 1)]
+    seeds = [params.seed for _, params in made[-1][1].calls]  # sample j is drawn with seed + j
+    assert sorted(set(seeds)) == [42, 43]
 
 
 def test_winrate_asks_the_judge_both_orders(tmp_path, fake_backends):
