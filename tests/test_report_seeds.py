@@ -117,3 +117,15 @@ def test_a_seed_missing_a_metric_blanks_the_mean_and_one_shared_item_gives_no_po
     # Two seeds sharing a single scored item: too few for an interval, so no pooled row (and no crash).
     per_seed = [{"t": ("acc", {"i1": 1.0}, {"i1": 0.0})}, {"t": ("acc", {"i1": 1.0, "i2": 1.0}, {"i1": 1.0})}]
     assert _pooled_rows("sdft − vanilla (seeds pooled)", per_seed) == []
+
+
+def test_plots_average_the_answer_shift_over_seeds(tmp_path):
+    manifest = Manifest(name="known", model="m", data="d.json", task="function_call")
+    for label in SCORES:
+        manifest.arms[label] = _model(tmp_path, label)
+    for label, (bleu, nll) in {"sdft": (0.2, 0.5), "sdft-s43": (0.4, 0.7)}.items():
+        manifest.arms[label].answer_shift = {"overall": {"bleu4": {"mean": bleu, "values": [bleu]}},
+                                             "seed_likelihood": {"mean": nll}}
+    shift = seeds.collapsed(manifest).arms["sdft"].answer_shift
+    assert shift["overall"]["bleu4"]["mean"] == pytest.approx(0.3) and shift["overall"]["bleu4"]["values"] == [0.2, 0.4]
+    assert shift["seed_likelihood"]["mean"] == pytest.approx(0.6)
