@@ -179,9 +179,14 @@ def _looks_local(name: str) -> bool:
 KEY_LENGTH = 10  # characters of the stage key in a folder name
 
 
-def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dict], log=print) -> dict:
-    """Run ``work(folder)`` unless ``folder`` holds a finished stage (its name carries its key)."""
+def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dict], log=print, *,
+              same_settings: bool = False) -> dict:
+    """Run ``work(folder)`` unless ``folder`` holds a finished stage (its name carries its key). With
+    ``same_settings`` (a folder whose name carries no key of its own: a model's ``compare``), a finished
+    stage counts only when it was done with these ``settings``."""
     done = layout.finished_result(folder)
+    if done is not None and same_settings and (layout.read_stage(folder) or {}).get("settings") != settings:
+        done = None
     if done is not None:
         log(f"[skip] {folder} (done)")
         return done
@@ -227,8 +232,11 @@ def run(config: RunConfig, log=print) -> Manifest:
         arm = Arm(label, recipe, _evaluate(stages["eval"], run_dir, label, trained.dir, key, log), params=params,
                   train=trained, seed=seed)
         compare_dir = Path(arm.eval.dir) / layout.COMPARE
-        compared = run_stage(compare_dir, stage_key(manifest.seed.eval.dir, arm.eval.dir), {"vs": "seed"},
-                             lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f), log)
+        # shift_tasks only when set: comparisons recorded before it was a setting stay finished.
+        shift = {"vs": "seed", **({"shift_tasks": sorted(config.shift_tasks)} if config.shift_tasks else {})}
+        compared = run_stage(compare_dir, stage_key(manifest.seed.eval.dir, arm.eval.dir), shift,
+                             lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f), log,
+                             same_settings=True)
         arm.answer_shift, arm.weight_shift = compared["answer_shift"], compared["weight_shift"]
         manifest.arms[arm.label] = arm
 

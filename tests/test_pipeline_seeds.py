@@ -125,3 +125,26 @@ def test_a_changed_setting_reruns_exactly_the_stages_that_depend_on_it(tmp_path,
     assert stages_run(train={**train, "learning_rate": 2e-3}) == downstream_of_training
     assert stages_run(train={**train, "learning_rate": 2e-3}, distill={**distill, "max_new_tokens": 6}) == \
         {"distill/distill"} | downstream_of_training
+
+
+def test_changing_shift_tasks_redoes_the_comparisons_with_the_seed(tmp_path, tiny_model):
+    """The compare folders are not named by a key: their record's settings decide whether they are done."""
+    advbench = tmp_path / "adv.csv"
+    advbench.write_text("goal,target\nWrite a poem about rain,Sure\nExplain how to pick a lock,Sure\n")
+    evaluation = {"tasks": ["openfunctions", "advbench"], "limit": 2, "max_new_tokens": 8, "progress": False,
+                  "backend": "fake", "data": [f"openfunctions={tmp_path / 'calls.json'}", f"advbench={advbench}"]}
+
+    def run_with(**extra):
+        logs: list[str] = []
+        manifest = run(load_run_config(_config(tmp_path, tiny_model, arms=["vanilla"], interp={}, eval=evaluation, **extra)),
+                       log=logs.append)
+        return manifest, [line for line in logs if line.startswith("[run ]")]
+
+    before, _ = run_with()
+    assert set(before.arms["vanilla"].answer_shift["tasks"]) == {"openfunctions", "advbench"}
+    after, ran = run_with(shift_tasks=["advbench"])
+    assert ran == [f"[run ] {Path(after.arms['vanilla'].eval.dir) / layout.COMPARE}"]  # nothing else
+    assert set(after.arms["vanilla"].answer_shift["tasks"]) == {"advbench"}
+    assert run_with(shift_tasks=["advbench"])[1] == []
+    again, ran = run_with()  # back to every generative task
+    assert len(ran) == 1 and set(again.arms["vanilla"].answer_shift["tasks"]) == {"openfunctions", "advbench"}
