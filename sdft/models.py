@@ -52,12 +52,14 @@ def embedded_gguf(alias: str) -> Path:
     return files[0]
 
 
-def _converted(dest: Path) -> bool:
-    """Whether ``dest`` is a complete folder written by the current conversion."""
+def _converted(dest: Path, sha256: str | None = None) -> bool:
+    """Whether ``dest`` is a complete folder written by the current conversion (of the GGUF with ``sha256``,
+    when given: an alias whose pinned GGUF changed is converted again)."""
     try:
-        return json.loads((dest / SOURCE_FILE).read_text()).get("format") == CONVERSION_FORMAT
+        source = json.loads((dest / SOURCE_FILE).read_text())
     except (OSError, ValueError):
         return False
+    return source.get("format") == CONVERSION_FORMAT and sha256 in (None, source.get("sha256"))
 
 
 @contextlib.contextmanager
@@ -122,10 +124,10 @@ def convert_gguf(gguf: Path, dest: Path, *, sha256: str | None = None, force: bo
     Written into a temp folder beside ``dest`` and renamed into place, so a crash never leaves a half
     folder that a later run would trust. Returns ``dest``; does nothing when it is already complete.
     """
-    if _converted(dest) and not force:
+    if _converted(dest, sha256) and not force:
         return dest
     with _lock(dest.parent / f".{dest.name}.lock"):
-        if _converted(dest) and not force:
+        if _converted(dest, sha256) and not force:
             return dest  # another process finished it while we waited
         sha256 = sha256 or file_sha256(gguf)
         print(f"sdft: converting {gguf.name} to safetensors in {dest} (once)", flush=True)
@@ -150,12 +152,12 @@ def convert_gguf(gguf: Path, dest: Path, *, sha256: str | None = None, force: bo
 
 def provision_alias(alias: str, force: bool = False) -> Path:
     """The cached safetensors folder of an embedded alias, assembled, checked and converted on first use."""
-    dest = models_dir() / alias
-    if _converted(dest) and not force:
+    dest, pinned = models_dir() / alias, ALIASES[alias].sha256
+    if _converted(dest, pinned) and not force:
         return dest  # fast path: no hashing, no imports
     # Its own lock (convert_gguf takes the folder's): parallel processes assemble 0.5 GB only once.
     with _lock(dest.parent / f".{dest.name}.assemble.lock"):
-        if _converted(dest) and not force:
+        if _converted(dest, pinned) and not force:
             return dest
         with alias_gguf(alias, dest.parent) as (gguf, digest):
             return convert_gguf(gguf, dest, sha256=digest, force=force, extra=source_record(alias))

@@ -290,3 +290,20 @@ def test_qwen_alias_is_provisioned_from_its_six_parts_and_answers():
                                                    tokenize=False, add_generation_prompt=True)
     answer = backend.generate([prompt], GenerationParams(max_new_tokens=24))[0]
     assert "Paris" in answer.text and _looks_english(answer.text), answer.text
+
+
+def test_a_cached_alias_is_converted_again_when_its_pinned_gguf_changes(tmp_path, monkeypatch, tmp_home, tiny_model):
+    """A new sdft version pinning other GGUF bytes (a new carrier release) must not keep serving the folder
+    converted from the old ones. The conversion itself is the tiny model here (test double for _load_gguf)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setattr(models, "_load_gguf", lambda gguf: (AutoModelForCausalLM.from_pretrained(tiny_model),
+                                                            AutoTokenizer.from_pretrained(tiny_model)))
+    _fake_parts(tmp_path / "v1", monkeypatch, [b"GGUF-one-", b"two"])
+    folder = Path(resolve_model("fake-alias"))
+    first = json.loads((folder / SOURCE_FILE).read_text())["sha256"]
+    assert Path(resolve_model("fake-alias")) == folder  # cached
+    _fake_parts(tmp_path / "v2", monkeypatch, [b"GGUF-one-", b"three"])
+    from sdft.aliases import ALIASES
+    assert Path(resolve_model("fake-alias")) == folder
+    assert json.loads((folder / SOURCE_FILE).read_text())["sha256"] == ALIASES["fake-alias"].sha256 != first
