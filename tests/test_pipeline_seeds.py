@@ -136,8 +136,8 @@ def test_changing_shift_tasks_redoes_the_comparisons_with_the_seed(tmp_path, tin
 
     def run_with(**extra):
         logs: list[str] = []
-        manifest = run(load_run_config(_config(tmp_path, tiny_model, arms=["vanilla"], interp={}, eval=evaluation, **extra)),
-                       log=logs.append)
+        config = _config(tmp_path, tiny_model, arms=["vanilla"], interp={}, eval=evaluation, **extra)
+        manifest = run(load_run_config(config), log=logs.append)
         return manifest, [line for line in logs if line.startswith("[run ]")]
 
     before, _ = run_with()
