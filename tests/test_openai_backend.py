@@ -39,6 +39,27 @@ def test_finish_reasons_and_token_counts():
     assert out[0].finish_reason == "stop" and out[0].prompt_tokens == 1
 
 
+def test_token_ids_from_the_server_are_decoded_here(tiny_model, monkeypatch):
+    """With a local tokenizer, prompts go out as token ids and the answer's token ids are decoded as the
+    in-process backends decode them (vLLM's return_token_ids), not taken from the server's text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    answer_ids = tokenizer.encode("hello world", add_special_tokens=False)
+    plain = StubServer.completion
+
+    def with_ids(body):
+        reply = plain(body)
+        reply["choices"][0].update(text="not what the tokens say", token_ids=answer_ids)
+        return reply
+    monkeypatch.setattr(StubServer, "completion", staticmethod(with_ids))
+    with StubServer() as server:
+        out = _backend(server.url, tokenizer=str(tiny_model)).generate(["Say hi."], GenerationParams(max_new_tokens=8))
+    body = server.posts()[0]["body"]
+    assert isinstance(body["prompt"], list) and body["return_token_ids"] is True
+    assert out[0].text == tokenizer.decode(answer_ids, skip_special_tokens=True)
+
+
 def test_requests_spread_over_endpoints():
     with StubServer() as one, StubServer() as two:
         out = _backend(f"{one.url},{two.url}").generate(PROMPTS, GenerationParams(max_new_tokens=8))
