@@ -201,4 +201,7 @@ def test_a_stage_that_never_calls_the_server_still_writes_no_key(tmp_path, tiny_
     monkeypatch.setenv("SDFT_API_KEY", "sk-env")
     assert main(argv) == 2
     assert "credentials inside the URL" in capsys.readouterr().err
+    argv[argv.index("--endpoint"):argv.index("--endpoint") + 2] = []
+    assert main(argv) == 2
+    assert "--backend openai needs --endpoint" in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.json").exists()

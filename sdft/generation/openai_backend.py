@@ -60,7 +60,7 @@ class OpenAIBackend:
                  max_concurrency: int = 32, timeout: float = 600.0, retries: int = 4, backoff: float = 1.0,
                  api_key_env: str | None = None, served_model: str | None = None, tokenizer: str | None = None,
                  request_chunk: int | None = None, **unknown):
-        self.check_options({**unknown, "api_key_env": api_key_env})
+        self.check_options({**unknown, "endpoint": endpoint, "api_key_env": api_key_env})
         if unknown:
             raise ConfigError(f"unknown option(s) for the openai backend: {', '.join(sorted(unknown))}")
         if adapter:
@@ -86,8 +86,7 @@ class OpenAIBackend:
         if "api_key" in options:
             raise ConfigError("an API key is never a setting (it would be written to run records): put it in "
                               f"the environment variable {options.get('api_key_env') or API_KEY_ENVS[0]}")
-        if options.get("endpoint"):
-            base_urls(options["endpoint"], bool(OpenAIBackend._api_key(options.get("api_key_env"))))
+        base_urls(options.get("endpoint"), bool(OpenAIBackend._api_key(options.get("api_key_env"))))
 
     @staticmethod
     def _api_key(env_name: str | None) -> str | None:
