@@ -64,15 +64,17 @@ def cache_file(eval_dir: Path, task: str, key: str) -> Path:
 
 
 def locate(run_dir: Path, stored: str) -> Path:
-    """A stage folder as the manifest names it (relative to where the run was started), or, when the
-    run folder was moved or the report is rebuilt from elsewhere, the same ``stage/name`` inside ``run_dir``."""
+    """A stage folder of ``run_dir``: the manifest's ``stage/name`` found inside ``run_dir`` (so a moved or
+    copied run reads its own folders), else the stored path as written (relative to where the run was started)."""
     path = Path(stored)
-    if path.exists():
-        return path
+    # The copy inside run_dir first: a report rebuilt from a copied run folder must read the copy, even
+    # while the original still exists where the run was started.
     for depth in (3, 2):  # eval/LABEL-KEY/compare first, then stage/LABEL-KEY
         inside = Path(run_dir).joinpath(*path.parts[-depth:])
         if len(path.parts) >= depth and inside.exists():
             return inside
+    if path.exists():  # a folder outside the run (e.g. an adapter trained elsewhere)
+        return path
     return Path(run_dir).joinpath(*path.parts[-2:])
 
 

@@ -60,6 +60,18 @@ def test_locate_finds_stage_folders_of_a_moved_run(tmp_path):
     assert layout.locate(run_dir, str(run_dir / "eval")) == run_dir / "eval"  # still where it was: as stored
 
 
+def test_locate_reads_a_copied_run_even_while_the_original_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x" / "eval" / "sdft-abc").mkdir(parents=True)  # the original, where it was run
+    copy = tmp_path / "copy" / "x"
+    (copy / "eval" / "sdft-abc").mkdir(parents=True)
+    assert layout.locate(copy, "runs/x/eval/sdft-abc") == copy / "eval" / "sdft-abc"
+    assert layout.locate(tmp_path / "runs" / "x", "runs/x/eval/sdft-abc") == tmp_path / "runs/x/eval/sdft-abc"
+    outside = tmp_path / "adapters" / "mine"
+    outside.mkdir(parents=True)
+    assert layout.locate(copy, str(outside)) == outside  # not a stage of the run: as stored
+
+
 def test_stage_folder_belongs_to_one_key(tmp_path):
     layout.claim_stage(tmp_path, "k1", {"max_new_tokens": 8, "seed": 1})
     layout.claim_stage(tmp_path, "k1", {"max_new_tokens": 8, "seed": 1})  # same key: resumes
