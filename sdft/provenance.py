@@ -44,6 +44,20 @@ def command_line() -> str:
                                 for arg in sys.argv[1:])])
 
 
+def recordable(value):
+    """``value`` with every http(s) URL's query values and user info hidden (an Azure-style
+    ``?api-key=...`` endpoint must not reach a run record); other values unchanged."""
+    from sdft.endpoint import redact
+
+    if isinstance(value, dict):
+        return {k: recordable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [recordable(v) for v in value]
+    if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
+        return redact(value)
+    return value
+
+
 def run_record(config: dict, **extra) -> dict:
     """The common part of run.json / train.json / results.json settings."""
     return {
@@ -51,6 +65,6 @@ def run_record(config: dict, **extra) -> dict:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
         "versions": package_versions(),
-        "config": config,
+        "config": recordable(config),
         **extra,
     }

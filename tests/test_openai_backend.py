@@ -205,3 +205,22 @@ def test_a_stage_that_never_calls_the_server_still_writes_no_key(tmp_path, tiny_
     assert main(argv) == 2
     assert "--backend openai needs --endpoint" in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_key_in_an_endpoint_query_string_reaches_no_record(tmp_path, tiny_model, monkeypatch):
+    """Azure-style endpoints carry the key as ``?api-key=...``: run records keep the URL with its values hidden."""
+    from sdft.cli import main
+
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text(json.dumps({"question": "2 + 2 = ?", "subject": "x", "choices": ["3", "4"], "answer": 1}) + "\n")
+    argv = ["eval", "--model", str(tiny_model), "--backend", "openai",
+            "--endpoint", "http://127.0.0.1:9/v1?api-key=sk-query-secret", "--tasks", "mmlu",
+            "--data", f"mmlu={mmlu}", "--out", str(tmp_path / "out"), "--no-progress"]
+    monkeypatch.setattr("sys.argv", ["sdft", *argv])
+    assert main(argv) == 0
+    results = (tmp_path / "out" / "results.json").read_text()
+    assert "api-key=***" in results
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    leaked = [(p.name, line) for p in written for line in p.read_text(errors="replace").splitlines()
+              if "sk-query-secret" in line]
+    assert not leaked

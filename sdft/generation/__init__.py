@@ -209,5 +209,7 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
     if hasattr(cls, "check_options"):  # before the options reach any record: a stage may never load the backend
         cls.check_options(options)
     path = folder or model_for_backend(choice.backend, config.model)
-    record = {**choice.record(), "options": {k: v for k, v in options.items() if k != "precision"}}
+    from sdft.provenance import recordable  # endpoint URLs may carry a key in their query string
+
+    record = {**choice.record(), "options": recordable({k: v for k, v in options.items() if k != "precision"})}
     return BackendSetup(choice.backend, path, options, record)
