@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,11 @@ def pytest_configure(config):
     # The fake backend is a test double: registered here, for the tests, never in sdft's own table.
     from sdft.generation import register_backend
     register_backend("fake", "sdft.generation.fake:FakeBackend")
+    # A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits SIGINT
+    # ignored, and so would every sdft process the tests start: the Ctrl-C tests would wait forever. A
+    # handled signal is reset to the default on exec, so handling it here gives the children Ctrl-C again.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
