@@ -52,7 +52,8 @@ def _config(**kw):
 def test_setup_resolves_prints_and_records(cpu, tiny_model, capsys):
     setup = backend_setup(_config(model=str(tiny_model), backend_option=["kv_cache_gib=3", "enforce_eager=true"]))
     assert setup.name == "vllm" and setup.model_path == str(tiny_model)
-    assert setup.options == {"kv_cache_gib": 3, "enforce_eager": True, "precision": "bf16"}
+    assert setup.options == {"kv_cache_gib": 3, "enforce_eager": True, "precision": "bf16", "lora_mode": "merged"}
+    assert setup.record["options"]["lora_mode"] == "merged"  # how an adapter is applied is on record
     assert setup.record["backend"] == "vllm" and setup.record["requested_backend"] == "auto"
     assert setup.record["precision"] == "bf16" and setup.record["cpu_bf16"] is True
     assert "generation backend vllm (vLLM supports LlamaForCausalLM), precision bf16" in capsys.readouterr().err
@@ -89,3 +90,11 @@ def test_distill_records_the_choice_and_refuses_to_mix_engines(cpu, tmp_path, ti
     assert run["generation"]["backend"] == "hf" and run["generation"]["precision"] == "fp32"
     with pytest.raises(ConfigError, match="different settings"):
         distill(DistillConfig(**common, precision="bf16"))
+
+
+def test_vllm_applies_adapters_natively_on_a_gpu_and_merged_on_a_cpu(cpu, tiny_model, capsys):
+    assert backend_setup(_config(model=str(tiny_model))).options["lora_mode"] == "merged"
+    cpu.cuda = True
+    assert backend_setup(_config(model=str(tiny_model))).options["lora_mode"] == "native"
+    chosen = backend_setup(_config(model=str(tiny_model), backend_option=["lora_mode=merged"]))
+    assert chosen.options["lora_mode"] == "merged"  # the user's choice wins

@@ -76,7 +76,7 @@ def adapter(folder, tmp_path_factory):
 def vllm_fp32(folder, adapter):
     """The fp32 engine, started with LoRA enabled so that adapter and base requests share it."""
     from sdft.generation import load_backend
-    with_adapter = load_backend("vllm", folder, adapter, progress=False, **FP32)
+    with_adapter = load_backend("vllm", folder, adapter, progress=False, lora_mode="native", **FP32)
     return load_backend("vllm", folder, None, progress=False, **FP32), with_adapter
 
 
@@ -294,3 +294,23 @@ def test_vllm_info_lines_are_off_unless_the_user_asks(env_level, expected):
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == expected
+
+
+
+def test_merged_adapter_matches_hf_and_is_merged_once(adapter, folder, tmp_path, monkeypatch):
+    """lora_mode=merged (the CPU default): the adapter folded into a cached copy of the base, no LoRA request."""
+    from sdft.generation import GenerationParams, load_backend
+    from sdft.generation.vllm_backend import merged_copy
+
+    monkeypatch.setenv("SDFT_HOME", str(tmp_path))
+    merged = load_backend("vllm", folder, adapter, progress=False, lora_mode="merged", **FP32)
+    assert merged.lora_mode == "merged" and merged.lora_request is None
+    copies = list((tmp_path / "merged").iterdir())
+    assert len(copies) == 1 and (copies[0] / "sdft-merged.json").is_file()
+    hf_adapter = load_backend("hf", folder, adapter, progress=False, precision="fp32")
+    prompts = _chat(hf_adapter.tokenizer, QUESTIONS)
+    params = GenerationParams(max_new_tokens=24)
+    assert [c.text for c in merged.generate(prompts, params)] == [c.text for c in hf_adapter.generate(prompts, params)]
+    stamp = (copies[0] / "sdft-merged.json").stat().st_mtime_ns
+    assert merged_copy(str(folder), Path(adapter)) == str(copies[0])  # reused, not merged again
+    assert (copies[0] / "sdft-merged.json").stat().st_mtime_ns == stamp

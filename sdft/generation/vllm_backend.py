@@ -36,6 +36,36 @@ def _lora_rank(adapter: Path) -> int:
     return max(8, 1 << (rank - 1).bit_length())  # vLLM sizes LoRA buffers for powers of two >= 8
 
 
+def merged_copy(folder: str, adapter: Path) -> str:
+    """The base model with ``adapter`` folded in, saved once under ``$SDFT_HOME/merged/`` (keyed by the base
+    folder and the adapter's bytes) and reused. vLLM's LoRA path on a CPU runs adapters op by op: one step of
+    64 prompts with an r=64 adapter on every linear layer of a 0.5B model ran past vLLM's 300 s step timeout
+    here, while merged weights decode at the base model's speed."""
+    import hashlib
+
+    from sdft.models import load_model_and_tokenizer, sdft_home
+
+    digest = hashlib.sha256(str(Path(folder).resolve()).encode())
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        if (adapter / name).is_file():
+            digest.update(name.encode() + (adapter / name).read_bytes())
+    target = sdft_home() / "merged" / digest.hexdigest()[:20]
+    marker = target / "sdft-merged.json"
+    if marker.is_file():
+        return str(target)
+    print(f"sdft: merging the adapter {adapter} into a copy of {folder} for vLLM (once: {target})", flush=True)
+    net, tokenizer = load_model_and_tokenizer(folder, adapter=str(adapter), dtype="float32", device="cpu")
+    partial = target.with_name(target.name + ".partial")
+    net.save_pretrained(partial)  # fp32: vLLM casts to the precision it runs in, as it does for the base
+    tokenizer.save_pretrained(partial)
+    (partial / "sdft-merged.json").write_text(json.dumps({"base": str(folder), "adapter": str(adapter)}) + "\n")
+    if target.exists():  # a copy left without its marker by an interrupted merge
+        import shutil
+        shutil.rmtree(target)
+    partial.rename(target)
+    return str(target)
+
+
 def _vllm_dtype(precision: str | None, dtype) -> str:
     if dtype is not None:
         return str(dtype).removeprefix("torch.")
@@ -81,14 +111,16 @@ class VLLMBackend:
     Options (``--backend-option KEY=VALUE``): ``kv_cache_gib`` (CPU KV cache, default 2),
     ``request_chunk`` (prompts per generate() call and progress write, default 128), ``max_model_len``,
     ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enforce_eager`` (skip compilation: starts much
-    faster; the default on a CPU) and any other ``vllm.LLM`` keyword.
+    faster; the default on a CPU), ``lora_mode`` (``native``: vLLM's LoRA kernels, one engine for every
+    adapter, the default on a GPU; ``merged``: a cached copy of the base with the adapter folded in, the
+    default on a CPU, see :func:`merged_copy`) and any other ``vllm.LLM`` keyword.
     """
 
     loads_hf_weights = True
 
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
                  progress: bool = True, precision: str | None = None, kv_cache_gib: float | None = None,
-                 request_chunk: int = DEFAULT_REQUEST_CHUNK, **engine_options):
+                 request_chunk: int = DEFAULT_REQUEST_CHUNK, lora_mode: str = "auto", **engine_options):
         from sdft.generation.auto import quiet_vllm_logs
 
         quiet_vllm_logs()
@@ -108,6 +140,13 @@ class VLLMBackend:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KV_CACHE_GIB))
         folder = resolve_model(model)
         self.lora_request, lora_rank = None, 0
+        from sdft.generation.auto import cuda_available
+        if lora_mode not in ("auto", "native", "merged"):
+            raise SdftError(f"vllm backend option lora_mode must be auto, native or merged, not {lora_mode!r}")
+        # auto: vLLM's LoRA kernels on a GPU (one engine serves every adapter); a merged copy on a CPU.
+        self.lora_mode = ("native" if cuda_available() else "merged") if lora_mode == "auto" else lora_mode
+        if adapter and self.lora_mode == "merged":
+            folder, adapter = merged_copy(str(folder), Path(adapter).expanduser().resolve()), None
         if adapter:
             adapter_path = Path(adapter).expanduser().resolve()
             lora_rank = _lora_rank(adapter_path)
@@ -115,7 +154,6 @@ class VLLMBackend:
             self.lora_request = LoRARequest(adapter_path.name or "adapter", _adapter_id(adapter_path),
                                             str(adapter_path))
         self.dtype = _vllm_dtype(precision, dtype)
-        from sdft.generation.auto import cuda_available
         if not cuda_available():
             # On a CPU, compilation makes an engine start take three to four minutes instead of one; eager
             # decoding ran at 450-540 new tokens/s here (docs/results/generation-speed-2026-12-01.md).
