@@ -145,15 +145,18 @@ def test_distill_resumes_after_kill_9(tmp_path, vllm_fp32):
     data, out = _gsm8k(tmp_path, 24), tmp_path / "killed"
     flags = ["--backend", "vllm", "--precision", "fp32", "--backend-option", "enforce_eager=true",
              "--backend-option", "request_chunk=4", "--task", "math", "--max-new-tokens", "48", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "sdft", "distill", "--data", str(data), "--out", str(out),
-                             *flags], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "sdft", "distill", "--data", str(data), "--out", str(out),
+                                 *flags], cwd=ROOT, start_new_session=True, stdout=fh, stderr=subprocess.STDOUT)
     progress = out / "progress.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if progress.exists() and len(progress.read_text().splitlines()) >= 4:
             break
         time.sleep(0.05)
+    # A job that died by itself (e.g. its engine could not start) must say why, not fail further down.
+    assert proc.poll() is None, f"sdft distill exited with {proc.returncode}: {log.read_text()[-3000:]}"
     os.killpg(proc.pid, signal.SIGKILL)  # the engine's worker processes too: they share the session
     proc.wait()
     before = [json.loads(line) for line in progress.read_text().splitlines()]
