@@ -289,8 +289,10 @@ def _interpolate(vanilla: Arm, label: str, alpha: float, key: str, run_dir: Path
 def _train(config) -> dict:
     """Train (resuming from checkpoints when a crash left some), unless a crash came after training
     finished but before the stage was marked done."""
+    from sdft.generation import release_engines
     from sdft.train import train
 
+    release_engines()  # the engine that distilled or evaluated would sit on the memory and cores training needs
     out = Path(config.out)
     finished = out / layout.TRAIN_RECORD
     if finished.is_file() and not (out / layout.CHECKPOINTS).is_dir():
@@ -302,7 +304,10 @@ def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> d
     """How far one trained model moved from the seed: its answers (text similarity, seed likelihood) and
     its weights."""
     from sdft import analyze
+    from sdft.generation import release_engines
     from sdft.shift import ShiftConfig, parameter_shift
+
+    release_engines()  # scoring loads the model in torch beside it otherwise
 
     answers = analyze.analyze(analyze.AnalyzeConfig(
         what="shift", reference=seed.eval.dir, candidate=arm.eval.dir, out=str(folder),

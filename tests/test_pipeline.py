@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,23 @@ def test_run_on_a_users_own_chat_data_and_checker(tmp_path, tiny_model, monkeypa
     distilled = next((tmp_path / "runs" / "mine" / "distill").glob("*/distilled.jsonl"))
     first = json.loads(distilled.read_text().splitlines()[0])
     assert first["messages"][0]["role"] == "system" and "sdft" in first  # the user's shape, plus our record
+
+
+def test_a_warm_generation_engine_is_stopped_before_training_and_scoring(tmp_path, tiny_model, monkeypatch):
+    """A vLLM engine kept for the next generating stage holds gigabytes and polls a core; ``sdft run``
+    stops it before a stage that trains or scores with torch."""
+    import types
+
+    import sdft.analyze
+    import sdft.train
+
+    events: list[str] = []
+    fake_vllm = types.SimpleNamespace(shutdown_engine=lambda: events.append("release"))
+    monkeypatch.setitem(sys.modules, "sdft.generation.vllm_backend", fake_vllm)  # as if vLLM had generated
+    for module, name in ((sdft.train, "train"), (sdft.analyze, "analyze")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _o=original, _n=name, **k: (events.append(_n), _o(*a, **k))[1])
+    path = _config(tmp_path, tiny_model, mix_ratios=[0.0])
+    path.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "sample_sizes"}))
+    run(load_run_config(path), log=lambda _: None)
+    assert events == ["release", "train", "release", "analyze"] * 2, events  # vanilla, then sdft
