@@ -319,6 +319,24 @@ def analyze(config: AnalyzeConfig) -> dict:
     return result
 
 
+# Scores already computed in this process. `sdft run` compares every trained model with the same seed
+# answers, and their baseline (the seed's own score) is the same each time: a full pass of the model.
+_SCORED: dict[tuple, dict] = {}
+
+
+def _digest(prompts: Sequence[str], texts: Sequence[str]) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps([list(prompts), list(texts)]).encode()).hexdigest()
+
+
+def _fingerprint(path: str | None):
+    """A model or adapter folder as its files' names, sizes and times: retrained in place, it scores anew."""
+    if not path or not os.path.isdir(path):
+        return path
+    return path, tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                       for e in sorted(os.scandir(path), key=lambda e: e.name) if e.is_file())
+
+
 def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_results: dict,
                            matched: dict, result: dict) -> dict:
     """Seed answers scored under the candidate model and (baseline) under the reference model."""
@@ -333,8 +351,11 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
     texts = [r.get("completion") or "" for m in matched.values() for r in m.reference]
 
     def score(name: str, lora: str | None) -> dict:
-        net, tokenizer = load_model_and_tokenizer(name, lora)
-        return seed_likelihood(net, tokenizer, prompts, texts, batch_size=config.batch_size)
+        key = (_fingerprint(name), _fingerprint(lora), config.batch_size, _digest(prompts, texts))
+        if key not in _SCORED:
+            net, tokenizer = load_model_and_tokenizer(name, lora)
+            _SCORED[key] = seed_likelihood(net, tokenizer, prompts, texts, batch_size=config.batch_size)
+        return _SCORED[key]
 
     cand = score(model, adapter)
     out = {"model": model, "adapter": adapter, **_split_nll(cand, matched)}

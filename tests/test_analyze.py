@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -118,3 +119,24 @@ def test_cli(tmp_path, capsys):
     assert saved["tasks"]["advbench"]["rouge_l"]["values"][1] == 1.0
     assert "embedding_cosine" not in saved["overall"] and "seed_likelihood" not in saved
     assert list(saved["tasks"]) == ["advbench"] and saved["skipped_tasks"] == ["hellaswag"]
+
+
+def test_seed_likelihood_is_scored_once_per_model_and_answers(tmp_path, tiny_model, monkeypatch):
+    """`sdft run` compares every trained model with the same seed answers: their baseline score (a full
+    pass of the seed model) is computed once per process, and again when the model's files change."""
+    import sdft.models
+
+    loads: list[str] = []
+    real = sdft.models.load_model_and_tokenizer
+    monkeypatch.setattr(sdft.models, "load_model_and_tokenizer", lambda name, *a, **k: (loads.append(name), real(name, *a, **k))[1])
+    monkeypatch.setattr(analyze, "_SCORED", {})
+    seed = write_eval(tmp_path / "seed", str(tiny_model), SEED)
+    first = write_eval(tmp_path / "a", str(tiny_model), SEED[:2], ids=["advbench-000", "advbench-001"], prompts=PROMPTS[:2])
+    second = write_eval(tmp_path / "b", str(tiny_model), SEED[:2], ids=["advbench-000", "advbench-001"], prompts=PROMPTS[:2])
+    scores = [analyze.analyze(analyze.AnalyzeConfig(reference=str(seed), candidate=str(c)))["seed_likelihood"]
+              for c in (first, second)]
+    assert loads == [str(tiny_model)] and scores[0]["values"] == scores[1]["values"]
+    config = tiny_model / "config.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))  # "retrained" in place
+    analyze.analyze(analyze.AnalyzeConfig(reference=str(seed), candidate=str(first)))
+    assert loads == [str(tiny_model)] * 2
