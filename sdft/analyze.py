@@ -157,7 +157,7 @@ def text_similarity(references: Sequence[str], candidates: Sequence[str], *,
 # ------------------------------------------------------------------ seed likelihood
 
 def seed_likelihood(model, tokenizer, prompts: Sequence[str], texts: Sequence[str],
-                    batch_size: int = 8) -> dict:
+                    batch_size: int = 8, progress: str | None = None) -> dict:
     """Per-token NLL (nats) of ``texts`` given ``prompts`` under a loaded model.
 
     ``mean_nll`` averages the per-answer means (each answer counts once); ``token_nll`` pools all tokens
@@ -166,7 +166,8 @@ def seed_likelihood(model, tokenizer, prompts: Sequence[str], texts: Sequence[st
     from sdft.loglik import sequence_logprobs
 
     scored = sequence_logprobs(model, tokenizer, list(zip(prompts, texts)), batch_size=batch_size,
-                               move_space=False)  # the prompt's final newline was given, not generated
+                               move_space=False,  # the prompt's final newline was given, not generated
+                               progress=progress)
     per_item = [-lp / n if n else math.nan for lp, n in scored]
     tokens = sum(n for _, n in scored)
     token_nll = -sum(lp for lp, _ in scored) / tokens if tokens else None
@@ -354,7 +355,8 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
         key = (_fingerprint(name), _fingerprint(lora), config.batch_size, _digest(prompts, texts))
         if key not in _SCORED:
             net, tokenizer = load_model_and_tokenizer(name, lora)
-            _SCORED[key] = seed_likelihood(net, tokenizer, prompts, texts, batch_size=config.batch_size)
+            _SCORED[key] = seed_likelihood(net, tokenizer, prompts, texts, batch_size=config.batch_size,
+                                           progress=f"seed answers NLL under {Path(lora or name).name}")
         return _SCORED[key]
 
     cand = score(model, adapter)

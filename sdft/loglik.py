@@ -78,14 +78,17 @@ def _forward(model, input_ids, attention_mask, position_ids, keep: int):
 
 
 def sequence_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
-                      padding: Padding = "left", move_space: bool = True) -> list[tuple[float, int]]:
+                      padding: Padding = "left", move_space: bool = True,
+                      progress: str | None = None) -> list[tuple[float, int]]:
     """``(sum of log p(continuation tokens | context), number of continuation tokens)`` per pair.
 
     Pairs longer than the model's window keep their last tokens (lm-eval's left truncation); the token
     count then says how many continuation tokens were actually scored. ``move_space``: see
-    :func:`encode_pair`.
+    :func:`encode_pair`. ``progress``: a progress bar with this label (scoring long answers with a
+    0.5B model on a CPU takes many minutes).
     """
     import torch
+    from tqdm.auto import tqdm
 
     max_len = _max_length(model, tokenizer)
     rows: list[tuple[list[int], int]] = []  # (window of tokens, number of scored tokens at its end)
@@ -104,7 +107,8 @@ def sequence_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_
     order = sorted(groups.items(), key=lambda item: -len(item[0]))
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    with torch.inference_mode():
+    bar = tqdm(total=len(rows), desc=progress, unit="seq", disable=progress is None)
+    with torch.inference_mode(), bar:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             # Each row is its window minus the last token: logits at position t predict token t + 1.
@@ -127,6 +131,7 @@ def sequence_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_
                     targets = torch.tensor(tokens[-n:], device=device)
                     picked = logprobs[b, end - n:end].gather(-1, targets[:, None]).squeeze(-1)
                     results[i] = (float(picked.sum()), n)
+            bar.update(sum(len(members) for _, members in batch))
     return results
 
 
