@@ -217,10 +217,10 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
         options["precision"] = choice.precision
     if endpoints:
         options["endpoint"] = endpoints
-    if choice.backend == "vllm" and options.get("lora_mode", "auto") == "auto":
-        from sdft.generation.auto import cuda_available
+    if choice.backend == "vllm":
+        from sdft.generation.vllm_backend import resolve_lora_mode
         # Resolved here so that the run records say how an adapter was applied (it changes the numerics).
-        options["lora_mode"] = "native" if cuda_available() else "merged"
+        options["lora_mode"] = resolve_lora_mode(options.get("lora_mode", "auto"))
     if hasattr(cls, "check_options"):  # before the options reach any record: a stage may never load the backend
         cls.check_options(options)
     path = folder or model_for_backend(choice.backend, config.model)

