@@ -74,6 +74,27 @@ def test_one_system_prompt_for_all_stages_unless_a_section_sets_its_own(tmp_path
         load_run_config(_config(tmp_path, tiny_model, system_prompt=""))
 
 
+def test_a_key_in_a_judge_url_never_reaches_the_run_folder(tmp_path, tiny_model, monkeypatch):
+    """An Azure-style ``?api-key=`` judge URL is a keyed eval setting: config.json and every stage.json keep
+    the URL without its query values (run records already did)."""
+    secret = "sk-do-not-write-me"
+    judge = f"https://judge.example/openai/deployments/gpt/chat/completions?api-version=1&api-key={secret}"
+    path = _config(tmp_path, tiny_model, eval={"tasks": ["advbench"], "limit": 1, "judge": judge,
+                                               "judge_model": "gpt", "progress": False, "backend": "hf"})
+
+    def seed_eval(config):  # the seed's evaluation, cut short: only the records written around it matter
+        assert config.judge == judge  # the stage itself still gets the URL it needs
+        return {"tasks": {}}
+    monkeypatch.setattr("sdft.evaluate.evaluate", seed_eval)
+    monkeypatch.setattr("sdft.distill.distill", lambda config: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        run(load_run_config(path), log=lambda line: None)
+    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"config.json", "stage.json"}
+    assert not [p for p in written if secret in p.read_text()]
+    assert "api-key=***" in (tmp_path / "runs" / "tiny" / "config.json").read_text()
+
+
 @pytest.mark.slow
 def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     config = load_run_config(_config(tmp_path, tiny_model))
