@@ -222,7 +222,7 @@ def run(config: RunConfig, log=print) -> Manifest:
                                                          stage_key(config.model), log))
 
     distill_config = stages["distill"]
-    distill_key = stage_key(distill_config)
+    distill_key = _distill_key(distill_config, run_dir)
     distill_dir = layout.stage_dir(run_dir, layout.DISTILL, "distill", distill_key[:KEY_LENGTH])
     manifest.distill = StageRecord(str(distill_dir), run_stage(
         distill_dir, distill_key, keyed_settings(distill_config),
@@ -267,6 +267,26 @@ def run(config: RunConfig, log=print) -> Manifest:
     paths = report.write_report(run_dir)
     log(f"report: {paths['md']}\n        {paths['html']}")
     return manifest
+
+
+def _distill_key(config: DistillConfig, run_dir: Path) -> str:
+    """The distillation's key, and through it every training and evaluation built on it: its settings and
+    the training file's contents, so an edited file is distilled (and everything after) again instead of
+    being reported from the old one. A folder made before the contents were keyed, from these very contents
+    (its run.json says), keeps its key and so the whole run keeps its folders."""
+    from sdft.provenance import file_sha256
+
+    path = Path(config.data)
+    if not path.is_file():  # a hub dataset: no contents here to key
+        return stage_key(config)
+    digest, unkeyed = file_sha256(path), stage_key(config)
+    earlier = layout.stage_dir(run_dir, layout.DISTILL, "distill", unkeyed[:KEY_LENGTH]) / layout.RUN_RECORD
+    try:
+        if json.loads(earlier.read_text())["data"]["sha256"] == digest:
+            return unkeyed
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return stage_key(config, {"data_sha256": digest})
 
 
 def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream: str, log) -> StageRecord:
