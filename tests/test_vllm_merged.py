@@ -38,7 +38,8 @@ def _rescaled(adapter, out, factor: float):
     """A copy of ``adapter`` whose B matrices are scaled: another adapter for the same base."""
     from safetensors.torch import load_file, save_file
     shutil.copytree(adapter, out)
-    tensors = {k: v * factor if "lora_B" in k else v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items()}
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    tensors = {k: v * factor if "lora_B" in k else v for k, v in weights.items()}
     save_file(tensors, str(out / "adapter_model.safetensors"))
     return out
 
@@ -67,7 +68,8 @@ def test_the_key_changes_with_the_adapter_and_with_the_base(tiny_model, adapter,
     assert merged_key(str(tiny_model), other) != merged_key(str(tiny_model), adapter)
     same = shutil.copytree(adapter, tmp_path / "same-bytes")
     assert merged_key(str(tiny_model), same) == merged_key(str(tiny_model), adapter)  # the bytes, not the folder
-    (same / "tokenizer_config.json").write_text((same / "tokenizer_config.json").read_text().replace("}", ', "x": 1}', 1))
+    tokenizer_config = same / "tokenizer_config.json"
+    tokenizer_config.write_text(tokenizer_config.read_text().replace("}", ', "x": 1}', 1))
     assert merged_key(str(tiny_model), same) != merged_key(str(tiny_model), adapter)  # the copy takes its tokenizer
 
     base = shutil.copytree(tiny_model, tmp_path / "base")
