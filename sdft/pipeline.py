@@ -274,12 +274,10 @@ def _distill_key(config: DistillConfig, run_dir: Path) -> str:
     the training file's contents, so an edited file is distilled (and everything after) again instead of
     being reported from the old one. A folder made before the contents were keyed, from these very contents
     (its run.json says), keeps its key and so the whole run keeps its folders."""
-    from sdft.provenance import file_sha256
-
     path = Path(config.data)
     if not path.is_file():  # a hub dataset: no contents here to key
         return stage_key(config)
-    digest, unkeyed = file_sha256(path), stage_key(config)
+    digest, unkeyed = provenance.file_sha256(path), stage_key(config)
     earlier = layout.stage_dir(run_dir, layout.DISTILL, "distill", unkeyed[:KEY_LENGTH]) / layout.RUN_RECORD
     try:
         if json.loads(earlier.read_text())["data"]["sha256"] == digest:
