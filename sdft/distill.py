@@ -27,7 +27,7 @@ from typing import Literal
 from sdft import layout, templates
 from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key, to_dict
 from sdft.errors import ConfigError
-from sdft.generation import EngineSettings, GenerationParams
+from sdft.generation import EngineSettings, GenerationParams, engine_key
 from sdft.store import ProgressFile, write_json, write_jsonl
 
 # The reference code never sets decoding values; these are the defaults it inherited (paper-method §4).
@@ -103,8 +103,8 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
     if config.input_separator != "\n\n":  # recorded when set (the stage key covers it either way)
         record["input_separator"] = config.input_separator
     # The key covers what the config names and what its names point to now (file contents, template text).
-    # The engine as resolved (auto -> vllm or hf, and its precision) changes the text, so it is keyed too.
-    engine = {k: generation[k] for k in ("backend", "precision")}
+    # The engine as resolved (auto -> vllm or hf, its precision, a merged adapter) changes the text: keyed too.
+    engine = engine_key(generation, config.adapter)
     record["settings_key"] = stage_key(config, record["data"]["sha256"], record["template"], mode, engine)
     if (config.filter or config.task) == "code":  # where rewrites' code ran (not part of the key)
         from sdft import sandbox

@@ -37,8 +37,12 @@ def redact(url: str) -> str:
     netloc = f"[{host}]" if ":" in host else host
     if parts.port:
         netloc += f":{parts.port}"
-    query = "&".join(f"{p.partition('=')[0]}=***" if "=" in p else p for p in parts.query.split("&") if p)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, hide_query(parts.query), ""))
+
+
+def hide_query(query: str) -> str:
+    """A URL query with every value hidden (``api-key=***&code=***``): keys ride there (Azure, SAS ``sig``)."""
+    return "&".join(f"{p.partition('=')[0]}=***" if "=" in p else p for p in query.split("&") if p)
 
 
 def is_loopback(host: str | None) -> bool:

@@ -17,9 +17,9 @@ from sdft.store import ProgressFile, write_jsonl
 from sdft.tasks import GenerativeTask, LoglikelihoodTask, TaskContext
 
 
-def task_settings(name: str, task, config, params=None, precision: str = "fp32") -> dict:
+def task_settings(name: str, task, config, params=None, precision: str = "fp32", lora_mode: str | None = None) -> dict:
     """Everything that changes a task's outputs; its hash names the generation cache. ``precision`` is the
-    resolved one (``sdft.generation.auto``)."""
+    resolved one (``sdft.generation.auto``); ``lora_mode`` is set when it is keyed (``engine_key``)."""
     from sdft.provenance import package_versions
 
     template = task.template
@@ -30,6 +30,8 @@ def task_settings(name: str, task, config, params=None, precision: str = "fp32")
         "template_mode": config.template_mode, "limit": config.limit, "n_samples": config.n_samples,
         "decoding": params.record() if params is not None else None,
     }
+    if lora_mode:
+        settings["lora_mode"] = lora_mode
     # Not in the key: limit (a larger limit reuses the items already done) and batch size (a rerun with a
     # smaller batch after running out of memory must resume, not start over).
     keyed = {k: v for k, v in settings.items() if k != "limit"}
@@ -45,7 +47,10 @@ def task_settings(name: str, task, config, params=None, precision: str = "fp32")
 def run_generate(name: str, task: GenerativeTask, examples: list[dict], session, config, out: Path,
                  judge=None) -> dict:
     params = config.decoding(name, task.max_new_tokens, tuple(task.stop))
-    settings = task_settings(name, task, config, params, session.setup.record["precision"])
+    from sdft.generation import engine_key
+
+    engine = engine_key(session.setup.record, config.adapter)
+    settings = task_settings(name, task, config, params, engine["precision"], engine.get("lora_mode"))
     context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge, out)
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]), key="key")
     # One cache unit per (item, sample); the plain id when there is one sample per item.

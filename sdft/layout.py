@@ -229,6 +229,7 @@ def read_stage(folder: Path) -> dict | None:
 def claim_stage(folder: Path, key: str, settings: dict, *, overwrite: bool = False) -> None:
     """Start or resume a stage in ``folder``: refuse when the folder holds work of another key (naming the
     settings that differ), unless ``overwrite``; then record this key. Same key: the stage resumes."""
+    settings = _recordable(settings)
     if not overwrite:
         refuse_other_key(Path(folder) / STAGE, read_stage(folder), key, settings)
     write_json(Path(folder) / STAGE, {"key": key, "settings": settings})
@@ -248,7 +249,15 @@ def refuse_other_key(where: Path, before: dict | None, key: str, settings: dict)
 
 def finish_stage(folder: Path, key: str, settings: dict, result: dict) -> None:
     """Mark the stage in ``folder`` done: a rerun with the same key returns ``result`` without work."""
-    write_json(Path(folder) / STAGE, {"key": key, "settings": settings, "result": result})
+    write_json(Path(folder) / STAGE, {"key": key, "settings": _recordable(settings), "result": result})
+
+
+def _recordable(settings: dict) -> dict:
+    """Settings as a stage folder records them: a URL's query values and user info hidden (a judge
+    ``https://...?api-key=...`` is a keyed setting; its key must not reach a file). The key is hashed from
+    the settings as given, so two URLs that differ only there still get different keys."""
+    from sdft.provenance import recordable
+    return recordable(settings)
 
 
 def finished_result(folder: Path, key: str | None = None) -> dict | None:

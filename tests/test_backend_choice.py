@@ -98,3 +98,18 @@ def test_vllm_applies_adapters_natively_on_a_gpu_and_merged_on_a_cpu(cpu, tiny_m
     assert backend_setup(_config(model=str(tiny_model))).options["lora_mode"] == "native"
     chosen = backend_setup(_config(model=str(tiny_model), backend_option=["lora_mode=merged"]))
     assert chosen.options["lora_mode"] == "merged"  # the user's choice wins
+
+
+def test_only_an_adapter_merged_for_vllm_adds_to_the_engine_key(cpu, tiny_model):
+    """Stages key the engine by engine_key: lora_mode only where it changes the text (a merged adapter), so
+    the seed's caches and those of adapters applied natively (every run before lora_mode) stay valid."""
+    from sdft.generation import engine_key
+
+    on_cpu = backend_setup(_config(model=str(tiny_model))).record
+    assert engine_key(on_cpu, "runs/x/train/a") == {"backend": "vllm", "precision": "bf16", "lora_mode": "merged"}
+    assert engine_key(on_cpu, None) == {"backend": "vllm", "precision": "bf16"}
+    cpu.cuda = True
+    on_gpu = backend_setup(_config(model=str(tiny_model))).record
+    assert engine_key(on_gpu, "runs/x/train/a") == {"backend": "vllm", "precision": "bf16"}
+    hf = backend_setup(_config(model=str(tiny_model), backend="hf")).record
+    assert engine_key(hf, "runs/x/train/a") == {"backend": "hf", "precision": "bf16"}

@@ -144,3 +144,9 @@ def test_cli_refuses_a_key_in_the_url_before_writing_anything(tmp_path, capsys, 
     assert not out.exists()  # no lock file, no results: nothing could carry the key
     monkeypatch.setattr("sys.argv", ["sdft", *argv])
     assert KEY not in command_line() and "https://***@judge.example.com/v1" in command_line()
+    # A key in the query (Azure Functions' ?code=, a SAS sig=) is hidden too, in any form of the flag.
+    monkeypatch.setattr("sys.argv", ["sdft", "eval", f"--judge=https://fn.example.net/v1?code={KEY}&v=2",
+                                     "--endpoint", f"https://h.example.net/v1?sig={KEY}"])
+    assert KEY not in command_line()
+    assert "--judge=https://fn.example.net/v1?code=***&v=***" in command_line()
+    assert "https://h.example.net/v1?sig=***" in command_line()

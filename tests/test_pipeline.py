@@ -74,6 +74,61 @@ def test_one_system_prompt_for_all_stages_unless_a_section_sets_its_own(tmp_path
         load_run_config(_config(tmp_path, tiny_model, system_prompt=""))
 
 
+def test_a_key_in_a_judge_url_never_reaches_the_run_folder(tmp_path, tiny_model, monkeypatch):
+    """An Azure-style ``?api-key=`` judge URL is a keyed eval setting: config.json and every stage.json keep
+    the URL without its query values (run records already did)."""
+    secret = "sk-do-not-write-me"
+    judge = f"https://judge.example/openai/deployments/gpt/chat/completions?api-version=1&api-key={secret}"
+    path = _config(tmp_path, tiny_model, eval={"tasks": ["advbench"], "limit": 1, "judge": judge,
+                                               "judge_model": "gpt", "progress": False, "backend": "hf"})
+
+    def seed_eval(config):  # the seed's evaluation, cut short: only the records written around it matter
+        assert config.judge == judge  # the stage itself still gets the URL it needs
+        return {"tasks": {}}
+    monkeypatch.setattr("sdft.evaluate.evaluate", seed_eval)
+    monkeypatch.setattr("sdft.distill.distill", lambda config: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        run(load_run_config(path), log=lambda line: None)
+    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"config.json", "stage.json"}
+    assert not [p for p in written if secret in p.read_text()]
+    assert "api-key=***" in (tmp_path / "runs" / "tiny" / "config.json").read_text()
+
+
+def test_an_edited_training_file_is_distilled_again_and_everything_after(tmp_path, tiny_model, monkeypatch):
+    """The run's stage folders are keyed by the training file's contents, not only its path (the stages
+    are test doubles here: only which of them run matters)."""
+    from sdft import pipeline
+    from sdft.provenance import file_sha256
+
+    def distill(config):  # what the real stage records: the data file's hash in run.json
+        Path(config.out, "run.json").write_text(json.dumps({"data": {"sha256": file_sha256(Path(config.data))}}))
+        return {"examples": 1}
+    monkeypatch.setattr("sdft.distill.distill", distill)
+    monkeypatch.setattr("sdft.evaluate.evaluate", lambda config: {"tasks": {}})
+    monkeypatch.setattr(pipeline, "_train", lambda config: {"steps": 1})
+    monkeypatch.setattr(pipeline, "compare_with_seed", lambda *a: {"answer_shift": None, "weight_shift": None})
+    monkeypatch.setattr("sdft.report.write_report", lambda run_dir: {"md": "r.md", "html": "r.html"})
+    config = load_run_config(_config(tmp_path, tiny_model, mix_ratios=[0.0, 1.0], sample_sizes=[]))
+
+    def stages_run() -> list[str]:
+        logs: list[str] = []
+        run(config, log=logs.append)
+        return sorted(line.split("/")[-2] for line in logs if line.startswith("[run ]") and "compare" not in line)
+    assert stages_run() == ["distill", "eval", "eval", "eval", "train", "train"]
+    assert stages_run() == []
+    data = Path(config.data)
+    data.write_text(data.read_text().replace("City0", "Town0"))
+    assert stages_run() == ["distill", "eval", "eval", "train", "train"]  # the seed's evaluation stays
+
+    # A folder distilled before the contents were keyed, from the same contents, keeps its key.
+    unkeyed = pipeline.stage_key(pipeline.stage_configs(config)["distill"])
+    folder = layout.stage_dir(config.run_dir, layout.DISTILL, "distill", unkeyed[:pipeline.KEY_LENGTH])
+    folder.mkdir(parents=True)
+    distill(pipeline.replace(pipeline.stage_configs(config)["distill"], out=str(folder)))
+    assert pipeline._distill_key(pipeline.stage_configs(config)["distill"], config.run_dir) == unkeyed
+
+
 @pytest.mark.slow
 def test_full_tiny_run_caches_and_rebuilds(tmp_path, tiny_model):
     config = load_run_config(_config(tmp_path, tiny_model))

@@ -82,6 +82,34 @@ def test_replay_examples_of_another_shape_join_the_training_data(tiny_model, tas
     assert [t.id for t in again.targets if t.replay] == [t.id for t in replayed]
 
 
+def test_resuming_with_an_edited_replay_file_is_refused(tiny_model, task_data, general_gsm8k_jsonl, tmp_path):
+    """--resume continues checkpoints only with the same data: the replay file's contents count too (and
+    train.json records them)."""
+    from sdft import train_data
+    from sdft.config import stage_key
+    from sdft.provenance import file_sha256
+    from sdft.train import resume_key
+
+    out = tmp_path / "out"
+    settings = dict(replay_data=str(general_gsm8k_jsonl), replay_ratio=0.5, resume=True)
+    first = config(tiny_model, task_data, out, **settings)
+    checkpoint = out / "checkpoints" / "checkpoint-1"  # what a run killed after its first checkpoint leaves
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    key = resume_key(first, file_sha256(task_data))
+    (out / "checkpoints" / "sdft-run.json").write_text(json.dumps(key))
+    assert train_data.resume_point(first, out, resume_key(first, file_sha256(task_data))) == checkpoint
+    plain = config(tiny_model, task_data, out)  # without replay: the key checkpoints of earlier versions carry
+    assert resume_key(plain, file_sha256(task_data))["key"] == stage_key(plain, file_sha256(task_data))
+
+    with general_gsm8k_jsonl.open("a") as fh:
+        fh.write(json.dumps({"question": "one more?", "answer": "yes"}) + "\n")
+    with pytest.raises(ConfigError, match="replay_sha256"):
+        prepare(first)
+    run = prepare(config(tiny_model, task_data, tmp_path / "fresh", **settings))
+    assert run.counts["replay"]["sha256"] == file_sha256(general_gsm8k_jsonl)
+
+
 def test_seed_answers_are_generated_once_cached_and_cut_ones_dropped(tiny_model, task_data, tmp_path,
                                                                      monkeypatch):
     from sdft.generation import register_backend

@@ -308,19 +308,23 @@ def test_embedded_model_few_steps(shared_data, tmp_path):
     assert model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] > ids["input_ids"].shape[1]
 
 
-@pytest.mark.parametrize("logs, shown", [({"loss": 0.5, "num_tokens": 4000.0}, "tokens/s"),
-                                         ({"loss": 0.5}, "s/step")])
-def test_progress_line_shows_a_rate_even_when_the_trainer_counts_no_tokens(logs, shown, capsys):
-    """TRL's SDFTTrainer (onpolicy) logs no num_tokens: the line shows seconds per step, never '0 tokens/s'."""
+@pytest.mark.parametrize("logs, shown", [({"loss": 0.5, "num_tokens": 4000.0}, "400 tokens/s"),
+                                         ({"loss": 0.5}, "5.0 s/step")])
+def test_progress_line_shows_a_rate_even_when_the_trainer_counts_no_tokens(logs, shown, capsys, monkeypatch):
+    """TRL's SDFTTrainer (onpolicy) logs no num_tokens: the line shows seconds per step, never '0 tokens/s'.
+    The rate is this session's: a run resumed at step 2 that reaches step 4 in 10 s took 5 s a step."""
     from types import SimpleNamespace
 
+    from sdft import train_output
     from sdft.train_output import progress_callback
 
+    clock = iter([100.0, 110.0])  # train begins at 100 s, step 4 is logged at 110 s
+    monkeypatch.setattr(train_output, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     progress = progress_callback(every=4, total=8)
-    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    state = SimpleNamespace(global_step=2, is_world_process_zero=True)
     progress.on_train_begin(None, state, None)
     state.global_step = 4
     progress.on_log(None, state, None, logs=logs)
     line = capsys.readouterr().out.strip()
-    assert line.startswith("step 4/8  loss 0.5000") and line.endswith(shown), line
+    assert line.startswith("step 4/8  loss 0.5000") and line.endswith(f"  {shown}"), line
     assert " 0 tokens/s" not in line

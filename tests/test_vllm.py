@@ -308,7 +308,7 @@ def test_merged_adapter_matches_hf_and_is_merged_once(adapter, folder, tmp_path,
     monkeypatch.setenv("SDFT_HOME", str(tmp_path))
     merged = load_backend("vllm", folder, adapter, progress=False, lora_mode="merged", **FP32)
     assert merged.lora_mode == "merged" and merged.lora_request is None
-    copies = list((tmp_path / "merged").iterdir())
+    copies = [p for p in (tmp_path / "merged").iterdir() if not p.name.startswith(".")]  # not the lock file
     assert len(copies) == 1 and (copies[0] / "sdft-merged.json").is_file()
     hf_adapter = load_backend("hf", folder, adapter, progress=False, precision="fp32")
     prompts = _chat(hf_adapter.tokenizer, QUESTIONS)

@@ -28,7 +28,8 @@ class EngineSettings:
 
     A mixin of those stages' configs, so the YAML keys and flags stay flat (``backend:``, ``--backend``);
     :func:`backend_setup` turns them into a backend to load. Endpoints and options are not keyed: they say
-    where and how fast, not what is generated (the backend and precision as resolved are recorded)."""
+    where and how fast, not what is generated (the backend and precision as resolved are recorded and keyed,
+    and so is the one option that changes the text: :func:`engine_key`)."""
 
     section: ClassVar[str] = "generation engine"  # the heading of these flags in --help
     backend: str = field("auto", "generation backend: auto (vllm when installed and it supports the model, "
@@ -217,10 +218,10 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
         options["precision"] = choice.precision
     if endpoints:
         options["endpoint"] = endpoints
-    if choice.backend == "vllm" and options.get("lora_mode", "auto") == "auto":
-        from sdft.generation.auto import cuda_available
+    if choice.backend == "vllm":
+        from sdft.generation.vllm_backend import resolve_lora_mode
         # Resolved here so that the run records say how an adapter was applied (it changes the numerics).
-        options["lora_mode"] = "native" if cuda_available() else "merged"
+        options["lora_mode"] = resolve_lora_mode(options.get("lora_mode", "auto"))
     if hasattr(cls, "check_options"):  # before the options reach any record: a stage may never load the backend
         cls.check_options(options)
     path = folder or model_for_backend(choice.backend, config.model)
@@ -228,3 +229,15 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
 
     record = {**choice.record(), "options": recordable({k: v for k, v in options.items() if k != "precision"})}
     return BackendSetup(choice.backend, path, options, record)
+
+
+def engine_key(record: dict, adapter: str | None) -> dict:
+    """What of the resolved engine (a :class:`BackendSetup` record) changes the text a model writes, for the
+    stages' keys: backend and precision, and ``lora_mode`` when vLLM folds an adapter into a merged copy
+    (rounded once, in the weights, rather than per layer: another greedy answer now and then). The native
+    way adds nothing: every vLLM adapter run before ``lora_mode`` existed applied it natively, and their
+    caches stay valid."""
+    key = {k: record[k] for k in ("backend", "precision")}
+    if adapter and record.get("options", {}).get("lora_mode") == "merged":
+        key["lora_mode"] = "merged"
+    return key

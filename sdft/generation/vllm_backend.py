@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from sdft.errors import SdftError
+from sdft.errors import ConfigError, SdftError
 from sdft.generation import Completion, GenerationParams, cut_at_stop
 
 # On a CPU the KV cache is ordinary memory: vLLM's default would claim far more than a shared box can spare.
@@ -28,41 +28,70 @@ DEFAULT_REQUEST_CHUNK = 128
 _ENGINE: dict = {}  # the process's one engine: {"key": ..., "llm": LLM, "max_lora_rank": int}
 
 
-def _lora_rank(adapter: Path) -> int:
+def _adapter_config(adapter: Path) -> Path:
     config_file = adapter / "adapter_config.json"
     if not config_file.is_file():
         raise SdftError(f"adapter {adapter} is not a LoRA adapter folder (no adapter_config.json)")
-    rank = int(json.loads(config_file.read_text()).get("r", 16))
+    return config_file
+
+
+def _lora_rank(adapter: Path) -> int:
+    rank = int(json.loads(_adapter_config(adapter).read_text()).get("r", 16))
     return max(8, 1 << (rank - 1).bit_length())  # vLLM sizes LoRA buffers for powers of two >= 8
 
 
-def merged_copy(folder: str, adapter: Path) -> str:
-    """The base model with ``adapter`` folded in, saved once under ``$SDFT_HOME/merged/`` (keyed by the base
-    folder and the adapter's bytes) and reused. vLLM's LoRA path on a CPU runs adapters op by op: one step of
-    64 prompts with an r=64 adapter on every linear layer of a 0.5B model ran past vLLM's 300 s step timeout
-    here, while merged weights decode at the base model's speed."""
+LORA_MODES = ("auto", "native", "merged")
+MERGED_MARKER = "sdft-merged.json"  # written last inside the temp folder: its presence marks a complete copy
+# What an adapter folder contributes to a merged copy: its weights and config, and the tokenizer the copy
+# takes from it when it carries one (training saves one: ``load_tokenizer`` prefers it).
+_ADAPTER_FILES = ("adapter_", "tokenizer", "special_tokens_map.json", "added_tokens.json", "chat_template",
+                  "vocab.", "merges.txt")
+
+
+def resolve_lora_mode(mode: str) -> str:
+    """``native`` or ``merged``; auto: vLLM's LoRA kernels on a GPU (one engine serves every adapter), a
+    merged copy on a CPU (see :func:`merged_copy`). Resolved once, here, so the run records say which."""
+    from sdft.generation.auto import cuda_available
+
+    if mode not in LORA_MODES:
+        raise ConfigError(f"vllm backend option lora_mode must be auto, native or merged, not {mode!r}")
+    return mode if mode != "auto" else ("native" if cuda_available() else "merged")
+
+
+def merged_key(folder: str, adapter: Path) -> str:
+    """The merged copy's cache key: the base folder (path, and each file's name, size and mtime, so a base
+    converted or saved again in the same place is merged again) and the adapter's files (bytes)."""
     import hashlib
 
-    from sdft.models import load_model_and_tokenizer, sdft_home
+    _adapter_config(adapter)
+    base = Path(folder).resolve()
+    digest = hashlib.sha256(json.dumps([str(base), sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in base.iterdir() if f.is_file())]).encode())
+    for file in sorted(adapter.iterdir()):
+        if file.is_file() and file.name.startswith(_ADAPTER_FILES):
+            digest.update(f"\0{file.name}\0{file.stat().st_size}\0".encode() + file.read_bytes())
+    return digest.hexdigest()[:20]
 
-    digest = hashlib.sha256(str(Path(folder).resolve()).encode())
-    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-        if (adapter / name).is_file():
-            digest.update(name.encode() + (adapter / name).read_bytes())
-    target = sdft_home() / "merged" / digest.hexdigest()[:20]
-    marker = target / "sdft-merged.json"
-    if marker.is_file():
+
+def merged_copy(folder: str, adapter: Path) -> str:
+    """The base model with ``adapter`` folded in, saved once under ``$SDFT_HOME/merged/`` (keyed by
+    :func:`merged_key`) and reused. vLLM's LoRA path on a CPU runs adapters op by op: one step of
+    64 prompts with an r=64 adapter on every linear layer of a 0.5B model ran past vLLM's 300 s step timeout
+    here, while merged weights decode at the base model's speed."""
+    from sdft.models import folder_lock, load_model_and_tokenizer, sdft_home, swapped_in
+
+    target = sdft_home() / "merged" / merged_key(folder, adapter)
+    if (target / MERGED_MARKER).is_file():
         return str(target)
-    print(f"sdft: merging the adapter {adapter} into a copy of {folder} for vLLM (once: {target})", flush=True)
-    net, tokenizer = load_model_and_tokenizer(folder, adapter=str(adapter), dtype="float32", device="cpu")
-    partial = target.with_name(target.name + ".partial")
-    net.save_pretrained(partial)  # fp32: vLLM casts to the precision it runs in, as it does for the base
-    tokenizer.save_pretrained(partial)
-    (partial / "sdft-merged.json").write_text(json.dumps({"base": str(folder), "adapter": str(adapter)}) + "\n")
-    if target.exists():  # a copy left without its marker by an interrupted merge
-        import shutil
-        shutil.rmtree(target)
-    partial.rename(target)
+    with folder_lock(target.parent / f".{target.name}.lock"):  # parallel stages merge once
+        if (target / MERGED_MARKER).is_file():
+            return str(target)
+        print(f"sdft: merging the adapter {adapter} into a copy of {folder} for vLLM (once: {target})", flush=True)
+        net, tokenizer = load_model_and_tokenizer(folder, adapter=str(adapter), dtype="float32", device="cpu")
+        with swapped_in(target) as tmp:  # a merge cut short leaves no folder a later run would trust
+            net.save_pretrained(tmp)  # fp32: vLLM casts to the precision it runs in, as it does for the base
+            tokenizer.save_pretrained(tmp)
+            (tmp / MERGED_MARKER).write_text(json.dumps({"base": str(folder), "adapter": str(adapter)}) + "\n")
     return str(target)
 
 
@@ -140,11 +169,7 @@ class VLLMBackend:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KV_CACHE_GIB))
         folder = resolve_model(model)
         self.lora_request, lora_rank = None, 0
-        from sdft.generation.auto import cuda_available
-        if lora_mode not in ("auto", "native", "merged"):
-            raise SdftError(f"vllm backend option lora_mode must be auto, native or merged, not {lora_mode!r}")
-        # auto: vLLM's LoRA kernels on a GPU (one engine serves every adapter); a merged copy on a CPU.
-        self.lora_mode = ("native" if cuda_available() else "merged") if lora_mode == "auto" else lora_mode
+        self.lora_mode = resolve_lora_mode(lora_mode)
         if adapter and self.lora_mode == "merged":
             folder, adapter = merged_copy(str(folder), Path(adapter).expanduser().resolve()), None
         if adapter:
@@ -154,6 +179,7 @@ class VLLMBackend:
             self.lora_request = LoRARequest(adapter_path.name or "adapter", _adapter_id(adapter_path),
                                             str(adapter_path))
         self.dtype = _vllm_dtype(precision, dtype)
+        from sdft.generation.auto import cuda_available
         if not cuda_available():
             # On a CPU, compilation makes an engine start take three to four minutes instead of one; eager
             # decoding ran at 450-540 new tokens/s here (docs/results/generation-speed-2026-12-01.md).
