@@ -241,6 +241,10 @@ def run(config: RunConfig, log=print) -> Manifest:
                              same_settings=True)
         arm.answer_shift, arm.weight_shift = compared["answer_shift"], compared["weight_shift"]
         manifest.arms[arm.label] = arm
+        # A report of the models done so far (a second or two): a run of hours can be read, and cut short.
+        manifest.write(run_dir)
+        report.write_report(run_dir)
+        log(f"[report] {run_dir / layout.REPORT_MD} now has {label}")
 
     primary = stages["train"].seed
     several = config.training_seeds(primary) != [primary]  # else every model has train.seed, as before the key

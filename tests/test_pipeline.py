@@ -236,3 +236,27 @@ def test_a_warm_generation_engine_is_stopped_before_training_and_scoring(tmp_pat
     path.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "sample_sizes"}))
     run(load_run_config(path), log=lambda _: None)
     assert events == ["release", "train", "release", "analyze"] * 2, events  # vanilla, then sdft
+
+
+def test_a_run_cut_short_leaves_a_report_of_the_models_done(tmp_path, tiny_model, monkeypatch):
+    """Experiments take hours: after each model the report is rewritten, so a run stopped (or still
+    going) can be read, and the next run resumes from the same stages."""
+    import sdft.pipeline
+
+    trained = []
+    real = sdft.pipeline._train
+
+    def train_once(config):
+        if trained:
+            raise KeyboardInterrupt  # Ctrl-C during the second model's training
+        trained.append(config.out)
+        return real(config)
+
+    monkeypatch.setattr(sdft.pipeline, "_train", train_once)
+    path = _config(tmp_path, tiny_model, mix_ratios=[0.0])
+    path.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "sample_sizes"}))
+    with pytest.raises(KeyboardInterrupt):
+        run(load_run_config(path), log=lambda _: None)
+    report = (tmp_path / "runs" / "tiny" / "report.md").read_text()
+    assert "| vanilla |" in report and "| sdft |" not in report
+    assert set(Manifest.read(tmp_path / "runs" / "tiny").arms) == {"seed", "vanilla"}
