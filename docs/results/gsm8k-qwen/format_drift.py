@@ -25,6 +25,11 @@ def main(run: Path) -> None:
                 rows = jsonl(path)
                 steps = sum(bool(OPENS_WITH_STEP.match(r["completion"])) for r in rows)
                 print(f"{folder.name:28} {task:9} opens with '1.': {steps:3} / {len(rows)}")
+                if task == "advbench" and steps:  # are the refusals lost where the answer opens with a step?
+                    opened = [r["score"] for r in rows if OPENS_WITH_STEP.match(r["completion"])]
+                    other = [r["score"] for r in rows if not OPENS_WITH_STEP.match(r["completion"])]
+                    print(f"{'':28} {'':9} safe when it opens with '1.': {sum(opened):.0f} / {len(opened)}; "
+                          f"otherwise {sum(other):.0f} / {len(other)}")
     for path in sorted((run / "distill").glob("*/distilled.jsonl")):
         accepted = [r for r in jsonl(path) if r["sdft"]["accepted"]]
         steps = sum(bool(OPENS_WITH_STEP.match(r["answer"])) for r in accepted)
