@@ -46,17 +46,16 @@ def _metric_series(points: list[Arm]) -> dict[str, list[float]]:
     return {k: v for k, v in series.items() if len(v) == len(points)}
 
 
-def _line(ax, xs: list[float], points: list[Arm], key: str, values: list[float], **style) -> None:
+def _line(ax, xs: list[float], points: list[Arm], key: str, values: list[float], **style) -> str:
     """One metric against x, in %; where a point is a mean over training seeds, the seeds' range as an
-    error bar."""
+    error bar. Returns the line's colour."""
     ys = [v * 100 for v in values]
     if not any(isinstance(p, seeds.SeedMean) for p in points):
-        ax.plot(xs, ys, **style)
-        return
+        return ax.plot(xs, ys, **style)[0].get_color()
     spans = [p.metrics()[key].ci95 if isinstance(p, seeds.SeedMean) else None for p in points]
     below = [y - 100 * s[0] if s else 0.0 for y, s in zip(ys, spans)]
     above = [100 * s[1] - y if s else 0.0 for y, s in zip(ys, spans)]
-    ax.errorbar(xs, ys, yerr=[below, above], capsize=3, **style)
+    return ax.errorbar(xs, ys, yerr=[below, above], capsize=3, **style).lines[0].get_color()
 
 
 def _new_figure():
@@ -84,8 +83,13 @@ def _vs_mix(manifest: Manifest, path: Path) -> bool:
         return False
     fig, ax = _new_figure()
     xs = [p.mix_ratio for p in points]
+    start = manifest.arms["seed"].metrics() if "seed" in manifest.arms else {}
     for key, values in _metric_series(points).items():
-        _line(ax, xs, points, key, values, marker="o", label=key)
+        colour = _line(ax, xs, points, key, values, marker="o", label=key)
+        if key in start:  # where the model began: forgetting reads as the distance below this line
+            ax.axhline(start[key].value * 100, color=colour, linestyle=":", linewidth=1)
+    if start:
+        ax.plot([], [], color="grey", linestyle=":", label="seed model (dotted, same colour)")
     ax.set_xlabel("mix ratio (share of distilled targets; 0 = vanilla, 1 = SDFT)")
     ax.set_ylabel("score (%)")
     return _save(fig, ax, path)

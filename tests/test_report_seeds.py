@@ -129,3 +129,21 @@ def test_plots_average_the_answer_shift_over_seeds(tmp_path):
     shift = seeds.collapsed(manifest).arms["sdft"].answer_shift
     assert shift["overall"]["bleu4"]["mean"] == pytest.approx(0.3) and shift["overall"]["bleu4"]["values"] == [0.2, 0.4]
     assert shift["seed_likelihood"]["mean"] == pytest.approx(0.6)
+
+
+def test_the_mix_ratio_plot_marks_where_the_seed_model_began(tmp_path, monkeypatch):
+    """Forgetting is a distance from the seed: each metric's line gets the seed's score as a dotted line of
+    its colour (here the seed's 50% against the arms' means over seeds)."""
+    from sdft import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, ax, path: drawn.setdefault(path.name, ax) is not None)
+    manifest = Manifest(name="known", model="m", data="d.json", task="function_call")
+    for label in SCORES:
+        manifest.arms[label] = _model(tmp_path, label)
+    plots.make_plots(manifest, tmp_path)
+    ax = drawn["mix_ratio.png"]
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":" and len(line.get_ydata()) == 2]
+    assert [list(line.get_ydata()) for line in dotted] == [[50.0, 50.0]]
+    metric_line = next(c for c in ax.containers if c.get_label() == "openfunctions/accuracy")
+    assert dotted[0].get_color() == metric_line.lines[0].get_color()
