@@ -334,8 +334,8 @@ def _fingerprint(path: str | None):
     """A model or adapter folder as its files' names, sizes and times: retrained in place, it scores anew."""
     if not path or not os.path.isdir(path):
         return path
-    return path, tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                       for e in sorted(os.scandir(path), key=lambda e: e.name) if e.is_file())
+    from sdft.provenance import folder_stamp
+    return path, tuple(folder_stamp(path))
 
 
 def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_results: dict,

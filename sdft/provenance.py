@@ -27,6 +27,12 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def folder_stamp(folder: str | Path) -> list[tuple[str, int, int]]:
+    """Each file of a folder (not its subfolders) as (name, size, mtime in ns), sorted: cheap to take, and it
+    changes when a model is converted or saved again in the same place."""
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(folder).iterdir() if f.is_file())
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -63,10 +63,11 @@ def merged_key(folder: str, adapter: Path) -> str:
     converted or saved again in the same place is merged again) and the adapter's files (bytes)."""
     import hashlib
 
+    from sdft.provenance import folder_stamp
+
     _adapter_config(adapter)
     base = Path(folder).resolve()
-    digest = hashlib.sha256(json.dumps([str(base), sorted(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in base.iterdir() if f.is_file())]).encode())
+    digest = hashlib.sha256(json.dumps([str(base), folder_stamp(base)]).encode())
     for file in sorted(adapter.iterdir()):
         if file.is_file() and file.name.startswith(_ADAPTER_FILES):
             digest.update(f"\0{file.name}\0{file.stat().st_size}\0".encode() + file.read_bytes())
