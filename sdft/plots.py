@@ -63,10 +63,14 @@ def _new_figure():
     return plt.subplots(figsize=(6.4, 4))
 
 
-def _save(fig, ax, path: Path) -> bool:
+def _save(fig, ax, path: Path, legend_outside: bool = False) -> bool:
     import matplotlib.pyplot as plt
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if legend_outside:  # beside the axes: inside, it covered lines near 100% (the seed's dotted ones)
+        fig.set_size_inches(8.4, 4)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -92,7 +96,7 @@ def _vs_mix(manifest: Manifest, path: Path) -> bool:
         ax.plot([], [], color="grey", linestyle=":", label="seed model (dotted, same colour)")
     ax.set_xlabel("mix ratio (share of distilled targets; 0 = vanilla, 1 = SDFT)")
     ax.set_ylabel("score (%)")
-    return _save(fig, ax, path)
+    return _save(fig, ax, path, legend_outside=True)
 
 
 def _shift_vs_mix(manifest: Manifest, path: Path) -> bool:

@@ -137,7 +137,7 @@ def test_the_mix_ratio_plot_marks_where_the_seed_model_began(tmp_path, monkeypat
     from sdft import plots
 
     drawn = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, ax, path: drawn.setdefault(path.name, ax) is not None)
+    monkeypatch.setattr(plots, "_save", lambda fig, ax, path, **kw: drawn.setdefault(path.name, ax) is not None)
     manifest = Manifest(name="known", model="m", data="d.json", task="function_call")
     for label in SCORES:
         manifest.arms[label] = _model(tmp_path, label)
@@ -147,3 +147,30 @@ def test_the_mix_ratio_plot_marks_where_the_seed_model_began(tmp_path, monkeypat
     assert [list(line.get_ydata()) for line in dotted] == [[50.0, 50.0]]
     metric_line = next(c for c in ax.containers if c.get_label() == "openfunctions/accuracy")
     assert dotted[0].get_color() == metric_line.lines[0].get_color()
+
+
+def test_a_legend_drawn_outside_leaves_the_axes_clear(tmp_path):
+    """The mix-ratio plot's legend (a metric and a dotted seed line each) covered lines near 100% when
+    drawn inside the axes; outside, its box starts right of the plotting area."""
+    from sdft import plots
+
+    fig, ax = plots._new_figure()
+    for k in range(6):
+        ax.plot([0, 1], [100 - k, 99 - k], label=f"metric {k}")
+    boxes = {}
+    real_close = __import__("matplotlib.pyplot", fromlist=["close"]).close
+
+    def close(f):
+        f.canvas.draw()
+        renderer = f.canvas.get_renderer()
+        boxes["legend"] = ax.get_legend().get_window_extent(renderer)
+        boxes["axes"] = ax.get_window_extent(renderer)
+        real_close(f)
+
+    import matplotlib.pyplot as plt
+    original, plt.close = plt.close, close
+    try:
+        assert plots._save(fig, ax, tmp_path / "p.png", legend_outside=True)
+    finally:
+        plt.close = original
+    assert boxes["legend"].x0 >= boxes["axes"].x1
