@@ -321,7 +321,9 @@ def analyze(config: AnalyzeConfig) -> dict:
 
 
 # Scores already computed in this process. `sdft run` compares every trained model with the same seed
-# answers, and their baseline (the seed's own score) is the same each time: a full pass of the model.
+# answers, and their baseline (the seed's own score) is the same each time: a full pass of the model
+# (10 minutes for 200 answers of the 0.5B seed here). They are also kept on disk beside the answers, so a
+# resumed run or the next session does not pay it again.
 _SCORED: dict[tuple, dict] = {}
 
 
@@ -354,9 +356,14 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
     def score(name: str, lora: str | None) -> dict:
         key = (_fingerprint(name), _fingerprint(lora), config.batch_size, _digest(prompts, texts))
         if key not in _SCORED:
-            net, tokenizer = load_model_and_tokenizer(name, lora)
-            _SCORED[key] = seed_likelihood(net, tokenizer, prompts, texts, batch_size=config.batch_size,
-                                           progress=f"seed answers NLL under {Path(lora or name).name}")
+            saved = layout.nll_scores_file(Path(config.reference), _digest([json.dumps(key)], []))
+            if saved.is_file():
+                _SCORED[key] = json.loads(saved.read_text())
+            else:
+                net, tokenizer = load_model_and_tokenizer(name, lora)
+                _SCORED[key] = seed_likelihood(net, tokenizer, prompts, texts, batch_size=config.batch_size,
+                                               progress=f"seed answers NLL under {Path(lora or name).name}")
+                write_json(saved, _SCORED[key])
         return _SCORED[key]
 
     cand = score(model, adapter)

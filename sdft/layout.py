@@ -9,6 +9,7 @@ helpers from here. ``sdft run`` lays a run out as::
     RUN/train/LABEL-KEY/        adapter (or weights) train.json loss.png checkpoints/ stage.json
     RUN/eval/LABEL-KEY/         results.json generations/TASK.jsonl generations/.cache/ stage.json
     RUN/eval/LABEL-KEY/compare/ answer_shift.json weight_shift.json stage.json
+    RUN/eval/seed-KEY/nll/      the seed answers' NLL under each scoring model (sdft.analyze's disk cache)
     RUN/interp/LABEL-KEY/       a scaled copy of vanilla's adapter, interp.json, stage.json (the interp arm)
 
 The manifest has one :class:`Arm` per model (the seed and every trained arm, named), so a new kind of
@@ -39,6 +40,7 @@ RESULTS, GENERATIONS, CACHE = "results.json", "generations", ".cache"
 COMPARE = "compare"               # a trained model's distance from the seed, inside its eval folder
 ANSWER_SHIFT = "answer_shift.json"  # how far the answers moved (BLEU, ROUGE, cosine, seed likelihood)
 WEIGHT_SHIFT = "weight_shift.json"  # how far the weights moved (L2 of the change)
+NLL_SCORES = "nll"                # in the reference eval folder: its answers' NLL, one file per scoring model
 RUN_GUARD = "sdft-run.json"       # in checkpoints/: the key a resumed training run must share with the first
 DISTILL, TRAIN, EVAL = "distill", "train", "eval"  # the stage folders of a run
 INTERP, INTERP_RECORD = "interp", "interp.json"  # the interp arm's scaled adapters (sdft.interp)
@@ -53,6 +55,11 @@ def stage_dir(run_dir: Path, stage: str, label: str, key: str) -> Path:
 
 def generations_file(eval_dir: Path, task: str) -> Path:
     return Path(eval_dir) / GENERATIONS / f"{task}.jsonl"
+
+
+def nll_scores_file(eval_dir: Path, key_digest: str) -> Path:
+    """The NLL of an eval folder's answers under one scoring model (``key_digest`` names model and answers)."""
+    return Path(eval_dir) / NLL_SCORES / f"{key_digest}.json"
 
 
 def cache_dir(eval_dir: Path) -> Path:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from sdft import analyze
+from sdft import analyze, layout
 from sdft.errors import SdftError
 
 SEED = ["The answer is 5.", "def add(a, b):\n    return a + b\n", "I cannot help with that request."]
@@ -139,4 +139,25 @@ def test_seed_likelihood_is_scored_once_per_model_and_answers(tmp_path, tiny_mod
     config = tiny_model / "config.json"
     os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))  # "retrained" in place
     analyze.analyze(analyze.AnalyzeConfig(reference=str(seed), candidate=str(first)))
+    assert loads == [str(tiny_model)] * 2
+
+
+def test_seed_likelihood_scores_are_kept_beside_the_answers_for_the_next_process(tmp_path, tiny_model, monkeypatch):
+    """A resumed `sdft run` (a new process) reads the seed answers' NLL from the reference eval folder
+    instead of a full pass of the model; other answers are scored anew."""
+    import sdft.models
+
+    loads: list[str] = []
+    real = sdft.models.load_model_and_tokenizer
+    monkeypatch.setattr(sdft.models, "load_model_and_tokenizer", lambda name, *a, **k: (loads.append(name), real(name, *a, **k))[1])
+    monkeypatch.setattr(analyze, "_SCORED", {})
+    seed = write_eval(tmp_path / "seed", str(tiny_model), SEED)
+    cand = write_eval(tmp_path / "a", str(tiny_model), SEED[:2], ids=["advbench-000", "advbench-001"], prompts=PROMPTS[:2])
+    first = analyze.analyze(analyze.AnalyzeConfig(reference=str(seed), candidate=str(cand)))["seed_likelihood"]
+    assert loads == [str(tiny_model)] and len(list((seed / layout.NLL_SCORES).glob("*.json"))) == 1
+    monkeypatch.setattr(analyze, "_SCORED", {})  # "the next process"
+    again = analyze.analyze(analyze.AnalyzeConfig(reference=str(seed), candidate=str(cand)))["seed_likelihood"]
+    assert loads == [str(tiny_model)] and again["values"] == first["values"]
+    other = write_eval(tmp_path / "seed2", str(tiny_model), [s + " more" for s in SEED])
+    analyze.analyze(analyze.AnalyzeConfig(reference=str(other), candidate=str(cand)))
     assert loads == [str(tiny_model)] * 2
