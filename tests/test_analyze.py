@@ -121,15 +121,22 @@ def test_cli(tmp_path, capsys):
     assert list(saved["tasks"]) == ["advbench"] and saved["skipped_tasks"] == ["hellaswag"]
 
 
-def test_seed_likelihood_is_scored_once_per_model_and_answers(tmp_path, tiny_model, monkeypatch):
-    """`sdft run` compares every trained model with the same seed answers: their baseline score (a full
-    pass of the seed model) is computed once per process, and again when the model's files change."""
+@pytest.fixture
+def counted_loads(monkeypatch) -> list[str]:
+    """The model names loaded for scoring, with this process's score cache emptied."""
     import sdft.models
 
     loads: list[str] = []
     real = sdft.models.load_model_and_tokenizer
     monkeypatch.setattr(sdft.models, "load_model_and_tokenizer", lambda name, *a, **k: (loads.append(name), real(name, *a, **k))[1])
     monkeypatch.setattr(analyze, "_SCORED", {})
+    return loads
+
+
+def test_seed_likelihood_is_scored_once_per_model_and_answers(tmp_path, tiny_model, counted_loads):
+    """`sdft run` compares every trained model with the same seed answers: their baseline score (a full
+    pass of the seed model) is computed once per process, and again when the model's files change."""
+    loads = counted_loads
     seed = write_eval(tmp_path / "seed", str(tiny_model), SEED)
     first = write_eval(tmp_path / "a", str(tiny_model), SEED[:2], ids=["advbench-000", "advbench-001"], prompts=PROMPTS[:2])
     second = write_eval(tmp_path / "b", str(tiny_model), SEED[:2], ids=["advbench-000", "advbench-001"], prompts=PROMPTS[:2])
@@ -142,15 +149,11 @@ def test_seed_likelihood_is_scored_once_per_model_and_answers(tmp_path, tiny_mod
     assert loads == [str(tiny_model)] * 2
 
 
-def test_seed_likelihood_scores_are_kept_beside_the_answers_for_the_next_process(tmp_path, tiny_model, monkeypatch):
+def test_seed_likelihood_scores_are_kept_beside_the_answers_for_the_next_process(tmp_path, tiny_model, counted_loads,
+                                                                                  monkeypatch):
     """A resumed `sdft run` (a new process) reads the seed answers' NLL from the reference eval folder
     instead of a full pass of the model; other answers are scored anew."""
-    import sdft.models
-
-    loads: list[str] = []
-    real = sdft.models.load_model_and_tokenizer
-    monkeypatch.setattr(sdft.models, "load_model_and_tokenizer", lambda name, *a, **k: (loads.append(name), real(name, *a, **k))[1])
-    monkeypatch.setattr(analyze, "_SCORED", {})
+    loads = counted_loads
     seed = write_eval(tmp_path / "seed", str(tiny_model), SEED)
     cand = write_eval(tmp_path / "a", str(tiny_model), SEED[:2], ids=["advbench-000", "advbench-001"], prompts=PROMPTS[:2])
     first = analyze.analyze(analyze.AnalyzeConfig(reference=str(seed), candidate=str(cand)))["seed_likelihood"]
