@@ -16,7 +16,7 @@ from sdft import layout, plots, seeds
 from sdft.config import field
 from sdft.errors import ConfigError
 from sdft.layout import Arm, Manifest
-from sdft import report_cost
+from sdft import report_cost, report_openings
 from sdft.store import read_jsonl
 from sdft.stats import Metric, pooled_paired, seed_interval
 
@@ -325,6 +325,19 @@ def length_section(generations: dict) -> str:
                     "evaluation's token budget rather than ending on their own.")
 
 
+def openings_section(manifest: Manifest, run_dir: Path, generations: dict) -> str:
+    found = report_openings.openings(manifest, run_dir, generations)
+    if found is None:
+        return ""
+    text = f"## How answers open\n\n{report_openings.INTRO}\n"
+    if found.targets:
+        text += "\n" + _table(["training targets", "opens with"], found.targets) + "\n"
+        text += "".join(f"\n{note}\n" for note in found.notes)
+    if found.models:
+        text += "\n" + _table(["model", *found.tasks], found.models) + "\n"
+    return text
+
+
 def _mean_ci(metric: dict) -> str:
     if metric.get("mean") is None:
         return "–"
@@ -347,7 +360,8 @@ def write_report(run_dir: Path) -> dict[str, Path]:
              f"{manifest.task}){_system_line(manifest)}. Every stage's settings are in its folder's "
              f"`{layout.STAGE}` and `{layout.RUN_RECORD}`.\n",
              results_section(manifest), paired_section(manifest, generations),
-             distill_section(manifest, run_dir), length_section(generations), shift_section(manifest),
+             distill_section(manifest, run_dir), openings_section(manifest, run_dir, generations),
+             length_section(generations), shift_section(manifest),
              cost_section(manifest)]
     if images:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{title}]({layout.PLOTS}/{path.name})"
