@@ -17,7 +17,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "run-v0.1"
 
 def test_report_from_a_run_folder_of_the_previous_version(tmp_path):
     """Written before the contract, by a run started elsewhere (stage dirs relative to another cwd): the
-    rebuilt report is the report the old code wrote, loss plot included."""
+    rebuilt report is the expected one, loss plot included (report.md: the old code's report, updated only
+    where a later version added a section or changed a caption)."""
     run_dir = tmp_path / "moved" / "fixture"
     shutil.copytree(FIXTURE, run_dir)
     expected = (run_dir / "report.md").read_text()
