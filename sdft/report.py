@@ -217,8 +217,8 @@ def paired_section(manifest: Manifest, generations: dict) -> str:
                     f"{what} against vanilla trained on the same examples, on the same "
                     "evaluation items: the difference of their scores with a paired 95% interval, how many items "
                     "the first scored higher / lower on, and for 0/1 scores the exact McNemar p-value (interval: "
-                    "Bonett-Price adjusted Wald for paired proportions). A row of one training seed measures "
-                    "evaluation noise only, not training-seed variance." + (POOLED_NOTE if seeds.several(manifest)
+                    "Bonett-Price adjusted Wald for paired proportions). A row comparing one pair of trained "
+                    "models measures evaluation noise only, not training-seed variance." + (POOLED_NOTE if seeds.several(manifest)
                                                                              else ""))
 
 
