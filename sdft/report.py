@@ -132,7 +132,15 @@ def _folder(arm: Arm) -> str:
     return "/".join(Path(record.dir).parts[-2:])
 
 
-def distill_section(manifest: Manifest, run_dir: Path, n_examples: int = 2) -> str:
+def distilled_records(manifest: Manifest, run_dir: Path) -> list[dict]:
+    """The distillation's per-example records (original, rewrite, verdict); [] if the run distilled nothing."""
+    if manifest.distill is None:
+        return []
+    path = manifest.distill.path(run_dir) / layout.DISTILLED
+    return [r["sdft"] for r in read_jsonl(path)] if path.is_file() else []
+
+
+def distill_section(manifest: Manifest, records: list[dict], n_examples: int = 2) -> str:
     if manifest.distill is None:
         return ""
     stats = manifest.distill.result
@@ -141,15 +149,12 @@ def distill_section(manifest: Manifest, run_dir: Path, n_examples: int = 2) -> s
             f"({stats['acceptance_rate']:.0%}); {stats.get('completion_tokens', '?')} new tokens at "
             f"{stats.get('tokens_per_second', '?')} tokens/s; {stats.get('prompts_truncated', 0)} prompts "
             f"truncated.\n\n{reasons}\n")
-    path = manifest.distill.path(run_dir) / layout.DISTILLED
-    if path.is_file():
-        records = read_jsonl(path)
-        for accepted in (True, False):
-            picked = [r["sdft"] for r in records if r["sdft"]["accepted"] == accepted][:n_examples]
-            title = "Accepted" if accepted else "Rejected"
-            for p in picked:
-                text += (f"\n**{title} rewrite** (`{p['id']}`, reason: {p['reason']})\n\n"
-                         f"- original: {_clip(p['original'])}\n- rewrite: {_clip(p['rewrite'])}\n")
+    for accepted in (True, False):
+        picked = [r for r in records if r["accepted"] == accepted][:n_examples]
+        title = "Accepted" if accepted else "Rejected"
+        for p in picked:
+            text += (f"\n**{title} rewrite** (`{p['id']}`, reason: {p['reason']})\n\n"
+                     f"- original: {_clip(p['original'])}\n- rewrite: {_clip(p['rewrite'])}\n")
     return text
 
 
@@ -325,8 +330,8 @@ def length_section(generations: dict) -> str:
                     "evaluation's token budget rather than ending on their own.")
 
 
-def openings_section(manifest: Manifest, run_dir: Path, generations: dict) -> str:
-    found = report_openings.openings(manifest, run_dir, generations)
+def openings_section(records: list[dict], generations: dict) -> str:
+    found = report_openings.openings(records, generations)
     if found is None:
         return ""
     text = f"## How answers open\n\n{report_openings.INTRO}\n"
@@ -355,12 +360,13 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     manifest = Manifest.read(run_dir)
     images = plots.make_plots(manifest, run_dir)
     generations = load_generations(manifest, run_dir)
+    distilled = distilled_records(manifest, run_dir)
     parts = [f"# SDFT report: {manifest.name}\n",
              f"Seed model `{manifest.model}`, training data `{manifest.data}` (task kind "
              f"{manifest.task}){_system_line(manifest)}. Every stage's settings are in its folder's "
              f"`{layout.STAGE}` and `{layout.RUN_RECORD}`.\n",
              results_section(manifest), paired_section(manifest, generations),
-             distill_section(manifest, run_dir), openings_section(manifest, run_dir, generations),
+             distill_section(manifest, distilled), openings_section(distilled, generations),
              length_section(generations), shift_section(manifest),
              cost_section(manifest)]
     if images:

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
-
-from sdft import layout
-from sdft.layout import Manifest
-from sdft.store import read_jsonl
 
 PROSE = "prose"
 # First match wins; an answer opening with none of these is prose.
@@ -72,13 +67,6 @@ def flagged(rewrites: dict[str, int], seed_answers: dict[str, dict[str, int]]) -
     return lines
 
 
-def _distilled(manifest: Manifest, run_dir: Path) -> list[dict]:
-    if manifest.distill is None:
-        return []
-    path = manifest.distill.path(run_dir) / layout.DISTILLED
-    return [r["sdft"] for r in read_jsonl(path)] if path.is_file() else []
-
-
 INTRO = ("How many answers start with a numbered list, a bulleted list, a code block or a heading (the rest: "
          "prose), over the distillation's targets and over each model's answers per task. Fine-tuning teaches "
          "the targets' format as well as their content.")
@@ -94,9 +82,9 @@ class Openings:
     models: list[list[str]]    # [model label, one cell per task]
 
 
-def openings(manifest: Manifest, run_dir: Path, generations: dict) -> Openings | None:
-    """Targets (originals, rewrites) and every model's answers, by how they open; None if neither was saved."""
-    records = _distilled(manifest, run_dir)
+def openings(records: list[dict], generations: dict) -> Openings | None:
+    """Distillation targets (``records``: originals, rewrites) and every model's answers, by how they open;
+    None if neither was saved."""
     # Generated answers only (they record their token count): a multiple-choice task's "completion" is the
     # option the model scored highest, not text it wrote.
     answers = {label: {task: counts([r.get("completion") for r in rows]) for task, (_, rows) in found.items()
