@@ -67,6 +67,24 @@ def flagged(rewrites: dict[str, int], seed_answers: dict[str, dict[str, int]]) -
     return lines
 
 
+def copies_note(records: list[dict]) -> str:
+    """How many accepted rewrites repeat their original answer word for word (whitespace aside).
+
+    Why: where the seed copies the reference (a short function call, say: 91 of 98 on the Qwen seed's
+    OpenFunctions run), SDFT trains on nearly vanilla's targets, and any difference between the two arms
+    is training noise, not the method.
+    """
+    accepted = [r for r in records if r["accepted"]]
+    same = sum(" ".join((r["rewrite"] or "").split()) == " ".join((r["original"] or "").split()) for r in accepted)
+    if not same:
+        return ""
+    text = f"{same} of {len(accepted)} accepted rewrites repeat their original answer (whitespace aside)"
+    if 2 * same < len(accepted):
+        return text + "."
+    return (f"**Copied targets:** {text}: the SDFT arm trains on nearly the same targets as vanilla, so a "
+            f"difference between the two is mostly training noise, not the method.")
+
+
 INTRO = ("How many answers start with a numbered list, a bulleted list, a code block or a heading (the rest: "
          "prose), over the distillation's targets and over each model's answers per task. Fine-tuning teaches "
          "the targets' format as well as their content.")
@@ -99,7 +117,7 @@ def openings(records: list[dict], generations: dict) -> Openings | None:
         targets = [["original targets", _cell(counts([r["original"] for r in records]))],
                    ["accepted rewrites", _cell(rewrites)],
                    ["rejected rewrites", _cell(counts([r["rewrite"] for r in records if not r["accepted"]]))]]
-        notes = flagged(rewrites, answers.get("seed", {}))
+        notes = [n for n in (copies_note(records), *flagged(rewrites, answers.get("seed", {}))) if n]
     models = [[label, *(_cell(found[task]) if task in found else "–" for task in tasks)]
               for label, found in answers.items() if found]
     return Openings(targets, notes, tasks, models)

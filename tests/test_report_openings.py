@@ -9,7 +9,7 @@ import pytest
 from sdft import layout, report_openings
 from sdft.layout import Arm, Manifest, StageRecord
 from sdft.report import write_report
-from sdft.report_openings import counts, flagged, opening
+from sdft.report_openings import copies_note, counts, flagged, opening
 
 
 @pytest.mark.parametrize("text, kind", [
@@ -38,6 +38,21 @@ def test_rewrites_opening_far_more_often_with_a_list_than_the_seed_are_flagged()
     # The seed itself answers this way on one task (50%): 60% is within the margin, nothing is flagged.
     assert flagged(rewrites, {"gsm8k": counts(["1. x"] * 5 + ["y"] * 5)}) == []
     assert flagged(rewrites, {}) == []  # no seed answers to compare with: no claim
+
+
+def _record(original: str, rewrite: str, accepted: bool = True) -> dict:
+    return {"original": original, "rewrite": rewrite, "accepted": accepted}
+
+
+def test_rewrites_that_copy_the_original_are_counted_and_a_majority_is_called_out():
+    call = 'weather.forecast(location="Paris", days=5)'
+    mostly = [_record(call, call + "\n"), _record(call, " " + call), _record(call, "```python\n" + call + "\n```"),
+              _record(call, call, accepted=False)]
+    note = copies_note(mostly)
+    assert note.startswith("**Copied targets:** 2 of 3 accepted rewrites repeat their original") and "noise" in note
+    few = [_record(call, call), _record(call, "It calls weather.forecast."), _record(call, "Sure: " + call)]
+    assert copies_note(few) == "1 of 3 accepted rewrites repeat their original answer (whitespace aside)."
+    assert copies_note(few[1:]) == ""
 
 
 def _eval(run_dir: Path, label: str, completions: list[str]) -> StageRecord:
