@@ -123,11 +123,17 @@ def run_loglik(name: str, task: LoglikelihoodTask, examples: list[dict], session
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]))
     pending = [ex for ex in examples if not progress.done(ex["id"])]
     if pending:
+        from tqdm.auto import tqdm
+
         model, tokenizer = session.hf_model_and_tokenizer()
         step = max(1, config.batch_size * 4)  # several questions per progress write; options share batches
+        bar = tqdm(total=len(examples), initial=len(examples) - len(pending), desc=name, unit="question",
+                   disable=not config.progress, dynamic_ncols=True)
         for start in range(0, len(pending), step):
-            progress.append(score_multiple_choice(model, tokenizer, task, pending[start:start + step],
-                                                  batch_size=config.batch_size))
+            chunk = pending[start:start + step]
+            progress.append(score_multiple_choice(model, tokenizer, task, chunk, batch_size=config.batch_size))
+            bar.update(len(chunk))
+        bar.close()
     records = [progress.records[ex["id"]] for ex in examples]
     write_jsonl(layout.generations_file(out, name), records)
     entry = task.aggregate([r["score"] for r in records], records)
