@@ -26,13 +26,18 @@ DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded seed model (see sdft.ali
 TaskKind = Literal["general", "math", "function_call", "code"]  # picks templates and the distillation filter
 
 
+IF_SET = "if-set"  # see field(keyed=...)
+
+
 def field(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-          positional: bool = False, default_factory: Any = dataclasses.MISSING, keyed: bool = True) -> Any:
+          positional: bool = False, default_factory: Any = dataclasses.MISSING,
+          keyed: bool | str = True) -> Any:
     """A dataclass field with help text for the CLI (optionally a custom flag name, or positional).
 
     ``keyed=False`` marks a setting that cannot change a stage's result (where output goes, progress
     display, logging and checkpoint cadence): it stays out of :func:`stage_key`, so changing it neither
-    renames a stage folder nor stops a resume."""
+    renames a stage folder nor stops a resume. ``keyed=IF_SET`` keys a setting only when it differs from
+    its default: a setting added later leaves the keys (and the cached stages) of earlier runs as they were."""
     meta: dict[str, Any] = {"help": help, "keyed": keyed}
     if flag:
         meta["flag"] = flag
@@ -161,7 +166,9 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
 def keyed_settings(config) -> dict:
     """The config's settings that change results (fields not marked ``keyed=False``), JSON-ready."""
     plain = to_dict(config)
-    return {f.name: plain[f.name] for f in dataclasses.fields(config) if f.metadata.get("keyed", True)}
+    return {f.name: plain[f.name] for f in dataclasses.fields(config)
+            if f.metadata.get("keyed", True) is True
+            or (f.metadata.get("keyed") == IF_SET and getattr(config, f.name) != f.default)}
 
 
 def stage_key(*parts: Any, length: int = 16) -> str:

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Literal
 
 from sdft import layout, templates
-from sdft.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key, to_dict
+from sdft.config import (DEFAULT_MODEL, IF_SET, TaskKind, Validated, column_mapping, field, keyed_settings,
+                         stage_key, to_dict)
 from sdft.errors import ConfigError
 from sdft.generation import EngineSettings, GenerationParams, engine_key
 from sdft.store import ProgressFile, write_json, write_jsonl
+from sdft.train_data import seeded_subset
 
 # The reference code never sets decoding values; these are the defaults it inherited (paper-method §4).
 PRESETS = {
@@ -53,7 +55,10 @@ class DistillConfig(EngineSettings, Validated):
     filter_mode: Literal["default", "paper"] = field("default", "'paper' reproduces the reference code's rules")
     shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages")
     columns: list[str] = field(default_factory=list, help="column mapping, e.g. instruction=prompt,response=answer")
-    limit: int | None = field(None, "distil only the first N examples")
+    limit: int | None = field(None, "distil only the first N examples (with sample_seed: a seeded random N)")
+    sample_seed: int | None = field(None, "with limit: a seeded random subset of N, kept in file order, instead "
+                                          "of the first N (a file sorted by source would bias the first N)",
+                                    keyed=IF_SET)
     batch_size: int = field(8, "prompts per generation batch")
     max_new_tokens: int = field(512, "generation budget per rewrite")
     max_prompt_tokens: int = field(1024, "longer prompts are cut (and reported)")
@@ -71,6 +76,8 @@ class DistillConfig(EngineSettings, Validated):
             raise ConfigError("distill needs --data (a dataset file or hub name)")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("'limit' must be at least 1")
+        if self.sample_seed is not None and self.limit is None:
+            raise ConfigError("'sample_seed' picks a random subset of 'limit' examples: set 'limit' too")
         generation_params(self)  # decoding values are checked where they are defined
         column_mapping(self.columns)
         templates.check_system_prompt(self.system_prompt)
@@ -97,7 +104,7 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
         "system_prompt": templates.describe_system(config.system_prompt, tokenizer, mode, template),
         "decoding": generation_params(config).record(),
         "filter": {"kind": config.filter or config.task, "mode": config.filter_mode},
-        "limit": config.limit, "columns": config.columns, "shape": config.shape,
+        "limit": config.limit, "sample_seed": config.sample_seed, "columns": config.columns, "shape": config.shape,
         "generation": generation,
     }
     if config.input_separator != "\n\n":  # recorded when set (the stage key covers it either way)
@@ -135,7 +142,10 @@ def distill(config: DistillConfig) -> dict:
 
     # Everything that can fail on bad input fails here, before the model is loaded.
     examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
-                             limit=config.limit, input_separator=config.input_separator)
+                             limit=config.limit if config.sample_seed is None else None,
+                             input_separator=config.input_separator)
+    if config.sample_seed is not None:
+        examples = seeded_subset(examples, config.limit, config.sample_seed)
     template = templates.load_template(config.template or templates.DEFAULT_DISTILL[config.task], "distill")
     accept = make_filter(config.filter or config.task, mode=config.filter_mode)
     out = Path(config.out)

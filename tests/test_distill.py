@@ -46,6 +46,26 @@ def _fake_config(tmp_path, data, **kw) -> DistillConfig:
                          backend="test_distill:AppleRewriterDouble", task="math", progress=False, **kw)
 
 
+def test_sample_seed_distills_a_seeded_subset_keyed_only_when_set(tmp_path):
+    from sdft.config import keyed_settings
+    from sdft.errors import ConfigError
+    from sdft.train_data import seeded_subset
+
+    data = _write_math(tmp_path / "math.json", 12)
+    stats = distill(_fake_config(tmp_path, data, limit=4, sample_seed=7))
+    questions = [json.loads(line)["question"] for line in (tmp_path / "out" / "distilled.jsonl").open()]
+    rows = json.loads(data.read_text())
+    # The same subset as `sdft train --limit 4 --seed 7` would take from this file, in file order.
+    assert questions == [r["question"] for r in seeded_subset(rows, 4, 7)] != [r["question"] for r in rows[:4]]
+    assert stats["examples"] == 4
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["sample_seed"] == 7
+    # Unset, it stays out of the stage key: runs made before the setting existed keep their cached stages.
+    assert "sample_seed" not in keyed_settings(_fake_config(tmp_path, data, limit=4))
+    assert keyed_settings(_fake_config(tmp_path, data, limit=4, sample_seed=7))["sample_seed"] == 7
+    with pytest.raises(ConfigError, match="set 'limit' too"):
+        _fake_config(tmp_path, data, sample_seed=7)
+
+
 def test_distill_writes_outputs_in_input_order(tmp_path):
     data = _write_math(tmp_path / "math.json", 4)
     stats = distill(_fake_config(tmp_path, data))
