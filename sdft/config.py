@@ -38,6 +38,8 @@ def field(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | Non
     display, logging and checkpoint cadence): it stays out of :func:`stage_key`, so changing it neither
     renames a stage folder nor stops a resume. ``keyed=IF_SET`` keys a setting only when it differs from
     its default: a setting added later leaves the keys (and the cached stages) of earlier runs as they were."""
+    if keyed not in (True, False, IF_SET):
+        raise ValueError(f"keyed must be True, False or IF_SET, not {keyed!r}")
     meta: dict[str, Any] = {"help": help, "keyed": keyed}
     if flag:
         meta["flag"] = flag
@@ -168,7 +170,12 @@ def keyed_settings(config) -> dict:
     plain = to_dict(config)
     return {f.name: plain[f.name] for f in dataclasses.fields(config)
             if f.metadata.get("keyed", True) is True
-            or (f.metadata.get("keyed") == IF_SET and getattr(config, f.name) != f.default)}
+            or (f.metadata.get("keyed") == IF_SET and getattr(config, f.name) != _default(f))}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one from its factory); MISSING for a required field."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def stage_key(*parts: Any, length: int = 16) -> str:

@@ -32,9 +32,12 @@ def task_settings(name: str, task, config, params=None, precision: str = "fp32",
     }
     if lora_mode:
         settings["lora_mode"] = lora_mode
-    # Not in the key: limit (a larger limit reuses the items already done) and batch size (a rerun with a
-    # smaller batch after running out of memory must resume, not start over).
-    keyed = {k: v for k, v in settings.items() if k != "limit"}
+    if task.revision:
+        settings["revision"] = task.revision
+    # Not in the key: limit (a larger limit reuses the items already done), revision (items are cached by
+    # id, whichever items a revision selects) and batch size (a rerun with a smaller batch after running out
+    # of memory must resume, not start over).
+    keyed = {k: v for k, v in settings.items() if k not in ("limit", "revision")}
     if keyed["precision"] == "fp32":  # keyed only when not fp32, so earlier (fp32) caches stay valid
         del keyed["precision"]
     if keyed["decoding"]:
@@ -127,13 +130,12 @@ def run_loglik(name: str, task: LoglikelihoodTask, examples: list[dict], session
 
         model, tokenizer = session.hf_model_and_tokenizer()
         step = max(1, config.batch_size * 4)  # several questions per progress write; options share batches
-        bar = tqdm(total=len(examples), initial=len(examples) - len(pending), desc=name, unit="question",
-                   disable=not config.progress, dynamic_ncols=True)
-        for start in range(0, len(pending), step):
-            chunk = pending[start:start + step]
-            progress.append(score_multiple_choice(model, tokenizer, task, chunk, batch_size=config.batch_size))
-            bar.update(len(chunk))
-        bar.close()
+        with tqdm(total=len(examples), initial=len(examples) - len(pending), desc=name, unit="question",
+                  disable=not config.progress, dynamic_ncols=True) as bar:
+            for start in range(0, len(pending), step):
+                chunk = pending[start:start + step]
+                progress.append(score_multiple_choice(model, tokenizer, task, chunk, batch_size=config.batch_size))
+                bar.update(len(chunk))
     records = [progress.records[ex["id"]] for ex in examples]
     write_jsonl(layout.generations_file(out, name), records)
     entry = task.aggregate([r["score"] for r in records], records)

