@@ -43,6 +43,17 @@ def _config(tmp_path: Path, tiny_model, **extra) -> Path:
     return path
 
 
+def test_distill_section_sample_seed_reaches_the_stage_and_keys_it(tmp_path, tiny_model):
+    from sdft import pipeline
+
+    section = {"max_new_tokens": 8, "batch_size": 4, "progress": False, "backend": "hf", "limit": 2}
+    first = pipeline.stage_configs(load_run_config(_config(tmp_path, tiny_model, distill=section)))["distill"]
+    seeded = pipeline.stage_configs(load_run_config(_config(tmp_path, tiny_model,
+                                                            distill={**section, "sample_seed": 3})))["distill"]
+    assert (first.sample_seed, seeded.sample_seed, seeded.limit) == (None, 3, 2)
+    assert pipeline.stage_key(first) != pipeline.stage_key(seeded)
+
+
 def test_config_errors_before_any_work(tmp_path, tiny_model):
     path = _config(tmp_path, tiny_model, colour="blue")
     with pytest.raises(ConfigError, match="colour"):
