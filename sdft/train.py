@@ -17,6 +17,7 @@ Multi-process: ``accelerate launch --num_processes N [--config_file configs/acce
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -237,6 +238,10 @@ def prepare(config: TrainConfig) -> Run:
     if not keep:
         raise SdftError(f"every prompt is at least --max-length {config.max_length} tokens long, so no "
                         "response token is left to train on; raise --max-length")
+    if len(keep) < len(prompt_lens):  # said now, not only in the summary at the end of a long run
+        warnings.warn(f"{len(prompt_lens) - len(keep)} of {len(prompt_lens)} prompts are at least --max-length "
+                      f"{config.max_length} tokens long and are left out of training; raise --max-length to keep "
+                      "them", stacklevel=2)
     targets = [targets[i] for i in keep]
     lengths = [lengths[i] for i in keep]
     task = [t for t in targets if not t.replay]

@@ -204,6 +204,15 @@ def test_distilled_run_records_counts(tiny_model, tmp_path):
     assert data["rewritten"] + data["original"] == 8 and data["rewritten"] == round(0.5 * data["accepted"])
 
 
+def test_prompts_longer_than_max_length_are_left_out_with_a_warning(tiny_model, tmp_path):
+    rows = [{"instruction": "a long question " * 40 if i < 2 else f"question {i}", "input": "",
+             "output": f"answer {i}"} for i in range(6)]
+    with pytest.warns(UserWarning, match="2 of 6 prompts are at least --max-length 48"):
+        result = train(config(tiny_model, write_json(tmp_path / "d.json", rows), tmp_path / "out", max_steps=1,
+                              max_length=48))
+    assert result["data"]["dropped_too_long"] == 2 and result["data"]["examples"] == 4
+
+
 def test_qlora_on_cpu_is_a_clear_error(tmp_path):
     import torch
 
