@@ -305,7 +305,7 @@ def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream
 def eval_stage_key(config, upstream: str) -> str:
     """An evaluation stage's key: its settings, the model's key, and the revisions of its tasks (keyed only
     when some task has one, so that runs without a revised task keep their folders)."""
-    revisions = task_revisions(config.tasks)
+    revisions = task_revisions(config.tasks, limited=config.limit is not None)
     return stage_key(config, upstream, {"task_revisions": revisions}) if revisions else stage_key(config, upstream)
 
 

@@ -51,8 +51,11 @@ def test_a_revised_task_keys_the_evaluation_stages_that_run_it():
 
     plain = EvalConfig(tasks=["gsm8k", "arc"])
     assert eval_stage_key(plain, "up") == stage_key(plain, "up")  # earlier runs keep their folders
-    with_mmlu = EvalConfig(tasks=["gsm8k", "mmlu"])
+    with_mmlu = EvalConfig(tasks=["gsm8k", "mmlu"], limit=200)
     assert get_task("mmlu").revision >= 1 and eval_stage_key(with_mmlu, "up") != stage_key(with_mmlu, "up")
+    # MMLU's revision changed only which questions a limit takes: a run over all of them keeps its stages.
+    every = dataclasses.replace(with_mmlu, limit=None)
+    assert eval_stage_key(every, "up") == stage_key(every, "up")
     # Items are cached by id: the revision is recorded with the answers but leaves the cache key alone.
     revised, unrevised = get_task("mmlu"), get_task("mmlu")
     unrevised.revision = 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from sdft.errors import ConfigError
 from sdft.generation import import_target
@@ -47,7 +47,10 @@ class Task(ABC):
     template: ClassVar[Any] = None  # the prompt template, recorded in the settings when there is one
     # Bumped when a change alters which items a task takes or how it scores them: it keys `sdft run`'s
     # evaluation stages (a finished stage from before is evaluated again, not mixed with new ones).
+    # "selection": the revision changed only which items `--limit N` takes, so a run without a limit,
+    # which takes them all, keeps its stages.
     revision: ClassVar[int] = 0
+    revision_scope: ClassVar[Literal["scoring", "selection"]] = "scoring"
 
     def __init__(self, data_path: str | None = None, **options: Any):
         self.data_path = data_path
@@ -181,7 +184,9 @@ def get_task(name: str, data_path: str | None = None, **options: Any) -> Task:
     return import_target(TASKS[name], "task")(data_path, **options)
 
 
-def task_revisions(names: list[str]) -> dict[str, int]:
-    """``{name: revision}`` of the named built-in tasks that have been revised (none: an empty dict)."""
+def task_revisions(names: list[str], limited: bool = True) -> dict[str, int]:
+    """``{name: revision}`` of the named built-in tasks whose revision matters (none: an empty dict); with
+    ``limited=False`` (every item evaluated) a revision of the selection alone does not."""
     return {name: cls.revision for name in names if name in TASKS
-            if (cls := import_target(TASKS[name], "task")).revision}
+            if (cls := import_target(TASKS[name], "task")).revision
+            and (limited or cls.revision_scope != "selection")}

