@@ -70,6 +70,24 @@ def cache_file(eval_dir: Path, task: str, key: str) -> Path:
     return cache_dir(eval_dir) / f"{task}-{key}.jsonl"
 
 
+def sibling_answer_caches(eval_dir: Path, tasks: list[str]) -> list[Path]:
+    """The answer caches of ``tasks`` in the other ``RUN/eval/LABEL-*`` folders of the same model label,
+    newest folder first. A cache file is named by everything that changes its task's answers (see
+    ``sdft.eval_run.task_settings``), so one with the same name holds valid answers whichever folder it is in;
+    other files of the cache folder (a judge's verdicts) are not answer caches and are left out."""
+    eval_dir = Path(eval_dir)
+    label = eval_dir.name.rsplit("-", 1)[0]
+    siblings = [d for d in eval_dir.parent.glob(f"{label}-*")
+                if d != eval_dir and d.name.rsplit("-", 1)[0] == label and cache_dir(d).is_dir()]
+    siblings.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    return [f for d in siblings for f in sorted(cache_dir(d).glob("*.jsonl")) if _answer_cache_of(f.name, tasks)]
+
+
+def _answer_cache_of(name: str, tasks: list[str]) -> bool:
+    stem, _, key = name.removesuffix(".jsonl").rpartition("-")
+    return stem in tasks and len(key) == 16 and all(c in "0123456789abcdef" for c in key)
+
+
 def locate(run_dir: Path, stored: str) -> Path:
     """A stage folder of ``run_dir``: the manifest's ``stage/name`` found inside ``run_dir`` (so a moved or
     copied run reads its own folders), else the stored path as written (relative to where the run was started)."""

@@ -298,8 +298,28 @@ def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream
     config = replace(template, adapter=adapter)
     key = eval_stage_key(config, upstream)
     folder = layout.stage_dir(run_dir, layout.EVAL, label, key[:KEY_LENGTH])
-    result = run_stage(folder, key, keyed_settings(config), lambda f: evaluate(replace(config, out=str(f))), log)
-    return StageRecord(str(folder), result)
+
+    def work(f: Path) -> dict:
+        _reuse_answers(f, config.tasks, log)
+        return evaluate(replace(config, out=str(f)))
+    return StageRecord(str(folder), run_stage(folder, key, keyed_settings(config), work, log))
+
+
+def _reuse_answers(folder: Path, tasks: list[str], log) -> None:
+    """Start an evaluation folder from the same model's answers in its other evaluation folders: a changed
+    evaluation setting (another task added, a limit raised, a task revised) then generates only the answers
+    whose settings changed, instead of every task's again."""
+    import shutil
+
+    copied = 0
+    for cache in layout.sibling_answer_caches(folder, tasks):
+        target = layout.cache_dir(folder) / cache.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cache, target)
+            copied += 1
+    if copied:
+        log(f"[reuse] {folder}: {copied} answer cache(s) from the same model's other evaluation folders")
 
 
 def eval_stage_key(config, upstream: str) -> str:

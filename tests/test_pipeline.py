@@ -106,6 +106,43 @@ def test_a_key_in_a_judge_url_never_reaches_the_run_folder(tmp_path, tiny_model,
     assert "api-key=***" in (tmp_path / "runs" / "tiny" / "config.json").read_text()
 
 
+def test_a_changed_evaluation_reuses_the_same_models_answers(tmp_path, tiny_model, monkeypatch):
+    """A new evaluation folder starts from the answer caches of the same model's other evaluation folders
+    (their names carry every setting that changes the answers); a judge's cache and other models' stay out."""
+    import hashlib
+
+    from sdft import pipeline
+
+    seen: dict[str, set[str]] = {}
+
+    def evaluate(config):  # the real stage resumes from what it finds in generations/.cache/
+        cache = layout.cache_dir(Path(config.out))
+        seen[Path(config.out).name.rsplit("-", 1)[0]] = {p.name for p in cache.glob("*.jsonl")}
+        cache.mkdir(parents=True, exist_ok=True)
+        model_key = hashlib.sha256(str(config.adapter).encode()).hexdigest()[:16]  # as task_settings keys it
+        for name in (f"openfunctions-{model_key}", "winrate-judge-0123456789abcdef"):
+            (cache / f"{name}.jsonl").write_text("{}\n")
+        return {"tasks": {}}
+    monkeypatch.setattr("sdft.evaluate.evaluate", evaluate)
+    monkeypatch.setattr("sdft.distill.distill", lambda config: {"examples": 1})
+    monkeypatch.setattr(pipeline, "_train", lambda config: {"steps": 1})
+    monkeypatch.setattr(pipeline, "compare_with_seed", lambda *a: {"answer_shift": None, "weight_shift": None})
+    monkeypatch.setattr("sdft.report.write_report", lambda run_dir: {"md": "r.md", "html": "r.html"})
+    path = _config(tmp_path, tiny_model, mix_ratios=[0.0, 1.0], sample_sizes=[])
+    run(load_run_config(path), log=lambda line: None)
+    assert seen == {"seed": set(), "vanilla": set(), "sdft": set()}
+    first = {label: {p.name for p in layout.cache_dir(d).glob("openfunctions-*")}
+             for d in (tmp_path / "runs" / "tiny" / "eval").iterdir() for label in [d.name.rsplit("-", 1)[0]]}
+
+    config = yaml.safe_load(path.read_text())
+    config["eval"]["limit"] = 3  # a new evaluation key: a new folder for every model
+    path.write_text(yaml.safe_dump(config))
+    logs: list[str] = []
+    run(load_run_config(path), log=logs.append)
+    assert seen == first and len({name for names in first.values() for name in names}) == 3
+    assert sum(line.startswith("[reuse]") for line in logs) == 3
+
+
 def test_an_edited_training_file_is_distilled_again_and_everything_after(tmp_path, tiny_model, monkeypatch):
     """The run's stage folders are keyed by the training file's contents, not only its path (the stages
     are test doubles here: only which of them run matters)."""
