@@ -34,10 +34,11 @@ def task_settings(name: str, task, config, params=None, precision: str = "fp32",
         settings["lora_mode"] = lora_mode
     if task.revision:
         settings["revision"] = task.revision
-    # Not in the key: limit (a larger limit reuses the items already done), revision (items are cached by
-    # id, whichever items a revision selects) and batch size (a rerun with a smaller batch after running out
-    # of memory must resume, not start over).
-    keyed = {k: v for k, v in settings.items() if k not in ("limit", "revision")}
+    # Not in the key: limit (a larger limit reuses the items already done), a revision of the selection only
+    # (items are cached by id, whichever items it selects; a scoring revision is keyed) and batch size (a
+    # rerun with a smaller batch after running out of memory must resume, not start over).
+    keyed = {k: v for k, v in settings.items()
+             if k != "limit" and not (k == "revision" and task.revision_scope == "selection")}
     if keyed["precision"] == "fp32":  # keyed only when not fp32, so earlier (fp32) caches stay valid
         del keyed["precision"]
     if keyed["decoding"]:

@@ -37,6 +37,7 @@ RUN_RECORD = "run.json"           # a stage's provenance (model, template, decod
 DISTILLED, DISTILL_STATS, DISTILL_PROGRESS = "distilled.jsonl", "stats.json", "progress.jsonl"
 TRAIN_RECORD, LOSS_PLOT, CHECKPOINTS, MERGED = "train.json", "loss.png", "checkpoints", "merged"
 RESULTS, GENERATIONS, CACHE = "results.json", "generations", ".cache"
+ANSWERS_STAMP = "answers-stamp.json"  # in an eval folder's cache: what its answers came from (sibling reuse)
 COMPARE = "compare"               # a trained model's distance from the seed, inside its eval folder
 ANSWER_SHIFT = "answer_shift.json"  # how far the answers moved (BLEU, ROUGE, cosine, seed likelihood)
 WEIGHT_SHIFT = "weight_shift.json"  # how far the weights moved (L2 of the change)
@@ -70,17 +71,31 @@ def cache_file(eval_dir: Path, task: str, key: str) -> Path:
     return cache_dir(eval_dir) / f"{task}-{key}.jsonl"
 
 
-def sibling_answer_caches(eval_dir: Path, tasks: list[str]) -> list[Path]:
-    """The answer caches of ``tasks`` in the other ``RUN/eval/LABEL-*`` folders of the same model label,
-    newest folder first. A cache file is named by everything that changes its task's answers (see
-    ``sdft.eval_run.task_settings``), so one with the same name holds valid answers whichever folder it is in;
-    other files of the cache folder (a judge's verdicts) are not answer caches and are left out."""
+def write_answers_stamp(eval_dir: Path, stamp: dict) -> None:
+    """What the answers in this folder's cache were generated from beyond their cache names (see below)."""
+    cache_dir(eval_dir).mkdir(parents=True, exist_ok=True)
+    write_json(cache_dir(eval_dir) / ANSWERS_STAMP, stamp)
+
+
+def sibling_answer_caches(eval_dir: Path, tasks: list[str], stamp: dict) -> list[Path]:
+    """The answer caches of ``tasks`` in the other ``RUN/eval/LABEL-*`` folders of the same model label with
+    the same stamp, newest folder first. A cache file is named by every setting that changes its task's
+    answers (``sdft.eval_run.task_settings``); the stamp adds what the names leave out (the weights behind a
+    model name or adapter path, engine options, task revisions), so a cache that passes both holds valid
+    answers whichever folder it is in. Other files of the cache folder (a judge's verdicts) are left out."""
     eval_dir = Path(eval_dir)
     label = eval_dir.name.rsplit("-", 1)[0]
     siblings = [d for d in eval_dir.parent.glob(f"{label}-*")
-                if d != eval_dir and d.name.rsplit("-", 1)[0] == label and cache_dir(d).is_dir()]
+                if d != eval_dir and d.name.rsplit("-", 1)[0] == label and _stamp_of(d) == stamp]
     siblings.sort(key=lambda d: d.stat().st_mtime, reverse=True)
     return [f for d in siblings for f in sorted(cache_dir(d).glob("*.jsonl")) if _answer_cache_of(f.name, tasks)]
+
+
+def _stamp_of(eval_dir: Path) -> dict | None:
+    try:
+        return json.loads((cache_dir(eval_dir) / ANSWERS_STAMP).read_text())
+    except (OSError, ValueError):
+        return None  # a folder from before stamps: its answers are not reused
 
 
 def _answer_cache_of(name: str, tasks: list[str]) -> bool:

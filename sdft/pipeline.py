@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from sdft import arms, layout, provenance, seeds
+from sdft import answer_reuse, arms, layout, provenance, seeds
 from sdft.arms import ARMS, DEFAULT_ARMS
 from sdft.config import (DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, from_dict, keyed_settings,
                          load_yaml, stage_key, to_dict)
@@ -300,26 +300,9 @@ def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream
     folder = layout.stage_dir(run_dir, layout.EVAL, label, key[:KEY_LENGTH])
 
     def work(f: Path) -> dict:
-        _reuse_answers(f, config.tasks, log)
+        answer_reuse.start_from_siblings(f, config, log)
         return evaluate(replace(config, out=str(f)))
     return StageRecord(str(folder), run_stage(folder, key, keyed_settings(config), work, log))
-
-
-def _reuse_answers(folder: Path, tasks: list[str], log) -> None:
-    """Start an evaluation folder from the same model's answers in its other evaluation folders: a changed
-    evaluation setting (another task added, a limit raised, a task revised) then generates only the answers
-    whose settings changed, instead of every task's again."""
-    import shutil
-
-    copied = 0
-    for cache in layout.sibling_answer_caches(folder, tasks):
-        target = layout.cache_dir(folder) / cache.name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cache, target)
-            copied += 1
-    if copied:
-        log(f"[reuse] {folder}: {copied} answer cache(s) from the same model's other evaluation folders")
 
 
 def eval_stage_key(config, upstream: str) -> str:

@@ -62,6 +62,9 @@ def test_a_revised_task_keys_the_evaluation_stages_that_run_it():
     settings = task_settings("mmlu", revised, with_mmlu)
     assert settings["revision"] >= 1 and settings["settings_key"] == task_settings("mmlu", unrevised,
                                                                                  with_mmlu)["settings_key"]
+    # A revision of the scoring, though, renames the cache: cached scores are not scored again.
+    revised.revision_scope = "scoring"
+    assert task_settings("mmlu", revised, with_mmlu)["settings_key"] != settings["settings_key"]
 
 
 def _pinned_configs():
