@@ -126,11 +126,12 @@ def _read_only(target: str) -> None:
 def build_root(paths: list[str], tmp_mb: int, uid: int, gid: int, where: str = "/tmp") -> str:
     """A new root tree mounted on ``where`` (in our private mount namespace, so the host's ``where`` is
     untouched): ``paths`` bound read-only at their own names, ``/dev`` with a few harmless devices, an
-    empty ``/proc`` to mount later, and a writable tmpfs ``/tmp`` of ``tmp_mb`` MiB owned by ``uid``."""
-    hidden = [p for p in paths if p == where or p.startswith(where.rstrip("/") + "/")]
-    if hidden:  # the program's own /tmp would cover them
-        raise OSError(errno.EINVAL, f"{hidden[0]} lies under {where}, which the sandbox replaces; "
-                                    "use a Python installed elsewhere")
+    empty ``/proc`` to mount later, and a writable tmpfs ``/tmp`` of ``tmp_mb`` MiB owned by ``uid``.
+
+    The program's tmpfs ``/tmp`` is mounted before the binds, so a path under ``/tmp`` (a virtualenv or a
+    checkout in the system temp folder) is bound read-only on top of it rather than hidden by it."""
+    if any(os.path.abspath(p) in ("/", "/tmp") for p in paths):
+        raise OSError(errno.EINVAL, "the sandbox cannot bind / or /tmp itself into its private root")
     mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we mount propagates to the host
     # Sources are opened first: the new root is mounted over ``where``, which may hold some of them.
     sources = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)) for p in paths if os.path.lexists(p)]
@@ -138,28 +139,30 @@ def build_root(paths: list[str], tmp_mb: int, uid: int, gid: int, where: str = "
                if os.path.exists(f"/dev/{d}")]
     try:
         mount("tmpfs", where, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4m,mode=0755")
-        for path, fd in sources:
-            target = where + path
-            if os.path.islink(path):  # merged-/usr systems: /bin -> usr/bin
-                os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-                os.symlink(os.readlink(path), target)
-                continue
-            os.makedirs(target, 0o755, exist_ok=True)
-            mount(f"/proc/self/fd/{fd}", target, None, _MS_BIND | _MS_REC)
-            _read_only(target)
-        os.makedirs(where + "/dev", 0o755, exist_ok=True)
-        for path, fd in devices:  # the bind keeps the device usable (no nodev on it)
-            Path(where + path).touch(0o666)
-            mount(f"/proc/self/fd/{fd}", where + path, None, _MS_BIND)
         for sub, size, mode in (("/tmp", tmp_mb, "0700"), ("/dev/shm", 16, "1777")):
             os.makedirs(where + sub, 0o755, exist_ok=True)
             mount("tmpfs", where + sub, "tmpfs", _MS_NOSUID | _MS_NODEV,
                   f"size={max(int(size), 1)}m,mode={mode},uid={uid},gid={gid}")
+        for path, fd in sources:
+            _bind_read_only(path, fd, where + path)
+        for path, fd in devices:  # the bind keeps the device usable (no nodev on it)
+            Path(where + path).touch(0o666)
+            mount(f"/proc/self/fd/{fd}", where + path, None, _MS_BIND)
         os.makedirs(where + "/proc", 0o555, exist_ok=True)
     finally:
         for _, fd in sources + devices:
             os.close(fd)
     return where
+
+
+def _bind_read_only(path: str, fd: int, target: str) -> None:
+    if os.path.islink(path):  # merged-/usr systems: /bin -> usr/bin
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        os.symlink(os.readlink(path), target)
+        return
+    os.makedirs(target, 0o755, exist_ok=True)
+    mount(f"/proc/self/fd/{fd}", target, None, _MS_BIND | _MS_REC)
+    _read_only(target)
 
 
 def mount_proc(root: str) -> None:

@@ -9,6 +9,8 @@ import gzip
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -165,7 +167,42 @@ def test_temp_dir_is_private_and_leaves_nothing():
     top = Path(tempfile.gettempdir())
     assert not [p for p in [top / token, *top.glob(f"*/{token}")] if p.exists()]
     if "private_root" in ISO:  # a tmpfs of the sandbox's own, gone with its mount namespace
-        assert result.stdout == f"/tmp {sorted(['home.txt', 'main.py', token])}\n"
+        bound = _bound_under_tmp()  # a Python under /tmp is bound at its own name inside the private /tmp
+        assert result.stdout == f"/tmp {sorted(['home.txt', 'main.py', token, *bound])}\n"
+
+
+def _bound_under_tmp() -> set[str]:
+    from sdft.isolation import python_paths
+
+    prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    return {Path(p).parts[2] for p in python_paths(sys.executable, prefixes) if Path(p).parts[1:2] == ("tmp",)}
+
+
+@pytest.mark.skipif("private_root" not in ISO, reason="no private root on this machine")
+def test_a_virtualenv_under_tmp_runs_sandboxed():
+    """A checkout or virtualenv in the system temp folder (where notebooks and CI put their work): the
+    sandbox's own /tmp must not hide the interpreter, and it stays read-only inside."""
+    venv = Path(tempfile.mkdtemp(prefix="sdft-venv-", dir="/tmp")) / "venv"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = next(venv.glob("lib/python*/site-packages"))
+        # sdft and pyseccomp come from this interpreter's import path, as an editable install's would
+        (site / "sdft-test.pth").write_text("\n".join(p for p in sys.path if p and os.path.isdir(p)) + "\n")
+        code = ("import sys\nprint(sys.prefix)\n"
+                "try:\n    open(sys.prefix + '/pyvenv.cfg', 'a')\nexcept OSError as e:\n    print('read-only', e.errno)\n")
+        probe = ("import json; from sdft import sandbox\n"
+                 f"r = sandbox.run_python({code!r})\n"
+                 "print(json.dumps([r.status, r.stdout, r.detail, r.mechanisms]))")
+        out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                             timeout=120, cwd=venv.parent)
+        assert out.returncode == 0, out.stderr
+        status, stdout, detail, mechanisms = json.loads(out.stdout.splitlines()[-1])
+        assert status == "passed", detail
+        assert "private_root" in mechanisms
+        assert stdout.splitlines()[0] == str(venv)
+        assert stdout.splitlines()[1] in ("read-only 13", "read-only 30")  # Landlock (EACCES) or the bind (EROFS)
+    finally:
+        shutil.rmtree(venv.parent, ignore_errors=True)
 
 
 def test_python_sockets_are_refused():
