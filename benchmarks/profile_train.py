@@ -78,7 +78,7 @@ def profile(config, steps: int) -> tuple[float, object, int]:
     import torch
     from transformers import TrainerCallback
 
-    from sdft.train import prepare
+    from sdft.train.stage import prepare
 
     run = prepare(config)
     label_regions(run.trainer)
@@ -147,8 +147,8 @@ def main() -> None:
 
     import torch
 
-    from sdft.models import resolve_model
-    from sdft.train import TrainConfig
+    from sdft.models.resolve import resolve_model
+    from sdft.train.stage import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(model=str(resolve_model(args.model)), data=args.data, task=args.task,

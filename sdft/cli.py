@@ -14,19 +14,19 @@ import dataclasses
 import importlib
 import sys
 
-from sdft import hub
-from sdft.errors import SdftError, environment_problem
+from sdft.base import hub
+from sdft.base.errors import SdftError, environment_problem
 
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "setup": ("sdft.models", "SetupConfig", "setup", "provision the embedded seed model (offline)"),
-    "distill": ("sdft.distill", "DistillConfig", "distill", "rewrite a dataset's responses with the seed model"),
-    "train": ("sdft.train", "TrainConfig", "train",
+    "setup": ("sdft.models.resolve", "SetupConfig", "setup", "provision the embedded seed model (offline)"),
+    "distill": ("sdft.distill.stage", "DistillConfig", "distill", "rewrite a dataset's responses with the seed model"),
+    "train": ("sdft.train.stage", "TrainConfig", "train",
               "fine-tune: original or distilled targets, replay mix, or on-policy self-distillation"),
-    "shift": ("sdft.shift", "ShiftConfig", "parameter_shift", "L2 norm of the weight change per module"),
-    "eval": ("sdft.evaluate", "EvalConfig", "evaluate", "evaluate a model on benchmark tasks"),
-    "analyze": ("sdft.analyze", "AnalyzeConfig", "analyze", "distribution shift between two evaluations"),
-    "run": ("sdft.pipeline", "RunCommand", "run_command", "whole experiment from one YAML config"),
-    "report": ("sdft.report", "ReportConfig", "build_report", "rebuild a run's report from saved results"),
+    "shift": ("sdft.compare.weights", "ShiftConfig", "parameter_shift", "L2 norm of the weight change per module"),
+    "eval": ("sdft.evaluate.stage", "EvalConfig", "evaluate", "evaluate a model on benchmark tasks"),
+    "analyze": ("sdft.compare.answers", "AnalyzeConfig", "analyze", "distribution shift between two evaluations"),
+    "run": ("sdft.experiment.pipeline", "RunCommand", "run_command", "whole experiment from one YAML config"),
+    "report": ("sdft.report.stage", "ReportConfig", "build_report", "rebuild a run's report from saved results"),
 }
 
 
@@ -38,7 +38,7 @@ def _load(command: str):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from sdft import __version__
-    from sdft.config import add_arguments
+    from sdft.base.config import add_arguments
 
     parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning toolkit")
     parser.add_argument("--version", action="version", version=f"sdft {__version__}")
@@ -62,7 +62,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sdft.config import resolve
+    from sdft.base.config import resolve
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _out_claimed(config):
     """The run folder (``out``) checked and locked for this process before the stage starts."""
-    from sdft import provenance, runlock
+    from sdft.base import provenance, runlock
 
     out = getattr(config, "out", None)
     if not isinstance(out, str) or out in ("", "-"):

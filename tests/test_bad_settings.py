@@ -2,11 +2,11 @@
 
 import pytest
 
-from sdft.config import from_dict
-from sdft.errors import ConfigError
+from sdft.base.config import from_dict
+from sdft.base.errors import ConfigError
 from sdft.tasks import get_task
-from sdft.train import TrainConfig
-from sdft.train_guards import check_lora_targets
+from sdft.train.stage import TrainConfig
+from sdft.train.guards import check_lora_targets
 
 
 def test_lora_targets_must_exist_in_the_model(tiny_model):
@@ -33,8 +33,8 @@ def test_diverged_training_is_an_error_not_a_saved_result(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sdft.errors import SdftError
-    from sdft.train_guards import check_finite
+    from sdft.base.errors import SdftError
+    from sdft.train.guards import check_finite
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     config = from_dict(TrainConfig, {"data": "d.jsonl", "out": "o", "learning_rate": 1e30})

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sdft.config import ColumnMapping, DEFAULT_MODEL, keyed_settings, stage_key
-from sdft.distill import DistillConfig
-from sdft.errors import ConfigError
-from sdft.evaluate import EvalConfig
+from sdft.base.config import ColumnMapping, DEFAULT_MODEL, keyed_settings, stage_key
+from sdft.distill.stage import DistillConfig
+from sdft.base.errors import ConfigError
+from sdft.evaluate.stage import EvalConfig
 from sdft.generation import GenerationParams
-from sdft.pipeline import RunConfig
+from sdft.experiment.pipeline import RunConfig
 from sdft.tasks import TASKS, ExternalTask, GenerativeTask, JudgedTask, LoglikelihoodTask, TaskContext, get_task
-from sdft.train import TrainConfig
+from sdft.train.stage import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_stage_key_leaves_out_fields_marked_unkeyed():
 
 
 def test_if_set_settings_are_keyed_only_away_from_their_default():
-    from sdft.config import IF_SET, field
+    from sdft.base.config import IF_SET, field
 
     @dataclasses.dataclass
     class Settings:
@@ -46,8 +46,8 @@ def test_if_set_settings_are_keyed_only_away_from_their_default():
 
 
 def test_a_revised_task_keys_the_evaluation_stages_that_run_it():
-    from sdft.eval_run import task_settings
-    from sdft.pipeline import eval_stage_key
+    from sdft.evaluate.run import task_settings
+    from sdft.experiment.pipeline import eval_stage_key
 
     plain = EvalConfig(tasks=["gsm8k", "arc"])
     assert eval_stage_key(plain, "up") == stage_key(plain, "up")  # earlier runs keep their folders
@@ -70,9 +70,9 @@ def test_a_revised_task_keys_the_evaluation_stages_that_run_it():
 def _pinned_configs():
     """One DistillConfig and one EvalConfig of each kind a user has (defaults; a preset from YAML-style keys
     with the engine settings given), the way ``sdft run`` and ``--config`` build them."""
-    from sdft.config import from_dict
-    from sdft.distill import PRESETS as DISTILL_PRESETS
-    from sdft.evaluate import PRESETS as EVAL_PRESETS
+    from sdft.base.config import from_dict
+    from sdft.distill.stage import PRESETS as DISTILL_PRESETS
+    from sdft.evaluate.stage import PRESETS as EVAL_PRESETS
 
     engine = {"backend": "hf", "precision": "fp32", "endpoint": [], "backend_option": ["max_concurrency=4"]}
     remote = {"backend": "openai", "precision": "bf16", "endpoint": ["http://127.0.0.1:8000/v1"],
@@ -108,7 +108,7 @@ def test_stage_keys_of_existing_configs_never_change(name):
 @pytest.mark.parametrize("command", ["distill", "eval"])
 def test_engine_flags_keep_their_names(command):
     from sdft.cli import build_parser
-    from sdft.config import resolve
+    from sdft.base.config import resolve
 
     cls = {"distill": DistillConfig, "eval": EvalConfig}[command]
     parser = build_parser(command)

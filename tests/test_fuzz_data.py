@@ -16,10 +16,10 @@ hypothesis = pytest.importorskip("hypothesis")  # in the dev extra: pip install 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from sdft.config import from_dict, load_yaml  # noqa: E402
-from sdft.data import Example, load_examples  # noqa: E402
-from sdft.errors import SdftError  # noqa: E402
-from sdft.train import TrainConfig  # noqa: E402
+from sdft.base.config import from_dict, load_yaml  # noqa: E402
+from sdft.base.data import Example, load_examples  # noqa: E402
+from sdft.base.errors import SdftError  # noqa: E402
+from sdft.train.stage import TrainConfig  # noqa: E402
 
 FUZZ = settings(max_examples=60, deadline=3000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdft.config import from_dict
-from sdft.data import load_examples
+from sdft.base.config import from_dict
+from sdft.base.data import load_examples
 from sdft.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,9 @@ def paper_config(name: str) -> dict:
 @pytest.mark.parametrize("name", LLAMA2_PRESETS + ["llama3-openfunctions.yaml", "llama3-alpaca.yaml"])
 def test_the_yaml_presets_and_the_cli_presets_agree(name):
     """`sdft distill|train|eval --preset paper` and configs/paper/*.yaml give the same values."""
-    from sdft import distill, evaluate, train
+    from sdft.distill import stage as distill
+    from sdft.evaluate import stage as evaluate
+    from sdft.train import stage as train
 
     config = paper_config(name)
     for section, module in (("distill", distill), ("train", train), ("eval", evaluate)):
@@ -52,7 +54,7 @@ def test_multiarith_hub_shape_question_final_ans(tmp_path):
 # ---------------------------------------------------------------- 2. empty accepted rewrites (paper filter)
 
 def test_empty_accepted_rewrite_is_dropped_from_training_and_counted(tmp_path):
-    from sdft.train_data import choose_targets
+    from sdft.train.data import choose_targets
 
     def row(i, rewrite):
         return {"instruction": f"Q{i}", "input": "", "output": rewrite if rewrite is not None else f"A{i}",
@@ -70,7 +72,7 @@ def test_empty_accepted_rewrite_is_dropped_from_training_and_counted(tmp_path):
 # ---------------------------------------------------------------------------- 3. evaluation decoding
 
 def test_eval_paper_preset_samples_like_the_fork_and_humaneval_stays_greedy():
-    from sdft.evaluate import PRESETS, EvalConfig
+    from sdft.evaluate.stage import PRESETS, EvalConfig
 
     preset = PRESETS["paper"]
     assert {k: preset[k] for k in FORK_DECODING} == FORK_DECODING and preset["greedy_tasks"] == ["humaneval"]
@@ -87,7 +89,7 @@ def test_eval_paper_preset_samples_like_the_fork_and_humaneval_stays_greedy():
 
 def test_greedy_tasks_override_the_run_decoding(tmp_path, monkeypatch):
     """gsm8k samples at the run's temperature, humaneval is greedy: what reaches the backend."""
-    from sdft.evaluate import EvalConfig, evaluate
+    from sdft.evaluate.stage import EvalConfig, evaluate
     from sdft.generation.fake import FakeBackend
 
     seen = {}
@@ -123,7 +125,7 @@ def test_right_side_cut_keeps_the_start(tiny_model):
 
 
 def test_reference_llama2_math_layout():
-    from sdft.templates import DISTILL_TEMPLATES, PROMPT_TEMPLATES, render
+    from sdft.base.templates import DISTILL_TEMPLATES, PROMPT_TEMPLATES, render
 
     system = ("You are an expert in math. Below is a math question. Write a response that appropriately "
               "answers the question.")
@@ -192,7 +194,7 @@ def test_lm_eval_acc_of_a_tag_is_the_size_weighted_mean_of_its_members():
 # ------------------------------------------------------------------------------ 7. what we lacked
 
 def test_alpaca_eval_export_in_the_cli_format(tmp_path, monkeypatch):
-    from sdft.evaluate import EvalConfig, evaluate
+    from sdft.evaluate.stage import EvalConfig, evaluate
     from sdft.generation.fake import FakeBackend
 
     monkeypatch.setattr("sdft.generation.load_backend",

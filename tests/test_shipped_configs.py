@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdft.errors import SdftError
+from sdft.base.errors import SdftError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "shipped"
@@ -43,7 +43,7 @@ def _resolve(name: str, config: Path) -> str:
 
 def resolved_config(path: Path, tmp_path: Path):
     """The run config with every data name replaced by its fixture, loaded and validated as `sdft run` does."""
-    from sdft.pipeline import load_run_config
+    from sdft.experiment.pipeline import load_run_config
 
     raw = yaml.safe_load(path.read_text())
     raw["data"] = _resolve(raw["data"], path)
@@ -110,8 +110,8 @@ def test_shipped_run_config_drives_every_stage(path, tmp_path, tiny_model):
 def test_shipped_eval_config_drives_its_tasks(path, tiny_model):
     from transformers import AutoTokenizer
 
-    from sdft.config import from_dict, load_yaml
-    from sdft.evaluate import EvalConfig
+    from sdft.base.config import from_dict, load_yaml
+    from sdft.evaluate.stage import EvalConfig
 
     evaluation = from_dict(EvalConfig, load_yaml(path), str(path))
     assert evaluation.tasks and not evaluation.data  # each command of its list names its own data
@@ -119,12 +119,12 @@ def test_shipped_eval_config_drives_its_tasks(path, tiny_model):
 
 
 def _exercise_distill(config, tokenizer):
-    from sdft import templates
-    from sdft.config import column_mapping
-    from sdft.data import load_examples
-    from sdft.filters import make_filter
+    from sdft.base import templates
+    from sdft.base.config import column_mapping
+    from sdft.base.data import load_examples
+    from sdft.distill.filters import make_filter
     from sdft.generation import Completion
-    from sdft.pipeline import stage_configs
+    from sdft.experiment.pipeline import stage_configs
 
     distill = stage_configs(config)["distill"]
     examples = load_examples(distill.data, shape=distill.shape, columns=column_mapping(distill.columns),
@@ -141,11 +141,11 @@ def _exercise_distill(config, tokenizer):
 
 
 def _exercise_train(config, tokenizer):
-    from sdft import train_data
-    from sdft.config import column_mapping
-    from sdft.data import load_examples
-    from sdft.pipeline import stage_configs
-    from sdft.templates import DEFAULT_PROMPT, load_template, resolve_mode
+    from sdft.train import data as train_data
+    from sdft.base.config import column_mapping
+    from sdft.base.data import load_examples
+    from sdft.experiment.pipeline import stage_configs
+    from sdft.base.templates import DEFAULT_PROMPT, load_template, resolve_mode
 
     train = stage_configs(config)["train"]
     examples = load_examples(config.data, shape=train.shape, columns=column_mapping(train.columns),
@@ -160,7 +160,7 @@ def _exercise_train(config, tokenizer):
 def _exercise_eval(config, tokenizer):
     """Build every task with its options, load its data (as `sdft eval` does: a task whose default data
     is not installed is skipped, a named file must load), render prompts and score an answer."""
-    from sdft.pipeline import stage_configs
+    from sdft.experiment.pipeline import stage_configs
 
     _exercise_tasks(stage_configs(config)["eval"], tokenizer)
 

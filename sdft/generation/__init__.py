@@ -16,8 +16,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
-from sdft.config import field
-from sdft.errors import ConfigError
+from sdft.base.config import field
+from sdft.base.errors import ConfigError
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -153,7 +153,7 @@ def model_for_backend(name: str, model: str) -> str:
     ``.gguf`` files and hub ids resolved and cached), the name as given for others (test doubles,
     remote endpoints)."""
     if loads_hf_weights(name):
-        from sdft.models import resolve_model
+        from sdft.models.resolve import resolve_model
         return resolve_model(model)
     return model
 
@@ -209,7 +209,7 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
         raise ConfigError(f"--endpoint applies to --backend openai, not '{requested}'")
     folder = None
     if requested == "auto":
-        from sdft.models import resolve_model
+        from sdft.models.resolve import resolve_model
         folder = resolve_model(config.model)
     choice = choose(requested, config.precision, folder)
     cls = backend_class(choice.backend)
@@ -225,7 +225,7 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
     if hasattr(cls, "check_options"):  # before the options reach any record: a stage may never load the backend
         cls.check_options(options)
     path = folder or model_for_backend(choice.backend, config.model)
-    from sdft.provenance import recordable  # endpoint URLs may carry a key in their query string
+    from sdft.base.provenance import recordable  # endpoint URLs may carry a key in their query string
 
     record = {**choice.record(), "options": recordable({k: v for k, v in options.items() if k != "precision"})}
     return BackendSetup(choice.backend, path, options, record)

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from sdft.errors import ConfigError
+from sdft.base.errors import ConfigError
 from sdft.generation import Completion, GenerationParams
 
 Respond = Callable[[str], "str | Completion"] | Mapping[str, str]
@@ -20,7 +20,7 @@ Respond = Callable[[str], "str | Completion"] | Mapping[str, str]
 
 def _local_model(model: str) -> bool:
     """A name whose tokenizer loads offline (a folder or an embedded alias); fake names are fine too."""
-    from sdft.models import ALIASES
+    from sdft.models.resolve import ALIASES
     return model in ALIASES or Path(model).is_dir()
 
 
@@ -44,7 +44,7 @@ class FakeBackend:
         self.respond, self.default = respond or _default_respond, default
         self.calls: list[tuple[list[str], GenerationParams]] = []
         if isinstance(tokenizer, (str, Path)) or (tokenizer is None and model and _local_model(model)):
-            from sdft.models import load_tokenizer
+            from sdft.models.resolve import load_tokenizer
             tokenizer = load_tokenizer(str(tokenizer or model))
         self.tokenizer = tokenizer
         self.model = None

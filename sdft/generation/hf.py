@@ -120,7 +120,7 @@ class HFBackend:
 
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
                  progress: bool = True, precision: str | None = None):
-        from sdft.models import load_model_and_tokenizer
+        from sdft.models.resolve import load_model_and_tokenizer
 
         if dtype is None and precision in ("fp32", "bf16", "fp16"):
             dtype = precision

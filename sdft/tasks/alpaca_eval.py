@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdft import templates
-from sdft.errors import ConfigError
-from sdft.store import write_json
+from sdft.base import templates
+from sdft.base.errors import ConfigError
+from sdft.base.store import write_json
 from sdft.tasks import GenerativeTask, TaskContext
 from sdft.tasks.instructions import read_instructions
 

@@ -2,7 +2,7 @@
 
     sdft eval --tasks mytask --data mytask=file.jsonl --checker mytask=mypkg.checks:is_correct
 
-The file is read by ``sdft.data.load_examples`` (alpaca, gsm8k, advbench, sharegpt or messages shape;
+The file is read by ``sdft.base.data.load_examples`` (alpaca, gsm8k, advbench, sharegpt or messages shape;
 every record needs a prompt side and a response/reference side). The checker is called as
 ``checker(record, completion)`` with the record exactly as read, and returns ``True``/``False`` or a
 score in [0, 1]; the metric is the mean with a 95% interval. Options (``--option mytask.KEY=VALUE``):
@@ -15,8 +15,8 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
-from sdft import templates
-from sdft.errors import ConfigError, SdftError
+from sdft.base import templates
+from sdft.base.errors import ConfigError, SdftError
 from sdft.generation import import_target
 from sdft.tasks import GenerativeTask
 
@@ -46,8 +46,8 @@ class CustomTask(GenerativeTask):
                               "known: template, shape, column.ROLE, metric")
 
     def examples(self) -> list[dict]:
-        from sdft.data import load_examples
-        from sdft.provenance import file_sha256
+        from sdft.base.data import load_examples
+        from sdft.base.provenance import file_sha256
 
         loaded = load_examples(self.data_path, shape=self.shape, columns=self.columns or None)
         path = Path(self.data_path)

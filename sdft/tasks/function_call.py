@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdft import carriers, templates
-from sdft.errors import ConfigError, DataError
+from sdft.base import carriers, templates
+from sdft.base.errors import ConfigError, DataError
 from sdft.tasks import GenerativeTask
 
 
@@ -59,7 +59,7 @@ class OpenFunctions(GenerativeTask):
         return self.render(self.template, example["instruction"], tokenizer)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
-        from sdft import answers
+        from sdft.base import answers
 
         if self.rule == "paper":
             ok = answers.paper_call_match(completion, example["reference"])
@@ -76,7 +76,7 @@ def paper_half_credit_score(candidate: str, reference: str) -> float:
     """The ``reproduce`` branch's ``check_openfunction``: 1 for the exact rule, else 0.5 for its positional
     fallback, else 0 (flaws kept: the first "(" to the first ")" of the answer, values matched as
     substrings, a value containing a comma never matches)."""
-    from sdft import answers
+    from sdft.base import answers
 
     if answers.paper_call_match(candidate, reference):
         return 1.0
@@ -124,13 +124,13 @@ class BFCL(GenerativeTask):
             records, self.source = carriers.user_records(self.data_path)
             answers_path = Path(self.data_path).parent / "possible_answer" / Path(self.data_path).name
         else:
-            from sdft.records import load_records
+            from sdft.base.records import load_records
             records = load_records(carriers.carrier_file(*_BFCL))
             answers_path = carriers.carrier_file(*_BFCL_ANSWERS)
             self.source = carriers.describe(*_BFCL)
         truth = {}
         if answers_path.is_file():
-            from sdft.records import load_records
+            from sdft.base.records import load_records
             truth = {str(rec.get("id")): rec.get("ground_truth") for _, rec in load_records(answers_path)}
         return [self._example(loc, rec, truth) for loc, rec in records]
 
@@ -161,7 +161,7 @@ class BFCL(GenerativeTask):
 
 def bfcl_match(text: str, function: dict, ground_truth: dict) -> tuple[bool, str]:
     """BFCL simple-category check of a free-text answer against ``{name: {arg: [acceptable values]}}``."""
-    from sdft.answers import parse_calls
+    from sdft.base.answers import parse_calls
 
     (name, acceptable), = ground_truth.items()
     calls = [c for c in parse_calls(text) if c.name == name]
@@ -202,7 +202,7 @@ def _standardize(text: str) -> str:
 
 def _norm(value, declared: str | None = None):
     """A value in the form BFCL compares: strings standardized, tuples as lists, int -> float for floats."""
-    from sdft.answers import Expr
+    from sdft.base.answers import Expr
 
     if isinstance(value, Expr):
         return ("expr", _standardize(value.source))  # a variable name: equal only to the same text

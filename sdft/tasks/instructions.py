@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sdft import carriers
+from sdft.base import carriers
 
 INSTRUCTION_FIELDS = ("instruction", "prompt", "question")
 

@@ -13,8 +13,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from sdft.errors import ConfigError, SdftError
-from sdft.stats import Metric
+from sdft.base.errors import ConfigError, SdftError
+from sdft.base.stats import Metric
 from sdft.tasks import ExternalTask
 
 INSTALL_HINT = "pip install lm-eval"
@@ -51,7 +51,7 @@ class LMEvalTask(ExternalTask):
         if adapter:
             model_args["peft"] = str(adapter)
             if (Path(adapter) / "tokenizer_config.json").is_file():
-                # Training saves the tokenizer beside the adapter; use it, as sdft.models does.
+                # Training saves the tokenizer beside the adapter; use it, as sdft.models.resolve does.
                 model_args["tokenizer"] = str(adapter)
         dtype = self.options.get("dtype") or getattr(config, "dtype", None)
         if dtype:
@@ -81,7 +81,7 @@ class LMEvalTask(ExternalTask):
 
     def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
         self.check_ready()
-        from sdft.models import resolve_model
+        from sdft.models.resolve import resolve_model
 
         args = self.build_arguments(resolve_model(model), adapter, config)
         import lm_eval

@@ -1,7 +1,7 @@
 """Math word problems (GSM8K, MultiArith, any file of those shapes): accuracy of the final number.
 
 The prompt is the paper's ``math_eval`` preset (asks for "The answer is N" at the end), rendered through
-the model's chat template in ``auto`` mode. Scoring is ``sdft.answers.math_match``, the same check the
+the model's chat template in ``auto`` mode. Scoring is ``sdft.base.answers.math_match``, the same check the
 distillation filter uses; option ``rule=paper`` switches to the reference code's last-integer rule, option
 ``template=NAME`` (a prompt preset or file) replaces the prompt, e.g. ``paper_math_eval``.
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import gzip
 import json
 
-from sdft import carriers, templates
-from sdft.errors import ConfigError, DataError
+from sdft.base import carriers, templates
+from sdft.base.errors import ConfigError, DataError
 from sdft.tasks import GenerativeTask
 
 _QUESTION = ("question", "instruction", "prompt", "problem")
@@ -61,7 +61,7 @@ class MathTask(GenerativeTask):
         if extra and str(extra).strip() and "instruction" in record:
             question = f"{question}\n\n{extra}"  # alpaca shape: input belongs to the question
         reference = carriers.pick(record, _ANSWER, location)
-        from sdft.answers import final_number
+        from sdft.base.answers import final_number
         if final_number(reference) is None:
             raise DataError(location, "reference answer holds no number", field="answer")
         return {"id": str(record.get("id", f"{self.name}-{index:05d}")), "question": question,
@@ -71,7 +71,7 @@ class MathTask(GenerativeTask):
         return self.render(self.template, example["question"], tokenizer)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
-        from sdft import answers
+        from sdft.base import answers
         if self.rule == "paper":
             ok = answers.paper_math_match(completion, example["reference"])
             return float(ok), "paper_rule_match" if ok else "paper_rule_mismatch"

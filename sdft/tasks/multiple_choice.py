@@ -2,7 +2,7 @@
 
 Prompts copy lm-evaluation-harness's zero-shot formats (no chat template), so the numbers can be set
 beside published lm-eval scores: the model sees ``context`` and the option with the highest summed
-log-likelihood of ``" " + choice`` is its answer (``sdft.loglik``). Each record also keeps lm-eval's
+log-likelihood of ``" " + choice`` is its answer (``sdft.generation.loglik``). Each record also keeps lm-eval's
 length-normalised ``acc_norm``; ARC and HellaSwag report acc_norm as their headline metric because
 that is what their leaderboards quote, the others report plain acc.
 
@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sdft.errors import ConfigError, DataError
+from sdft.base.errors import ConfigError, DataError
 from sdft.tasks import LoglikelihoodTask
 
 
@@ -36,7 +36,7 @@ def read_rows(path: str | Path) -> list[tuple[str, dict]]:
                 raise DataError(p, "folder holds neither a saved dataset nor .arrow shards")
             rows = [row for shard in shards for row in _read_arrow(shard)]
         return [(f"{p}, record {i + 1}", row) for i, row in enumerate(rows)]
-    from sdft.records import load_records  # JSON / JSONL / CSV / Parquet (and hub names), with line numbers
+    from sdft.base.records import load_records  # JSON / JSONL / CSV / Parquet (and hub names), with line numbers
     return load_records(p)
 
 
@@ -84,11 +84,11 @@ class MultipleChoiceTask(LoglikelihoodTask):
         return self._examples
 
     def _rows(self) -> list[tuple[str, dict]]:
-        from sdft import carriers
+        from sdft.base import carriers
         if self.data_path:
             path = Path(self.data_path)
             if path.is_dir() or path.suffix.lower() == ".arrow":
-                from sdft.provenance import file_sha256
+                from sdft.base.provenance import file_sha256
                 self.source = f"{path} (sha256 {file_sha256(path)})" if path.is_file() else str(path)
                 return read_rows(path)
             rows, self.source = carriers.user_records(self.data_path)
@@ -118,7 +118,7 @@ class MultipleChoiceTask(LoglikelihoodTask):
         return 1.0 if int(output) == example["gold"] else 0.0
 
     def aggregate(self, scores: list[float], records: list[dict], context=None) -> dict:
-        from sdft.stats import Metric
+        from sdft.base.stats import Metric
 
         metrics = {self.metric: Metric.of_scores(scores)}
         for key in self.reported:

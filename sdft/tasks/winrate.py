@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import re
 
-from sdft import carriers, templates
-from sdft.errors import ConfigError, SdftError
-from sdft.store import ProgressFile
+from sdft.base import carriers, templates
+from sdft.base.errors import ConfigError, SdftError
+from sdft.base.store import ProgressFile
 from sdft.tasks import JudgedTask, TaskContext
 from sdft.tasks.instructions import read_instructions
 
@@ -119,7 +119,7 @@ class WinRate(JudgedTask):
                                  "verdict_reference_first": v["reference_first"]}
 
     def aggregate(self, scores: list[float], records: list[dict], context: TaskContext | None = None) -> dict:
-        from sdft.stats import Metric
+        from sdft.base.stats import Metric
 
         consistent = [float(s in (0.0, 1.0)) for s in scores]  # both orders agreed on the winner
         unparsed = sum(v is None for r in records for v in (r.get("reason") or {}).values())
@@ -156,7 +156,7 @@ class LocalJudge:
             path, name = self.model, self.backend_name
             if name in ("hf", "vllm", "auto"):
                 from sdft.generation.auto import choose_backend
-                from sdft.models import resolve_model
+                from sdft.models.resolve import resolve_model
                 path = resolve_model(self.model)
                 name = choose_backend(name, path)[0]
             self._backend = load_backend(name, path, None)
@@ -174,10 +174,10 @@ class LocalJudge:
 
 
 class EndpointJudge:
-    """An OpenAI-compatible ``/chat/completions`` endpoint (see :mod:`sdft.endpoint` for the key's safety)."""
+    """An OpenAI-compatible ``/chat/completions`` endpoint (see :mod:`sdft.base.endpoint` for the key's safety)."""
 
     def __init__(self, url: str, model: str, batch_size: int, timeout: float = 120.0, retries: int = 4):
-        from sdft.endpoint import api_key, check_url, redact
+        from sdft.base.endpoint import api_key, check_url, redact
 
         base = url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
@@ -191,7 +191,7 @@ class EndpointJudge:
         return [self._one(p) for p in prompts]
 
     def _one(self, prompt: str) -> str:
-        from sdft.endpoint import post_json, redact
+        from sdft.base.endpoint import post_json, redact
 
         reply = post_json(self.url, {"model": self.model, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS,
                                      "messages": [{"role": "system", "content": JUDGE_SYSTEM},

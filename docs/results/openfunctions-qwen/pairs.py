@@ -6,7 +6,7 @@ Usage, from the repository root after `sdft run configs/experiments/openfunction
 """
 import glob, json, sys
 sys.path.insert(0, ".")
-from sdft.stats import paired_comparison
+from sdft.base.stats import paired_comparison
 
 RUN = "runs/openfunctions-qwen/eval"
 TASKS = ["openfunctions", "humaneval", "advbench", "gsm8k"]

@@ -1,0 +1,1 @@
+"""Below every stage: settings machinery, errors, user files and records, the run folder, progress files, locks, provenance, the hub, HTTP, data shapes, prompt templates, answer checkers, statistics."""

@@ -1,0 +1,282 @@
+"""Task data: turn the records of a data file (read by :mod:`sdft.base.records`: JSON / JSONL / CSV /
+Parquet or a hub dataset) into :class:`Example` objects.
+
+Shapes (detected per file from the first record, or forced with ``shape=``):
+
+* ``alpaca``: ``instruction``, ``output``, optional ``input``, ``system``, ``history`` ([user, assistant]
+  pairs). MultiArith and OpenFunctions files (``instruction``, ``output``) are alpaca without input.
+* ``gsm8k``: ``question``, ``answer``.  ``advbench``: ``goal``, ``target`` (AdvBench's CSV).
+* ``sharegpt``: ``conversations`` of ``{from, value}``.  ``messages``: OpenAI ``{role, content}``.
+  In both, the last message is the assistant's response and the user turn before it the instruction;
+  earlier pairs become ``history``. Turns may use either key naming (datasets mix them).
+
+``columns`` maps roles (id, instruction, input, response, system, history) to other column names for
+the flat shapes. Every record is validated before anything is returned, so bad input stops a run before
+generation starts; errors are :class:`DataError` naming file, line or record, and field.
+
+A distilled file (``sdft distill`` output) is a file of the user's shape whose records carry an extra
+``"sdft"`` key: ``{accepted, reason, rewrite, original}``; it loads like any other file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from sdft.base.errors import ConfigError, DataError
+from sdft.base.records import kind, load_records, location, names, read_source
+
+__all__ = ["Example", "load_examples", "load_records", "with_response", "is_distilled", "pick_response"]
+
+
+@dataclass
+class Example:
+    """One training / distillation example, whatever shape it came in.
+
+    ``instruction`` is the user's request (alpaca ``instruction`` and ``input`` joined, by default by a blank line),
+    ``response`` the target answer, ``history`` earlier (user, assistant) turns. ``source`` keeps the
+    record exactly as read so that outputs can echo it back with only the response replaced.
+    """
+
+    id: str
+    instruction: str
+    response: str
+    history: list[tuple[str, str]] = field(default_factory=list)
+    system: str | None = None
+    source: dict = field(default_factory=dict)
+    shape: str = "alpaca"
+    location: str = ""  # "file, line N" for error messages
+    # Flat shapes: role -> column actually used (after `columns=`), so with_response writes the right key.
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+FLAT_SHAPES = {
+    "alpaca": {"instruction": "instruction", "input": "input", "response": "output",
+               "system": "system", "history": "history"},
+    "gsm8k": {"instruction": "question", "response": "answer"},
+    "advbench": {"instruction": "goal", "response": "target"},
+}
+CHAT_SHAPES = {"messages": "messages", "sharegpt": "conversations"}  # shape -> list key
+SHAPES = (*FLAT_SHAPES, *CHAT_SHAPES)
+ROLES = ("id", "instruction", "input", "response", "system", "history")
+DISTILL_KEY = "sdft"
+DISTILL_KEY_ID = "id"  # optional in the distillation record: the example's id at distillation time
+_SHAPE_HELP = ("alpaca (instruction, output[, input, history, system]), gsm8k (question, answer), "
+               "advbench (goal, target), sharegpt (conversations), messages (messages); "
+               "map other names with columns={'instruction': ..., 'response': ...}")
+_ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "human": "user",
+               "assistant": "assistant", "gpt": "assistant", "model": "assistant",
+               "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
+
+
+class _Bad(Exception):
+    """A problem with one record; turned into a DataError once the record's location is known."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+# ------------------------------------------------------------------------------------------- examples
+
+def load_examples(path, *, shape: str = "auto", columns: dict[str, str] | None = None,
+                  limit: int | None = None, input_separator: str = "\n\n") -> list[Example]:
+    """Load, detect the shape, validate every record, and return the first ``limit`` examples.
+
+    ``input_separator`` joins an alpaca ``instruction`` and its ``input`` (a blank line by default; the
+    reference code joined them with a single newline, which the paper presets reproduce).
+
+    All records are validated (not only the first ``limit``) so that a file is valid or not whatever
+    the limit, and ids do not depend on it either.
+    """
+    if shape != "auto" and shape not in SHAPES:
+        raise ConfigError(f"unknown data shape '{shape}'; accepted: auto, {', '.join(SHAPES)}")
+    unknown = set(columns or {}) - set(ROLES)
+    if unknown:
+        raise ConfigError(f"unknown column role(s) {names(unknown)}; accepted: {', '.join(ROLES)}")
+    if columns and shape in CHAT_SHAPES:
+        raise ConfigError(f"columns= applies to flat shapes ({', '.join(FLAT_SHAPES)}), not '{shape}'")
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be 0 or more, got {limit}")
+    label, rows = read_source(path)
+    first_where, first = rows[0]
+    shape = shape if shape != "auto" else _detect(first, columns)
+    if shape is None:
+        raise DataError(label, f"cannot tell the data shape; fields found: {names(_fields(first))}; "
+                               f"accepted shapes: {_SHAPE_HELP}", **first_where)
+    cols = {**FLAT_SHAPES[shape], **(columns or {})} if shape in FLAT_SHAPES else {}
+    parsed, problems = [], []
+    for where, rec in rows:
+        try:
+            parsed.append(_parse(rec, shape, cols, input_separator))
+        except _Bad as bad:
+            problems.append((where, bad))
+    if problems:
+        where, bad = problems[0]
+        # One line, but say how much else is wrong so that fixes do not come one rerun at a time.
+        more = f" ({len(problems) - 1} more bad record(s) in this file)" if len(problems) > 1 else ""
+        raise DataError(label, bad.message + more, field=bad.field, **where)
+    ids = _ids([rec for _, rec in rows], cols.get("id", "id"), parsed)
+    examples = [Example(id=i, instruction=ins, response=resp, history=hist, system=system, source=rec,
+                        shape=shape, location=location(label, where), columns=dict(cols))
+                for i, (where, rec), (ins, resp, hist, system) in zip(ids, rows, parsed)]
+    return examples if limit is None else examples[:limit]
+
+
+def _fields(rec: dict) -> list[str]:
+    return [k for k in rec if k != DISTILL_KEY]
+
+
+def _detect(rec: dict, columns: dict | None) -> str | None:
+    keys = set(_fields(rec))
+    if not columns:
+        for name, key in CHAT_SHAPES.items():
+            if key in keys:
+                return name
+    candidates = {name: {**cols, **(columns or {})} for name, cols in FLAT_SHAPES.items()}
+    # Prefer a shape whose instruction and response are both present; else the first whose instruction
+    # is, so that e.g. {"instruction", "response"} reports "missing field 'output'" with a hint.
+    for need in (("instruction", "response"), ("instruction",)):
+        for name, cols in candidates.items():
+            if all(cols[role] in keys for role in need):
+                return name
+    return None
+
+
+def _parse(rec: dict, shape: str, cols: dict,
+           input_separator: str = "\n\n") -> tuple[str, str, list[tuple[str, str]], str | None]:
+    """(instruction, response, history, system) of one record, or raise _Bad."""
+    if DISTILL_KEY in rec:
+        _check_distilled(rec[DISTILL_KEY])
+    # A distilled record's response is its accepted rewrite, which may be empty (reference filter rules).
+    empty_ok = DISTILL_KEY in rec and rec[DISTILL_KEY]["accepted"]
+    if shape in CHAT_SHAPES:
+        return _parse_chat(rec, CHAT_SHAPES[shape], empty_ok)
+    instruction = _text(rec, cols["instruction"], required=True)
+    if not instruction.strip():
+        raise _Bad("empty instruction", cols["instruction"])
+    extra = _text(rec, cols["input"], required=False) if "input" in cols else ""
+    if extra.strip():
+        instruction = f"{instruction}{input_separator}{extra}"
+    response = _text(rec, cols["response"], required=True)
+    if not response.strip() and not empty_ok:
+        raise _Bad("empty response", cols["response"])
+    system = _text(rec, cols["system"], required=False) if "system" in cols else ""
+    history = []
+    hist_key = cols.get("history")
+    if hist_key and rec.get(hist_key) is not None:
+        if not isinstance(rec[hist_key], list):
+            raise _Bad(f"expected a list of [user, assistant] pairs, got {kind(rec[hist_key])}", hist_key)
+        for i, pair in enumerate(rec[hist_key]):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+                raise _Bad(f"expected a [user, assistant] pair of texts, got {kind(pair)}", f"{hist_key}[{i}]")
+            history.append((pair[0], pair[1]))
+    return instruction, response, history, system or None
+
+
+def _parse_chat(rec: dict, key: str, empty_ok: bool = False) -> tuple[str, str, list[tuple[str, str]], str | None]:
+    turns = rec.get(key)
+    if not isinstance(turns, list):
+        raise _Bad(f"expected a list of messages, got {kind(turns)}", key)
+    parsed = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise _Bad(f"expected a message object, got {kind(turn)}", f"{key}[{i}]")
+        role_key = "role" if "role" in turn else "from"
+        role = _ROLE_NAMES.get(str(turn.get(role_key)).lower())
+        if role is None:
+            raise _Bad(f"unknown role {turn.get(role_key)!r}; accepted: {', '.join(_ROLE_NAMES)}",
+                       f"{key}[{i}].{role_key}")
+        text_key = "content" if "content" in turn else "value"
+        text = turn.get(text_key)
+        if isinstance(text, list):  # OpenAI content parts: [{"type": "text", "text": ...}, ...]
+            text = "".join(p.get("text", "") for p in text if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(text, str):
+            raise _Bad(f"expected text, got {kind(text)}", f"{key}[{i}].{text_key}")
+        parsed.append((role, text, f"{key}[{i}].{text_key}"))
+    system = [text for role, text, _ in parsed if role == "system"]
+    rest = parsed[len(system):]
+    top_system = _text(rec, "system", required=False)  # sharegpt files may put it at top level
+    for j, (role, _, where) in enumerate(rest):
+        expected = "user" if j % 2 == 0 else "assistant"
+        if role != expected:
+            raise _Bad(f"expected a '{expected}' message here, found '{role}' (after any system "
+                       "messages, turns alternate user, assistant, ...)", where.rsplit(".", 1)[0])
+    if not rest or rest[-1][0] != "assistant":
+        raise _Bad("the last message must be the assistant's response", key)
+    if not rest[-1][1].strip() and not empty_ok:
+        raise _Bad("empty response", rest[-1][2])
+    if not rest[-2][1].strip():
+        raise _Bad("empty instruction (the last user message)", rest[-2][2])
+    history = [(rest[j][1], rest[j + 1][1]) for j in range(0, len(rest) - 2, 2)]
+    return rest[-2][1], rest[-1][1], history, "\n\n".join([top_system] * bool(top_system) + system) or None
+
+
+def _check_distilled(meta) -> None:
+    if not isinstance(meta, dict):
+        raise _Bad(f"expected the distillation record {{accepted, reason, rewrite, original}}, got {kind(meta)}",
+                   DISTILL_KEY)
+    for key, types in (("accepted", bool), ("reason", str), ("rewrite", (str, type(None))), ("original", str)):
+        if key not in meta or not isinstance(meta[key], types):
+            raise _Bad(f"missing or wrong type ({kind(meta.get(key))})", f"{DISTILL_KEY}.{key}")
+    if meta["accepted"] and meta["rewrite"] is None:
+        # An empty text is allowed: the reference filter accepts one and training skips it (counted).
+        raise _Bad("an accepted rewrite must be text", f"{DISTILL_KEY}.rewrite")
+
+
+def _text(rec: dict, key: str, *, required: bool) -> str:
+    value = rec.get(key)
+    if value is None:  # absent, JSON null, or an empty Parquet cell
+        if required:
+            found = " (it is null)" if key in rec else f" (fields found: {names(_fields(rec))})"
+            raise _Bad(f"missing required field{found}", key)
+        return ""
+    if not isinstance(value, str):
+        raise _Bad(f"expected text, got {kind(value)}", key)
+    return value
+
+
+def _ids(records: list[dict], id_key: str, parsed: list) -> list[str]:
+    own = [rec.get(id_key) for rec in records]
+    if all(isinstance(rec.get(DISTILL_KEY), dict) and DISTILL_KEY_ID in rec[DISTILL_KEY] for rec in records):
+        own = [rec[DISTILL_KEY][DISTILL_KEY_ID] for rec in records]  # the id the record had when distilled
+    if all(isinstance(v, (str, int)) and not isinstance(v, bool) and str(v) for v in own) \
+            and len(set(map(str, own))) == len(own):
+        return [str(v) for v in own]
+    # Record number + hash of the prompt side (not the response): stable across runs, distinct for
+    # duplicate records, and the same for a record and its distilled copy (whose response changed).
+    ids = []
+    for n, (instruction, _, history, system) in enumerate(parsed, 1):
+        digest = hashlib.sha1(json.dumps([system, history, instruction], ensure_ascii=False).encode())
+        ids.append(f"{n:06d}-{digest.hexdigest()[:8]}")
+    return ids
+
+
+# ---------------------------------------------------------------------------------- writing / training
+
+def with_response(example: Example, text: str) -> dict:
+    """A copy of the example's original record with only its response replaced."""
+    record = copy.deepcopy(example.source)
+    if example.shape in CHAT_SHAPES:
+        last = record[CHAT_SHAPES[example.shape]][-1]
+        last["content" if "content" in last else "value"] = text
+    else:
+        record[(example.columns or FLAT_SHAPES[example.shape])["response"]] = text
+    return record
+
+
+def is_distilled(example: Example) -> bool:
+    """Whether the example comes from a ``distilled.jsonl`` (carries the ``sdft`` record)."""
+    return isinstance(example.source.get(DISTILL_KEY), dict)
+
+
+def pick_response(example: Example, use_rewrite: bool) -> str:
+    """The training target: the accepted rewrite if ``use_rewrite``, else the original response."""
+    if not is_distilled(example):
+        return example.response
+    meta = example.source[DISTILL_KEY]
+    if use_rewrite and meta["accepted"] and meta.get("rewrite") is not None:
+        return meta["rewrite"]
+    return meta["original"]

@@ -1,0 +1,1 @@
+"""`sdft analyze` and `sdft shift`: how far a fine-tuned model moved from its seed, in its answers and in its weights."""

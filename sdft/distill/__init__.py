@@ -1,0 +1,1 @@
+"""`sdft distill`: the seed model rewrites each target response (config, stage, filters)."""

@@ -1,0 +1,1 @@
+"""`sdft eval`: a model (and adapter) on benchmark tasks from `sdft.tasks`."""

@@ -1,0 +1,145 @@
+"""One evaluation task's run inside ``sdft eval``: generate (or score log-likelihoods), cache, grade, record.
+
+Model outputs are cached per task in ``generations/.cache/<task>-<settings key>.jsonl``
+(:func:`sdft.base.layout.cache_file`) with :class:`sdft.base.store.ProgressFile`, one batch at a time; the key is
+the task's :func:`sdft.base.config.stage_key`, so changed settings never mix in stale outputs. Scores are
+recomputed from the cached text on every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sdft.base import layout
+from sdft.base.config import stage_key, to_dict
+from sdft.base.store import ProgressFile, write_jsonl
+from sdft.tasks import GenerativeTask, LoglikelihoodTask, TaskContext
+
+
+def task_settings(name: str, task, config, params=None, precision: str = "fp32", lora_mode: str | None = None) -> dict:
+    """Everything that changes a task's outputs; its hash names the generation cache. ``precision`` is the
+    resolved one (``sdft.generation.auto``); ``lora_mode`` is set when it is keyed (``engine_key``)."""
+    from sdft.base.provenance import package_versions
+
+    template = task.template
+    settings = {
+        "task": name, "model": config.model, "adapter": config.adapter, "backend": config.backend,
+        "precision": precision, "data": task.source or task.data_path, "options": {k: v for k, v in task.options.items()},
+        "template": to_dict(template) if dataclasses.is_dataclass(template) else template,
+        "template_mode": config.template_mode, "limit": config.limit, "n_samples": config.n_samples,
+        "decoding": params.record() if params is not None else None,
+    }
+    if lora_mode:
+        settings["lora_mode"] = lora_mode
+    if task.revision:
+        settings["revision"] = task.revision
+    # Not in the key: limit (a larger limit reuses the items already done), a revision of the selection only
+    # (items are cached by id, whichever items it selects; a scoring revision is keyed) and batch size (a
+    # rerun with a smaller batch after running out of memory must resume, not start over).
+    keyed = {k: v for k, v in settings.items()
+             if k != "limit" and not (k == "revision" and task.revision_scope == "selection")}
+    if keyed["precision"] == "fp32":  # keyed only when not fp32, so earlier (fp32) caches stay valid
+        del keyed["precision"]
+    if keyed["decoding"]:
+        keyed["decoding"] = {k: v for k, v in keyed["decoding"].items() if k != "batch_size"}
+    settings["settings_key"] = stage_key(keyed)
+    settings["versions"] = package_versions()
+    return settings
+
+
+def run_generate(name: str, task: GenerativeTask, examples: list[dict], session, config, out: Path,
+                 judge=None) -> dict:
+    params = config.decoding(name, task.max_new_tokens, tuple(task.stop))
+    from sdft.generation import engine_key
+
+    engine = engine_key(session.setup.record, config.adapter)
+    settings = task_settings(name, task, config, params, engine["precision"], engine.get("lora_mode"))
+    context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge, out)
+    progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]), key="key")
+    # One cache unit per (item, sample); the plain id when there is one sample per item.
+    keys = [(ex, j, ex["id"] if config.n_samples == 1 else f"{ex['id']}#{j}")
+            for j in range(config.n_samples) for ex in examples]
+    pending = [(ex, j, key) for ex, j, key in keys if not progress.done(key)]
+    if pending:
+        _generate(name, task, session, config, params, pending, progress, len(keys))
+    units = [progress.records[key] for _, _, key in keys]
+    records = _score(task, [ex for ex, _, _ in keys], units, context)
+    order = {ex["id"]: i for i, ex in enumerate(examples)}
+    records.sort(key=lambda r: (order[r["id"]], r.get("sample", 0)))  # input order, samples together
+    write_jsonl(layout.generations_file(out, name), records)
+    entry = task.aggregate([r["score"] for r in records], records, context)
+    entry["finish_length"] = sum(r.get("finish_reason") == "length" for r in records)
+    entry["generations"] = layout.generations_file(out, name).relative_to(out).as_posix()
+    entry["settings"] = settings
+    return entry
+
+
+def _generate(name, task: GenerativeTask, session, config, params, pending, progress, total) -> None:
+    from tqdm.auto import tqdm
+
+    tokenizer = session.tokenizer
+    prompts = {ex["id"]: task.prompt(ex, tokenizer) for ex, _, _ in pending}
+    bar = tqdm(total=total, initial=total - len(pending), desc=name, unit="gen",
+               disable=not config.progress, dynamic_ncols=True)
+    for sample in sorted({j for _, j, _ in pending}):
+        # Longest first: batches of similar length pad little, and the ETA only improves.
+        todo = sorted((p for p in pending if p[1] == sample), key=lambda p: -len(prompts[p[0]["id"]]))
+        sample_params = dataclasses.replace(params, seed=params.seed + sample)
+        # vLLM and servers want many prompts in flight; each chunk is one progress write.
+        chunk = max(config.batch_size, getattr(session.backend, "request_chunk", 0) or 0)
+        for start in range(0, len(todo), chunk):
+            batch = todo[start:start + chunk]
+            completions = session.backend.generate([prompts[ex["id"]] for ex, _, _ in batch], sample_params)
+            progress.append({
+                "key": key, "id": ex["id"], "sample": j, "prompt": prompts[ex["id"]], "completion": c.text,
+                "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "prompt_truncated": c.prompt_truncated,
+            } for (ex, j, key), c in zip(batch, completions))
+            bar.update(len(batch))
+    bar.close()
+
+
+def _score(task: GenerativeTask, examples: list[dict], units: list[dict], context: TaskContext) -> list[dict]:
+    """Grade cached completions (the task grades in batches where it can: a sandbox pool, a judge)."""
+    scored = task.score_batch(examples, [u["completion"] for u in units], context)
+    several = len(units) != len({u["id"] for u in units})  # n_samples > 1: say which sample
+    records = []
+    for unit, (score, reason) in zip(units, scored):
+        rec = {"id": unit["id"], "prompt": unit["prompt"], "completion": unit["completion"],
+               "score": float(score), "reason": reason, "finish_reason": unit["finish_reason"],
+               "prompt_tokens": unit["prompt_tokens"], "completion_tokens": unit["completion_tokens"]}
+        if unit.get("prompt_truncated"):
+            rec["prompt_truncated"] = True
+        if several:
+            rec["sample"] = unit["sample"]
+        records.append(rec)
+    return records
+
+
+def run_loglik(name: str, task: LoglikelihoodTask, examples: list[dict], session, config, out: Path) -> dict:
+    try:
+        from sdft.generation.loglik import score_multiple_choice
+    except ImportError as exc:
+        return {"metric": task.metric, "skipped": f"log-likelihood scoring unavailable ({exc})"}
+    # The dtype the scoring model is loaded in (fp32 on a CPU unless bf16 is asked for by name).
+    settings = task_settings(name, task, config, precision=session.loglik_precision)
+    progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]))
+    pending = [ex for ex in examples if not progress.done(ex["id"])]
+    if pending:
+        from tqdm.auto import tqdm
+
+        model, tokenizer = session.hf_model_and_tokenizer()
+        step = max(1, config.batch_size * 4)  # several questions per progress write; options share batches
+        with tqdm(total=len(examples), initial=len(examples) - len(pending), desc=name, unit="question",
+                  disable=not config.progress, dynamic_ncols=True) as bar:
+            for start in range(0, len(pending), step):
+                chunk = pending[start:start + step]
+                progress.append(score_multiple_choice(model, tokenizer, task, chunk, batch_size=config.batch_size))
+                bar.update(len(chunk))
+    records = [progress.records[ex["id"]] for ex in examples]
+    write_jsonl(layout.generations_file(out, name), records)
+    entry = task.aggregate([r["score"] for r in records], records)
+    entry["generations"] = layout.generations_file(out, name).relative_to(out).as_posix()
+    entry["settings"] = settings
+    return entry

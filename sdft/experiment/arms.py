@@ -1,0 +1,145 @@
+"""Arms of an experiment: the ways of fine-tuning that ``sdft run`` trains and compares on one forgetting suite.
+
+=================  =====================================================================================
+``vanilla``        fine-tune on the task's own responses (mix ratio 0)
+``sdft``           fine-tune on the seed's accepted rewrites (Yang et al. 2024; mix ratio 1, plus every
+                   ``mix_ratios`` / ``sample_sizes`` sweep point)
+``onpolicy``       on-policy self-distillation (Shenfeld et al. 2026) through TRL's SDFTTrainer
+``replay``         vanilla plus a share of general examples (a dataset, or the seed's own answers)
+``interp``         WiSE-FT: the vanilla adapter scaled by each alpha (no extra training)
+``sdft+replay``    rewrites plus replay; ``onpolicy+replay`` likewise
+=================  =====================================================================================
+
+Every arm trains on the same examples (the distilled file: the rewrite arms read its rewrites, the others
+its original responses), with the same ``train`` section, and gets the same evaluation, shift analysis
+and paired comparison with vanilla. This module turns a run config's ``arms`` and its ``replay``,
+``onpolicy`` and ``interp`` sections into the list of models to build; it knows nothing of folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from sdft.base.config import field, from_dict
+from sdft.base.errors import ConfigError
+
+ARMS = ("vanilla", "sdft", "onpolicy", "replay", "interp", "sdft+replay", "onpolicy+replay")
+DEFAULT_ARMS = ["vanilla", "sdft"]
+_REWRITES = {"sdft": 1.0, "sdft+replay": 1.0}  # arms that learn from rewrites, and their mix ratio
+
+
+@dataclass
+class ReplaySection:
+    """The ``replay`` section of a run config (the ``--replay-*`` options of ``sdft train``)."""
+
+    data: str | None = field(None, "general dataset to replay (any shape sdft reads)")
+    ratio: float = field(0.25, "replay examples per task example")
+    source: Literal["data", "seed"] = field("data", "the file's responses, or the seed's greedy answers")
+    max_new_tokens: int = field(256, "token budget of the seed's answers (source seed)")
+
+
+@dataclass
+class InterpSection:
+    """The ``interp`` section: WiSE-FT alphas (0 = seed, 1 = vanilla)."""
+
+    alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75], help="weights of the vanilla change")
+
+
+@dataclass
+class Point:
+    """One model to train: its label, arm, mix ratio, sample size, and the train settings it changes."""
+
+    label: str
+    arm: str
+    mix_ratio: float
+    sample_size: int | None = None
+    overrides: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def recipe(self) -> str:
+        """The manifest's name for how the model is made: "mix" for vanilla, SDFT and their mixtures (the
+        distilled file's original or rewritten targets), the arm's own name otherwise."""
+        return "mix" if self.arm in ("vanilla", "sdft", "mix") else self.arm
+
+    @property
+    def params(self) -> dict:
+        """What distinguishes the model within its recipe (``sdft.base.layout.Arm.params``)."""
+        if self.recipe == "mix":
+            return {"mix_ratio": self.mix_ratio, "sample_size": self.sample_size}
+        return {"targets": "rewrites" if self.mix_ratio else "originals", **self.overrides}
+
+
+def check(arms: list[str], sections: dict, train_section: dict) -> None:
+    """Refuse unknown or contradictory arms and unused sections, and build every arm's train settings now."""
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ConfigError(f"unknown arm(s) {', '.join(unknown)}; known arms: {', '.join(ARMS)}")
+    if len(set(arms)) != len(arms) or not arms:
+        raise ConfigError(f"'arms' must list each arm once, at least one: got {arms}")
+    if "interp" in arms and "vanilla" not in arms:
+        raise ConfigError("the interp arm scales the vanilla adapter: add vanilla to 'arms'")
+    if "interp" in arms and train_section.get("method") == "full":
+        raise ConfigError("the interp arm scales a LoRA adapter; with train method full it is not available")
+    users = {"replay": [a for a in arms if "replay" in a], "onpolicy": [a for a in arms if "onpolicy" in a],
+             "interp": [a for a in arms if a == "interp"]}
+    for name, used_by in users.items():
+        if sections.get(name) and not used_by:
+            raise ConfigError(f"section '{name}' is set but no arm uses it (arms: {', '.join(arms)})")
+    replay = replay_section(sections)
+    if users["replay"] and not replay.data:
+        raise ConfigError("the replay arms need 'replay: {data: FILE}' (a general dataset to replay)")
+    interp_section(sections)
+    from sdft.train.stage import TrainConfig
+
+    for point in train_points(arms, sections, mix_ratios=[], sample_sizes=[]):
+        from_dict(TrainConfig, {**train_section, "data": "-", "out": "-", **point.overrides},
+                  f"arm '{point.arm}' (train section + its options)")
+
+
+def replay_section(sections: dict) -> ReplaySection:
+    return from_dict(ReplaySection, sections.get("replay") or {}, "replay section")
+
+
+def interp_section(sections: dict) -> InterpSection:
+    from sdft.train.interp import check_alphas
+
+    section = from_dict(InterpSection, sections.get("interp") or {}, "interp section")
+    return InterpSection(check_alphas(section.alphas))
+
+
+def _overrides(arm: str, sections: dict) -> dict:
+    """The ``TrainConfig`` settings an arm changes."""
+    out: dict = {}
+    if "onpolicy" in arm:
+        out["objective"] = "onpolicy"
+        out.update({f"onpolicy_{k}": v for k, v in (sections.get("onpolicy") or {}).items()})
+    if "replay" in arm:
+        replay = replay_section(sections)
+        out.update(replay_data=replay.data, replay_ratio=replay.ratio, replay_source=replay.source,
+                   replay_max_new_tokens=replay.max_new_tokens)
+    return out
+
+
+def train_points(arms: list[str], sections: dict, mix_ratios: list[float], sample_sizes: list[int]) -> list[Point]:
+    """Every model to train, vanilla first. ``mix_ratios`` / ``sample_sizes`` sweep the sdft arm as before
+    (sizes also for vanilla, so each size has its baseline)."""
+    points = []
+    if "vanilla" in arms:
+        points.append(Point("vanilla", "vanilla", 0.0))
+    if "sdft" in arms:
+        points += [Point(f"mix{r:g}", "mix", r) for r in sorted(set(mix_ratios) - {0.0, 1.0})]
+        points.append(Point("sdft", "sdft", 1.0))
+    for arm in arms:
+        if arm not in ("vanilla", "sdft", "interp"):
+            points.append(Point(arm, arm, _REWRITES.get(arm, 0.0), overrides=_overrides(arm, sections)))
+    for size in sorted(set(sample_sizes)):
+        points += [Point(f"{arm}-n{size}", arm, ratio, size) for arm, ratio in (("vanilla", 0.0), ("sdft", 1.0))
+                   if arm in arms]
+    return points
+
+
+def interp_labels(sections: dict) -> list[tuple[str, float]]:
+    """``(label, alpha)`` of each interpolated model."""
+    return [(f"interp-a{alpha:g}", alpha) for alpha in interp_section(sections).alphas]

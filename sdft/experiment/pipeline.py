@@ -1,0 +1,366 @@
+"""``sdft run``: the whole experiment from one config — seed vs vanilla vs SDFT, sweeps, report.
+
+Stages, each a call to a stage function (never a subprocess):
+
+1. evaluate the seed model;
+2. distil the training set once with the seed model;
+3. train at every (mix ratio, sample size) point — mix 0 is vanilla fine-tuning, mix 1 is SDFT — on the
+   distilled file, so every point sees the same examples and only the targets differ; once per training
+   seed (``train_seeds``; distillation and the seed's evaluation are shared);
+4. evaluate each trained model, and compare it with the seed (text similarity of their answers, seed
+   likelihood, parameter shift);
+5. write the report.
+
+Each stage's folder is named by its stage key (:func:`sdft.base.config.stage_key`: its keyed settings and its
+inputs' keys), laid out by :mod:`sdft.base.layout`. A finished stage leaves ``stage.json`` with its result; a
+rerun skips it, a changed setting reruns only the stages that depend on it, and an interrupted stage
+resumes inside its folder (every stage resumes on its own).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from sdft.experiment import answer_reuse, arms
+from sdft.base import layout, provenance, seeds
+from sdft.experiment.arms import ARMS, DEFAULT_ARMS
+from sdft.base.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, from_dict, keyed_settings, load_yaml, stage_key, to_dict
+from sdft.distill.stage import DistillConfig
+from sdft.base.errors import ConfigError
+from sdft.base.layout import Arm, Manifest, StageRecord
+from sdft.base.store import write_json
+from sdft.tasks import task_revisions
+from sdft.base.templates import DEFAULT_SYSTEM_PROMPT
+
+# Keys the pipeline sets itself; a config section may not override them.
+_OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns"},
+          "train": {"model", "data", "out", "mix_ratio", "limit", "task", "resume", "shape", "columns"},
+          "eval": {"model", "adapter", "out"}}
+
+
+@dataclass
+class RunConfig(Validated):
+    """One experiment. Sections ``distill``, ``train`` and ``eval`` take the keys of those stages' configs."""
+
+    name: str = field(None, "experiment name; output goes to <out_root>/<name>/")
+    data: str = field(None, "training dataset (file or hub name)")
+    task: TaskKind = field("general", "task kind of the training data (picks templates and filter)")
+    model: str = field(DEFAULT_MODEL, "seed model")
+    system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, "system text for every stage unless a section sets its "
+                               "own: model (the chat template's default), none, template, or your own text")
+    shape: str = field("auto", "data shape")
+    columns: list[str] = field(default_factory=list, help="column mapping, field=column")
+    out_root: str = field("runs", "parent folder of the run")
+    distill: dict = field(default_factory=dict, help="distillation settings (sdft distill keys)")
+    train: dict = field(default_factory=dict, help="training settings (sdft train keys)")
+    eval: dict = field(default_factory=dict, help="evaluation settings (sdft eval keys)")
+    shift_tasks: list[str] = field(default_factory=list,
+                                   help="eval tasks whose answers are compared with the seed's (default: all generative)")
+    mix_ratios: list[float] = field(default_factory=lambda: [0.0, 1.0], help="share of rewrites used in training")
+    sample_sizes: list[int] = field(default_factory=list, help="training-set sizes to sweep (at mix 0 and 1)")
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS),
+                            help=f"arms to train and compare: {', '.join(ARMS)} (docs/arms.md)")
+    replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens")
+    onpolicy: dict = field(default_factory=dict, help="onpolicy arms: sdft train --onpolicy-* keys without the prefix")
+    interp: dict = field(default_factory=dict, help="interp arm: alphas (0 = seed, 1 = vanilla)")
+    train_seeds: list[int] | None = field(
+        None, "training seeds: every trained arm is trained and evaluated once per seed (sdft train --seed: "
+        "subset, mix choice, batch order, adapter init); the report shows the mean and spread over seeds. "
+        "Default: train.seed alone (42). The model of train.seed keeps the arm's label, others get -s<seed>")
+
+    def validate(self) -> None:
+        if not self.name or not self.data:
+            raise ConfigError("a run config needs 'name' and 'data'")
+        column_mapping(self.columns)
+        if any(not 0 <= r <= 1 for r in self.mix_ratios):
+            raise ConfigError("'mix_ratios' must lie in [0, 1]")
+        for section, owned in _OWNED.items():
+            clash = owned & set(getattr(self, section))
+            if clash:
+                raise ConfigError(f"section '{section}' may not set {', '.join(sorted(clash))}: "
+                                  "the pipeline sets them (use the top-level keys)")
+        per_arm = sorted(k for k in self.train if k == "objective" or k.startswith(("replay_", "onpolicy_")))
+        if per_arm:
+            raise ConfigError(f"section 'train' may not set {', '.join(per_arm)}: they belong to arms "
+                              "(use 'arms' and the replay / onpolicy sections)")
+        arms.check(self.arms, self.arm_sections, self.train)
+        seeds.check(self.train_seeds)
+
+    @property
+    def arm_sections(self) -> dict:
+        return {"replay": self.replay, "onpolicy": self.onpolicy, "interp": self.interp}
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_root) / self.name
+
+    def training_seeds(self, primary: int) -> list[int]:
+        """The training seeds, given the train section's own ``seed`` (``primary``)."""
+        return list(self.train_seeds) if self.train_seeds is not None else [primary]
+
+
+@dataclass
+class RunCommand:
+    config: str = field(None, "experiment YAML file", positional=True)
+    name: str | None = field(None, "override the config's name")
+    out_root: str | None = field(None, "override the config's out_root")
+
+
+def help_epilog() -> str:
+    """``sdft run --help``: the keys of the YAML file, with the help of :class:`RunConfig`'s fields."""
+    import dataclasses
+    import textwrap
+
+    lines = ["keys of the experiment YAML file (README: `sdft run`; sections take the stage's own keys):"]
+    for f in dataclasses.fields(RunConfig):
+        lines += textwrap.wrap(f"{f.name}: {f.metadata['help']}", 96, initial_indent="  ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def load_run_config(path: str | Path, **overrides) -> RunConfig:
+    """Load and fully validate a run config, including every stage section, before any work starts."""
+    data = load_yaml(path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    config = from_dict(RunConfig, data, str(path))
+    stage_configs(config)  # builds every stage config: unknown keys and bad types fail now
+    return config
+
+
+def stage_configs(config: RunConfig) -> dict:
+    """The distill, train and eval configs this run will use (templates for each sweep point)."""
+    from sdft.evaluate.stage import EvalConfig
+    from sdft.train.stage import TrainConfig
+
+    _check_data(config)
+    # One system text for all stages by default (the model must be trained and tested under the same one).
+    system = {"system_prompt": config.system_prompt}
+    distill = from_dict(DistillConfig, {**system, **config.distill, "model": config.model,
+                                        "data": config.data, "task": config.task, "shape": config.shape,
+                                        "columns": config.columns, "out": "-"}, "distill section")
+    # The distilled file keeps the user's record shape and column names, so training reads it the same way.
+    train = from_dict(TrainConfig, {**system, **config.train, "model": config.model, "data": "-", "out": "-",
+                                    "task": config.task, "shape": config.shape, "columns": config.columns},
+                      "train section")
+    evaluation = from_dict(EvalConfig, {**system, **config.eval, "model": config.model, "out": "-"},
+                           "eval section")
+    not_evaluated = sorted(set(config.shift_tasks) - set(evaluation.tasks))
+    if not_evaluated:  # else the shift stage would fail after the first model is trained
+        raise ConfigError(f"shift_tasks {', '.join(not_evaluated)} not among the eval section's tasks")
+    for spec in evaluation.data:
+        path = spec.partition("=")[2]
+        if _looks_local(path) and not Path(path).exists():
+            raise ConfigError(f"eval data file '{path}' (from '{spec}') not found")
+    replay_data = config.replay.get("data")
+    if replay_data and _looks_local(str(replay_data)) and not Path(replay_data).exists():
+        raise ConfigError(f"replay data file '{replay_data}' not found")
+    return {"distill": distill, "train": train, "eval": evaluation}
+
+
+def _check_data(config: RunConfig) -> None:
+    """Local training data is read and validated now, so bad records stop the run before any work."""
+    from sdft.base.data import load_examples
+
+    path = Path(config.data)
+    if path.exists():
+        load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns))
+    elif _looks_local(config.data):
+        raise ConfigError(f"data file '{config.data}' not found")
+
+
+def _looks_local(name: str) -> bool:
+    """A file path rather than a hub dataset name like ``org/name:split``."""
+    path = Path(name)
+    return bool(name) and (path.is_absolute() or name.startswith(".") or
+                           path.suffix.lower() in {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".gz"})
+
+
+KEY_LENGTH = 10  # characters of the stage key in a folder name
+
+
+def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dict], log=print, *,
+              same_settings: bool = False) -> dict:
+    """Run ``work(folder)`` unless ``folder`` holds a finished stage (its name carries its key). With
+    ``same_settings`` (a folder whose name carries no key of its own: a model's ``compare``), a finished
+    stage counts only when it was done with these ``settings``."""
+    done = layout.finished_result(folder)
+    recorded = (layout.read_stage(folder) or {}).get("settings")
+    if done is not None and same_settings and recorded != provenance.recordable(settings):  # as finish_stage wrote
+        done = None
+    if done is not None:
+        log(f"[skip] {folder} (done)")
+        return done
+    log(f"[run ] {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    result = work(folder)
+    own = layout.read_stage(folder) or {}  # a stage that claims its folder recorded its own key
+    layout.finish_stage(folder, own.get("key", key), settings, result)
+    return result
+
+
+def sweep_points(config: RunConfig) -> list[arms.Point]:
+    """Every model to train: each arm, the sdft arm's mix-ratio sweep and the sample sizes."""
+    return arms.train_points(config.arms, config.arm_sections, config.mix_ratios, config.sample_sizes)
+
+
+def run(config: RunConfig, log=print) -> Manifest:
+    """Run (or resume) the experiment; returns the manifest also saved as ``manifest.json``."""
+    from sdft.report import stage as report
+    from sdft.distill.stage import distill
+
+    stages = stage_configs(config)
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # A run without train_seeds writes the config.json (and manifest) it wrote before the key existed;
+    # URLs (a section's judge or endpoint) without their query values and user info, as every run record.
+    write_json(run_dir / layout.RUN_CONFIG, provenance.recordable(
+        {k: v for k, v in to_dict(config).items() if not (k == "train_seeds" and v is None)}))
+    manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task,
+                        system_prompt={name: c.system_prompt for name, c in stages.items()})
+    manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
+                                                         stage_key(config.model), log))
+
+    distill_config = stages["distill"]
+    distill_key = _distill_key(distill_config, run_dir)
+    distill_dir = layout.stage_dir(run_dir, layout.DISTILL, "distill", distill_key[:KEY_LENGTH])
+    manifest.distill = StageRecord(str(distill_dir), run_stage(
+        distill_dir, distill_key, keyed_settings(distill_config),
+        lambda f: distill(replace(distill_config, out=str(f))), log))
+    distilled = str(distill_dir / layout.DISTILLED)
+
+    def finish(label: str, recipe: str, params: dict, trained: StageRecord, key: str, seed: int | None) -> None:
+        """Evaluate a trained (or interpolated) model, compare it with the seed, add it to the manifest."""
+        arm = Arm(label, recipe, _evaluate(stages["eval"], run_dir, label, trained.dir, key, log), params=params,
+                  train=trained, seed=seed)
+        compare_dir = Path(arm.eval.dir) / layout.COMPARE
+        # shift_tasks only when set: comparisons recorded before it was a setting stay finished.
+        shift = {"vs": "seed", **({"shift_tasks": sorted(config.shift_tasks)} if config.shift_tasks else {})}
+        compared = run_stage(compare_dir, stage_key(manifest.seed.eval.dir, arm.eval.dir), shift,
+                             lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f), log,
+                             same_settings=True)
+        arm.answer_shift, arm.weight_shift = compared["answer_shift"], compared["weight_shift"]
+        manifest.arms[arm.label] = arm
+        # A report of the models done so far (a second or two): a run of hours can be read, and cut short.
+        manifest.write(run_dir)
+        report.write_report(run_dir)
+        log(f"[report] {run_dir / layout.REPORT_MD} now has {label}")
+
+    primary = stages["train"].seed
+    several = config.training_seeds(primary) != [primary]  # else every model has train.seed, as before the key
+    # Seed by seed, the run's own seed first: its models are complete (and reported) before the next seed's.
+    for seed in config.training_seeds(primary):
+        recorded = seed if several else None
+        for point in sweep_points(config):
+            label = seeds.label(point.label, seed, primary)
+            train_config = replace(stages["train"], seed=seed, mix_ratio=point.mix_ratio, limit=point.sample_size,
+                                   **point.overrides)
+            key = stage_key(train_config, distill_key)
+            folder = layout.stage_dir(run_dir, layout.TRAIN, label, key[:KEY_LENGTH])
+            trained = StageRecord(str(folder), run_stage(
+                folder, key, keyed_settings(train_config),
+                lambda f, c=train_config: _train(replace(c, data=distilled, out=str(f))), log))
+            finish(label, point.recipe, point.params, trained, key, recorded)
+        for interp_label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
+            vanilla = manifest.arms[seeds.label("vanilla", seed, primary)]  # the vanilla of the same seed
+            label = seeds.label(interp_label, seed, primary)
+            key = stage_key({"alpha": alpha}, Path(vanilla.train.dir).name)  # vanilla's folder carries its key
+            finish(label, "interp", {"alpha": alpha, "from": "vanilla"},
+                   _interpolate(vanilla, label, alpha, key, run_dir, log), key, recorded)
+    manifest.write(run_dir)
+    paths = report.write_report(run_dir)
+    log(f"report: {paths['md']}\n        {paths['html']}")
+    return manifest
+
+
+def _distill_key(config: DistillConfig, run_dir: Path) -> str:
+    """The distillation's key, and through it every training and evaluation built on it: its settings and
+    the training file's contents, so an edited file is distilled (and everything after) again instead of
+    being reported from the old one. A folder made before the contents were keyed, from these very contents
+    (its run.json says), keeps its key and so the whole run keeps its folders."""
+    path = Path(config.data)
+    if not path.is_file():  # a hub dataset: no contents here to key
+        return stage_key(config)
+    digest, unkeyed = provenance.file_sha256(path), stage_key(config)
+    earlier = layout.stage_dir(run_dir, layout.DISTILL, "distill", unkeyed[:KEY_LENGTH]) / layout.RUN_RECORD
+    try:
+        if json.loads(earlier.read_text())["data"]["sha256"] == digest:
+            return unkeyed
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return stage_key(config, {"data_sha256": digest})
+
+
+def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream: str, log) -> StageRecord:
+    from sdft.evaluate.stage import evaluate
+
+    config = replace(template, adapter=adapter)
+    key = eval_stage_key(config, upstream)
+    folder = layout.stage_dir(run_dir, layout.EVAL, label, key[:KEY_LENGTH])
+
+    def work(f: Path) -> dict:
+        answer_reuse.start_from_siblings(f, config, log)
+        return evaluate(replace(config, out=str(f)))
+    return StageRecord(str(folder), run_stage(folder, key, keyed_settings(config), work, log))
+
+
+def eval_stage_key(config, upstream: str) -> str:
+    """An evaluation stage's key: its settings, the model's key, and the revisions of its tasks (keyed only
+    when some task has one, so that runs without a revised task keep their folders)."""
+    revisions = task_revisions(config.tasks, limited=config.limit is not None)
+    return stage_key(config, upstream, {"task_revisions": revisions}) if revisions else stage_key(config, upstream)
+
+
+def _interpolate(vanilla: Arm, label: str, alpha: float, key: str, run_dir: Path, log) -> StageRecord:
+    """The interp arm at one alpha: the vanilla adapter scaled (WiSE-FT) into ``RUN/interp/LABEL-KEY``."""
+    from sdft.train.interp import scale_adapter
+
+    folder = layout.stage_dir(run_dir, layout.INTERP, label, key[:KEY_LENGTH])
+    return StageRecord(str(folder), run_stage(folder, key, {"alpha": alpha, "from": vanilla.train.dir},
+                                              lambda f: scale_adapter(vanilla.train.dir, f, alpha), log))
+
+
+def _train(config) -> dict:
+    """Train (resuming from checkpoints when a crash left some), unless a crash came after training
+    finished but before the stage was marked done."""
+    from sdft.generation import release_engines
+    from sdft.train.stage import train
+
+    release_engines()  # the engine that distilled or evaluated would sit on the memory and cores training needs
+    out = Path(config.out)
+    finished = out / layout.TRAIN_RECORD
+    if finished.is_file() and not (out / layout.CHECKPOINTS).is_dir():
+        return json.loads(finished.read_text())
+    return train(replace(config, resume=(out / layout.CHECKPOINTS).is_dir()))
+
+
+def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> dict:
+    """How far one trained model moved from the seed: its answers (text similarity, seed likelihood) and
+    its weights."""
+    from sdft.compare import answers as analyze
+    from sdft.generation import release_engines
+    from sdft.compare.weights import ShiftConfig, parameter_shift
+
+    release_engines()  # scoring loads the model in torch beside it otherwise
+
+    answers = analyze.analyze(analyze.AnalyzeConfig(
+        what="shift", reference=seed.eval.dir, candidate=arm.eval.dir, out=str(folder),
+        tasks=config.shift_tasks or None, model=config.model, adapter=arm.train.dir))
+    weights = parameter_shift(ShiftConfig(model=config.model, adapter=arm.train.dir, out=str(folder)))
+    return {"answer_shift": answers, "weight_shift": weights}
+
+
+def run_command(command: RunCommand) -> dict:
+    if not command.config:
+        raise ConfigError("usage: sdft run CONFIG.yaml")
+    from sdft.base import runlock
+
+    config = load_run_config(command.config, name=command.name, out_root=command.out_root)
+    with runlock.claim(config.run_dir, provenance.command_line()):
+        run(config)
+    return {"name": config.name, "report": str(config.run_dir / layout.REPORT_MD)}
+
+
+def summarize(result: dict) -> str:
+    return f"done: {result['name']} — report at {result['report']}"

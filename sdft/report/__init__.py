@@ -1,0 +1,1 @@
+"""`sdft report`: report.md / report.html and plots, from a run folder's saved results only."""
