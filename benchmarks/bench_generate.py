@@ -106,7 +106,7 @@ def bench_vllm(folder: str, prompts: dict, args, rows: list) -> str:
 
     from sdft.generation import GenerationParams, load_backend
     from sdft.generation.auto import generation_precision
-    from sdft.generation.hf import encode_prompts
+    from sdft.generation.prompts import encode_prompts
     from sdft.generation.vllm_backend import shutdown_engine
 
     precision = generation_precision("auto", "vllm")

@@ -97,7 +97,7 @@ def measure(config) -> dict:
 def bench_model(model: str, args, peak: float) -> None:
     from sdft.base.errors import SdftError
     from sdft.models.resolve import resolve_model
-    from sdft.train.stage import TrainConfig
+    from sdft.train.config import TrainConfig
 
     try:
         path = str(resolve_model(model))

@@ -148,7 +148,7 @@ def main() -> None:
     import torch
 
     from sdft.models.resolve import resolve_model
-    from sdft.train.stage import TrainConfig
+    from sdft.train.config import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(model=str(resolve_model(args.model)), data=args.data, task=args.task,

@@ -1,9 +1,9 @@
 """The ``sdft`` command: a thin layer that turns flags (and ``--config`` YAML) into a stage config.
 
-Each subcommand names a module, its config dataclass and its stage function, imported only when that
-subcommand runs (so ``sdft --help`` stays fast and never imports torch). A module may also define
-``PRESETS`` (named sets of config values for ``--preset``), ``summarize(result) -> str`` and
-``help_epilog() -> str`` (text after the flags in ``--help``).
+Each subcommand names a stage module, its config dataclass and its stage function, imported only when that
+subcommand runs (so ``sdft --help`` stays fast and never imports torch). The config's own module may define
+``PRESETS`` (named sets of config values for ``--preset``); the stage module may define
+``summarize(result) -> str`` and ``help_epilog() -> str`` (text after the flags in ``--help``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ def _load(command: str):
     return module, getattr(module, config_name), getattr(module, function_name)
 
 
+def _presets(config_cls: type) -> dict | None:
+    return getattr(sys.modules[config_cls.__module__], "PRESETS", None)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from sdft import __version__
     from sdft.base.config import add_arguments
@@ -49,8 +53,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             module, config_cls, _ = _load(name)
             if "config" not in {f.name for f in dataclasses.fields(config_cls)}:
                 p.add_argument("--config", help="YAML file of settings; flags given here override it")
-            if getattr(module, "PRESETS", None):
-                p.add_argument("--preset", choices=sorted(module.PRESETS),
+            if _presets(config_cls):
+                p.add_argument("--preset", choices=sorted(_presets(config_cls)),
                                help="named set of reference values (applied before --config and flags)")
             add_arguments(p, config_cls)
             epilog = getattr(module, "help_epilog", None)  # e.g. the keys of `sdft run`'s YAML file
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         module, config_cls, function = _load(args.command)
         has_own_config = "config" in {f.name for f in dataclasses.fields(config_cls)}
         config = resolve(config_cls, args, None if has_own_config else getattr(args, "config", None),
-                         getattr(module, "PRESETS", None), getattr(args, "preset", None))
+                         _presets(config_cls), getattr(args, "preset", None))
         with _out_claimed(config):
             result = function(config)
         summarize = getattr(module, "summarize", None)

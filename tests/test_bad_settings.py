@@ -5,7 +5,7 @@ import pytest
 from sdft.base.config import from_dict
 from sdft.base.errors import ConfigError
 from sdft.tasks import get_task
-from sdft.train.stage import TrainConfig
+from sdft.train.config import TrainConfig
 from sdft.train.guards import check_lora_targets
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from sdft.base.config import ColumnMapping, DEFAULT_MODEL, keyed_settings, stage_key
-from sdft.distill.stage import DistillConfig
+from sdft.distill.config import DistillConfig
 from sdft.base.errors import ConfigError
-from sdft.evaluate.stage import EvalConfig
+from sdft.evaluate.config import EvalConfig
 from sdft.generation import GenerationParams
-from sdft.experiment.pipeline import RunConfig
+from sdft.experiment.config import RunConfig
 from sdft.tasks import TASKS, ExternalTask, GenerativeTask, JudgedTask, LoglikelihoodTask, TaskContext, get_task
-from sdft.train.stage import TrainConfig
+from sdft.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,8 +71,8 @@ def _pinned_configs():
     """One DistillConfig and one EvalConfig of each kind a user has (defaults; a preset from YAML-style keys
     with the engine settings given), the way ``sdft run`` and ``--config`` build them."""
     from sdft.base.config import from_dict
-    from sdft.distill.stage import PRESETS as DISTILL_PRESETS
-    from sdft.evaluate.stage import PRESETS as EVAL_PRESETS
+    from sdft.distill.config import PRESETS as DISTILL_PRESETS
+    from sdft.evaluate.config import PRESETS as EVAL_PRESETS
 
     engine = {"backend": "hf", "precision": "fp32", "endpoint": [], "backend_option": ["max_concurrency=4"]}
     remote = {"backend": "openai", "precision": "bf16", "endpoint": ["http://127.0.0.1:8000/v1"],

@@ -19,7 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 from sdft.base.config import from_dict, load_yaml  # noqa: E402
 from sdft.base.data import Example, load_examples  # noqa: E402
 from sdft.base.errors import SdftError  # noqa: E402
-from sdft.train.stage import TrainConfig  # noqa: E402
+from sdft.train.config import TrainConfig  # noqa: E402
 
 FUZZ = settings(max_examples=60, deadline=3000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -30,9 +30,9 @@ def paper_config(name: str) -> dict:
 @pytest.mark.parametrize("name", LLAMA2_PRESETS + ["llama3-openfunctions.yaml", "llama3-alpaca.yaml"])
 def test_the_yaml_presets_and_the_cli_presets_agree(name):
     """`sdft distill|train|eval --preset paper` and configs/paper/*.yaml give the same values."""
-    from sdft.distill import stage as distill
-    from sdft.evaluate import stage as evaluate
-    from sdft.train import stage as train
+    from sdft.distill import config as distill
+    from sdft.evaluate import config as evaluate
+    from sdft.train import config as train
 
     config = paper_config(name)
     for section, module in (("distill", distill), ("train", train), ("eval", evaluate)):
@@ -72,7 +72,7 @@ def test_empty_accepted_rewrite_is_dropped_from_training_and_counted(tmp_path):
 # ---------------------------------------------------------------------------- 3. evaluation decoding
 
 def test_eval_paper_preset_samples_like_the_fork_and_humaneval_stays_greedy():
-    from sdft.evaluate.stage import PRESETS, EvalConfig
+    from sdft.evaluate.config import PRESETS, EvalConfig
 
     preset = PRESETS["paper"]
     assert {k: preset[k] for k in FORK_DECODING} == FORK_DECODING and preset["greedy_tasks"] == ["humaneval"]
@@ -89,7 +89,8 @@ def test_eval_paper_preset_samples_like_the_fork_and_humaneval_stays_greedy():
 
 def test_greedy_tasks_override_the_run_decoding(tmp_path, monkeypatch):
     """gsm8k samples at the run's temperature, humaneval is greedy: what reaches the backend."""
-    from sdft.evaluate.stage import EvalConfig, evaluate
+    from sdft.evaluate.stage import evaluate
+    from sdft.evaluate.config import EvalConfig
     from sdft.generation.fake import FakeBackend
 
     seen = {}
@@ -113,7 +114,7 @@ def test_greedy_tasks_override_the_run_decoding(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------- 4. prompt details
 
 def test_right_side_cut_keeps_the_start(tiny_model):
-    from sdft.generation.hf import encode_prompts
+    from sdft.generation.prompts import encode_prompts
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -194,7 +195,8 @@ def test_lm_eval_acc_of_a_tag_is_the_size_weighted_mean_of_its_members():
 # ------------------------------------------------------------------------------ 7. what we lacked
 
 def test_alpaca_eval_export_in_the_cli_format(tmp_path, monkeypatch):
-    from sdft.evaluate.stage import EvalConfig, evaluate
+    from sdft.evaluate.stage import evaluate
+    from sdft.evaluate.config import EvalConfig
     from sdft.generation.fake import FakeBackend
 
     monkeypatch.setattr("sdft.generation.load_backend",

@@ -111,7 +111,7 @@ def test_shipped_eval_config_drives_its_tasks(path, tiny_model):
     from transformers import AutoTokenizer
 
     from sdft.base.config import from_dict, load_yaml
-    from sdft.evaluate.stage import EvalConfig
+    from sdft.evaluate.config import EvalConfig
 
     evaluation = from_dict(EvalConfig, load_yaml(path), str(path))
     assert evaluation.tasks and not evaluation.data  # each command of its list names its own data

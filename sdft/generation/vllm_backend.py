@@ -195,7 +195,7 @@ class VLLMBackend:
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
         from vllm import SamplingParams
 
-        from sdft.generation.hf import encode_prompts, row_seeds, warn_truncated
+        from sdft.generation.prompts import encode_prompts, row_seeds, warn_truncated
 
         if not prompts:
             return []

@@ -1,5 +1,5 @@
-"""Plots (matplotlib, Agg): the report's metrics vs mix ratio and sample size, similarity histograms, and
-the training loss (one function for a training run's own ``loss.png`` and the report's comparison)."""
+"""The report's plots: metrics vs mix ratio and sample size, similarity histograms, every model, the
+interpolation path, and the training losses side by side (drawn by :func:`sdft.base.plotting.loss_plot`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 
 from sdft.base import layout, seeds
 from sdft.base.layout import Arm, Manifest
+from sdft.base.plotting import loss_plot, new_figure, save_figure, use_agg
 
 
 def make_plots(manifest: Manifest, run_dir: Path) -> list[tuple[str, Path]]:
     """The report's plots, in ``run_dir/plots``; stage folders are found with :func:`layout.locate`, so a
     moved run folder keeps every plot. An arm trained at several seeds is drawn once, at its mean over
     seeds, with the seeds' range as error bars (the loss plot keeps one line per trained model)."""
-    _agg()
+    use_agg()
     view = seeds.collapsed(manifest)
     folder = Path(run_dir) / layout.PLOTS
     folder.mkdir(parents=True, exist_ok=True)
@@ -31,11 +32,6 @@ def make_plots(manifest: Manifest, run_dir: Path) -> list[tuple[str, Path]]:
         if drawn:
             made.append((title, path))
     return made
-
-
-def _agg() -> None:
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display on servers, and no GUI backend in worker processes
 
 
 def _metric_series(points: list[Arm]) -> dict[str, list[float]]:
@@ -58,25 +54,6 @@ def _line(ax, xs: list[float], points: list[Arm], key: str, values: list[float],
     return ax.errorbar(xs, ys, yerr=[below, above], capsize=3, **style).lines[0].get_color()
 
 
-def _new_figure():
-    import matplotlib.pyplot as plt
-    return plt.subplots(figsize=(6.4, 4))
-
-
-def _save(fig, ax, path: Path, legend_outside: bool = False) -> bool:
-    import matplotlib.pyplot as plt
-    ax.grid(alpha=0.3)
-    if legend_outside:  # beside the axes: inside, it covered lines near 100% (the seed's dotted ones)
-        fig.set_size_inches(8.4, 4)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-    else:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
 def _mix_arms(manifest: Manifest) -> list[Arm]:
     return [arm for arm in manifest.trained() if arm.mix_ratio is not None]
 
@@ -85,7 +62,7 @@ def _vs_mix(manifest: Manifest, path: Path) -> bool:
     points = sorted((a for a in _mix_arms(manifest) if not a.sample_size), key=lambda a: a.mix_ratio)
     if len(points) < 2:
         return False
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     xs = [p.mix_ratio for p in points]
     start = manifest.arms["seed"].metrics() if "seed" in manifest.arms else {}
     for key, values in _metric_series(points).items():
@@ -96,7 +73,7 @@ def _vs_mix(manifest: Manifest, path: Path) -> bool:
         ax.plot([], [], color="grey", linestyle=":", label="seed model (dotted, same colour)")
     ax.set_xlabel("mix ratio (share of distilled targets; 0 = vanilla, 1 = SDFT)")
     ax.set_ylabel("score (%)")
-    return _save(fig, ax, path, legend_outside=True)
+    return save_figure(fig, ax, path, legend_outside=True)
 
 
 def _shift_vs_mix(manifest: Manifest, path: Path) -> bool:
@@ -105,7 +82,7 @@ def _shift_vs_mix(manifest: Manifest, path: Path) -> bool:
                     key=lambda a: a.mix_ratio)
     if len(points) < 2:
         return False
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     xs = [p.mix_ratio for p in points]
     for key, name in (("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L F"), ("embedding_cosine", "MiniLM cosine")):
         ys = [p.answer_shift.get("overall", {}).get(key, {}).get("mean") for p in points]
@@ -119,14 +96,14 @@ def _shift_vs_mix(manifest: Manifest, path: Path) -> bool:
         right.plot(xs, nll, marker="s", linestyle="--", color="black", label="seed-answer NLL (right)")
         right.set_ylabel("NLL/token of the seed's answers")
         right.legend(fontsize=8, loc="lower right")
-    return _save(fig, ax, path)
+    return save_figure(fig, ax, path)
 
 
 def _vs_size(manifest: Manifest, path: Path) -> bool:
     sized = [a for a in _mix_arms(manifest) if a.sample_size]
     if not sized:
         return False
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     for ratio, name in ((0.0, "vanilla"), (1.0, "SDFT")):
         points = sorted((a for a in sized if a.mix_ratio == ratio), key=lambda a: a.sample_size)
         for key, values in _metric_series(points).items():
@@ -134,7 +111,7 @@ def _vs_size(manifest: Manifest, path: Path) -> bool:
                   linestyle="-" if ratio else "--", label=f"{name}: {key}")
     ax.set_xlabel("training examples")
     ax.set_ylabel("score (%)")
-    return _save(fig, ax, path)
+    return save_figure(fig, ax, path)
 
 
 def _similarity_values(arm: Arm) -> list[float]:
@@ -147,13 +124,13 @@ def _similarity(manifest: Manifest, path: Path) -> bool:
     models = {label: _similarity_values(a) for label, a in manifest.arms.items() if shown(a)}
     if not any(models.values()):
         return False
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     for label, values in models.items():
         if values:
             ax.hist(values, bins=20, range=(0, 1), alpha=0.55, label=f"{label} (mean {sum(values) / len(values):.2f})")
     ax.set_xlabel("cosine similarity to the seed's answer (all-MiniLM-L6-v2)")
     ax.set_ylabel("answers")
-    return _save(fig, ax, path)
+    return save_figure(fig, ax, path)
 
 
 def _losses(manifest: Manifest, run_dir: Path, path: Path) -> bool:
@@ -163,23 +140,6 @@ def _losses(manifest: Manifest, run_dir: Path, path: Path) -> bool:
         if record.is_file():
             series[arm.label] = json.loads(record.read_text()).get("loss") or []
     return loss_plot(series, path)
-
-
-def loss_plot(series: dict[str, list[dict]], path: Path, title: str = "") -> bool:
-    """Training loss per step, one line per run (``{label: [{"step", "loss"}, ...]}``); False when empty."""
-    series = {label: steps for label, steps in series.items() if steps}
-    if not series:
-        return False
-    _agg()
-    fig, ax = _new_figure()
-    for label, steps in series.items():
-        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], label=label,
-                marker="." if len(steps) < 50 else None)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (response tokens)")
-    if title:
-        ax.set_title(title, fontsize=10)
-    return _save(fig, ax, path)
 
 
 def _arms(manifest: Manifest, path: Path) -> bool:
@@ -192,7 +152,7 @@ def _arms(manifest: Manifest, path: Path) -> bool:
     several = any(isinstance(a, seeds.SeedMean) for a in manifest.arms.values())
     if not (manifest.has_other_arms or several) or not keys:
         return False
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     width = 0.8 / len(per_model)
     for i, (label, metrics) in enumerate(per_model.items()):
         xs = np.arange(len(keys)) + i * width
@@ -207,7 +167,7 @@ def _arms(manifest: Manifest, path: Path) -> bool:
                             color="black", capsize=2, linewidth=0.8)
     ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys, rotation=20, fontsize=7, ha="right")
     ax.set_ylabel("score (%)")
-    return _save(fig, ax, path)
+    return save_figure(fig, ax, path)
 
 
 def _interp(manifest: Manifest, path: Path) -> bool:
@@ -216,9 +176,9 @@ def _interp(manifest: Manifest, path: Path) -> bool:
     if not points or "vanilla" not in manifest.arms:
         return False
     ends = [(0.0, manifest.seed), *((a.params["alpha"], a) for a in points), (1.0, manifest.arms["vanilla"])]
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     for key, values in _metric_series([arm for _, arm in ends]).items():
         _line(ax, [alpha for alpha, _ in ends], [arm for _, arm in ends], key, values, marker="o", label=key)
     ax.set_xlabel("alpha (0 = seed, 1 = vanilla fine-tuned)")
     ax.set_ylabel("score (%)")
-    return _save(fig, ax, path)
+    return save_figure(fig, ax, path)

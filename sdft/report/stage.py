@@ -9,22 +9,16 @@ from __future__ import annotations
 import base64
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from sdft.report.config import ReportConfig
 from sdft.base import layout, seeds
 from sdft.report import plots
-from sdft.base.config import field
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest
 from sdft.report import cost as report_cost, openings as report_openings
 from sdft.base.store import read_jsonl
 from sdft.base.stats import Metric, pooled_paired, seed_interval
-
-
-@dataclass
-class ReportConfig:
-    run_dir: str = field(None, f"run folder (holds {layout.MANIFEST})", positional=True)
 
 
 def build_report(config: ReportConfig) -> dict:

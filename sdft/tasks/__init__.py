@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from sdft.base.errors import ConfigError
-from sdft.generation import import_target
+from sdft.base.plugins import import_target
 from sdft.base.stats import Metric
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sdft.base import templates
 from sdft.base.errors import ConfigError, SdftError
-from sdft.generation import import_target
+from sdft.base.plugins import import_target
 from sdft.tasks import GenerativeTask
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from sdft.base import layout
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.layout import CHECKPOINTS, LOSS_PLOT, MERGED, RUN_GUARD, TRAIN_RECORD
-from sdft.report.plots import loss_plot
+from sdft.base.plotting import loss_plot
 from sdft.base.templates import DEFAULT_SYSTEM_PROMPT
 
 # A mega-batch is this many global micro-batches; lengths are sorted inside it. Big enough that batches
@@ -45,17 +45,6 @@ class Target:
     rewritten: bool
     replay: bool = False  # a replay example mixed in (sdft.train.replay), not one of the task's
     messages: list | None = None  # the prompt as chat messages (chat mode), for trainers that render it
-
-
-def seeded_subset(examples: list, limit: int | None, seed: int) -> list:
-    """A seeded random subset of ``limit`` examples, kept in input order (the paper's sample-size study).
-
-    Taking the first N would bias the subset to however the file happens to be sorted.
-    """
-    if limit is None or limit >= len(examples):
-        return list(examples)
-    chosen = set(random.Random(f"limit:{seed}").sample(range(len(examples)), limit))
-    return [ex for i, ex in enumerate(examples) if i in chosen]
 
 
 def rewrite_ids(accepted_ids: list[str], mix_ratio: float, seed: int) -> set[str]:
@@ -310,7 +299,7 @@ def write_record(run) -> dict:
 
         summary["onpolicy"] = cost(state.log_history, config, global_batch)
     if config.method != "full":
-        from sdft.compare.weights import lora_shift
+        from sdft.models.adapters import lora_shift
 
         summary["parameter_shift_l2"] = lora_shift(out)["total"]
     summary["wall_time_s"] = round(time.time() - run.started, 2)

@@ -19,7 +19,7 @@ from sdft.train.output import progress_callback
 from sdft.train.speed import auto_precision, base_dtype, sft_trainer_class
 
 if TYPE_CHECKING:
-    from sdft.train.stage import TrainConfig
+    from sdft.train.config import TrainConfig
 
 
 def device(config: TrainConfig) -> tuple[bool, str]:

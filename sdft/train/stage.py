@@ -20,146 +20,18 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from sdft.base import hub, layout
-from sdft.train import onpolicy, replay, data as train_data, guards as train_guards
-from sdft.base.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, keyed_settings, stage_key
+from sdft.base.data import seeded_subset
+from sdft.train import replay, data as train_data, guards as train_guards
+from sdft.base.config import column_mapping, keyed_settings, stage_key
+from sdft.train.config import TrainConfig
 from sdft.train.output import merge, summarize  # noqa: F401  (summarize: the CLI's)
-from sdft.base.errors import ConfigError, SdftError
-from sdft.base.templates import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP, Mode, check_system_prompt
+from sdft.base.errors import SdftError
 from sdft.train.guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
 from sdft.train.setup import device, launched_processes, load_model, make_trainer
 from sdft.train.setup import training_args  # noqa: F401  (a public name of this module before the split)
 from sdft.train.speed import compile_body, should_compile
-
-# Reference values of the paper's runs (paper-method §4). Epochs: 2 for general data, 5 for GSM8K and
-# OpenFunctions (pass --epochs 5 there).
-PRESETS = {
-    "paper": {"method": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-              "lora_targets": ["q_proj", "v_proj"], "learning_rate": 1e-4, "lr_scheduler": "cosine",
-              "warmup_ratio": 0.0, "batch_size": 2, "grad_accum": 4, "max_length": 1024, "input_separator": "\n",
-              "template_mode": "plain",  # the reference rendered prompts as text
-              "system_prompt": "template"},
-}
-
-
-@dataclass
-class TrainConfig(Validated):
-    data: str | None = field(None, "dataset file (original data) or a distilled.jsonl from 'sdft distill'")
-    out: str | None = field(None, "output folder: adapter or weights, train.json, loss.png, checkpoints/",
-                            keyed=False)
-    model: str = field(DEFAULT_MODEL, "seed model: alias, hub id, local folder or .gguf file")
-    method: Literal["lora", "full", "qlora"] = field("lora", "LoRA adapter, full fine-tuning, or 4-bit QLoRA (GPU)")
-    epochs: float = field(2.0, "passes over the data (paper: 2 general, 5 math / function calling)")
-    max_steps: int | None = field(None, "stop after this many optimizer steps (overrides --epochs)")
-    batch_size: int = field(2, "examples per device per micro-batch")
-    grad_accum: int = field(4, "micro-batches per optimizer step (effective batch = batch x accum x processes)")
-    learning_rate: float = field(1e-4, "peak learning rate")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(
-        "cosine", "learning-rate schedule (cosine decays to 0)")
-    warmup_ratio: float = field(0.0, "share of the steps spent warming up the learning rate")
-    weight_decay: float = field(0.0, "AdamW weight decay")
-    max_length: int = field(1024, "prompt + response tokens; longer examples are cut at the end")
-    limit: int | None = field(None, "train on a seeded random subset of N examples")
-    seed: int = field(42, "seed for the subset, the mix, the batch order and the adapter init")
-    mix_ratio: float | None = field(None, "distilled data: share of accepted rewrites used as targets "
-                                          "(1 = SDFT, the default; 0 = vanilla on the same records)")
-    task: TaskKind = field("general", "task kind: picks the prompt template (math preset for math)")
-    template: str | None = field(None, "prompt template preset (alpaca, math) or YAML/JSON file")
-    template_mode: Mode = field("auto", "render through the chat template (chat) or as plain text")
-    system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP)
-    shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages")
-    columns: list[str] = field(default_factory=list, help="column mapping, e.g. instruction=prompt,response=answer")
-    input_separator: str = field("\n\n", "joins an alpaca instruction and its input (reference code: one newline)")
-    lora_r: int = field(8, "LoRA rank")
-    lora_alpha: int = field(16, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = field(0.0, "LoRA dropout")
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
-                                    help="modules that get LoRA adapters, or all-linear")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        "auto", "auto: bf16 (or fp16) mixed precision on a GPU, bf16 on CPUs with bf16 matrix units (AVX512-BF16, "
-                "AMX), else fp32; with LoRA, bf16 also stores the frozen base in bf16")
-    # Not keyed: speed only; the weights agree within float rounding (tests/train/test_train_speed.py).
-    response_only_logits: bool = field(True, "project only response positions through the LM head (same loss, "
-                                             "less work); off = TRL's default on CPUs, every position", keyed=False)
-    compile: Literal["auto", "on", "off"] = field(
-        "auto", "torch.compile each decoder layer; auto: on a CPU with a C++ compiler, for a model of 10M+ "
-                "parameters and a run of 64+ examples (compiling takes about a minute)", keyed=False)
-    gradient_checkpointing: bool = field(False, "recompute activations to save memory (slower)")
-    # Not keyed: checkpoint cadence, logging and what happens to the folder do not change the weights.
-    save_steps: int = field(50, "write a checkpoint every N optimizer steps", keyed=False)
-    save_total_limit: int = field(2, "checkpoints kept while training", keyed=False)
-    keep_checkpoints: bool = field(False, "keep checkpoints/ after training finishes", keyed=False)
-    resume: bool = field(False, "continue from the last checkpoint in out/checkpoints", keyed=False)
-    overwrite: bool = field(False, "discard an earlier run's checkpoints and outputs in out", keyed=False)
-    merge: bool = field(False, "also write the LoRA merged into full weights to out/merged")
-    logging_steps: int = field(10, "print progress every N steps (the loss is recorded every step)",
-                               keyed=False)
-    # Arms beyond vanilla / SDFT (README "Arms"): replay mixing and on-policy self-distillation.
-    objective: Literal["sft", "onpolicy"] = field(
-        "sft", "sft: learn the target responses (vanilla, SDFT, replay); onpolicy: the student answers each "
-               "prompt and the same model shown the target response teaches it token by token (Shenfeld et "
-               "al. 2026, through TRL's experimental SDFTTrainer)")
-    replay_data: str | None = field(None, "general dataset (any shape) whose examples are mixed into the "
-                                          "training data: replay against forgetting")
-    replay_ratio: float | None = field(None, "replay examples per task example (0.25 = one for every four)")
-    replay_source: Literal["data", "seed"] = field(
-        "data", "replay targets: the file's own responses, or the seed model's greedy answers to its "
-                "instructions (generated once, cached in $SDFT_HOME/replay)")
-    replay_max_new_tokens: int = field(256, "token budget of the seed's replay answers (answers cut by it are dropped)")
-    onpolicy_teacher: Literal["base", "ema", "live"] = field(
-        "base", "onpolicy teacher: the frozen seed (base), an EMA of the student (ema, the authors' code) or "
-                "the student itself (live)")
-    onpolicy_teacher_update_rate: float = field(0.01, "ema teacher: weight of the student in each update "
-                                                      "(the authors' code: 0.01 every step)")
-    onpolicy_divergence: float = field(1.0, "onpolicy divergence: 1 = reverse KL(student || teacher), as the "
-                                            "paper and its code; 0 = forward KL; between = generalised JSD")
-    onpolicy_loss: Literal["full_logits", "topk_logits", "sampled_token"] = field(
-        "full_logits", "onpolicy: divergence over the whole vocabulary (the authors' code), the student's top-k "
-                       "tokens (TRL's default, cheaper for large vocabularies) or the sampled token only")
-    onpolicy_topk: int = field(100, "onpolicy_loss topk_logits: tokens in the support")
-    onpolicy_max_new_tokens: int = field(256, "onpolicy: length budget of the student's answer to each prompt")
-    onpolicy_temperature: float = field(1.0, "onpolicy: sampling temperature of the student's answers")
-    onpolicy_skip_tokens: int = field(3, "onpolicy: first answer tokens left out of the loss (the authors' code: 3)")
-    onpolicy_teacher_prompt: str = field(
-        "{prompt}\n\nThis is an example for a response to the question:\n{privileged_context}\n\n"
-        "Now answer with a response of your own, including the thinking process.",
-        "onpolicy: the teacher's user turn ({prompt} = the instruction, {privileged_context} = the target "
-        "response); default: the authors' code")
-
-    def validate(self) -> None:
-        if not self.data:
-            raise ConfigError("train needs --data (a dataset file or a distilled.jsonl)")
-        if not self.out:
-            raise ConfigError("train needs --out (the folder for the adapter or weights and train.json)")
-        for name in ("batch_size", "grad_accum", "max_length", "save_steps", "save_total_limit",
-                     "logging_steps", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"'{name}' must be at least 1, got {getattr(self, name)}")
-        if self.max_length < 8:
-            raise ConfigError(f"'max_length' of {self.max_length} leaves no room for a prompt and a response")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"'max_steps' must be at least 1, got {self.max_steps}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"'limit' must be at least 1, got {self.limit}")
-        if self.epochs <= 0 or self.learning_rate <= 0:
-            raise ConfigError("'epochs' and 'learning_rate' must be positive")
-        for name in ("warmup_ratio", "lora_dropout") + (("mix_ratio",) if self.mix_ratio is not None else ()):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"'{name}' must be between 0 and 1, got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.lora_alpha <= 0:
-            raise ConfigError("'weight_decay' must be >= 0 and 'lora_alpha' positive")
-        column_mapping(self.columns)
-        if not self.lora_targets:
-            raise ConfigError("'lora_targets' needs at least one module name (e.g. q_proj,v_proj)")
-        if self.merge and self.method == "full":
-            raise ConfigError("--merge applies to LoRA/QLoRA; full fine-tuning already writes full weights")
-        check_system_prompt(self.system_prompt)
-        if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; pass one")
-        replay.validate(self)
-        onpolicy.validate(self)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -213,7 +85,7 @@ def prepare(config: TrainConfig) -> Run:
 
     examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
                              input_separator=config.input_separator)
-    examples = train_data.seeded_subset(examples, config.limit, config.seed)
+    examples = seeded_subset(examples, config.limit, config.seed)
     # On-policy distillation learns from the demonstrations themselves: on a distilled file, the originals.
     mix = 0.0 if config.objective == "onpolicy" and examples and is_distilled(examples[0]) else config.mix_ratio
     pairs, counts = train_data.choose_targets(examples, mix, config.seed)

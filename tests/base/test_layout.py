@@ -10,7 +10,8 @@ import sdft
 from sdft.base import layout
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest
-from sdft.report.stage import ReportConfig, build_report
+from sdft.report.stage import build_report
+from sdft.report.config import ReportConfig
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "run-v0.1"
 

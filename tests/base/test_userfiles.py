@@ -12,7 +12,7 @@ from sdft.base.config import from_dict, load_yaml
 from sdft.base.data import load_examples
 from sdft.base.errors import ConfigError, DataError
 from sdft.base.templates import load_template
-from sdft.train.stage import TrainConfig
+from sdft.train.config import TrainConfig
 
 
 def data_error(path) -> str:
@@ -138,7 +138,7 @@ def test_non_finite_numbers_are_refused(name, value):
 
 
 def test_non_finite_yaml_numbers_are_refused(tmp_path):
-    from sdft.evaluate.stage import EvalConfig
+    from sdft.evaluate.config import EvalConfig
 
     config = tmp_path / "c.yaml"
     config.write_text("tasks: [gsm8k]\ntemperature: .nan\n")

@@ -10,7 +10,9 @@ import pytest
 
 from sdft.cli import main
 from sdft.base.errors import ConfigError, SdftError
-from sdft.compare.weights import ShiftConfig, full_shift, lora_shift, parameter_shift, summarize
+from sdft.compare.weights import parameter_shift, summarize
+from sdft.compare.config import ShiftConfig
+from sdft.models.adapters import full_shift, lora_shift
 
 
 def save_lora(model_dir, out, **lora):

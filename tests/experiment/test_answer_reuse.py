@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sdft.base import layout
 from sdft.experiment.answer_reuse import answers_stamp, start_from_siblings
-from sdft.evaluate.stage import EvalConfig
+from sdft.evaluate.config import EvalConfig
 
 KEY = "0123456789abcdef"
 

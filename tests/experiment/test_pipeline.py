@@ -12,7 +12,8 @@ from sdft.base import layout
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Manifest
 from sdft.experiment.pipeline import load_run_config, run
-from sdft.report.stage import ReportConfig, build_report
+from sdft.report.stage import build_report
+from sdft.report.config import ReportConfig
 
 
 def _data(tmp_path: Path) -> Path:

@@ -78,7 +78,7 @@ def test_long_prompts_are_cut_from_the_left_and_reported(backend, prompts):
 
 
 def test_encode_adds_bos_only_when_missing(backend):
-    from sdft.generation.hf import encode_prompts
+    from sdft.generation.prompts import encode_prompts
 
     class BosTokenizer:  # a tokenizer that adds BOS (id 1, text "<s>") with special tokens
         bos_token_id, bos_token, eos_token_id = 1, "<s>", 2

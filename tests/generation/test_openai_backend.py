@@ -9,7 +9,7 @@ from openai_stub import StubServer
 
 from sdft.base.errors import ConfigError, SdftError
 from sdft.generation import GenerationParams, load_backend
-from sdft.generation.hf import row_seeds
+from sdft.generation.prompts import row_seeds
 
 PROMPTS = [f"Question number {i}?" for i in range(10)]
 
@@ -136,7 +136,8 @@ def test_redirects_are_not_followed_so_the_key_stays(monkeypatch):
 
 def test_distill_through_a_failing_server_keeps_finished_records(tmp_path, monkeypatch):
     """A server that breaks mid-job: one clear error, finished chunks kept, the rerun completes exactly once."""
-    from sdft.distill.stage import DistillConfig, distill
+    from sdft.distill.stage import distill
+    from sdft.distill.config import DistillConfig
 
     monkeypatch.setenv("SDFT_API_KEY", "sk-never-in-records")
     data = tmp_path / "d.jsonl"

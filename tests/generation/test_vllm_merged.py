@@ -167,7 +167,8 @@ def test_eval_caches_answers_by_how_the_adapter_was_applied(tiny_model, adapter,
     """Merged weights are rounded once, LoRA layers per step: a resumed eval never mixes the two ways' answers."""
     import json
 
-    from sdft.evaluate.stage import EvalConfig, evaluate
+    from sdft.evaluate.stage import evaluate
+    from sdft.evaluate.config import EvalConfig
 
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) + "\n"
@@ -189,7 +190,8 @@ def test_distillation_refuses_to_resume_with_the_adapter_applied_another_way(tin
                                                                              tmp_path):
     import json
 
-    from sdft.distill.stage import DistillConfig, distill
+    from sdft.distill.stage import distill
+    from sdft.distill.config import DistillConfig
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"Say {i}.", "output": f"{i}."}) + "\n" for i in range(2)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sdft.base import layout, seeds
+from sdft.base import layout, plotting, seeds
 from sdft.base.layout import Arm, Manifest, StageRecord
 from sdft.report.stage import write_report
 from sdft.base.stats import Metric, pooled_paired, seed_interval
@@ -137,7 +137,7 @@ def test_the_mix_ratio_plot_marks_where_the_seed_model_began(tmp_path, monkeypat
     from sdft.report import plots
 
     drawn = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, ax, path, **kw: drawn.setdefault(path.name, ax) is not None)
+    monkeypatch.setattr(plots, "save_figure", lambda fig, ax, path, **kw: drawn.setdefault(path.name, ax) is not None)
     manifest = Manifest(name="known", model="m", data="d.json", task="function_call")
     for label in SCORES:
         manifest.arms[label] = _model(tmp_path, label)
@@ -154,7 +154,7 @@ def test_a_legend_drawn_outside_leaves_the_axes_clear(tmp_path):
     drawn inside the axes; outside, its box starts right of the plotting area."""
     from sdft.report import plots
 
-    fig, ax = plots._new_figure()
+    fig, ax = plotting.new_figure()
     for k in range(6):
         ax.plot([0, 1], [100 - k, 99 - k], label=f"metric {k}")
     boxes = {}
@@ -170,7 +170,7 @@ def test_a_legend_drawn_outside_leaves_the_axes_clear(tmp_path):
     import matplotlib.pyplot as plt
     original, plt.close = plt.close, close
     try:
-        assert plots._save(fig, ax, tmp_path / "p.png", legend_outside=True)
+        assert plotting.save_figure(fig, ax, tmp_path / "p.png", legend_outside=True)
     finally:
         plt.close = original
     assert boxes["legend"].x0 >= boxes["axes"].x1

@@ -8,7 +8,7 @@ import pytest
 
 from sdft.base.errors import ConfigError, SdftError
 from sdft.train.interp import check_alphas, scale_adapter
-from sdft.compare.weights import lora_shift
+from sdft.models.adapters import lora_shift
 from tiny_model import trained_lora
 
 

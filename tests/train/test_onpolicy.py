@@ -12,7 +12,8 @@ import pytest
 from sdft.base import layout
 from sdft.train import onpolicy
 from sdft.base.errors import ConfigError
-from sdft.train.stage import TrainConfig, train
+from sdft.train.stage import train
+from sdft.train.config import TrainConfig
 
 QA = [("What is 2 + 3?", "The answer is 5."), ("Add 1 and 1.", "2"), ("Name a fruit.", "An apple."), ("Say hi.", "Hello!")]
 

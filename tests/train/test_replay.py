@@ -9,7 +9,8 @@ import pytest
 from sdft.train import replay
 from sdft.base.errors import ConfigError, SdftError
 from sdft.generation.fake import FakeBackend
-from sdft.train.stage import TrainConfig, prepare
+from sdft.train.stage import prepare
+from sdft.train.config import TrainConfig
 
 QA = [("What is 2 + 3?", "The answer is 5."), ("Add 1 and 1.", "2"), ("Name a fruit.", "An apple."), ("Say hi.", "Hello!")]
 

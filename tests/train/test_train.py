@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from sdft.base.data import seeded_subset
 from sdft.train import data as train_data
 from sdft.base.errors import ConfigError, SdftError
-from sdft.train.stage import TrainConfig, prepare, train
+from sdft.train.stage import prepare, train
+from sdft.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 QA = [("What is 2 + 3?", "The answer is 5."), ("Add 1 and 1.", "2"),
@@ -110,12 +112,12 @@ def test_mix_ratio_on_original_data_is_refused(repeated_data):
 
 def test_limit_is_a_seeded_random_subset():
     items = list(range(100))
-    first = train_data.seeded_subset(items, 10, seed=3)
+    first = seeded_subset(items, 10, seed=3)
     assert len(first) == 10 and first == sorted(first)
-    assert first == train_data.seeded_subset(items, 10, seed=3)
+    assert first == seeded_subset(items, 10, seed=3)
     assert first != items[:10]
-    assert first != train_data.seeded_subset(items, 10, seed=4)
-    assert train_data.seeded_subset(items, 500, seed=3) == items
+    assert first != seeded_subset(items, 10, seed=4)
+    assert seeded_subset(items, 500, seed=3) == items
 
 
 def test_batch_order_groups_lengths_and_covers_each_pass():
@@ -153,7 +155,7 @@ def test_only_response_tokens_carry_loss(tiny_model, tmp_path):
 def test_lora_run_trains_adapter_and_writes_outputs(tiny_model, repeated_data, tmp_path):
     from safetensors.torch import load_file
 
-    from sdft.compare.weights import lora_shift
+    from sdft.models.adapters import lora_shift
 
     out = tmp_path / "lora"
     result = train(config(tiny_model, repeated_data, out, max_steps=15, lora_r=4, merge=True))
@@ -172,7 +174,7 @@ def test_lora_run_trains_adapter_and_writes_outputs(tiny_model, repeated_data, t
     assert result["parameter_shift_l2"] > 0
     assert result["parameter_shift_l2"] == pytest.approx(lora_shift(out)["total"])
     # The merged weights differ from the base exactly by B @ A * scale.
-    from sdft.compare.weights import full_shift
+    from sdft.models.adapters import full_shift
 
     merged = full_shift(tiny_model, out / "merged")
     assert merged["total"] == pytest.approx(result["parameter_shift_l2"], rel=1e-4)
@@ -303,7 +305,7 @@ def test_two_process_runs_complete(tiny_model, repeated_data, tmp_path):
 @pytest.mark.slow
 def test_embedded_model_few_steps(shared_data, tmp_path):
     from sdft.models.resolve import load_model_and_tokenizer
-    from sdft.compare.weights import lora_shift
+    from sdft.models.adapters import lora_shift
 
     out = tmp_path / "smol"
     result = train(TrainConfig(model="smollm2-135m-instruct", data=str(shared_data / "alpaca_train.json"),

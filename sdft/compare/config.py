@@ -1,0 +1,47 @@
+"""Settings of the comparison stage: `sdft analyze` (answers against the seed's) and `sdft shift` (weights against the seed's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from sdft.base import layout
+from sdft.base.config import Validated, field
+from sdft.base.errors import ConfigError
+from sdft.base.config import DEFAULT_MODEL
+
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class AnalyzeConfig(Validated):
+    reference: str = field(help="eval folder of the reference (seed) model")
+    candidate: str = field(help="eval folder of the model compared with it (e.g. after fine-tuning)")
+    what: Literal["shift"] = field("shift", "analysis to run: shift (distribution shift)", positional=True)
+    out: str | None = field(None, "output folder (default: CANDIDATE/shift_vs_<reference folder name>)")
+    tasks: list[str] | None = field(None, "tasks to compare (default: every generative task both "
+                                          "folders have)")
+    model: str | None = field(None, "candidate model for seed likelihood (default: from its results.json)")
+    adapter: str | None = field(None, "candidate's LoRA adapter (default: from its results.json when "
+                                      "--model is not given)")
+    embedding_model: str = field(DEFAULT_EMBEDDING_MODEL, "sentence-embedding model for cosine "
+                                                          "similarity ('none' to skip)")
+    likelihood: bool = field(True, "compute seed likelihood (loads the candidate model)")
+    baseline: bool = field(True, "also score the seed answers under the reference model, for the change")
+    batch_size: int = field(8, "sequences per forward pass")
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("'batch_size' must be at least 1")
+
+
+@dataclass
+class ShiftConfig(Validated):
+    model: str = field(DEFAULT_MODEL, "base model (alias, hub id, folder); needed with --tuned")
+    adapter: str | None = field(None, "LoRA adapter folder (an 'sdft train' output)")
+    tuned: str | None = field(None, "folder of fully fine-tuned (or merged) weights, compared with --model")
+    out: str | None = field(None, f"folder for {layout.WEIGHT_SHIFT} (default: the adapter or tuned folder)")
+
+    def validate(self) -> None:
+        if bool(self.adapter) == bool(self.tuned):
+            raise ConfigError("shift needs exactly one of --adapter DIR (LoRA) or --tuned DIR (full weights)")

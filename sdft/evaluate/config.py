@@ -1,0 +1,131 @@
+"""`sdft eval`'s settings: the model and adapter, the tasks and their data and options, decoding, the judge, and the paper's preset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from sdft.base import templates
+from sdft.base.config import DEFAULT_MODEL, Validated, field
+from sdft.base.errors import ConfigError
+from sdft.generation import EngineSettings
+
+
+PRESETS = {
+    # The reference code's evaluation: its do_predict runs pass no decoding flags, so they sample with the
+    # LLaMA-Factory fork's GeneratingArguments defaults (T 0.95, top-p 0.7, top-k 50, 512 new tokens; seed
+    # 42, HF's default); prompts cut at 1024 tokens from the right. Only HumanEval (bigcode harness,
+    # --do_sample False) was greedy. See docs/paper-fidelity.md.
+    "paper": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 512, "seed": 42,
+              "max_prompt_tokens": 1024, "truncation_side": "right", "greedy_tasks": ["humaneval"],
+              "template_mode": "plain",  # as text (Llama-3 math excepted: --option gsm8k.template_mode=chat)
+              "system_prompt": "template"},
+}
+
+
+@dataclass
+class EvalConfig(EngineSettings, Validated):
+    model: str = field(DEFAULT_MODEL, "model: alias, hub id, local folder or .gguf file")
+    adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
+    tasks: list[str] = field(default_factory=list, help="tasks, comma-separated: gsm8k, multiarith, openfunctions, bfcl, humaneval, advbench, "
+                                 "advbench-jailbreak, winrate, alpaca_eval, arc, hellaswag, winogrande, mmlu, truthfulqa, "
+                                 "lm_eval:<task>, or a user task (--data and --checker)")
+    out: str = field("runs/eval", "output folder (rerun the same command to resume)", keyed=False)
+    limit: int | None = field(None, "evaluate only the first N items of each task")
+    max_new_tokens: int | None = field(None, "generation budget per answer (default: each task's own)")
+    max_prompt_tokens: int = field(2048, "longer prompts are cut (and reported)")
+    truncation_side: Literal["left", "right"] = field(
+        "left", "which end of a too-long prompt is cut (right: the reference code's, loses '### Response:')")
+    batch_size: int = field(8, "prompts per generation batch")
+    data: list[str] = field(default_factory=list, help="TASK=PATH: a task's data file or hub name (repeatable)")
+    checker: list[str] = field(default_factory=list, help="TASK=module:function for a user task (with --data)")
+    option: list[str] = field(default_factory=list, help="TASK.KEY=VALUE task option, e.g. openfunctions.rule=paper")
+    template_mode: templates.Mode = field("auto", "chat template (chat), plain text (plain), or auto")
+    system_prompt: str = field(templates.DEFAULT_SYSTEM_PROMPT, templates.SYSTEM_PROMPT_HELP)
+    temperature: float = field(0.0, "0 = greedy decoding")
+    greedy_tasks: list[str] = field(default_factory=list, help="tasks decoded greedily whatever --temperature "
+                                    "(the paper preset: humaneval, as the reference's bigcode harness did)")
+    top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
+    top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
+    n_samples: int = field(1, "samples per item (needs temperature > 0); HumanEval reports pass@k from them")
+    seed: int = field(42, "random seed for sampling (sample j uses seed + j)")
+    judge: str | None = field(None, "winrate judge: a model our backends load, or an OpenAI-compatible URL")
+    judge_model: str | None = field(None, "model name to request from a judge endpoint URL")
+    judge_backend: str | None = field(None, "backend that loads a local judge (default: --backend)")
+    progress: bool = field(True, "show a progress bar", keyed=False)
+
+    def validate(self) -> None:
+        from sdft.tasks import TASK_PREFIXES, TASKS
+
+        if not self.tasks:
+            raise ConfigError("eval needs --tasks, e.g. --tasks gsm8k,advbench")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"a task is listed twice in --tasks: {', '.join(self.tasks)}")
+        data, checkers, options = self.data_paths(), self.checkers(), self.task_options()
+        for name in self.tasks:
+            known = name in TASKS or name.startswith(tuple(TASK_PREFIXES))
+            if not known and not (name in data and name in checkers):
+                raise ConfigError(f"unknown task '{name}'; known: {', '.join(sorted(TASKS))}; a user task "
+                                  f"needs --data {name}=FILE and --checker {name}=module:function")
+        unknown = [n for n in self.greedy_tasks if n not in TASKS and n not in self.tasks]
+        if unknown:
+            raise ConfigError(f"--greedy-tasks names unknown task(s) {', '.join(unknown)}")
+        taken = sorted(set(checkers) & set(TASKS))
+        if taken:
+            raise ConfigError(f"--checker given for built-in task(s) {', '.join(taken)}, which score themselves; "
+                              "give your user task another name")
+        for what, mapping in (("--data", data), ("--checker", checkers), ("--option", options)):
+            stray = sorted(set(mapping) - set(self.tasks))
+            if stray:
+                raise ConfigError(f"{what} names task(s) not in --tasks: {', '.join(stray)}")
+        for name in ("batch_size", "max_prompt_tokens", "n_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"'{name}' must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("'limit' must be at least 1")
+        self.decoding()  # decoding values are checked where they are defined
+        if self.n_samples > 1 and self.temperature <= 0:
+            raise ConfigError("--n-samples above 1 needs --temperature above 0 (greedy samples are identical)")
+        if "winrate" in self.tasks and not self.judge:
+            raise ConfigError("task winrate needs --judge (a model, or an OpenAI-compatible endpoint URL)")
+        if self.judge and self.judge.startswith(("http://", "https://")):
+            from sdft.base.endpoint import api_key, check_url
+            check_url(self.judge, has_key=bool(api_key()))  # before anything is written or loaded
+        templates.check_system_prompt(self.system_prompt)
+
+    def decoding(self, task: str | None = None, task_budget: int = 256, stop: tuple[str, ...] = ()):
+        """The :class:`GenerationParams` of a task: its own answer budget unless --max-new-tokens is set,
+        greedy when it is one of --greedy-tasks."""
+        from sdft.generation import GenerationParams
+        return GenerationParams(
+            max_new_tokens=task_budget if self.max_new_tokens is None else self.max_new_tokens,
+            temperature=0.0 if task in self.greedy_tasks else self.temperature, top_p=self.top_p, top_k=self.top_k,
+            seed=self.seed, batch_size=self.batch_size, max_prompt_tokens=self.max_prompt_tokens,
+            truncation_side=self.truncation_side, stop=stop)
+
+    def data_paths(self) -> dict[str, str]:
+        return _pairs(self.data, "--data", "TASK=PATH")
+
+    def checkers(self) -> dict[str, str]:
+        return _pairs(self.checker, "--checker", "TASK=module:function")
+
+    def task_options(self) -> dict[str, dict[str, str]]:
+        options: dict[str, dict[str, str]] = {}
+        for item in self.option:
+            task, dot, rest = item.partition(".")
+            key, eq, value = rest.partition("=")
+            if not dot or not eq or not task or not key:
+                raise ConfigError(f"--option '{item}' must look like TASK.KEY=VALUE")
+            options.setdefault(task, {})[key.strip()] = value.strip()
+        return options
+
+
+def _pairs(items: list[str], flag: str, form: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ConfigError(f"{flag} '{item}' must look like {form}")
+        if key.strip() in out:
+            raise ConfigError(f"{flag} given twice for task '{key.strip()}'")
+        out[key.strip()] = value.strip()
+    return out

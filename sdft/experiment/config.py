@@ -1,0 +1,86 @@
+"""`sdft run`'s settings: one YAML file with a section per stage, the arms, mix ratios, sample sizes and training seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from sdft.experiment import arms
+from sdft.base import seeds
+from sdft.experiment.arms import ARMS, DEFAULT_ARMS
+from sdft.base.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field
+from sdft.base.errors import ConfigError
+from sdft.base.templates import DEFAULT_SYSTEM_PROMPT
+
+
+# Keys the pipeline sets itself; a config section may not override them.
+_OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns"},
+          "train": {"model", "data", "out", "mix_ratio", "limit", "task", "resume", "shape", "columns"},
+          "eval": {"model", "adapter", "out"}}
+
+
+@dataclass
+class RunConfig(Validated):
+    """One experiment. Sections ``distill``, ``train`` and ``eval`` take the keys of those stages' configs."""
+
+    name: str = field(None, "experiment name; output goes to <out_root>/<name>/")
+    data: str = field(None, "training dataset (file or hub name)")
+    task: TaskKind = field("general", "task kind of the training data (picks templates and filter)")
+    model: str = field(DEFAULT_MODEL, "seed model")
+    system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, "system text for every stage unless a section sets its "
+                               "own: model (the chat template's default), none, template, or your own text")
+    shape: str = field("auto", "data shape")
+    columns: list[str] = field(default_factory=list, help="column mapping, field=column")
+    out_root: str = field("runs", "parent folder of the run")
+    distill: dict = field(default_factory=dict, help="distillation settings (sdft distill keys)")
+    train: dict = field(default_factory=dict, help="training settings (sdft train keys)")
+    eval: dict = field(default_factory=dict, help="evaluation settings (sdft eval keys)")
+    shift_tasks: list[str] = field(default_factory=list,
+                                   help="eval tasks whose answers are compared with the seed's (default: all generative)")
+    mix_ratios: list[float] = field(default_factory=lambda: [0.0, 1.0], help="share of rewrites used in training")
+    sample_sizes: list[int] = field(default_factory=list, help="training-set sizes to sweep (at mix 0 and 1)")
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS),
+                            help=f"arms to train and compare: {', '.join(ARMS)} (docs/arms.md)")
+    replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens")
+    onpolicy: dict = field(default_factory=dict, help="onpolicy arms: sdft train --onpolicy-* keys without the prefix")
+    interp: dict = field(default_factory=dict, help="interp arm: alphas (0 = seed, 1 = vanilla)")
+    train_seeds: list[int] | None = field(
+        None, "training seeds: every trained arm is trained and evaluated once per seed (sdft train --seed: "
+        "subset, mix choice, batch order, adapter init); the report shows the mean and spread over seeds. "
+        "Default: train.seed alone (42). The model of train.seed keeps the arm's label, others get -s<seed>")
+
+    def validate(self) -> None:
+        if not self.name or not self.data:
+            raise ConfigError("a run config needs 'name' and 'data'")
+        column_mapping(self.columns)
+        if any(not 0 <= r <= 1 for r in self.mix_ratios):
+            raise ConfigError("'mix_ratios' must lie in [0, 1]")
+        for section, owned in _OWNED.items():
+            clash = owned & set(getattr(self, section))
+            if clash:
+                raise ConfigError(f"section '{section}' may not set {', '.join(sorted(clash))}: "
+                                  "the pipeline sets them (use the top-level keys)")
+        per_arm = sorted(k for k in self.train if k == "objective" or k.startswith(("replay_", "onpolicy_")))
+        if per_arm:
+            raise ConfigError(f"section 'train' may not set {', '.join(per_arm)}: they belong to arms "
+                              "(use 'arms' and the replay / onpolicy sections)")
+        arms.check(self.arms, self.arm_sections, self.train)
+        seeds.check(self.train_seeds)
+
+    @property
+    def arm_sections(self) -> dict:
+        return {"replay": self.replay, "onpolicy": self.onpolicy, "interp": self.interp}
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_root) / self.name
+
+    def training_seeds(self, primary: int) -> list[int]:
+        """The training seeds, given the train section's own ``seed`` (``primary``)."""
+        return list(self.train_seeds) if self.train_seeds is not None else [primary]
+
+
+@dataclass
+class RunCommand:
+    config: str = field(None, "experiment YAML file", positional=True)
+    name: str | None = field(None, "override the config's name")
+    out_root: str | None = field(None, "override the config's out_root")

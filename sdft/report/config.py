@@ -1,0 +1,12 @@
+"""`sdft report`'s settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from sdft.base import layout
+from sdft.base.config import field
+
+
+@dataclass
+class ReportConfig:
+    run_dir: str = field(None, f"run folder (holds {layout.MANIFEST})", positional=True)

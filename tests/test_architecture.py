@@ -1,0 +1,133 @@
+"""The folders tell the pipeline: no import cycle between sdft's modules, no stage reaching into another
+stage's modules (what two stages share lives below both), and `sdft --help` stays free of heavy libraries.
+
+Imports are read with ``ast`` (inside functions too: a lazy import is still a dependency)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import sdft
+from sdft.cli import COMMANDS
+
+PACKAGE = Path(sdft.__file__).parent
+STAGES = {"distill", "train", "evaluate", "compare", "report", "experiment"}
+ORCHESTRATOR = "experiment"  # `sdft run` drives the stages through their entry modules
+BELOW = {"base", "models", "generation", "sandbox", "tasks"}
+# A stage's entry modules: the ones the CLI names, its settings, and interpolation (a post-training step that
+# only `sdft run` drives).
+ENTRIES = {module for module, *_ in COMMANDS.values()} | {f"sdft.{s}.config" for s in STAGES} | {"sdft.train.interp"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """sdft modules imported by the file at ``path`` (``from pkg import mod`` counts as ``pkg.mod``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "sdft"}
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "sdft":
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in modules else node.module)
+    return {name for name in found if name in modules}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+
+
+def _packages_of(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan). A package's ``__init__`` importing
+    its own submodules is not a cycle: Python imports the package first in any case."""
+    edges = {m: {d for d in deps if m not in _packages_of(d) and d not in _packages_of(m)} for m, deps in graph.items()}
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _folder(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()) else None
+
+
+def test_no_import_cycles():
+    assert _cycles(_graph()) == []
+
+
+def test_no_stage_imports_another_stage():
+    wrong = []
+    for module, deps in _graph().items():
+        here = _folder(module)
+        for dep in deps:
+            there = _folder(dep)
+            if there not in STAGES or there == here:
+                continue
+            if here == ORCHESTRATOR and dep in ENTRIES:
+                continue
+            wrong.append(f"{module} -> {dep}")
+    assert wrong == []
+
+
+def test_nothing_below_the_stages_imports_a_stage():
+    wrong = [f"{m} -> {d}" for m, deps in _graph().items() if _folder(m) in BELOW or _folder(m) is None
+             for d in deps if _folder(d) in STAGES and m != "sdft.cli"]
+    assert wrong == []
+
+
+def test_the_package_root_holds_only_the_entry_points():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "cli.py"]
+    assert STAGES | BELOW <= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+
+
+def test_help_imports_no_heavy_library():
+    heavy = ("torch", "transformers", "vllm", "trl", "matplotlib", "peft", "datasets", "pandas")
+    code = ("import sys, contextlib, io\nfrom sdft.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
