@@ -60,8 +60,8 @@ INSTRUCTIONS = [
 
 
 def prompts_for(model_folder: str, count: int) -> list[str]:
-    from sdft.models.resolve import load_tokenizer
     from sdft.base.templates import PROMPT_TEMPLATES, render
+    from sdft.models.resolve import load_tokenizer
 
     tokenizer = load_tokenizer(model_folder)
     texts = [f"{INSTRUCTIONS[i % len(INSTRUCTIONS)]}" + (f" (variant {i // len(INSTRUCTIONS)})" if i >= len(

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from sdft.base.config import ColumnMapping, DEFAULT_MODEL, keyed_settings, stage_key
-from sdft.distill.config import DistillConfig
+from sdft.base.config import DEFAULT_MODEL, ColumnMapping, keyed_settings, stage_key
 from sdft.base.errors import ConfigError
+from sdft.distill.config import DistillConfig
 from sdft.evaluate.config import EvalConfig
-from sdft.generation import GenerationParams
 from sdft.experiment.config import RunConfig
+from sdft.generation import GenerationParams
 from sdft.tasks import TASKS, ExternalTask, GenerativeTask, JudgedTask, LoglikelihoodTask, TaskContext, get_task
 from sdft.train.config import TrainConfig
 
@@ -107,8 +107,8 @@ def test_stage_keys_of_existing_configs_never_change(name):
 
 @pytest.mark.parametrize("command", ["distill", "eval"])
 def test_engine_flags_keep_their_names(command):
-    from sdft.cli import build_parser
     from sdft.base.config import resolve
+    from sdft.cli import build_parser
 
     cls = {"distill": DistillConfig, "eval": EvalConfig}[command]
     parser = build_parser(command)

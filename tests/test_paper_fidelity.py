@@ -89,8 +89,8 @@ def test_eval_paper_preset_samples_like_the_fork_and_humaneval_stays_greedy():
 
 def test_greedy_tasks_override_the_run_decoding(tmp_path, monkeypatch):
     """gsm8k samples at the run's temperature, humaneval is greedy: what reaches the backend."""
-    from sdft.evaluate.stage import evaluate
     from sdft.evaluate.config import EvalConfig
+    from sdft.evaluate.stage import evaluate
     from sdft.generation.fake import FakeBackend
 
     seen = {}
@@ -114,8 +114,9 @@ def test_greedy_tasks_override_the_run_decoding(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------- 4. prompt details
 
 def test_right_side_cut_keeps_the_start(tiny_model):
-    from sdft.generation.prompts import encode_prompts
     from transformers import AutoTokenizer
+
+    from sdft.generation.prompts import encode_prompts
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     text = "Below is an instruction. " * 20 + "### Response:\n"
@@ -195,8 +196,8 @@ def test_lm_eval_acc_of_a_tag_is_the_size_weighted_mean_of_its_members():
 # ------------------------------------------------------------------------------ 7. what we lacked
 
 def test_alpaca_eval_export_in_the_cli_format(tmp_path, monkeypatch):
-    from sdft.evaluate.stage import evaluate
     from sdft.evaluate.config import EvalConfig
+    from sdft.evaluate.stage import evaluate
     from sdft.generation.fake import FakeBackend
 
     monkeypatch.setattr("sdft.generation.load_backend",

@@ -123,8 +123,8 @@ def _exercise_distill(config, tokenizer):
     from sdft.base.config import column_mapping
     from sdft.base.data import load_examples
     from sdft.distill.filters import make_filter
-    from sdft.generation import Completion
     from sdft.experiment.pipeline import stage_configs
+    from sdft.generation import Completion
 
     distill = stage_configs(config)["distill"]
     examples = load_examples(distill.data, shape=distill.shape, columns=column_mapping(distill.columns),
@@ -141,11 +141,11 @@ def _exercise_distill(config, tokenizer):
 
 
 def _exercise_train(config, tokenizer):
-    from sdft.train import data as train_data
     from sdft.base.config import column_mapping
     from sdft.base.data import load_examples
-    from sdft.experiment.pipeline import stage_configs
     from sdft.base.templates import DEFAULT_PROMPT, load_template, resolve_mode
+    from sdft.experiment.pipeline import stage_configs
+    from sdft.train import data as train_data
 
     train = stage_configs(config)["train"]
     examples = load_examples(config.data, shape=train.shape, columns=column_mapping(train.columns),

@@ -87,8 +87,8 @@ def user_records(path: str) -> tuple[list[tuple[str, dict]], str]:
     Loading and error reporting (file, line, field) come from ``sdft.base.records``; a file's sha256 is recorded so
     that results can be traced to the exact data.
     """
-    from sdft.base.records import load_records
     from sdft.base.provenance import file_sha256
+    from sdft.base.records import load_records
 
     records = load_records(path)
     source = f"{path} (sha256 {file_sha256(path)})" if Path(path).is_file() else f"{path}"

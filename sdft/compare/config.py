@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-from sdft.base import layout
-from sdft.base.config import Validated, field
-from sdft.base.errors import ConfigError
-from sdft.base.config import DEFAULT_MODEL
 
+from sdft.base import layout
+from sdft.base.config import DEFAULT_MODEL, Validated, field
+from sdft.base.errors import ConfigError
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 

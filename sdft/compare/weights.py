@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from sdft.compare.config import ShiftConfig
 from sdft.base import layout
+from sdft.compare.config import ShiftConfig
 from sdft.models.adapters import full_shift, lora_shift, total_norm
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
 from sdft.base import templates
 from sdft.base.config import DEFAULT_MODEL, IF_SET, TaskKind, Validated, column_mapping, field
 from sdft.base.errors import ConfigError
 from sdft.generation import EngineSettings, GenerationParams
-
 
 # The reference code never sets decoding values; these are the defaults it inherited (paper-method §4).
 PRESETS = {

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from sdft.base import answers
 from sdft.base.data import Example
 from sdft.base.errors import ConfigError, SdftError
-from sdft.generation import Completion
 from sdft.base.plugins import import_target
+from sdft.generation import Completion
 
 FILTER_REASONS: dict[str, str] = {
     "accepted": "the rewrite passed every check and replaces the original response",

@@ -22,13 +22,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sdft.distill.config import DistillConfig, generation_params
 from sdft.base import layout, templates
 from sdft.base.config import column_mapping, keyed_settings, stage_key, to_dict
-from sdft.base.errors import ConfigError
-from sdft.generation import engine_key
-from sdft.base.store import ProgressFile, write_json, write_jsonl
 from sdft.base.data import seeded_subset
+from sdft.base.errors import ConfigError
+from sdft.base.store import ProgressFile, write_json, write_jsonl
+from sdft.distill.config import DistillConfig, generation_params
+from sdft.generation import engine_key
 
 
 def _run_record(config: DistillConfig, template: templates.Template, mode: str, model_path: str,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
 from sdft.base import templates
 from sdft.base.config import DEFAULT_MODEL, Validated, field
 from sdft.base.errors import ConfigError
 from sdft.generation import EngineSettings
-
 
 PRESETS = {
     # The reference code's evaluation: its do_predict runs pass no decoding flags, so they sample with the

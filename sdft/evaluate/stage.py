@@ -23,11 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from sdft.evaluate.config import EvalConfig
 from sdft.base import layout, templates
 from sdft.base.config import to_dict
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.store import write_json
+from sdft.evaluate.config import EvalConfig
 from sdft.tasks import ExternalTask, GenerativeTask, JudgedTask
 
 

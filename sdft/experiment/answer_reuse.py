@@ -41,8 +41,8 @@ def answers_stamp(config) -> dict | None:
     the adapter (a name or path can point to new weights: a re-provisioned alias, a retrained adapter), the
     engine's options, the batch size (batched padding can change greedy answers), the tasks' revisions and
     data folders. None (no reuse) for a remote server, whose weights cannot be seen from here."""
-    from sdft.models.resolve import resolve_model
     from sdft.base.provenance import folder_stamp
+    from sdft.models.resolve import resolve_model
 
     if config.endpoint or config.backend == "openai":
         return None

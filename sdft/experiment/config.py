@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from sdft.experiment import arms
+
 from sdft.base import seeds
-from sdft.experiment.arms import ARMS, DEFAULT_ARMS
 from sdft.base.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field
 from sdft.base.errors import ConfigError
 from sdft.base.templates import DEFAULT_SYSTEM_PROMPT
-
+from sdft.experiment import arms
+from sdft.experiment.arms import ARMS, DEFAULT_ARMS
 
 # Keys the pipeline sets itself; a config section may not override them.
 _OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns"},

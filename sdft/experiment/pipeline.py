@@ -24,14 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from sdft.experiment.config import RunCommand, RunConfig
-from sdft.experiment import answer_reuse, arms
 from sdft.base import layout, provenance, seeds
 from sdft.base.config import column_mapping, from_dict, keyed_settings, load_yaml, stage_key, to_dict
-from sdft.distill.config import DistillConfig
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest, StageRecord
 from sdft.base.store import write_json
+from sdft.distill.config import DistillConfig
+from sdft.experiment import answer_reuse, arms
+from sdft.experiment.config import RunCommand, RunConfig
 from sdft.tasks import task_revisions
 
 
@@ -133,8 +133,8 @@ def sweep_points(config: RunConfig) -> list[arms.Point]:
 
 def run(config: RunConfig, log=print) -> Manifest:
     """Run (or resume) the experiment; returns the manifest also saved as ``manifest.json``."""
-    from sdft.report import stage as report
     from sdft.distill.stage import distill
+    from sdft.report import stage as report
 
     stages = stage_configs(config)
     run_dir = config.run_dir
@@ -265,9 +265,9 @@ def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> d
     """How far one trained model moved from the seed: its answers (text similarity, seed likelihood) and
     its weights."""
     from sdft.compare import answers as analyze
-    from sdft.generation import release_engines
-    from sdft.compare.weights import parameter_shift
     from sdft.compare.config import ShiftConfig
+    from sdft.compare.weights import parameter_shift
+    from sdft.generation import release_engines
 
     release_engines()  # scoring loads the model in torch beside it otherwise
 

@@ -9,7 +9,6 @@ same sample whatever batch it lands in -- a resumed run regenerates exactly what
 
 from __future__ import annotations
 
-
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from sdft.base.errors import SdftError
 
-
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:embedding_)?(?P<part>[AB])(?:\.weight)?$")
 
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdft.base import hub
-from sdft.models.aliases import ALIASES, alias_gguf, part_files, source_record
 from sdft.base.config import DEFAULT_MODEL, field
 from sdft.base.errors import SdftError
 from sdft.base.provenance import file_sha256
+from sdft.models.aliases import ALIASES, alias_gguf, part_files, source_record
 
 SOURCE_FILE = "sdft-source.json"  # written last inside the temp folder: its presence marks a complete folder
 # Bumped when the conversion changes what it writes, so an older cached folder is converted again.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from sdft.base import layout
 from sdft.base.config import field
 

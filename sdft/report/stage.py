@@ -11,14 +11,15 @@ import math
 import re
 from pathlib import Path
 
-from sdft.report.config import ReportConfig
 from sdft.base import layout, seeds
-from sdft.report import plots
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest
-from sdft.report import cost as report_cost, openings as report_openings
-from sdft.base.store import read_jsonl
 from sdft.base.stats import Metric, pooled_paired, seed_interval
+from sdft.base.store import read_jsonl
+from sdft.report import cost as report_cost
+from sdft.report import openings as report_openings
+from sdft.report import plots
+from sdft.report.config import ReportConfig
 
 
 def build_report(config: ReportConfig) -> dict:

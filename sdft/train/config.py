@@ -10,7 +10,6 @@ from sdft.base.errors import ConfigError
 from sdft.base.templates import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP, Mode, check_system_prompt
 from sdft.train import onpolicy, replay
 
-
 # Reference values of the paper's runs (paper-method §4). Epochs: 2 for general data, 5 for GSM8K and
 # OpenFunctions (pass --epochs 5 there).
 PRESETS = {

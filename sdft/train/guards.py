@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdft.train import data as train_data
 from sdft.base.errors import ConfigError, SdftError
+from sdft.train import data as train_data
 
 
 def check_lora_targets(config, model=None) -> None:

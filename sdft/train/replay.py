@@ -44,7 +44,7 @@ def validate(config) -> None:
 
 def load(config) -> list:
     """The replay file's examples, every record validated now (before any model is loaded)."""
-    from sdft.base.data import load_examples, is_distilled
+    from sdft.base.data import is_distilled, load_examples
 
     examples = load_examples(config.replay_data, input_separator=config.input_separator)
     if any(is_distilled(ex) for ex in examples):
@@ -68,8 +68,8 @@ def choose(examples: list, n_task: int, ratio: float, seed: int) -> tuple[list, 
 
 def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]:
     """``{example id: {text, finish_reason}}``: the seed's greedy answers, from the cache or generated now."""
-    from sdft.generation import GenerationParams, load_backend, model_for_backend
     from sdft.base.store import ProgressFile
+    from sdft.generation import GenerationParams, load_backend, model_for_backend
 
     model_path = model_for_backend(GENERATION_BACKEND, config.model)
     cache = cache_file(config, model_path, template, mode)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdft.base import layout
-from sdft.train import data as train_data
 from sdft.base.errors import ConfigError, SdftError
+from sdft.train import data as train_data
 from sdft.train.output import progress_callback
 from sdft.train.speed import auto_precision, base_dtype, sft_trainer_class
 

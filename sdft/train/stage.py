@@ -22,17 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdft.base import hub, layout
-from sdft.base.data import seeded_subset
-from sdft.train import replay, data as train_data, guards as train_guards
 from sdft.base.config import column_mapping, keyed_settings, stage_key
-from sdft.train.config import TrainConfig
-from sdft.train.output import merge, summarize  # noqa: F401  (summarize: the CLI's)
+from sdft.base.data import seeded_subset
 from sdft.base.errors import SdftError
+from sdft.train import data as train_data
+from sdft.train import guards as train_guards
+from sdft.train import replay
+from sdft.train.config import TrainConfig
 from sdft.train.guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
-from sdft.train.setup import device, launched_processes, load_model, make_trainer
-from sdft.train.setup import training_args  # noqa: F401  (a public name of this module before the split)
+from sdft.train.output import merge, summarize  # noqa: F401  (summarize: the CLI's)
+from sdft.train.setup import (
+    device,
+    launched_processes,
+    load_model,
+    make_trainer,
+    training_args,  # noqa: F401  (a public name of this module before the split)
+)
 from sdft.train.speed import compile_body, should_compile
-
 
 # --------------------------------------------------------------------------------------------- training
 
@@ -75,8 +81,8 @@ def prepare(config: TrainConfig) -> Run:
     hub.configure()  # TRL's trainer pings the hub unless telemetry is off
     out = Path(config.out)
     from sdft.base.data import is_distilled, load_examples
-    from sdft.models.resolve import load_tokenizer
     from sdft.base.templates import DEFAULT_PROMPT, describe_system, load_template, resolve_mode
+    from sdft.models.resolve import load_tokenizer
 
     data_sha = _sha256(config.data)
     run_key = resume_key(config, data_sha)

@@ -6,7 +6,20 @@ from pathlib import Path
 import pytest
 
 from sdft.base import answers
-from sdft.base.answers import Call, Expr, calls_match, extract_code, final_number, math_match, paper_call_match, paper_code_heuristic, paper_is_refusal, paper_math_match, parse_calls, strict_is_refusal
+from sdft.base.answers import (
+    Call,
+    Expr,
+    calls_match,
+    extract_code,
+    final_number,
+    math_match,
+    paper_call_match,
+    paper_code_heuristic,
+    paper_is_refusal,
+    paper_math_match,
+    parse_calls,
+    strict_is_refusal,
+)
 
 SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "paper-method.md"
 

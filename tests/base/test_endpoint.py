@@ -132,8 +132,8 @@ def test_a_good_endpoint_answers(servers, monkeypatch):
 
 
 def test_cli_refuses_a_key_in_the_url_before_writing_anything(tmp_path, capsys, monkeypatch):
-    from sdft.cli import main
     from sdft.base.provenance import command_line
+    from sdft.cli import main
 
     out = tmp_path / "eval"
     argv = ["eval", "--tasks", "winrate", "--data", f"winrate={tmp_path / 'w.json'}", "--judge",

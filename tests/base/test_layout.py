@@ -10,8 +10,8 @@ import sdft
 from sdft.base import layout
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest
-from sdft.report.stage import build_report
 from sdft.report.config import ReportConfig
+from sdft.report.stage import build_report
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "run-v0.1"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from sdft.base import runlock
-from sdft.cli import main
 from sdft.base.errors import SdftError
+from sdft.cli import main
 
 HOLDER = ("import sys; from sdft.base import runlock\n"
           "with runlock.claim(sys.argv[1], 'sdft train --out held'):\n"

@@ -128,8 +128,8 @@ def test_model_default_system_is_read_from_the_chat_template(defaulting_tokenize
 ])
 def test_real_chat_templates_and_their_default_system_prompts(alias, default):
     """The two aliases' own templates: each writes a default system turn, which 'model' keeps."""
-    from sdft.models.aliases import part_files
     from sdft.base.errors import SdftError
+    from sdft.models.aliases import part_files
     from sdft.models.resolve import load_tokenizer
 
     try:

@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from sdft.compare import answers as analyze
 from sdft.base import layout
 from sdft.base.errors import SdftError
+from sdft.compare import answers as analyze
 
 SEED = ["The answer is 5.", "def add(a, b):\n    return a + b\n", "I cannot help with that request."]
 PROMPTS = ["### Instruction:\nWhat is 2 + 3?\n\n### Response:\n", "### Instruction:\nWrite add.\n\n### Response:\n",

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from sdft.cli import main
 from sdft.base.errors import ConfigError, SdftError
-from sdft.compare.weights import parameter_shift, summarize
+from sdft.cli import main
 from sdft.compare.config import ShiftConfig
+from sdft.compare.weights import parameter_shift, summarize
 from sdft.models.adapters import full_shift, lora_shift
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sdft.distill.stage import distill
 from sdft.distill.config import DistillConfig
+from sdft.distill.stage import distill
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,8 +49,8 @@ def _fake_config(tmp_path, data, **kw) -> DistillConfig:
 
 def test_sample_seed_distills_a_seeded_subset_keyed_only_when_set(tmp_path):
     from sdft.base.config import keyed_settings
-    from sdft.base.errors import ConfigError
     from sdft.base.data import seeded_subset
+    from sdft.base.errors import ConfigError
 
     data = _write_math(tmp_path / "math.json", 12)
     stats = distill(_fake_config(tmp_path, data, limit=4, sample_seed=7))

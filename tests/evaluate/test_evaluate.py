@@ -9,8 +9,8 @@ import pytest
 
 from sdft.base.config import from_dict
 from sdft.base.errors import ConfigError
-from sdft.evaluate.stage import evaluate, summarize
 from sdft.evaluate.config import EvalConfig
+from sdft.evaluate.stage import evaluate, summarize
 from sdft.generation.fake import FakeBackend
 from sdft.tasks import get_task
 

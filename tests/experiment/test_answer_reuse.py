@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 
 from sdft.base import layout
-from sdft.experiment.answer_reuse import answers_stamp, start_from_siblings
 from sdft.evaluate.config import EvalConfig
+from sdft.experiment.answer_reuse import answers_stamp, start_from_siblings
 
 KEY = "0123456789abcdef"
 

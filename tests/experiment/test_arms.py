@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdft.experiment import arms
 from sdft.base.errors import ConfigError
+from sdft.experiment import arms
 
 ALL = ["vanilla", "sdft", "onpolicy", "replay", "interp", "sdft+replay"]
 SECTIONS = {"replay": {"data": "general.json", "ratio": 0.5, "source": "seed"}, "onpolicy": {"teacher": "ema"},

@@ -12,8 +12,8 @@ from sdft.base import layout
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Manifest
 from sdft.experiment.pipeline import load_run_config, run
-from sdft.report.stage import build_report
 from sdft.report.config import ReportConfig
+from sdft.report.stage import build_report
 
 
 def _data(tmp_path: Path) -> Path:
@@ -147,8 +147,8 @@ def test_a_changed_evaluation_reuses_the_same_models_answers(tmp_path, tiny_mode
 def test_an_edited_training_file_is_distilled_again_and_everything_after(tmp_path, tiny_model, monkeypatch):
     """The run's stage folders are keyed by the training file's contents, not only its path (the stages
     are test doubles here: only which of them run matters)."""
-    from sdft.experiment import pipeline
     from sdft.base.provenance import file_sha256
+    from sdft.experiment import pipeline
 
     def distill(config):  # what the real stage records: the data file's hash in run.json
         Path(config.out, "run.json").write_text(json.dumps({"data": {"sha256": file_sha256(Path(config.data))}}))

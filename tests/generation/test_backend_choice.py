@@ -79,8 +79,8 @@ def test_unknown_backend_option_is_one_clear_error(tiny_model):
 
 def test_distill_records_the_choice_and_refuses_to_mix_engines(cpu, tmp_path, tiny_model):
     """A resumed distillation must not switch engine or precision halfway (the text would differ)."""
-    from sdft.distill.stage import distill
     from sdft.distill.config import DistillConfig
+    from sdft.distill.stage import distill
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"Say {i}.", "output": f"{i}."}) + "\n" for i in range(2)))

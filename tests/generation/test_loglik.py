@@ -315,7 +315,8 @@ def test_multiple_choice_end_to_end_on_tiny_model(model_and_tokenizer):
 
 def test_lm_eval_missing_says_how_to_install(monkeypatch):
     from sdft.base.errors import ConfigError, SdftError
-    from sdft.tasks import get_task, lm_eval as lm_eval_task
+    from sdft.tasks import get_task
+    from sdft.tasks import lm_eval as lm_eval_task
 
     monkeypatch.setattr(lm_eval_task, "lm_eval_available", lambda: False)
     task = get_task("lm_eval:hellaswag")
@@ -329,7 +330,8 @@ def test_lm_eval_missing_says_how_to_install(monkeypatch):
 def test_lm_eval_arguments_and_metrics(monkeypatch, tiny_model, tmp_path):
     import sys
 
-    from sdft.tasks import get_task, lm_eval as lm_eval_task
+    from sdft.tasks import get_task
+    from sdft.tasks import lm_eval as lm_eval_task
 
     task = get_task("lm_eval:arc_easy", num_fewshot="0", dtype="float32")
     config = SimpleNamespace(limit=4, batch_size=2, device="cpu")

@@ -136,8 +136,8 @@ def test_redirects_are_not_followed_so_the_key_stays(monkeypatch):
 
 def test_distill_through_a_failing_server_keeps_finished_records(tmp_path, monkeypatch):
     """A server that breaks mid-job: one clear error, finished chunks kept, the rerun completes exactly once."""
-    from sdft.distill.stage import distill
     from sdft.distill.config import DistillConfig
+    from sdft.distill.stage import distill
 
     monkeypatch.setenv("SDFT_API_KEY", "sk-never-in-records")
     data = tmp_path / "d.jsonl"

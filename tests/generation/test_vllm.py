@@ -140,8 +140,8 @@ def _gsm8k(tmp_path: Path, n: int) -> Path:
 
 def test_distill_resumes_after_kill_9(tmp_path, vllm_fp32):
     """The acceptance run, smaller: killed mid-job, then rerun; nothing lost or duplicated."""
-    from sdft.distill.stage import distill
     from sdft.distill.config import DistillConfig
+    from sdft.distill.stage import distill
 
     data, out = _gsm8k(tmp_path, 24), tmp_path / "killed"
     flags = ["--backend", "vllm", "--precision", "fp32", "--backend-option", "enforce_eager=true",

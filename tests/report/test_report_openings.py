@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from sdft.base import layout
-from sdft.report import openings as report_openings
 from sdft.base.layout import Arm, Manifest, StageRecord
-from sdft.report.stage import write_report
+from sdft.report import openings as report_openings
 from sdft.report.openings import copies_note, counts, flagged, opening
+from sdft.report.stage import write_report
 
 
 @pytest.mark.parametrize("text, kind", [

@@ -8,8 +8,8 @@ import pytest
 
 from sdft.base import layout, plotting, seeds
 from sdft.base.layout import Arm, Manifest, StageRecord
-from sdft.report.stage import write_report
 from sdft.base.stats import Metric, pooled_paired, seed_interval
+from sdft.report.stage import write_report
 
 # Ten evaluation items per model, scored 0/1; vanilla and sdft at seeds 42 and 43.
 SCORES = {"seed": [1] * 5 + [0] * 5,

@@ -272,8 +272,8 @@ def test_a_missing_mechanism_refuses_untrusted_code_unless_opted_out(monkeypatch
 @pytest.mark.skipif(not ISO.complete, reason=f"incomplete sandbox here: {ISO.missing}")
 def test_results_record_the_mechanisms(tmp_path):
     from sdft.base.config import from_dict
-    from sdft.evaluate.stage import evaluate
     from sdft.evaluate.config import EvalConfig
+    from sdft.evaluate.stage import evaluate
 
     config = from_dict(EvalConfig, {"model": "fake-model", "backend": "fake", "tasks": ["humaneval"], "limit": 2,
                                     "out": str(tmp_path / "out"), "progress": False})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_model import trained_lora
 
 from sdft.base.errors import ConfigError, SdftError
-from sdft.train.interp import check_alphas, scale_adapter
 from sdft.models.adapters import lora_shift
-from tiny_model import trained_lora
+from sdft.train.interp import check_alphas, scale_adapter
 
 
 def merged_weight(model_dir, adapter, key="model.layers.0.self_attn.q_proj.weight"):

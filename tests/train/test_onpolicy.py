@@ -10,10 +10,10 @@ import shutil
 import pytest
 
 from sdft.base import layout
-from sdft.train import onpolicy
 from sdft.base.errors import ConfigError
-from sdft.train.stage import train
+from sdft.train import onpolicy
 from sdft.train.config import TrainConfig
+from sdft.train.stage import train
 
 QA = [("What is 2 + 3?", "The answer is 5."), ("Add 1 and 1.", "2"), ("Name a fruit.", "An apple."), ("Say hi.", "Hello!")]
 

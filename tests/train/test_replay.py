@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from sdft.train import replay
 from sdft.base.errors import ConfigError, SdftError
 from sdft.generation.fake import FakeBackend
-from sdft.train.stage import prepare
+from sdft.train import replay
 from sdft.train.config import TrainConfig
+from sdft.train.stage import prepare
 
 QA = [("What is 2 + 3?", "The answer is 5."), ("Add 1 and 1.", "2"), ("Name a fruit.", "An apple."), ("Say hi.", "Hello!")]
 
@@ -86,9 +86,9 @@ def test_replay_examples_of_another_shape_join_the_training_data(tiny_model, tas
 def test_resuming_with_an_edited_replay_file_is_refused(tiny_model, task_data, general_gsm8k_jsonl, tmp_path):
     """--resume continues checkpoints only with the same data: the replay file's contents count too (and
     train.json records them)."""
-    from sdft.train import data as train_data
     from sdft.base.config import stage_key
     from sdft.base.provenance import file_sha256
+    from sdft.train import data as train_data
     from sdft.train.stage import resume_key
 
     out = tmp_path / "out"

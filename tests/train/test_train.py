@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from sdft.base.data import seeded_subset
-from sdft.train import data as train_data
 from sdft.base.errors import ConfigError, SdftError
-from sdft.train.stage import prepare, train
+from sdft.train import data as train_data
 from sdft.train.config import TrainConfig
+from sdft.train.stage import prepare, train
 
 ROOT = Path(__file__).resolve().parents[2]
 QA = [("What is 2 + 3?", "The answer is 5."), ("Add 1 and 1.", "2"),
@@ -304,8 +304,8 @@ def test_two_process_runs_complete(tiny_model, repeated_data, tmp_path):
 
 @pytest.mark.slow
 def test_embedded_model_few_steps(shared_data, tmp_path):
-    from sdft.models.resolve import load_model_and_tokenizer
     from sdft.models.adapters import lora_shift
+    from sdft.models.resolve import load_model_and_tokenizer
 
     out = tmp_path / "smol"
     result = train(TrainConfig(model="smollm2-135m-instruct", data=str(shared_data / "alpaca_train.json"),

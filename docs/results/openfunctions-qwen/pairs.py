@@ -4,7 +4,10 @@ Usage, from the repository root after `sdft run configs/experiments/openfunction
     .venv/bin/python docs/results/openfunctions-qwen/pairs.py vanilla-s43,vanilla mix0.5,vanilla
 (labels as in runs/openfunctions-qwen/eval/: vanilla, sdft, mix0.5, vanilla-s43, ...; seed = the seed model).
 """
-import glob, json, sys
+import glob
+import json
+import sys
+
 sys.path.insert(0, ".")
 from sdft.base.stats import paired_comparison
 
