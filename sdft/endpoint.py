@@ -45,6 +45,20 @@ def hide_query(query: str) -> str:
     return "&".join(f"{p.partition('=')[0]}=***" if "=" in p else p for p in query.split("&") if p)
 
 
+def with_path(url: str, suffix: str) -> str:
+    """``url`` with ``suffix`` at the end of its path, once; the query stays last
+    (``http://h/v1?x=1`` + ``/models`` -> ``http://h/v1/models?x=1``)."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    return urlunsplit(parts._replace(path=path if path.endswith(suffix) else path + suffix))
+
+
+def without_path(url: str, suffix: str) -> str:
+    """``url`` with a trailing ``/`` and ``suffix`` taken off its path; the query stays."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/").removesuffix(suffix)))
+
+
 def is_loopback(host: str | None) -> bool:
     if not host:
         return False

@@ -150,3 +150,13 @@ def test_cli_refuses_a_key_in_the_url_before_writing_anything(tmp_path, capsys, 
     assert KEY not in command_line()
     assert "--judge=https://fn.example.net/v1?code=***&v=***" in command_line()
     assert "https://h.example.net/v1?sig=***" in command_line()
+
+
+def test_a_query_string_stays_at_the_end_of_the_judge_url(servers):
+    judge = EndpointJudge("http://judge.example.com/v1?api-version=2024-01/", "judge", batch_size=1)
+    assert judge.url == "http://judge.example.com/v1/chat/completions?api-version=2024-01/"
+    full = EndpointJudge("https://h.example.com/v1/chat/completions/?x=1", "judge", batch_size=1)
+    assert full.url == "https://h.example.com/v1/chat/completions?x=1"
+    good = servers(lambda h: completion("Output (b)"))
+    assert EndpointJudge(good.url + "/v1?x=1", "judge", batch_size=1).ask(["q"]) == ["Output (b)"]
+    assert good.requests[0]["path"] == "/v1/chat/completions?x=1"

@@ -99,6 +99,15 @@ def test_timeout_is_retried():
     assert len(server.posts()) == 2
 
 
+def test_a_query_string_stays_after_the_path():
+    with StubServer() as server:
+        _backend(server.url + "/?api-version=7", max_concurrency=1).generate(["x"], GenerationParams(max_new_tokens=2))
+    assert [r["path"] for r in server.requests] == ["/v1/models?api-version=7", "/v1/completions?api-version=7"]
+    with StubServer() as server:
+        _backend(server.url + "/completions?a=1").generate(["x"], GenerationParams(max_new_tokens=2))
+    assert [r["path"] for r in server.requests] == ["/v1/models?a=1", "/v1/completions?a=1"]
+
+
 def test_server_down_or_wrong_model_fails_before_work():
     with StubServer() as server:
         url = server.url

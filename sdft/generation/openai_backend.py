@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from sdft.endpoint import Transient, check_url, redact, request_json
+from sdft.endpoint import Transient, check_url, redact, request_json, with_path, without_path
 from sdft.errors import ConfigError, SdftError
 from sdft.generation import Completion, GenerationParams, cut_at_stop
 
@@ -38,10 +38,11 @@ class EndpointError(SdftError):
 def base_urls(endpoints, with_key: bool) -> list[str]:
     """Validated base URLs (``.../v1``) from a list or comma-separated string."""
     items = [endpoints] if isinstance(endpoints, str) else list(endpoints or [])
-    urls = [part.strip().rstrip("/") for item in items for part in str(item).split(",") if part.strip()]
+    urls = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
     if not urls:
         raise ConfigError("--backend openai needs --endpoint URL (e.g. http://127.0.0.1:8000/v1)")
-    return [check_url(url, has_key=with_key).removesuffix("/completions") for url in urls]
+    # Paths are joined before a query string (``.../v1?api-version=1`` -> ``.../v1/completions?api-version=1``).
+    return [without_path(check_url(url, has_key=with_key), "/completions") for url in urls]
 
 
 class OpenAIBackend:
@@ -107,7 +108,7 @@ class OpenAIBackend:
     def _check_serves(self, base: str) -> None:
         """Fail now, with one line, when a server is down or does not serve the model."""
         try:
-            listing = self._call(base + "/models")
+            listing = self._call(with_path(base, "/models"))
         except Transient as exc:
             raise EndpointError(f"{exc}; is the server running?") from None
         names = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] \
@@ -122,7 +123,7 @@ class OpenAIBackend:
             first, self._next = self._next, self._next + 1
         error = ""
         for attempt in range(self.retries + 1):
-            url = self.endpoints[(first + attempt) % len(self.endpoints)] + "/completions"
+            url = with_path(self.endpoints[(first + attempt) % len(self.endpoints)], "/completions")
             try:
                 return self._call(url, body)
             except Transient as exc:
