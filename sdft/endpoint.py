@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -59,15 +60,29 @@ def without_path(url: str, suffix: str) -> str:
     return urlunsplit(parts._replace(path=parts.path.rstrip("/").removesuffix(suffix)))
 
 
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-        return True
+def _loopback_ip(address: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as a dual-stack socket names its peer
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def is_loopback(host: str | None) -> bool:
+    """A loopback address, or a ``localhost`` / ``*.localhost`` name that resolves to loopback addresses
+    only: RFC 6761 reserves those names, but a resolver need not honour it, and the key would go wherever
+    the name points."""
+    if not host:
+        return False
+    name = host.lower().rstrip(".")
+    if name != "localhost" and not name.endswith(".localhost"):
+        return _loopback_ip(host)
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(addresses) and all(_loopback_ip(address) for address in addresses)
 
 
 def check_url(url: str, *, has_key: bool) -> str:
@@ -80,7 +95,8 @@ def check_url(url: str, *, has_key: bool) -> str:
                           "logged and recorded); put the key in the environment (SDFT_JUDGE_API_KEY)")
     if parts.scheme == "http" and has_key and not is_loopback(parts.hostname):
         raise ConfigError(f"endpoint {redact(url)}: refusing to send the API key in clear text over "
-                          "http:// to a non-local host; use https:// (http is accepted for localhost only)")
+                          f"http:// to {parts.hostname}, not a loopback host; use https:// (http is accepted "
+                          "only for 127.0.0.1, ::1, or a localhost name that resolves to loopback only)")
     return url
 
 

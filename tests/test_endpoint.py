@@ -1,6 +1,7 @@
 """The judge endpoint's HTTP client keeps the API key with the host the user named, and out of messages."""
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -150,6 +151,32 @@ def test_cli_refuses_a_key_in_the_url_before_writing_anything(tmp_path, capsys, 
     assert KEY not in command_line()
     assert "--judge=https://fn.example.net/v1?code=***&v=***" in command_line()
     assert "https://h.example.net/v1?sig=***" in command_line()
+
+
+def _resolving(monkeypatch, table):
+    real = socket.getaddrinfo
+
+    def fake(host, *args, **kwargs):
+        if host in table:
+            if table[host] is None:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                     (a, 0) if ":" not in a else (a, 0, 0, 0)) for a in table[host]]
+        return real(host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+def test_localhost_names_count_as_loopback_only_when_they_resolve_there(monkeypatch):
+    _resolving(monkeypatch, {"judge.localhost": ["127.0.0.1", "::1"], "evil.localhost": ["203.0.113.7"],
+                             "mixed.localhost": ["127.0.0.1", "203.0.113.7"], "nowhere.localhost": None,
+                             "localhost": ["198.51.100.2"]})
+    check_url("http://judge.localhost:8000/v1", has_key=True)
+    for host in ("evil.localhost", "mixed.localhost", "nowhere.localhost", "localhost"):
+        with pytest.raises(ConfigError, match="refusing to send the API key in clear text") as info:
+            check_url(f"http://{host}:8000/v1", has_key=True)
+        assert host in str(info.value)
+        check_url(f"http://{host}:8000/v1", has_key=False)  # no key: nothing to leak
+        check_url(f"https://{host}:8000/v1", has_key=True)
 
 
 def test_a_query_string_stays_at_the_end_of_the_judge_url(servers):
