@@ -15,7 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class StubServer:
     """``url`` is the base (``http://127.0.0.1:PORT/v1``). ``script`` answers POSTs in order: an int is an
     HTTP status to fail with, ``"garbage"`` a non-JSON body, ``"empty"`` JSON without choices, a
-    ``("redirect", URL)`` a 307 there; when the script runs out, requests succeed."""
+    ``("redirect", URL)`` a 307 there, ``("huge", N)`` a body of N bytes without a length, ``"short"`` fewer
+    bytes than the Content-Length before closing, ``("drip", SECONDS)`` one byte every 0.1 s of the body
+    for SECONDS; when the script runs out, requests succeed."""
 
     def __init__(self, model: str = "stub", delay: float = 0.0, script=None):
         self.model, self.delay, self.script = model, delay, list(script or [])
@@ -36,6 +38,26 @@ class StubServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _broken(self, kind: str, amount: float):
+                """What a broken or hostile server sends, by hand; stops when the client hangs up."""
+                self.close_connection = True
+                length = "" if kind == "huge" else "Content-Length: 1000\r\n"
+                try:
+                    self.wfile.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}\r\n".encode())
+                    if kind == "short":
+                        self.wfile.write(b'{"choices": ')
+                    elif kind == "huge":
+                        for _ in range(0, int(amount), 65536):
+                            self.wfile.write(b" " * 65536)
+                    else:  # drip
+                        end, pause = time.monotonic() + amount, threading.Event()
+                        while time.monotonic() < end:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            pause.wait(0.1)
+                except OSError:
+                    pass  # the client stopped reading: what a capped or timed-out client does
 
             def do_GET(self):
                 stub._record(self, None)
@@ -62,6 +84,8 @@ class StubServer:
                     self._reply(200, {"object": "text_completion"})
                 elif isinstance(step, tuple) and step[0] == "redirect":
                     self._reply(307, {}, {"Location": step[1]})
+                elif step == "short" or isinstance(step, tuple) and step[0] in ("huge", "drip"):
+                    self._broken(*(step if isinstance(step, tuple) else (step, 0)))
                 else:
                     self._reply(200, stub.completion(body))
 

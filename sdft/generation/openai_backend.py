@@ -7,8 +7,10 @@ on which server or batch it lands on; requests are spread round-robin over the e
 local checkpoint (an alias or folder) its tokenizer renders and truncates the prompts here and the server
 gets token ids, exactly what the in-process backends feed their engines; otherwise it gets the text.
 
-Failures: connection errors, timeouts and HTTP 408/429/5xx are retried with exponential backoff (on the
-next endpoint); anything else, or an answer that is not a completion, stops the job with one line. Stages
+Failures: connection errors (a reply cut short among them), timeouts and HTTP 408/429/5xx are retried
+with exponential backoff (on the next endpoint); anything else, a reply over ``max_reply_bytes``, or an
+answer that is not a completion, stops the job with one line. ``timeout`` is each request's deadline
+(connect and every read together: a server that trickles bytes is cut there, not kept waiting). Stages
 write progress after every chunk, so finished records survive. The API key comes only from an
 environment variable (``SDFT_API_KEY``, else ``OPENAI_API_KEY``, or the one named by ``api_key_env``);
 it is never a config value, so it never reaches a run record. The transport is ``sdft.base.endpoint``'s: with a
@@ -17,6 +19,7 @@ key, plain http only to loopback; redirects never followed (the key would follow
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import threading
@@ -24,7 +27,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from sdft.base.endpoint import Transient, check_url, redact, request_json
+from sdft.base.endpoint import (
+    MAX_REPLY_BYTES,
+    ReplyTooLarge,
+    Transient,
+    check_url,
+    redact,
+    request_json,
+    with_path,
+    without_path,
+)
 from sdft.base.errors import ConfigError, SdftError
 from sdft.generation import Completion, GenerationParams, cut_at_stop
 
@@ -38,20 +50,22 @@ class EndpointError(SdftError):
 def base_urls(endpoints, with_key: bool) -> list[str]:
     """Validated base URLs (``.../v1``) from a list or comma-separated string."""
     items = [endpoints] if isinstance(endpoints, str) else list(endpoints or [])
-    urls = [part.strip().rstrip("/") for item in items for part in str(item).split(",") if part.strip()]
+    urls = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
     if not urls:
         raise ConfigError("--backend openai needs --endpoint URL (e.g. http://127.0.0.1:8000/v1)")
-    return [check_url(url, has_key=with_key).removesuffix("/completions") for url in urls]
+    # Paths are joined before a query string (``.../v1?api-version=1`` -> ``.../v1/completions?api-version=1``).
+    return [without_path(check_url(url, has_key=with_key), "/completions") for url in urls]
 
 
 class OpenAIBackend:
     """``generate(prompts, params)`` over OpenAI-compatible ``/completions`` endpoints.
 
     Options (``--backend-option KEY=VALUE``): ``max_concurrency`` (in flight per endpoint, default 32),
-    ``timeout`` (seconds per request, default 600), ``retries`` (default 4), ``backoff`` (first wait in
-    seconds, default 1, doubling), ``api_key_env`` (variable holding the key), ``served_model`` (the name
-    to request when the server calls the model otherwise), ``tokenizer`` (folder or alias for token-id
-    prompts when the model name is not local), ``request_chunk``.
+    ``timeout`` (seconds per request, the whole request: default 600), ``retries`` (default 4),
+    ``backoff`` (first wait in seconds, default 1, doubling), ``max_reply_bytes`` (largest reply read,
+    default 32 MiB), ``api_key_env`` (variable holding the key), ``served_model`` (the name to request
+    when the server calls the model otherwise), ``tokenizer`` (folder or alias for token-id prompts when
+    the model name is not local), ``request_chunk``.
     """
 
     loads_hf_weights = False
@@ -59,7 +73,7 @@ class OpenAIBackend:
     def __init__(self, model: str, adapter: str | None = None, progress: bool = True, endpoint=None,
                  max_concurrency: int = 32, timeout: float = 600.0, retries: int = 4, backoff: float = 1.0,
                  api_key_env: str | None = None, served_model: str | None = None, tokenizer: str | None = None,
-                 request_chunk: int | None = None, **unknown):
+                 request_chunk: int | None = None, max_reply_bytes: int = MAX_REPLY_BYTES, **unknown):
         self.check_options({**unknown, "endpoint": endpoint, "api_key_env": api_key_env})
         if unknown:
             raise ConfigError(f"unknown option(s) for the openai backend: {', '.join(sorted(unknown))}")
@@ -71,6 +85,10 @@ class OpenAIBackend:
         self.model_name = served_model or model
         self.max_concurrency, self.timeout = max(1, int(max_concurrency)), float(timeout)
         self.retries, self.backoff, self.progress = max(0, int(retries)), float(backoff), progress
+        self.max_reply_bytes = int(max_reply_bytes)
+        if not (math.isfinite(self.timeout) and self.timeout > 0) or self.max_reply_bytes < 1:
+            raise ConfigError("the openai backend's timeout must be a positive number of seconds and "
+                              "max_reply_bytes at least 1")
         self.request_chunk = int(request_chunk or 4 * self.max_concurrency * len(self.endpoints))
         self._next = 0
         self._lock = threading.Lock()
@@ -102,12 +120,15 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------------------------------------ HTTP
     def _call(self, url: str, body: dict | None = None) -> dict:
-        return request_json(url, body, api_key=self._key, timeout=self.timeout)
+        try:
+            return request_json(url, body, api_key=self._key, timeout=self.timeout, max_bytes=self.max_reply_bytes)
+        except ReplyTooLarge as exc:
+            raise EndpointError(f"{exc} (--backend-option max_reply_bytes=N raises the limit)") from None
 
     def _check_serves(self, base: str) -> None:
         """Fail now, with one line, when a server is down or does not serve the model."""
         try:
-            listing = self._call(base + "/models")
+            listing = self._call(with_path(base, "/models"))
         except Transient as exc:
             raise EndpointError(f"{exc}; is the server running?") from None
         names = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] \
@@ -122,7 +143,7 @@ class OpenAIBackend:
             first, self._next = self._next, self._next + 1
         error = ""
         for attempt in range(self.retries + 1):
-            url = self.endpoints[(first + attempt) % len(self.endpoints)] + "/completions"
+            url = with_path(self.endpoints[(first + attempt) % len(self.endpoints)], "/completions")
             try:
                 return self._call(url, body)
             except Transient as exc:

@@ -177,10 +177,9 @@ class EndpointJudge:
     """An OpenAI-compatible ``/chat/completions`` endpoint (see :mod:`sdft.base.endpoint` for the key's safety)."""
 
     def __init__(self, url: str, model: str, batch_size: int, timeout: float = 120.0, retries: int = 4):
-        from sdft.base.endpoint import api_key, check_url, redact
+        from sdft.base.endpoint import api_key, check_url, redact, with_path
 
-        base = url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.url = with_path(url, "/chat/completions")  # before a query string, not after it
         self.api_key = api_key()
         check_url(self.url, has_key=bool(self.api_key))  # before any model loads or any file is written
         self.model, self.batch_size, self.timeout, self.retries = model, batch_size, timeout, retries

@@ -99,6 +99,53 @@ def test_timeout_is_retried():
     assert len(server.posts()) == 2
 
 
+def test_a_reply_over_the_size_cap_stops_the_job_in_one_line():
+    with StubServer(script=[("huge", 4 * 2**20)]) as server:
+        with pytest.raises(SdftError, match="larger than 1 MiB.*max_reply_bytes") as err:
+            _backend(server.url, max_concurrency=1, max_reply_bytes=2**20).generate(["x"], GenerationParams())
+    assert len(server.posts()) == 1 and "\n" not in str(err.value)  # not retried: it would come again
+    with StubServer(script=[("huge", 2**20)]) as server:  # the default cap (32 MiB) reads it: not JSON
+        with pytest.raises(SdftError, match="not JSON"):
+            _backend(server.url, max_concurrency=1).generate(["x"], GenerationParams())
+
+
+def test_a_slow_drip_is_cut_at_the_request_deadline_and_retried_a_bounded_number_of_times():
+    import time
+
+    with StubServer(script=[("drip", 5.0)] * 2) as server:
+        backend = _backend(server.url, timeout=1.0, retries=1, max_concurrency=1)
+        started = time.monotonic()
+        with pytest.raises(SdftError, match="failed after 2 attempt.*no complete reply within 1 s"):
+            backend.generate(["x"], GenerationParams())
+        assert time.monotonic() - started < 4  # two one-second attempts and a short backoff
+    assert len(server.posts()) == 2
+
+
+def test_a_reply_cut_short_is_retried_as_a_connection_error():
+    with StubServer(script=["short"]) as server:
+        out = _backend(server.url, max_concurrency=1).generate(["x"], GenerationParams(max_new_tokens=4))
+    assert out[0].text and len(server.posts()) == 2
+    with StubServer(script=["short"] * 2) as server:
+        with pytest.raises(SdftError, match="failed after 2 attempt.*in the middle of its reply") as err:
+            _backend(server.url, retries=1, max_concurrency=1).generate(["x"], GenerationParams())
+    assert "\n" not in str(err.value)
+
+
+def test_a_query_string_stays_after_the_path():
+    with StubServer() as server:
+        _backend(server.url + "/?api-version=7", max_concurrency=1).generate(["x"], GenerationParams(max_new_tokens=2))
+    assert [r["path"] for r in server.requests] == ["/v1/models?api-version=7", "/v1/completions?api-version=7"]
+    with StubServer() as server:
+        _backend(server.url + "/completions?a=1").generate(["x"], GenerationParams(max_new_tokens=2))
+    assert [r["path"] for r in server.requests] == ["/v1/models?a=1", "/v1/completions?a=1"]
+
+
+def test_bad_timeout_or_cap_is_refused():
+    for options in ({"timeout": 0}, {"timeout": float("inf")}, {"max_reply_bytes": 0}):
+        with pytest.raises(ConfigError, match="positive number of seconds"):
+            _backend("http://127.0.0.1:9/v1", **options)
+
+
 def test_server_down_or_wrong_model_fails_before_work():
     with StubServer() as server:
         url = server.url
