@@ -115,6 +115,7 @@ class EvalConfig(EngineSettings, Validated):
             from sdft.endpoint import api_key, check_url
             check_url(self.judge, has_key=bool(api_key()))  # before anything is written or loaded
         templates.check_system_prompt(self.system_prompt)
+        self.check_engine_settings()  # a backend option no backend takes: refused before any model loads
 
     def decoding(self, task: str | None = None, task_budget: int = 256, stop: tuple[str, ...] = ()):
         """The :class:`GenerationParams` of a task: its own answer budget unless --max-new-tokens is set,

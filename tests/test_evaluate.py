@@ -350,7 +350,7 @@ def test_a_typo_in_a_task_option_stops_eval_at_once_naming_the_valid_keys(tmp_pa
     (["humaneval"], "humaneval.memory_mb=lots", "task humaneval: option memory_mb must be an integer"),
     (["humaneval"], "humaneval.timeout=nan", "task humaneval: option timeout must be a finite number"),
     (["mmlu"], "mmlu.subject=anatomy", "task mmlu: unknown option 'subject'.*valid options: subjects$"),
-    (["mmlu"], "mmlu.template_mode=chat", "task mmlu: unknown option 'template_mode'"),  # log-likelihood: no prompt mode
+    (["mmlu"], "mmlu.template_mode=chat", "task mmlu: unknown option 'template_mode'"),  # log-likelihood: no prompt
     (["hellaswag"], "hellaswag.subset=x", "task hellaswag: unknown option 'subset'.*it takes no options"),
     (["gsm8k"], "gsm8k.template_mode=chatt", "option template_mode must be one of auto, chat, plain"),
     (["openfunctions"], "openfunctions.rules=paper", "valid options: rule, system_prompt, template_mode$"),
@@ -383,7 +383,8 @@ def test_valid_task_options_are_all_accepted_and_reach_the_tasks(tmp_path, small
     assert get_task("mmlu", **given["mmlu"]).subjects == {"anatomy", "virology"}
     assert get_task("arc", **given["arc"]).subset == "easy"
     with pytest.raises(ConfigError, match="user task 'mine': unknown option|task mine: unknown option 'colour'"):
-        from_dict(EvalConfig, {"tasks": ["mine"], "option": ["mine.colour=red"], "data": [f"mine={small_data['custom']}"],
+        from_dict(EvalConfig, {"tasks": ["mine"], "option": ["mine.colour=red"],
+                               "data": [f"mine={small_data['custom']}"],
                                "checker": ["mine=test_evaluate:contains_answer"]})
 
 
