@@ -12,6 +12,7 @@ engine starts worker processes with ``spawn``: a script that creates one needs `
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -121,6 +122,7 @@ def _engine(folder: str, dtype: str, lora_rank: int, options: dict):
     return llm
 
 
+@functools.cache  # every config built (each dataclasses.replace) asks again
 def engine_arguments() -> frozenset[str] | None:
     """any vllm.LLM engine argument (e.g. enforce_eager, max_model_len, gpu_memory_utilization)"""
     # The docstring above is what an unknown --backend-option lists. The names are read from vLLM's source
