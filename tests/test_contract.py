@@ -74,7 +74,7 @@ def _pinned_configs():
     from sdft.distill.config import PRESETS as DISTILL_PRESETS
     from sdft.evaluate.config import PRESETS as EVAL_PRESETS
 
-    engine = {"backend": "hf", "precision": "fp32", "endpoint": [], "backend_option": ["max_concurrency=4"]}
+    engine = {"backend": "hf", "precision": "fp32", "endpoint": [], "backend_option": ["device=cpu"]}  # not keyed
     remote = {"backend": "openai", "precision": "bf16", "endpoint": ["http://127.0.0.1:8000/v1"],
               "backend_option": ["retries=1"]}
     return {

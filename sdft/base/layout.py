@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdft.base.stats import Metric
-from sdft.base.store import read_jsonl, write_json
+from sdft.base.store import write_json
 
 SCHEMA = 2  # manifest.json format; 1 = the nested dicts of sdft before this module (no "schema" key)
 

@@ -59,6 +59,7 @@ class DistillConfig(EngineSettings, Validated):
         generation_params(self)  # decoding values are checked where they are defined
         column_mapping(self.columns)
         templates.check_system_prompt(self.system_prompt)
+        self.check_engine_settings()  # a backend option no backend takes: refused before any model loads
 
 
 def generation_params(config) -> GenerationParams:

@@ -54,7 +54,7 @@ class EvalConfig(EngineSettings, Validated):
     progress: bool = field(True, "show a progress bar", keyed=False)
 
     def validate(self) -> None:
-        from sdft.tasks import TASK_PREFIXES, TASKS
+        from sdft.tasks import TASK_PREFIXES, TASKS, task_class
 
         if not self.tasks:
             raise ConfigError("eval needs --tasks, e.g. --tasks gsm8k,advbench")
@@ -77,6 +77,8 @@ class EvalConfig(EngineSettings, Validated):
             stray = sorted(set(mapping) - set(self.tasks))
             if stray:
                 raise ConfigError(f"{what} names task(s) not in --tasks: {', '.join(stray)}")
+        for name, given in options.items():  # a typo'd key is refused here, not ignored after hours of work
+            task_class(name, user_task=name in checkers).check_options(name, given)
         for name in ("batch_size", "max_prompt_tokens", "n_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"'{name}' must be at least 1")
@@ -91,6 +93,7 @@ class EvalConfig(EngineSettings, Validated):
             from sdft.base.endpoint import api_key, check_url
             check_url(self.judge, has_key=bool(api_key()))  # before anything is written or loaded
         templates.check_system_prompt(self.system_prompt)
+        self.check_engine_settings()  # a backend option no backend takes: refused before any model loads
 
     def decoding(self, task: str | None = None, task_budget: int = 256, stop: tuple[str, ...] = ()):
         """The :class:`GenerationParams` of a task: its own answer budget unless --max-new-tokens is set,
@@ -110,12 +113,20 @@ class EvalConfig(EngineSettings, Validated):
 
     def task_options(self) -> dict[str, dict[str, str]]:
         options: dict[str, dict[str, str]] = {}
+        last = None
         for item in self.option:
+            if last is not None and "=" not in item:
+                # List settings are split at commas: mmlu.subjects=a,b arrives as "mmlu.subjects=a", "b".
+                options[last[0]][last[1]] += "," + item.strip()
+                continue
             task, dot, rest = item.partition(".")
             key, eq, value = rest.partition("=")
-            if not dot or not eq or not task or not key:
+            if not dot or not eq or not task or not key.strip():
                 raise ConfigError(f"--option '{item}' must look like TASK.KEY=VALUE")
-            options.setdefault(task, {})[key.strip()] = value.strip()
+            last = (task, key.strip())
+            if last[1] in options.get(task, {}):
+                raise ConfigError(f"--option {task}.{last[1]} is given twice")
+            options.setdefault(task, {})[last[1]] = value.strip()
         return options
 
 

@@ -41,6 +41,11 @@ class EngineSettings:
     backend_option: list[str] = field(default_factory=list, keyed=False,
                                       help="KEY=VALUE backend option, e.g. max_concurrency=64")
 
+    def check_engine_settings(self) -> None:
+        """Called by the stages' ``validate``: a backend option no candidate backend takes is refused when
+        the config is built, before any model is resolved, converted or loaded."""
+        check_backend_options(self.backend, list(self.endpoint), list(self.backend_option))
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -143,6 +148,93 @@ def model_for_backend(name: str, model: str) -> str:
     return model
 
 
+# Set by the stage itself or by a flag of their own: never a --backend-option.
+_SUPPLIED = {"model": "--model", "adapter": "--adapter", "progress": "--progress / --no-progress",
+             "precision": "--precision", "endpoint": "--endpoint"}
+
+
+def backend_options(cls: type) -> tuple[dict, Any]:
+    """The ``--backend-option`` keys a backend class takes: ``(named, extra)``. ``named``: its constructor's
+    parameters, less those the stage or a flag supplies (``{name: inspect.Parameter}``); ``extra``: a
+    function giving the further keys it forwards (its ``forwarded_options``: vLLM's engine arguments; None
+    from it: not knowable here), or None when it takes a bare ``**options`` without saying which (any key)."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    named = {n: p for n, p in params.items() if n not in _SUPPLIED
+             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    extra = getattr(cls, "forwarded_options", None)
+    if extra is None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        extra = frozenset
+    return named, extra
+
+
+def check_backend_options(backend: str, endpoints: list[str], items: list[str]) -> dict:
+    """Parse ``--backend-option`` items and refuse, in one line listing the valid ones, a key that the
+    backend (``auto``: any backend it may choose) does not take, or a value of the wrong type for it."""
+    from sdft.generation.auto import parse_options, vllm_installed
+
+    options = parse_options(items)
+    if not options:
+        return options
+    for key in options:
+        if key in _SUPPLIED:
+            raise ConfigError(f"--backend-option {key} is not a backend option: use {_SUPPLIED[key]}")
+    if backend != "auto":
+        names = [backend]
+    else:
+        names = ["openai"] if endpoints else ["hf", "vllm"] if vllm_installed() else ["hf"]
+    cls = backend_class(names[0]) if len(names) == 1 else None
+    if hasattr(cls, "check_options"):  # the backend's own refusals first (an API key given as a setting)
+        cls.check_options({**options, "endpoint": endpoints or None})
+    takes = {name: backend_options(backend_class(name)) for name in names}
+    forwarded: dict[str, Any] = {}
+    for key, value in options.items():
+        for name, (named, extra) in takes.items():
+            if key in named:
+                _check_option_type(key, named[key], value)
+                break
+            if extra is None:
+                break
+            if name not in forwarded:
+                forwarded[name] = extra()  # vLLM: its source is read only for a key not among its own
+            if forwarded[name] is None or key in forwarded[name]:
+                break
+        else:
+            import difflib
+
+            listed = "; ".join(f"for {name}: {_listing(named, extra)}" for name, (named, extra) in takes.items())
+            which = f"backend {backend}" + (f" (it picks {' or '.join(names)})" if backend == "auto" else "")
+            known = {n for named, _ in takes.values() for n in named} | {n for f in forwarded.values() for n in f or ()}
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ConfigError(f"unknown --backend-option '{key}' for {which}"
+                              + (f" (did you mean {near[0]}?)" if near else "") + f"; valid {listed}")
+    return options
+
+
+def _listing(named: dict, extra) -> str:
+    keys = ", ".join(sorted(named)) or "none"
+    hint = (extra.__doc__ or "").strip() if extra not in (None, frozenset) else ""
+    return f"{keys}, or {hint}" if hint else keys
+
+
+def _check_option_type(key: str, param, value) -> None:
+    """The value against the parameter's default (or annotation): numbers must be numbers, flags flags."""
+    import inspect
+    import math
+
+    default = param.default if param.default is not inspect.Parameter.empty else None
+    annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+    kind = type(default) if default is not None else next(
+        (t for t in (bool, int, float) if t.__name__ in annotation.replace(" ", "").split("|")), None)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"--backend-option {key} must be true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"--backend-option {key} must be an integer, got {value!r}")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        raise ConfigError(f"--backend-option {key} must be a finite number, got {value!r}")
+
+
 def load_backend(name: str, model: str, adapter: str | None = None, **options) -> Backend:
     """Instantiate a registered backend (or any ``module:Class``) for a model."""
     try:
@@ -185,7 +277,7 @@ def _takes(cls: type, name: str) -> bool:
 
 def backend_setup(config: EngineSettings) -> BackendSetup:
     """Resolve a stage config's :class:`EngineSettings` for its ``model`` (auto choices printed)."""
-    from sdft.generation.auto import choose, parse_options
+    from sdft.generation.auto import choose
 
     requested, endpoints = config.backend, list(config.endpoint)
     if requested == "auto" and endpoints:
@@ -198,7 +290,8 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
         folder = resolve_model(config.model)
     choice = choose(requested, config.precision, folder)
     cls = backend_class(choice.backend)
-    options = parse_options(list(config.backend_option))
+    # Checked once more for the backend chosen: under auto, a key only the other one takes stops here.
+    options = check_backend_options(choice.backend, endpoints, list(config.backend_option))
     if _takes(cls, "precision"):
         options["precision"] = choice.precision
     if endpoints:

@@ -139,13 +139,23 @@ def parse_options(items: list[str]) -> dict:
     """``--backend-option KEY=VALUE`` pairs; values read as YAML scalars (``4`` -> 4, ``true`` -> True)."""
     import yaml
 
-    options = {}
+    options: dict = {}
+    texts: dict[str, str] = {}
     for item in items:
+        if texts and "=" not in item:
+            # List settings are split at commas: a value holding one arrives in pieces, rejoined here.
+            key = next(reversed(texts))
+            texts[key] += "," + item
+            continue
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"--backend-option '{item}' must look like KEY=VALUE")
+        if key.strip() in texts:
+            raise ConfigError(f"--backend-option {key.strip()} is given twice")
+        texts[key.strip()] = value
+    for key, value in texts.items():
         try:
-            options[key.strip()] = yaml.safe_load(value)
+            options[key] = yaml.safe_load(value)
         except yaml.YAMLError:
-            options[key.strip()] = value
+            options[key] = value
     return options

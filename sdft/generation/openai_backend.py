@@ -69,6 +69,7 @@ class OpenAIBackend:
     """
 
     loads_hf_weights = False
+    forwarded_options = staticmethod(frozenset)  # none: **unknown is only there to refuse it in one line
 
     def __init__(self, model: str, adapter: str | None = None, progress: bool = True, endpoint=None,
                  max_concurrency: int = 32, timeout: float = 600.0, retries: int = 4, backoff: float = 1.0,

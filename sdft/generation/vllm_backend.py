@@ -12,6 +12,7 @@ engine starts worker processes with ``spawn``: a script that creates one needs `
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -121,6 +122,36 @@ def _engine(folder: str, dtype: str, lora_rank: int, options: dict):
     return llm
 
 
+@functools.cache  # every config built (each dataclasses.replace) asks again
+def engine_arguments() -> frozenset[str] | None:
+    """any vllm.LLM engine argument (e.g. enforce_eager, max_model_len, gpu_memory_utilization)"""
+    # The docstring above is what an unknown --backend-option lists. The names are read from vLLM's source
+    # (``EngineArgs`` fields and ``LLM.__init__`` parameters: what ``LLM(**options)`` takes) instead of
+    # importing it, which takes seconds; None (any key passes on, for vLLM to judge) when vLLM is not
+    # installed or its source is laid out otherwise.
+    import ast
+    import importlib.util
+
+    names: set[str] = set()
+    try:
+        spec = importlib.util.find_spec("vllm")
+        root = Path(spec.origin).parent if spec and spec.origin else None
+        sources = (("engine/arg_utils.py", "EngineArgs", None), ("entrypoints/llm.py", "LLM", "__init__"))
+        for file, cls, function in sources:
+            tree = ast.parse((root / file).read_text(encoding="utf-8")) if root else ast.Module(body=[])
+            for node in tree.body:
+                if not (isinstance(node, ast.ClassDef) and node.name == cls):
+                    continue
+                for item in node.body:
+                    if function is None and isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        names.add(item.target.id)
+                    elif isinstance(item, ast.FunctionDef) and item.name == function:
+                        names.update(a.arg for a in item.args.args + item.args.kwonlyargs)
+    except (OSError, SyntaxError, ValueError, ImportError):
+        names.clear()
+    return frozenset(names - {"self", "model"}) or None
+
+
 def shutdown_engine() -> None:
     """Stop the cached engine (its worker processes and KV cache) if there is one."""
     llm = _ENGINE.pop("llm", None)
@@ -147,6 +178,7 @@ class VLLMBackend:
     """
 
     loads_hf_weights = True
+    forwarded_options = staticmethod(engine_arguments)  # what **engine_options may hold (sdft.generation)
 
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
                  progress: bool = True, precision: str | None = None, kv_cache_gib: float | None = None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from math import isfinite  # not `import math`: the submodule sdft.tasks.math would shadow it
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -51,6 +52,11 @@ class Task(ABC):
     # which takes them all, keeps its stages.
     revision: ClassVar[int] = 0
     revision_scope: ClassVar[Literal["scoring", "selection"]] = "scoring"
+    # The ``--option TASK.KEY=VALUE`` keys this class adds to its bases', each with its default, which also
+    # gives the value's type (a tuple: the accepted values, the first the default; a bare type: typed, no
+    # default; None: any text). Checked by :meth:`check_options` when the config is built, before any work.
+    option_spec: ClassVar[dict[str, Any]] = {}
+    option_prefixes: ClassVar[tuple[str, ...]] = ()  # families of keys, e.g. a user task's ``column.ROLE``
 
     def __init__(self, data_path: str | None = None, **options: Any):
         self.data_path = data_path
@@ -61,6 +67,28 @@ class Task(ABC):
     @abstractmethod
     def examples(self) -> list[dict]:
         """The task's items, each with a stable ``"id"``."""
+
+    @classmethod
+    def valid_options(cls) -> dict[str, Any]:
+        """Every option key the task takes (its own and its bases'), with its spec."""
+        spec: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            spec.update(vars(klass).get("option_spec", {}))
+        return spec
+
+    @classmethod
+    def check_options(cls, task: str, options: dict[str, Any]) -> None:
+        """Refuse, in one line naming the task, an option key the task does not take (listing those it
+        does) or a value of the wrong type; the task's own constructor checks ranges and file names later."""
+        spec = cls.valid_options()
+        for key, value in options.items():
+            if key not in spec and not key.startswith(cls.option_prefixes):
+                valid = sorted(spec) + [f"{p}<name>" for p in cls.option_prefixes]
+                raise ConfigError(f"task {task}: unknown option '{key}' (--option {task}.{key}); "
+                                  + (f"valid options: {', '.join(valid)}" if valid else "it takes no options"))
+            problem = _option_problem(spec.get(key), value)
+            if problem:
+                raise ConfigError(f"task {task}: option {key} {problem}, got {value!r}")
 
     def check_ready(self) -> None:
         """Raise now, before any model loads, when the task cannot run here (a missing package)."""
@@ -80,6 +108,8 @@ class Task(ABC):
 class GenerativeTask(Task):
     """A model writes an answer to a prompt; the task grades the text."""
 
+    # The eval-wide --template-mode and --system-prompt, for this task alone (e.g. gsm8k.template_mode=chat).
+    option_spec = {"template_mode": ("auto", "chat", "plain"), "system_prompt": None}
     max_new_tokens: ClassVar[int] = 256  # default answer budget (overridable with --max-new-tokens)
     stop: ClassVar[tuple[str, ...]] = ()
 
@@ -182,6 +212,45 @@ def get_task(name: str, data_path: str | None = None, **options: Any) -> Task:
                           f"or {', '.join(p + '<task>' for p in TASK_PREFIXES)}, "
                           f"or a user task: --data {name}=FILE --checker {name}=module:function")
     return import_target(TASKS[name], "task")(data_path, **options)
+
+
+def task_class(name: str, user_task: bool = False) -> type[Task]:
+    """The class :func:`get_task` would build for ``name`` (``user_task``: it comes with a checker)."""
+    for prefix, target in TASK_PREFIXES.items():
+        if name.startswith(prefix):
+            return import_target(target, "task")
+    if name not in TASKS and user_task:
+        return import_target(CUSTOM_TASK, "task")
+    if name not in TASKS:
+        get_task(name)  # the one "unknown task" message
+    return import_target(TASKS[name], "task")
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _option_problem(spec: Any, value: Any) -> str | None:
+    """What is wrong with an option value (text from the command line or YAML), judged by its spec."""
+    if spec is None:
+        return None
+    if isinstance(spec, tuple):
+        return None if value in spec else f"must be one of {', '.join(spec)}"
+    kind = spec if isinstance(spec, type) else type(spec)
+    if kind is bool:
+        return None if isinstance(value, bool) or str(value).lower() in _TRUE + _FALSE else "must be true or false"
+    if kind is int:
+        try:
+            ok = not isinstance(value, (bool, float)) and int(value) is not None
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else "must be an integer"
+    if kind is float:
+        try:
+            ok = not isinstance(value, bool) and isfinite(float(value))
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else "must be a finite number"
+    return None
 
 
 def task_revisions(names: list[str], limited: bool = True) -> dict[str, int]:

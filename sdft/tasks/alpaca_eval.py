@@ -30,6 +30,7 @@ class AlpacaEval(GenerativeTask):
     name = "alpaca_eval"
     metric = "answered"
     max_new_tokens = 512
+    option_spec = {"generator": None}  # the name in the exported outputs (default: the eval folder's)
     template = templates.PROMPT_TEMPLATES["alpaca"]
 
     def examples(self) -> list[dict]:

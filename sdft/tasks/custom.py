@@ -23,6 +23,8 @@ from sdft.tasks import GenerativeTask
 
 class CustomTask(GenerativeTask):
     max_new_tokens = 512
+    option_spec = {"template": None, "shape": None, "metric": None}
+    option_prefixes = ("column.",)
 
     def __init__(self, data_path: str | None = None, *, task_name: str = "custom", checker: str | None = None,
                  **options):

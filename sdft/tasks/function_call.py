@@ -36,11 +36,12 @@ class OpenFunctions(GenerativeTask):
     metric = "accuracy"
     max_new_tokens = 256
     template = templates.PROMPT_TEMPLATES["alpaca"]
+    option_spec = {"rule": ("default", "paper", "paper_half_credit")}
 
     def __init__(self, data_path: str | None = None, **options):
         super().__init__(data_path, **options)
         self.rule = options.get("rule", "default")
-        if self.rule not in ("default", "paper", "paper_half_credit"):
+        if self.rule not in self.option_spec["rule"]:
             raise ConfigError("openfunctions: option rule must be 'default', 'paper' or 'paper_half_credit', "
                               f"got {self.rule!r}")
 

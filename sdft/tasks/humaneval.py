@@ -45,6 +45,7 @@ class HumanEval(GenerativeTask):
     name = "humaneval"
     metric = "pass@1"
     max_new_tokens = 512
+    option_spec = {"timeout": 10.0, "memory_mb": 512}  # per program, in the sandbox
 
     def __init__(self, data_path: str | None = None, **options):
         super().__init__(data_path, **options)

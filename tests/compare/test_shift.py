@@ -62,7 +62,6 @@ def test_lora_shift_is_the_norm_of_b_a_times_scale(tiny_model, tmp_path):
 
 
 def test_full_shift_per_module(tiny_model, tmp_path):
-    import torch
     from safetensors.torch import load_file, save_file
 
     tuned = tmp_path / "tuned"

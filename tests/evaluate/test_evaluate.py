@@ -313,3 +313,90 @@ def test_loglik_scores_in_the_precision_it_records(tmp_path, tiny_model, monkeyp
     assert settings["precision"] == expected
     assert loaded == [{"fp32": torch.float32, "bf16": torch.bfloat16}[expected]]
     assert (tmp_path / "o" / "generations" / ".cache" / f"mmlu-{settings['settings_key']}.jsonl").is_file()
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Every way a stage resolves, converts or loads a model fails the test (a config error must come first)."""
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was resolved or loaded before the config was checked")
+
+    for target in ("sdft.models.resolve.resolve_model", "sdft.models.resolve.load_model_and_tokenizer", "sdft.models.resolve.load_tokenizer",
+                   "sdft.generation.backend_setup", "sdft.generation.load_backend"):
+        monkeypatch.setattr(target, loaded)
+
+
+def test_a_typo_in_a_task_option_stops_eval_at_once_naming_the_valid_keys(tmp_path, no_model, capsys):
+    """Issue 25: ``--option gsm8k.bogus=1`` was accepted, and the run converted a model and started an engine
+    before anything was said (the task evaluated with its defaults)."""
+    import time
+
+    from sdft.cli import main
+
+    began = time.perf_counter()
+    code = main(["eval", "--tasks", "gsm8k", "--option", "gsm8k.bogus=1", "--out", str(tmp_path / "X")])
+    assert time.perf_counter() - began < 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "task gsm8k: unknown option 'bogus'" in err[0]
+    assert "valid options: rule, system_prompt, template, template_mode" in err[0]
+    assert not (tmp_path / "X").exists()
+
+
+@pytest.mark.parametrize("tasks, option, message", [
+    (["arc"], "arc.subst=easy", "task arc: unknown option 'subst'.*valid options: subset$"),
+    (["arc"], "arc.subset=eazy", "task arc: option subset must be one of challenge, easy, got 'eazy'"),
+    (["humaneval"], "humaneval.timout=30", "task humaneval: unknown option 'timout'.*memory_mb, system_prompt, "
+                                           "template_mode, timeout"),
+    (["humaneval"], "humaneval.memory_mb=lots", "task humaneval: option memory_mb must be an integer"),
+    (["humaneval"], "humaneval.timeout=nan", "task humaneval: option timeout must be a finite number"),
+    (["mmlu"], "mmlu.subject=anatomy", "task mmlu: unknown option 'subject'.*valid options: subjects$"),
+    (["mmlu"], "mmlu.template_mode=chat", "task mmlu: unknown option 'template_mode'"),  # log-likelihood: no prompt
+    (["hellaswag"], "hellaswag.subset=x", "task hellaswag: unknown option 'subset'.*it takes no options"),
+    (["gsm8k"], "gsm8k.template_mode=chatt", "option template_mode must be one of auto, chat, plain"),
+    (["openfunctions"], "openfunctions.rules=paper", "valid options: rule, system_prompt, template_mode$"),
+    (["lm_eval:hellaswag"], "lm_eval:hellaswag.num_fewshot=five", "num_fewshot must be an integer"),
+    (["lm_eval:hellaswag"], "lm_eval:hellaswag.fewshot=5", "valid options: dtype, metric, num_fewshot$"),
+])
+def test_task_option_typos_are_refused_when_the_config_is_built(tasks, option, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(EvalConfig, {"tasks": tasks, "option": [option]})
+
+
+def test_a_task_option_given_twice_is_refused():
+    with pytest.raises(ConfigError, match="--option gsm8k.rule is given twice"):
+        from_dict(EvalConfig, {"tasks": ["gsm8k"], "option": ["gsm8k.rule=paper", "gsm8k.rule=default"]})
+
+
+def test_valid_task_options_are_all_accepted_and_reach_the_tasks(tmp_path, small_data):
+    options = ["gsm8k.rule=paper", "gsm8k.template=paper_math_eval", "gsm8k.template_mode=chat",
+               "gsm8k.system_prompt=none", "openfunctions.rule=paper_half_credit", "arc.subset=easy",
+               "humaneval.timeout=120", "humaneval.memory_mb=1024", "mmlu.subjects=anatomy,virology",
+               "alpaca_eval.generator=me", "lm_eval:ai2_arc.metric=acc", "lm_eval:ai2_arc.num_fewshot=0",
+               "mine.column.response=output", "mine.template=alpaca", "mine.metric=hits"]
+    config = from_dict(EvalConfig, {"tasks": ["gsm8k", "openfunctions", "arc", "humaneval", "mmlu", "alpaca_eval",
+                                              "lm_eval:ai2_arc", "mine"], "option": options,
+                                    "data": [f"mine={small_data['custom']}"],
+                                    "checker": ["mine=test_evaluate:contains_answer"]})
+    given = config.task_options()
+    assert given["mmlu"] == {"subjects": "anatomy,virology"}  # the list setting split it at the comma
+    assert given["mine"] == {"column.response": "output", "template": "alpaca", "metric": "hits"}
+    assert get_task("mmlu", **given["mmlu"]).subjects == {"anatomy", "virology"}
+    assert get_task("arc", **given["arc"]).subset == "easy"
+    with pytest.raises(ConfigError, match="user task 'mine': unknown option|task mine: unknown option 'colour'"):
+        from_dict(EvalConfig, {"tasks": ["mine"], "option": ["mine.colour=red"],
+                               "data": [f"mine={small_data['custom']}"],
+                               "checker": ["mine=test_evaluate:contains_answer"]})
+
+
+def test_a_run_config_whose_eval_section_has_a_typo_is_refused_at_load(tmp_path):
+    from sdft.experiment.pipeline import load_run_config
+
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"instruction": "Say hi", "output": "hi"}]))
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps({"name": "n", "data": str(data), "out_root": str(tmp_path / "runs"), "model": "m",
+                                "eval": {"tasks": ["arc", "mmlu"], "option": ["arc.subset=easy", "mmlu.subjets=x"]}}))
+    with pytest.raises(ConfigError, match="task mmlu: unknown option 'subjets'.*valid options: subjects"):
+        load_run_config(path)
+    assert not (tmp_path / "runs").exists()

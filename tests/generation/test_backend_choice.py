@@ -114,3 +114,79 @@ def test_only_an_adapter_merged_for_vllm_adds_to_the_engine_key(cpu, tiny_model)
     assert engine_key(on_gpu, "runs/x/train/a") == {"backend": "vllm", "precision": "bf16"}
     hf = backend_setup(_config(model=str(tiny_model), backend="hf")).record
     assert engine_key(hf, "runs/x/train/a") == {"backend": "hf", "precision": "bf16"}
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Resolving, converting or loading a model fails the test: a config error must come first."""
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was resolved or loaded before the backend options were checked")
+
+    for target in ("sdft.models.resolve.resolve_model", "sdft.models.resolve.load_model_and_tokenizer", "sdft.models.resolve.load_tokenizer",
+                   "sdft.generation.load_backend"):
+        monkeypatch.setattr(target, loaded)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--backend", "hf", "--backend-option", "devise=cpu"],
+     r"unknown --backend-option 'devise' for backend hf \(did you mean device\?\); valid for hf: device, dtype$"),
+    (["--backend", "vllm", "--backend-option", "kv_cache_gb=4"],
+     r"'kv_cache_gb' for backend vllm \(did you mean kv_cache_gib\?\); valid for vllm: device, dtype, kv_cache_gib, "
+     r"lora_mode, request_chunk, or any vllm.LLM engine argument"),
+    (["--backend", "vllm", "--backend-option", "max_model_length=2048"], r"did you mean max_model_len\?"),
+    (["--backend", "vllm", "--backend-option", "kv_cache_gib=lots"],
+     "kv_cache_gib must be a finite number, got 'lots'"),
+    (["--backend", "hf", "--backend-option", "precision=bf16"], "not a backend option: use --precision"),
+    (["--backend", "openai", "--endpoint", "http://127.0.0.1:9/v1", "--backend-option", "retry=2"],
+     r"did you mean retries\?\); valid for openai: api_key_env, backoff, max_concurrency, max_reply_bytes, request_chunk, retries, "),
+    (["--backend", "openai", "--endpoint", "http://127.0.0.1:9/v1", "--backend-option", "retries=1.5"],
+     "retries must be an integer, got 1.5"),
+])
+def test_a_backend_option_typo_stops_the_stage_before_any_model(flags, message, tmp_path, no_model, capsys):
+    """Unknown backend options reached the constructor only after the model was resolved (a GGUF converted)."""
+    import re
+
+    from sdft.cli import main
+
+    code = main(["eval", "--tasks", "gsm8k", *flags, "--out", str(tmp_path / "X")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+    assert not (tmp_path / "X").exists()
+
+
+def test_auto_refuses_a_key_no_backend_it_may_pick_takes(cpu, tiny_model, no_model):
+    from sdft.base.config import from_dict
+    from sdft.distill.config import DistillConfig
+    from sdft.evaluate.config import EvalConfig
+
+    with pytest.raises(ConfigError, match=r"'colour' for backend auto \(it picks hf or vllm\); valid for hf: device, "
+                                          r"dtype; for vllm: device, dtype, kv_cache_gib"):
+        from_dict(EvalConfig, {"tasks": ["gsm8k"], "backend_option": ["colour=blue"]})
+    with pytest.raises(ConfigError, match="'colour' for backend hf"):
+        from_dict(DistillConfig, {"data": "d.jsonl", "backend": "hf", "backend_option": ["colour=blue"]})
+    cpu.vllm = None  # not installed: auto means hf
+    with pytest.raises(ConfigError, match=r"'kv_cache_gib' for backend auto \(it picks hf\)"):
+        from_dict(EvalConfig, {"tasks": ["gsm8k"], "backend_option": ["kv_cache_gib=4"]})
+
+
+def test_valid_backend_options_pass_and_vllm_engine_arguments_are_forwarded(cpu, tiny_model):
+    from sdft.base.config import from_dict
+    from sdft.evaluate.config import EvalConfig
+    from sdft.generation.vllm_backend import engine_arguments
+
+    if auto.vllm_installed():  # read from vLLM's source (EngineArgs, LLM), not by importing it
+        assert {"enforce_eager", "max_model_len", "gpu_memory_utilization"} <= engine_arguments()
+    vllm_options = ["kv_cache_gib=4", "request_chunk=16", "lora_mode=merged", "enforce_eager=true",
+                    "max_model_len=2048", 'compilation_config={"level": 0, "cudagraph_mode": "NONE"}']
+    config = from_dict(EvalConfig, {"tasks": ["gsm8k"], "backend": "vllm", "backend_option": vllm_options})
+    assert auto.parse_options(config.backend_option)["compilation_config"] == {"level": 0, "cudagraph_mode": "NONE"}
+    from_dict(EvalConfig, {"tasks": ["gsm8k"], "backend": "hf", "backend_option": ["device=cpu", "dtype=bfloat16"]})
+    from_dict(EvalConfig, {"tasks": ["gsm8k"], "endpoint": ["http://127.0.0.1:9/v1"],
+                           "backend_option": ["max_concurrency=4", "timeout=5", "retries=0", "served_model=m"]})
+    from_dict(EvalConfig, {"tasks": ["gsm8k"], "backend_option": ["kv_cache_gib=4"]})  # auto: vllm takes it
+    # ... but once auto has picked hf (vLLM cannot run this model), it stops there, before any model loads.
+    cpu.vllm = (False, "vLLM does not support FancyForCausalLM")
+    with pytest.raises(ConfigError, match="'kv_cache_gib' for backend hf"):
+        backend_setup(_config(model=str(tiny_model), backend_option=["kv_cache_gib=4"]))
+    with pytest.raises(ConfigError, match="kv_cache_gib is given twice"):
+        backend_setup(_config(model=str(tiny_model), backend_option=["kv_cache_gib=4", "kv_cache_gib=2"]))

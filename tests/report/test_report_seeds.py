@@ -152,7 +152,6 @@ def test_the_mix_ratio_plot_marks_where_the_seed_model_began(tmp_path, monkeypat
 def test_a_legend_drawn_outside_leaves_the_axes_clear(tmp_path):
     """The mix-ratio plot's legend (a metric and a dotted seed line each) covered lines near 100% when
     drawn inside the axes; outside, its box starts right of the plotting area."""
-    from sdft.report import plots
 
     fig, ax = plotting.new_figure()
     for k in range(6):
