@@ -357,7 +357,11 @@ def _end_tree(grace_s: float) -> None:
 
 def _descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:  # no /proc: the processes' own watches are all there is
+        entries = []
+    for entry in entries:
         if entry.name.isdigit():
             try:
                 stat = Path(entry.path, "stat").read_text()
