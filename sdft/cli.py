@@ -12,7 +12,9 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import signal
 import sys
+import threading
 
 from sdft.base import hub
 from sdft.base.errors import SdftError, environment_problem
@@ -65,7 +67,31 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill PID``, ``timeout``, a job scheduler, a CI cancellation), raised in the main thread and
+    handled as Ctrl-C is: progress kept, engines stopped, one line. Python's default for SIGTERM ends the
+    process at once, which left vLLM's engine processes running. Not a KeyboardInterrupt: vLLM 0.32 swallows
+    those while an engine starts (``zmq_socket_ctx``), and sdft then waited 10 minutes for an engine that had
+    been told to stop."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    handled = threading.current_thread() is threading.main_thread() \
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # not when a caller has its own handler
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handled else None
+    try:
+        return _main(argv)
+    finally:
+        if handled:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     from sdft.base.config import resolve
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -91,12 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     except SdftError as exc:
         print(f"sdft {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         note = getattr(sys.modules.get(COMMANDS[args.command][0]), "interrupted", None)
-        print(f"\nsdft {args.command}: interrupted; "
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\nsdft {args.command}: {what}; "
               + (note(config) if note and config else "progress is saved, rerun the same command to resume."),
-              file=sys.stderr)
-        return 130
+              file=sys.stderr, flush=True)
+        _release_engines()
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     except Exception as exc:  # the machine's fault (disk full, read-only): one line; anything else is a bug
         problem = environment_problem(exc)
         if problem is None:
@@ -105,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
               "same command to resume", file=sys.stderr)
         return 2
     return 0
+
+
+def _release_engines() -> None:
+    """Stop a warm vLLM engine now, while this process can still wait for it (its processes also end by
+    themselves when this one does: ``vllm_backend.engine_processes_die_with_us``)."""
+    if "sdft.generation" in sys.modules:
+        with contextlib.suppress(Exception):  # an engine broken by the interruption: it ends with us anyway
+            sys.modules["sdft.generation"].release_engines()
 
 
 def _out_claimed(config):

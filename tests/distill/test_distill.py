@@ -136,6 +136,33 @@ def test_unknown_config_key_is_refused(tmp_path):
     assert result.returncode == 2 and "batch_sise" in result.stderr
 
 
+class TerminatedInSecondBatch(AppleRewriterDouble):
+    """Test double: the job gets SIGTERM (``kill PID``, ``timeout``, a scheduler) during its second batch."""
+
+    batches = 0
+
+    def generate(self, prompts, params):
+        TerminatedInSecondBatch.batches += 1
+        if TerminatedInSecondBatch.batches == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler interrupts this
+        return super().generate(prompts, params)
+
+
+def test_sigterm_stops_cleanly_keeps_progress_and_says_so_in_one_line(tmp_path):
+    """Python's default for SIGTERM ends the process without any clean-up (vLLM engines were left running)."""
+    data = _write_math(tmp_path / "math.json", 8)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests" / "distill"),
+                                                                   os.environ.get("PYTHONPATH")]))}
+    result = _cli("distill", "--data", str(data), "--out", str(tmp_path / "out"), "--model", "double", "--backend",
+                  "test_distill:TerminatedInSecondBatch", "--task", "math", "--batch-size", "2", "--no-progress",
+                  env=env)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert result.stderr.split() == ("sdft distill: terminated (SIGTERM); progress is saved, rerun the same "
+                                     "command to resume.").split()
+    assert len((tmp_path / "out" / "progress.jsonl").read_text().splitlines()) == 2  # the first batch
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model):
     data = tmp_path / "alpaca.jsonl"
