@@ -1,4 +1,4 @@
-"""The sandbox host: run by :mod:`sdft.sandbox` as ``python -I -B sandbox_host.py``, one per sandboxed run.
+"""The sandbox host: run by :mod:`sdft.sandbox` as ``python -I -B host.py``, one per sandboxed run.
 
 It reads a JSON spec on stdin and writes JSON lines to the report pipe (``spec["report_fd"]``): the
 mechanisms applied, any refusal, and per program its exit status, wall time and CPU time as the kernel

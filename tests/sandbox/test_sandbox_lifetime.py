@@ -63,7 +63,7 @@ def _leftovers(hosts: list[int]) -> list[str]:
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_killing_sdft_eval_mid_scoring_leaves_nothing(tmp_path, how):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests" / "sandbox"),
                                                                    os.environ.get("PYTHONPATH")]))}
     log = tmp_path / "eval.log"
     with open(log, "w") as out:
@@ -77,7 +77,7 @@ def test_killing_sdft_eval_mid_scoring_leaves_nothing(tmp_path, how):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
         time.sleep(0.5)  # let the scoring threads start their other sandboxes too
-        hosts = [pid for pid, (_, ppid, cmd) in _processes().items() if ppid == proc.pid and "sandbox_host" in cmd]
+        hosts = [pid for pid, (_, ppid, cmd) in _processes().items() if ppid == proc.pid and "sandbox/host.py" in cmd]
         assert hosts and _sandboxed(_processes())
         proc.send_signal(how)
         proc.wait(timeout=60)
