@@ -27,17 +27,18 @@ REPLICATION_MEANING = (
     "size or sign of the average difference and does not replace the interval.")
 
 
-def compare_seeds(scores: Scores, reference: str, *, level: float = 0.95, permutations: int = 2000,
-                  rng_seed: int = 0) -> dict[str, dict]:
+def compare_seeds(scores: Scores, reference: str, *, borrow: Sequence[str] | None = None, level: float = 0.95,
+                  permutations: int = 2000, rng_seed: int = 0) -> dict[str, dict]:
     """Every arm of one task's ``scores`` against ``reference`` (vanilla), seed by seed and over seeds.
 
     ``scores[arm][seed]`` is one trained model's per-item scores, all lists in the same item order; pass
-    every trained model of the run, since the seed variance is borrowed from all of them. Returns
+    every trained model of the run: the seed variance is borrowed from all of them, or from the arms named
+    in ``borrow`` (leave out arms made from another arm's weights, such as interp: not independent). Returns
     ``{arm: {"per_seed": {seed: paired_comparison row}, "seed_level": seed_level row or None,
     "replication": replication_test row or None}}`` for each arm but the reference; the last two need the
     arm and the reference at two or more common seeds."""
     _check(scores, reference)
-    borrowed = seed_variance(scores)
+    borrowed = seed_variance(scores if borrow is None else {arm: scores[arm] for arm in borrow})
     z = 1.96 if level == 0.95 else float(scipy_stats.norm.ppf(0.5 + level / 2))  # 1.96: the report's per-seed rows
     out = {}
     for arm, by_seed in scores.items():
@@ -129,7 +130,8 @@ def shared_item_variance(diffs: np.ndarray) -> float:
     return max(0.0, ms_items - ms_res) / (n * seeds)
 
 
-def replication_test(diffs: np.ndarray, permutations: int = 2000, rng_seed: int = 0) -> dict:
+def replication_test(diffs: np.ndarray, permutations: int = 2000, rng_seed: int = 0, *,
+                     shuffle_all: bool = False) -> dict:
     """Do the same items flip the same way at every seed more often than chance?
 
     An item flips at seed s when the arm and the reference score it differently (sign of ``diffs[s][i]``).
@@ -139,12 +141,13 @@ def replication_test(diffs: np.ndarray, permutations: int = 2000, rng_seed: int 
     on them (hard-but-possible items flip at every seed, in both directions), so a shuffle over all items
     would call that replication even with no arm effect at all. Exact when, at each seed, the arm moves
     every item's odds by the same factor (no item-specific effect), whatever the average effect. One-sided
-    p from the permutations (seeded: deterministic)."""
+    p from the permutations (seeded: deterministic). ``shuffle_all`` shuffles over all items instead, only
+    to show why not (:func:`simulate_replication`)."""
     signs = np.sign(diffs)
     rng = np.random.default_rng(rng_seed)
     null = np.zeros((permutations, *signs.shape))
     for s, row in enumerate(signs):
-        flipped = np.flatnonzero(row)
+        flipped = np.arange(len(row)) if shuffle_all else np.flatnonzero(row)
         null[:, s, flipped] = rng.permuted(np.tile(row[flipped], (permutations, 1)), axis=1)
     observed, coincidences = _same_direction(signs[None])
     same = _same_direction(null)[0]
@@ -189,9 +192,12 @@ def _logit_shift_sd(points: float) -> float:
     return (low + high) / 2
 
 
-def simulate_run(rng: np.random.Generator, seeds: int, tau: float, arms: int = 2, items: int = 164) -> dict:
-    """One run's scores ``{arm: {seed: [0/1 per item]}}`` with no true difference between arms."""
+def simulate_run(rng: np.random.Generator, seeds: int, tau: float, arms: int = 2, items: int = 164,
+                 effect: float = 0.0) -> dict:
+    """One run's scores ``{arm: {seed: [0/1 per item]}}``: no true difference between arms, except that
+    ``arm1``'s log-odds are raised by ``effect`` (a number, or one per item)."""
     logits = rng.normal(ITEM_MEAN, ITEM_SD, items)[None, None] + rng.normal(0, tau, (arms, seeds))[..., None]
+    logits[1] += effect
     correct = (rng.random((arms, seeds, items)) < expit(logits)).astype(float)
     return {f"arm{a}": dict(enumerate(correct[a])) for a in range(arms)}
 
@@ -221,6 +227,31 @@ def simulate_coverage(seeds=(2, 3, 5), points=(0, 3, 6, 10, 15), reps: int = 100
     return rows
 
 
+def _replication_cases(items: int = 164) -> dict[str, np.ndarray | float]:
+    third = np.arange(items) % 6
+    return {"none": 0.0, "+1 on every item": 1.0,
+            **{f"±{e} on a third of items": np.where(third == 0, e, np.where(third == 1, -e, 0.0)) for e in (1, 2)}}
+
+
+def simulate_replication(seeds=(2, 3), runs: int = 200, permutations: int = 300, rng_seed: int = 0) -> list[dict]:
+    """Share of runs whose replication p < 0.05, shuffling among flipped items and over all items, for arm1
+    log-odds effects (:func:`_replication_cases`): none, the same on every item (no item-specific effect:
+    false alarms), or item-specific (power); with the mean difference each gives."""
+    rows = []
+    for k, (case, effect) in enumerate(_replication_cases().items()):
+        for s in seeds:
+            rng, p, p_all, means = np.random.default_rng([rng_seed, s, k]), [], [], []
+            for run in range(runs):
+                scores = simulate_run(rng, s, 0.0, effect=effect)
+                diffs = np.array([np.subtract(scores["arm1"][i], scores["arm0"][i]) for i in range(s)])
+                p.append(replication_test(diffs, permutations, run)["p"])
+                p_all.append(replication_test(diffs, permutations, run, shuffle_all=True)["p"])
+                means.append(diffs.mean())
+            rows.append({"case": case, "seeds": s, "mean": float(np.mean(means)) * 100,
+                         "flipped": float(np.mean(np.array(p) < 0.05)), "all": float(np.mean(np.array(p_all) < 0.05))})
+    return rows
+
+
 def _summary(name: str, intervals: list) -> dict:
     lows, highs = np.array([c[0] for c in intervals]), np.array([c[1] for c in intervals])
     return {f"{name}_coverage": float(((lows <= 0) & (0 <= highs)).mean()),
@@ -241,9 +272,19 @@ def coverage_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m sdft.seed_stats [reps] [arms]
-    args = [int(a) for a in sys.argv[1:3]]
+def _main(argv: list[str]) -> None:
+    if argv[:1] == ["replication"]:
+        print("| arm's log-odds effect | seeds | mean difference (points) | p < 0.05, shuffle among flipped "
+              "items | p < 0.05, shuffle over all items |\n|---|---|---|---|---|")
+        for r in simulate_replication():
+            print(f"| {r['case']} | {r['seeds']} | {r['mean']:+.1f} | {r['flipped']:.1%} | {r['all']:.1%} |")
+        return
+    args = [int(a) for a in argv[:2]]
     reps, arms = (args + [2000, 2][len(args):])[:2]
     print(f"No true effect; {arms} arms, 164 items, {reps} simulated runs per row; 95% intervals, "
           "coverage of 0 and median widths in points.\n")
     print(coverage_table(simulate_coverage(reps=reps, arms=arms)))
+
+
+if __name__ == "__main__":  # python -m sdft.seed_stats [reps] [arms] | python -m sdft.seed_stats replication
+    _main(sys.argv[1:])
