@@ -1,7 +1,7 @@
 """Arms against a reference arm over several training seeds: a seed-level interval and an item-replication test.
 
 A run trains every arm at a few training seeds and scores every model on the same items. Estimating the
-training-seed variance from one arm-vs-reference pair alone (``sdft.stats.pooled_paired``) leaves one degree
+training-seed variance from one arm-vs-reference pair alone (``sdft.base.stats.pooled_paired``) leaves one degree
 of freedom at two seeds: seeds that happen to agree give an interval narrower than either seed's own, and
 95% intervals covered as little as 87%. Here the seed variance is borrowed from every arm of the run, and the
 interval is never narrower than the widest per-seed one. Method, assumptions and coverage: docs/statistics.md.
@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 from scipy.special import expit
 
-from sdft.stats import _bonett_price_paired, paired_comparison, pooled_paired
+from sdft.base.stats import _bonett_price_paired, paired_comparison, pooled_paired
 
 Scores = Mapping[str, Mapping[object, Sequence[float]]]  # scores[arm][seed] = per-item scores, common item order
 
@@ -205,7 +205,7 @@ def simulate_run(rng: np.random.Generator, seeds: int, tau: float, arms: int = 2
 def simulate_coverage(seeds=(2, 3, 5), points=(0, 3, 6, 10, 15), reps: int = 1000, arms: int = 2,
                       items: int = 164, old: bool = True, rng_seed: int = 0) -> list[dict]:
     """Share of 95% intervals (arm1 - arm0, no true effect) that cover 0, and their median width, per
-    scenario; ``old`` adds ``sdft.stats.pooled_paired`` on the same runs."""
+    scenario; ``old`` adds ``sdft.base.stats.pooled_paired`` on the same runs."""
     rows = []
     for pts in points:
         tau = _logit_shift_sd(pts)
@@ -286,5 +286,5 @@ def _main(argv: list[str]) -> None:
     print(coverage_table(simulate_coverage(reps=reps, arms=arms)))
 
 
-if __name__ == "__main__":  # python -m sdft.seed_stats [reps] [arms] | python -m sdft.seed_stats replication
+if __name__ == "__main__":  # python -m sdft.base.seed_stats [reps] [arms] | python -m sdft.base.seed_stats replication
     _main(sys.argv[1:])

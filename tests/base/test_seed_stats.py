@@ -1,11 +1,18 @@
-"""Seed-level comparisons over training seeds (sdft.seed_stats): coverage, floors, the replication test."""
+"""Seed-level comparisons over training seeds (sdft.base.seed_stats): coverage, floors, the replication test."""
 
 import numpy as np
 import pytest
 
-from sdft.seed_stats import (REPLICATION_MEANING, compare_seeds, per_seed_ci, replication_test, seed_variance,
-                             simulate_coverage, simulate_run)
-from sdft.stats import paired_comparison, pooled_paired
+from sdft.base.seed_stats import (
+    REPLICATION_MEANING,
+    compare_seeds,
+    per_seed_ci,
+    replication_test,
+    seed_variance,
+    simulate_coverage,
+    simulate_run,
+)
+from sdft.base.stats import paired_comparison, pooled_paired
 
 N = 164  # HumanEval
 
