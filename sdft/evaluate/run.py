@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sdft.base import layout
 from sdft.base.config import stage_key, to_dict
+from sdft.base.keys import without_old_defaults
 from sdft.base.store import ProgressFile, write_jsonl
 from sdft.tasks import GenerativeTask, LoglikelihoodTask, TaskContext
 
@@ -39,8 +40,7 @@ def task_settings(name: str, task, config, params=None, precision: str = "fp32",
     # rerun with a smaller batch after running out of memory must resume, not start over).
     keyed = {k: v for k, v in settings.items()
              if k != "limit" and not (k == "revision" and task.revision_scope == "selection")}
-    if keyed["precision"] == "fp32":  # keyed only when not fp32, so earlier (fp32) caches stay valid
-        del keyed["precision"]
+    keyed = without_old_defaults("answer cache", keyed)
     if keyed["decoding"]:
         keyed["decoding"] = {k: v for k, v in keyed["decoding"].items() if k != "batch_size"}
     settings["settings_key"] = stage_key(keyed)

@@ -27,6 +27,7 @@ from typing import Callable
 from sdft.base import layout, provenance, seeds
 from sdft.base.config import column_mapping, from_dict, keyed_settings, load_yaml, stage_key, to_dict
 from sdft.base.errors import ConfigError
+from sdft.base.keys import without_old_defaults
 from sdft.base.layout import Arm, Manifest, StageRecord
 from sdft.base.store import write_json
 from sdft.distill.config import DistillConfig
@@ -139,10 +140,9 @@ def run(config: RunConfig, log=print) -> Manifest:
     stages = stage_configs(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    # A run without train_seeds writes the config.json (and manifest) it wrote before the key existed;
     # URLs (a section's judge or endpoint) without their query values and user info, as every run record.
-    write_json(run_dir / layout.RUN_CONFIG, provenance.recordable(
-        {k: v for k, v in to_dict(config).items() if not (k == "train_seeds" and v is None)}))
+    write_json(run_dir / layout.RUN_CONFIG,
+               provenance.recordable(without_old_defaults("run config", to_dict(config))))
     manifest = Manifest(name=config.name, model=config.model, data=config.data, task=config.task,
                         system_prompt={name: c.system_prompt for name, c in stages.items()})
     manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
@@ -174,7 +174,7 @@ def run(config: RunConfig, log=print) -> Manifest:
         log(f"[report] {run_dir / layout.REPORT_MD} now has {label}")
 
     primary = stages["train"].seed
-    several = config.training_seeds(primary) != [primary]  # else every model has train.seed, as before the key
+    several = config.training_seeds(primary) != [primary]  # else no seed is recorded ("manifest seed", base.keys)
     # Seed by seed, the run's own seed first: its models are complete (and reported) before the next seed's.
     for seed in config.training_seeds(primary):
         recorded = seed if several else None
@@ -203,8 +203,7 @@ def run(config: RunConfig, log=print) -> Manifest:
 def _distill_key(config: DistillConfig, run_dir: Path) -> str:
     """The distillation's key, and through it every training and evaluation built on it: its settings and
     the training file's contents, so an edited file is distilled (and everything after) again instead of
-    being reported from the old one. A folder made before the contents were keyed, from these very contents
-    (its run.json says), keeps its key and so the whole run keeps its folders."""
+    being reported from the old one ("distillation data contents" in :mod:`sdft.base.keys`)."""
     path = Path(config.data)
     if not path.is_file():  # a hub dataset: no contents here to key
         return stage_key(config)
@@ -232,10 +231,10 @@ def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream
 
 
 def eval_stage_key(config, upstream: str) -> str:
-    """An evaluation stage's key: its settings, the model's key, and the revisions of its tasks (keyed only
-    when some task has one, so that runs without a revised task keep their folders)."""
-    revisions = task_revisions(config.tasks, limited=config.limit is not None)
-    return stage_key(config, upstream, {"task_revisions": revisions}) if revisions else stage_key(config, upstream)
+    """An evaluation stage's key: its settings, the model's key, and the revisions of its tasks."""
+    revisions = without_old_defaults(
+        "eval stage", {"task_revisions": task_revisions(config.tasks, limited=config.limit is not None)})
+    return stage_key(config, upstream, *([revisions] if revisions else []))
 
 
 def _interpolate(vanilla: Arm, label: str, alpha: float, key: str, run_dir: Path, log) -> StageRecord:

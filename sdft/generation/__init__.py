@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from sdft.base.config import field
 from sdft.base.errors import ConfigError
+from sdft.base.keys import without_old_defaults
 from sdft.base.plugins import import_target
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -76,14 +77,10 @@ class GenerationParams:
         return self.temperature <= 0.0
 
     def record(self) -> dict:
-        """The settings as written into run records and cache keys. A setting added later is left out
-        while it holds the value every earlier run used, so those runs' keys (and caches) stay valid."""
+        """The settings as written into run records and cache keys (:mod:`sdft.base.keys`)."""
         from dataclasses import asdict
 
-        out = asdict(self)
-        if out["truncation_side"] == "left":
-            del out["truncation_side"]
-        return out
+        return without_old_defaults("decoding", asdict(self))
 
 
 @dataclass
