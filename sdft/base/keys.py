@@ -31,7 +31,11 @@ OMISSIONS = (
     Omission("answer cache", "precision", "fp32", "1870048, 2026-12-01"),
     Omission("run config", "train_seeds", None, "2a15804, 2026-12-01"),
     Omission("eval stage", "task_revisions", {}, "5a5e71d, 2026-12-02"),
+    Omission("replay cache", "system_prompt", "template", "5e9de66, 2026-12-01"),
+    Omission("replay cache", "engine", {"backend": "hf", "precision": "fp32"}, "the layout change, 2026-12-06"),
     Omission("config:DistillConfig", "sample_seed", None, "acbf86e, 2026-12-02"),
+    Omission("config:TrainConfig", "replay_backend", "hf", "the layout change, 2026-12-06"),
+    Omission("config:TrainConfig", "replay_precision", "auto", "the layout change, 2026-12-06"),
 )
 
 # Rules that depend on a run folder rather than on a value (kept here so that every history rule is in one

@@ -18,14 +18,16 @@ from sdft.base.store import ProgressFile, write_jsonl
 from sdft.tasks import GenerativeTask, LoglikelihoodTask, TaskContext
 
 
-def task_settings(name: str, task, config, params=None, precision: str = "fp32", lora_mode: str | None = None) -> dict:
-    """Everything that changes a task's outputs; its hash names the generation cache. ``precision`` is the
-    resolved one (``sdft.generation.auto``); ``lora_mode`` is set when it is keyed (``engine_key``)."""
+def task_settings(name: str, task, config, params=None, precision: str = "fp32", lora_mode: str | None = None,
+                  backend: str | None = None) -> dict:
+    """Everything that changes a task's outputs; its hash names the generation cache. ``backend`` and
+    ``precision`` are the resolved ones (``sdft.generation.backend_setup``; the config keeps what was asked);
+    ``lora_mode`` is set when it is keyed (``engine_key``)."""
     from sdft.base.provenance import package_versions
 
     template = task.template
     settings = {
-        "task": name, "model": config.model, "adapter": config.adapter, "backend": config.backend,
+        "task": name, "model": config.model, "adapter": config.adapter, "backend": backend or config.backend,
         "precision": precision, "data": task.source or task.data_path, "options": {k: v for k, v in task.options.items()},
         "template": to_dict(template) if dataclasses.is_dataclass(template) else template,
         "template_mode": config.template_mode, "limit": config.limit, "n_samples": config.n_samples,
@@ -54,7 +56,7 @@ def run_generate(name: str, task: GenerativeTask, examples: list[dict], session,
     from sdft.generation import engine_key
 
     engine = engine_key(session.setup.record, config.adapter)
-    settings = task_settings(name, task, config, params, engine["precision"], engine.get("lora_mode"))
+    settings = task_settings(name, task, config, params, engine["precision"], engine.get("lora_mode"), engine["backend"])
     context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge, out)
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]), key="key")
     # One cache unit per (item, sample); the plain id when there is one sample per item.
@@ -123,7 +125,7 @@ def run_loglik(name: str, task: LoglikelihoodTask, examples: list[dict], session
     except ImportError as exc:
         return {"metric": task.metric, "skipped": f"log-likelihood scoring unavailable ({exc})"}
     # The dtype the scoring model is loaded in (fp32 on a CPU unless bf16 is asked for by name).
-    settings = task_settings(name, task, config, precision=session.loglik_precision)
+    settings = task_settings(name, task, config, precision=session.loglik_precision, backend=session.setup.name)
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]))
     pending = [ex for ex in examples if not progress.done(ex["id"])]
     if pending:

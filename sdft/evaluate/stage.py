@@ -17,7 +17,6 @@ on every run (cheap), so a fixed checker applies without regenerating.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -108,15 +107,16 @@ def evaluate(config: EvalConfig) -> dict:
     judge = None
     if any(isinstance(t, JudgedTask) for t in tasks.values()):
         from sdft.tasks.winrate import make_judge  # the judge loads on first use, like the model
+        # The judge's engine is resolved as the model's is; it shares the run's precision unless it has its own backend.
         judge = make_judge(config.judge, model_name=config.judge_model, backend=config.judge_backend or config.backend,
+                           precision=config.precision if not config.judge_backend else "auto",
                            batch_size=config.batch_size, template_mode=config.template_mode)
     examples, skipped = _load_examples(tasks, data, config)
     from sdft.generation import backend_setup
     setup = backend_setup(config)
-    config = dataclasses.replace(config, backend=setup.name)  # the settings keys name the backend that ran
     session = ModelSession(config, setup)
     results = _previous_results(out, config)
-    results.update({"model": config.model, "adapter": config.adapter, "backend": config.backend,
+    results.update({"model": config.model, "adapter": config.adapter, "backend": setup.name,
                     "generation": setup.record, "provenance": provenance.run_record(to_dict(config))})
     for name, reason in skipped.items():  # an earlier real result for the task is worth keeping
         results["tasks"].setdefault(name, {"metric": tasks[name].metric, "skipped": reason})

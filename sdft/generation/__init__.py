@@ -83,6 +83,18 @@ class GenerationParams:
         return without_old_defaults("decoding", asdict(self))
 
 
+@dataclass(frozen=True)
+class Engine:
+    """The engine settings of a generating step that is not a stage of its own (a local judge, replay's seed
+    answers), for :func:`backend_setup`: the one resolver every generating step goes through."""
+
+    model: str
+    backend: str = "auto"
+    precision: str = "auto"
+    endpoint: tuple[str, ...] = ()
+    backend_option: tuple[str, ...] = ()
+
+
 @dataclass
 class Completion:
     text: str

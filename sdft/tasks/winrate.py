@@ -131,35 +131,32 @@ class WinRate(JudgedTask):
 
 
 def make_judge(spec: str, *, model_name: str | None = None, backend: str = "hf", batch_size: int = 8,
-               template_mode: str = "auto"):
+               template_mode: str = "auto", precision: str = "auto"):
     """A judge from ``--judge``: an endpoint URL or a model loaded by one of our backends."""
     if spec.startswith(("http://", "https://")):
         if not model_name:
             raise ConfigError("a judge endpoint needs --judge-model NAME (the model to request)")
         return EndpointJudge(spec, model_name, batch_size)
-    return LocalJudge(spec, backend, batch_size, template_mode)
+    return LocalJudge(spec, backend, batch_size, template_mode, precision)
 
 
 class LocalJudge:
     """A judge model run by a generation backend (loaded on first use), greedy, short answers."""
 
-    def __init__(self, model: str, backend: str, batch_size: int, template_mode: str):
+    def __init__(self, model: str, backend: str, batch_size: int, template_mode: str, precision: str = "auto"):
         self.model, self.backend_name, self.batch_size, self.mode = model, backend, batch_size, template_mode
+        self.precision = precision
+        self.setup = None  # the resolved engine (sdft.generation.BackendSetup), once loaded
         self.key = f"local\0{backend}\0{model}\0{template_mode}\0{JUDGE_MAX_TOKENS}"
         self.description = f"{model} ({backend} backend)"
         self._backend = None
 
     def ask(self, prompts: list[str]) -> list[str]:
-        from sdft.generation import GenerationParams, load_backend
+        from sdft.generation import Engine, GenerationParams, backend_setup
 
         if self._backend is None:
-            path, name = self.model, self.backend_name
-            if name in ("hf", "vllm", "auto"):
-                from sdft.generation.auto import choose_backend
-                from sdft.models.resolve import resolve_model
-                path = resolve_model(self.model)
-                name = choose_backend(name, path)[0]
-            self._backend = load_backend(name, path, None)
+            self.setup = backend_setup(Engine(self.model, self.backend_name, self.precision))
+            self._backend = self.setup.load(None)
         tokenizer = self._backend.tokenizer
         chat = tokenizer is not None and templates.resolve_mode(self.mode, tokenizer) == "chat"
         # The chat template directly, not templates.render: answers are arbitrary text, and render's

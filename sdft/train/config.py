@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sdft.base.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field
+from sdft.base.config import DEFAULT_MODEL, IF_SET, TaskKind, Validated, column_mapping, field
 from sdft.base.errors import ConfigError
 from sdft.base.templates import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP, Mode, check_system_prompt
 from sdft.train import onpolicy, replay
@@ -85,6 +85,10 @@ class TrainConfig(Validated):
         "data", "replay targets: the file's own responses, or the seed model's greedy answers to its "
                 "instructions (generated once, cached in $SDFT_HOME/replay)")
     replay_max_new_tokens: int = field(256, "token budget of the seed's replay answers (answers cut by it are dropped)")
+    replay_backend: str = field("hf", "backend generating the seed's replay answers (as --backend: auto, hf, vllm, "
+                                "or 'module:Class')", keyed=IF_SET)
+    replay_precision: Literal["auto", "fp32", "bf16"] = field(
+        "auto", "precision of the seed's replay answers (as --precision)", keyed=IF_SET)
     onpolicy_teacher: Literal["base", "ema", "live"] = field(
         "base", "onpolicy teacher: the frozen seed (base), an EMA of the student (ema, the authors' code) or "
                 "the student itself (live)")

@@ -20,12 +20,11 @@ import random
 from pathlib import Path
 
 from sdft.base.errors import ConfigError, SdftError
+from sdft.base.keys import without_old_defaults
 from sdft.base.provenance import file_sha256
 
 # A replay answer cut at the token budget teaches the model to stop mid-sentence: dropped, and counted.
 _DROP_FINISH = "length"
-# Greedy answers come from the transformers backend (any machine); tests swap in their fake backend.
-GENERATION_BACKEND = "hf"
 
 
 def validate(config) -> None:
@@ -69,17 +68,19 @@ def choose(examples: list, n_task: int, ratio: float, seed: int) -> tuple[list, 
 def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]:
     """``{example id: {text, finish_reason}}``: the seed's greedy answers, from the cache or generated now."""
     from sdft.base.store import ProgressFile
-    from sdft.generation import GenerationParams, load_backend, model_for_backend
+    from sdft.generation import Engine, GenerationParams, backend_setup
 
-    model_path = model_for_backend(GENERATION_BACKEND, config.model)
-    cache = cache_file(config, model_path, template, mode)
+    # The one resolver of every generating step; by default the transformers backend (any machine).
+    setup = backend_setup(Engine(config.model, config.replay_backend, config.replay_precision))
+    model_path = setup.model_path
+    cache = cache_file(config, model_path, template, mode, setup.record)
     progress = ProgressFile(cache)
     pending = [ex for ex in examples if not progress.done(ex.id)]
     if pending:
         from sdft.base.templates import render
 
         print(f"sdft train: the seed answers {len(pending)} replay instruction(s) (cached in {cache})", flush=True)
-        backend = load_backend(GENERATION_BACKEND, model_path, None, progress=False)
+        backend = setup.load(None, progress=False)
         params = GenerationParams(max_new_tokens=config.replay_max_new_tokens, temperature=0.0,
                                   batch_size=config.batch_size * 4)
         for start in range(0, len(pending), params.batch_size):
@@ -94,8 +95,9 @@ def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]
     return {ex.id: progress.records[ex.id] for ex in examples}
 
 
-def cache_file(config, model_path: str, template, mode: str) -> Path:
-    """One cache per seed model, replay file contents, prompt template, system prompt and decoding budget."""
+def cache_file(config, model_path: str, template, mode: str, engine: dict | None = None) -> Path:
+    """One cache per seed model, replay file contents, prompt template, system prompt, decoding budget and
+    engine (backend and precision as resolved)."""
     from sdft.base.config import to_dict
     from sdft.models.resolve import sdft_home
 
@@ -104,8 +106,9 @@ def cache_file(config, model_path: str, template, mode: str) -> Path:
     key = {"model": str(model_path), "weights": _stamp(weights), "data": file_sha256(data) if data.is_file()
            else str(data), "template": to_dict(template), "mode": mode,
            "max_new_tokens": config.replay_max_new_tokens}
-    if config.system_prompt != "template":  # caches made before --system-prompt used the template's text
-        key["system_prompt"] = config.system_prompt
+    key["system_prompt"] = config.system_prompt
+    key["engine"] = {k: (engine or {}).get(k) for k in ("backend", "precision")}
+    key = without_old_defaults("replay cache", key)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = sdft_home() / "replay"
     folder.mkdir(parents=True, exist_ok=True)

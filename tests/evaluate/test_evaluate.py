@@ -400,3 +400,27 @@ def test_a_run_config_whose_eval_section_has_a_typo_is_refused_at_load(tmp_path)
     with pytest.raises(ConfigError, match="task mmlu: unknown option 'subjets'.*valid options: subjects"):
         load_run_config(path)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_judge_and_the_model_go_through_one_resolver_and_the_request_is_kept(tmp_path, fake_backends, monkeypatch):
+    """`--backend auto` is resolved once per engine by generation.backend_setup, for the judge as for the model;
+    the results name the backend that ran, the recorded config the one asked for (it keys nothing)."""
+    from sdft.generation import auto
+
+    made, plan = fake_backends
+    seen = []
+
+    def choose_backend(requested, folder):
+        seen.append(requested)
+        return "fake", "test: auto picks the fake backend"
+    monkeypatch.setattr(auto, "choose_backend", choose_backend)
+    monkeypatch.setattr("sdft.models.resolve.resolve_model", lambda name, force=False: name)
+    data = tmp_path / "eval_set.json"
+    data.write_text(json.dumps([{"instruction": "Task", "output": "REFERENCE"}]))
+    plan["judge-model"] = lambda: CountingBackend(respond=lambda p: "Output (a)")
+    results = evaluate(fake_config(tmp_path, backend="auto", tasks=["winrate"], data=[f"winrate={data}"],
+                                   judge="judge-model"))
+    assert seen == ["auto", "auto"]  # the model's engine, then the judge's
+    assert results["backend"] == "fake" and results["generation"]["backend"] == "fake"
+    assert results["provenance"]["config"]["backend"] == "auto"
+    assert [m for m, _ in made] == ["fake-model", "judge-model"]

@@ -117,9 +117,9 @@ def test_seed_answers_are_generated_once_cached_and_cut_ones_dropped(tiny_model,
 
     monkeypatch.setenv("SDFT_HOME", str(tmp_path / "home"))
     register_backend("canned-seed", "test_replay:CannedSeed")
-    monkeypatch.setattr(replay, "GENERATION_BACKEND", "canned-seed")
     CannedSeed.built = 0
-    settings = dict(replay_data=str(task_data), replay_ratio=1.0, replay_source="seed", replay_max_new_tokens=30)
+    settings = dict(replay_data=str(task_data), replay_ratio=1.0, replay_source="seed", replay_max_new_tokens=30,
+                    replay_backend="canned-seed")
     run = prepare(config(tiny_model, task_data, tmp_path / "a", **settings))
     replayed = [t for t in run.targets if t.replay]
     assert CannedSeed.built == 1
