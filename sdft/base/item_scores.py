@@ -17,7 +17,7 @@ The evaluation stage writes it from the scored records of each task (``sdft.eval
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sdft.base.openings import opening
 

@@ -8,11 +8,11 @@ report counts the classes of training targets and answers (``sdft.report.opening
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 PROSE = "prose"
 # First match wins; an answer opening with none of these is prose.
-_KINDS = (("numbered list", re.compile(r"\s*(?:1[.)]\s|step 1\b)", re.I)),
+_KINDS = (("numbered list", re.compile(r"\s*(?:1[.)]\s|step 1\b)", re.IGNORECASE)),
           ("bulleted list", re.compile(r"\s*[-*•]\s")),
           ("code block", re.compile(r"\s*```")),
           ("heading", re.compile(r"\s*(?:#{1,6}\s|\*\*[^*\n]{1,80}\*\*:?\s*\n)")))
