@@ -30,9 +30,9 @@ Pairs = dict[str, tuple[str, dict[str, float], dict[str, float]]]
 
 def stats(config: StatsConfig) -> dict:
     """``sdft stats``: the paired section of ``run_dir``'s report from per-item files, no generations read."""
-    run_dir = Path(config.run_dir or "")
-    if not (run_dir / layout.MANIFEST).is_file():
+    if not config.run_dir or not (Path(config.run_dir) / layout.MANIFEST).is_file():
         raise ConfigError(f"'{config.run_dir}' is not a finished run folder (no {layout.MANIFEST})")
+    run_dir = Path(config.run_dir)
     manifest = Manifest.read(run_dir)
     text = paired_section(manifest, load_scores(manifest, run_dir))
     return {"markdown": text or "No paired comparisons: no model of this run was trained against vanilla.\n"}
