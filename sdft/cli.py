@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "analyze": ("sdft.compare.answers", "AnalyzeConfig", "analyze", "distribution shift between two evaluations"),
     "run": ("sdft.experiment.pipeline", "RunCommand", "run_command", "whole experiment from one YAML config"),
     "report": ("sdft.report.stage", "ReportConfig", "build_report", "rebuild a run's report from saved results"),
+    "stats": ("sdft.report.paired", "StatsConfig", "stats",
+              "recompute a run's paired comparisons from its per-item score files alone"),
 }
 
 

@@ -7,7 +7,8 @@ helpers from here. ``sdft run`` lays a run out as::
     RUN/config.json  manifest.json  report.md  report.html  plots/
     RUN/distill/distill-KEY/    run.json stats.json distilled.jsonl progress.jsonl stage.json
     RUN/train/LABEL-KEY/        adapter (or weights) train.json loss.png checkpoints/ stage.json
-    RUN/eval/LABEL-KEY/         results.json generations/TASK.jsonl generations/.cache/ stage.json
+    RUN/eval/LABEL-KEY/         results.json item_scores/TASK.jsonl generations/TASK.jsonl generations/.cache/
+                                stage.json
     RUN/eval/LABEL-KEY/compare/ answer_shift.json weight_shift.json stage.json
     RUN/eval/seed-KEY/nll/      the seed answers' NLL under each scoring model (sdft.compare.answers's disk cache)
     RUN/interp/LABEL-KEY/       a scaled copy of vanilla's adapter, interp.json, stage.json (the interp arm)
@@ -37,6 +38,7 @@ RUN_RECORD = "run.json"           # a stage's provenance (model, template, decod
 DISTILLED, DISTILL_STATS, DISTILL_PROGRESS = "distilled.jsonl", "stats.json", "progress.jsonl"
 TRAIN_RECORD, LOSS_PLOT, CHECKPOINTS, MERGED = "train.json", "loss.png", "checkpoints", "merged"
 RESULTS, GENERATIONS, CACHE = "results.json", "generations", ".cache"
+ITEM_SCORES = "item_scores"       # beside results.json: ITEM_SCORES/TASK.jsonl, per item its score, no answer text
 ANSWERS_STAMP = "answers-stamp.json"  # in an eval folder's cache: what its answers came from (sibling reuse)
 COMPARE = "compare"               # a trained model's distance from the seed, inside its eval folder
 ANSWER_SHIFT = "answer_shift.json"  # how far the answers moved (BLEU, ROUGE, cosine, seed likelihood)
@@ -56,6 +58,11 @@ def stage_dir(run_dir: Path, stage: str, label: str, key: str) -> Path:
 
 def generations_file(eval_dir: Path, task: str) -> Path:
     return Path(eval_dir) / GENERATIONS / f"{task}.jsonl"
+
+
+def item_scores_file(eval_dir: Path, task: str) -> Path:
+    """One task's per-item scores (:mod:`sdft.base.item_scores`)."""
+    return Path(eval_dir) / ITEM_SCORES / f"{task}.jsonl"
 
 
 def nll_scores_file(eval_dir: Path, key_digest: str) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from sdft.base import layout
+from sdft.base import item_scores, layout
 from sdft.base.config import stage_key, to_dict
 from sdft.base.keys import without_old_defaults
 from sdft.base.store import ProgressFile, write_jsonl
@@ -71,6 +71,7 @@ def run_generate(name: str, task: GenerativeTask, examples: list[dict], session,
     records.sort(key=lambda r: (order[r["id"]], r.get("sample", 0)))  # input order, samples together
     write_jsonl(layout.generations_file(out, name), records)
     entry = task.aggregate([r["score"] for r in records], records, context)
+    _write_item_scores(entry, out, name, item_scores.generated(records, task.verdict))
     entry["finish_length"] = sum(r.get("finish_reason") == "length" for r in records)
     entry["generations"] = layout.generations_file(out, name).relative_to(out).as_posix()
     entry["settings"] = settings
@@ -142,6 +143,15 @@ def run_loglik(name: str, task: LoglikelihoodTask, examples: list[dict], session
     records = [progress.records[ex["id"]] for ex in examples]
     write_jsonl(layout.generations_file(out, name), records)
     entry = task.aggregate([r["score"] for r in records], records)
+    _write_item_scores(entry, out, name, item_scores.loglik(records))
     entry["generations"] = layout.generations_file(out, name).relative_to(out).as_posix()
     entry["settings"] = settings
     return entry
+
+
+def _write_item_scores(entry: dict, out: Path, name: str, lines: list[dict]) -> None:
+    """The task's per-item scores beside results.json, named in its entry. Rewritten whole from the scored
+    records on every run (atomically), so a resumed or repeated evaluation leaves them complete, in item order."""
+    path = layout.item_scores_file(out, name)
+    write_jsonl(path, lines)
+    entry["item_scores"] = path.relative_to(out).as_posix()

@@ -5,7 +5,10 @@ Writes, in ``out``:
 * ``results.json``: per task the headline metric, its value, n, 95% interval, any further metrics, and
   the settings that produced it (model, adapter, data source, template, decoding, versions);
 * ``generations/<task>.jsonl``: one line per item (per sample with ``--n-samples``): id, prompt,
-  completion, score, finish_reason and the scorer's reason.
+  completion, score, finish_reason and the scorer's reason;
+* ``item_scores/<task>.jsonl``: the same lines without any text of the prompt or answer: id, score,
+  verdict where the task's reason is a label, answer length and opening format (``sdft.base.item_scores``),
+  for every task that scores items (generative, judged, log-likelihood; not an external harness).
 
 Model outputs are cached per task in ``generations/.cache/<task>-<stage key>.jsonl`` (``sdft.evaluate.run``),
 one batch at a time: a rerun after a crash generates only the missing items, and a rerun with identical
@@ -209,7 +212,8 @@ def summarize(result: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     where = result.get("provenance", {}).get("config", {}).get("out")
     if where:
-        lines.append(f"results: {Path(where) / layout.RESULTS}  generations: {Path(where) / layout.GENERATIONS}/")
+        lines.append(f"results: {Path(where) / layout.RESULTS}  per-item scores: {Path(where) / layout.ITEM_SCORES}/  "
+                     f"generations: {Path(where) / layout.GENERATIONS}/")
     return "\n".join(lines)
 
 

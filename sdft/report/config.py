@@ -11,3 +11,9 @@ from sdft.base.config import field
 @dataclass
 class ReportConfig:
     run_dir: str = field(None, f"run folder (holds {layout.MANIFEST})", positional=True)
+
+
+@dataclass
+class StatsConfig:
+    run_dir: str = field(None, f"run folder (holds {layout.MANIFEST} and each evaluation's "
+                               f"{layout.ITEM_SCORES}/ files)", positional=True)

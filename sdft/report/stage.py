@@ -14,12 +14,15 @@ from pathlib import Path
 from sdft.base import layout, seeds
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest
-from sdft.base.stats import Metric, pooled_paired, seed_interval
+from sdft.base.seed_stats import seed_mean, seed_variance
+from sdft.base.stats import Metric
 from sdft.base.store import read_jsonl
 from sdft.report import cost as report_cost
 from sdft.report import openings as report_openings
-from sdft.report import plots
+from sdft.report import paired, plots
 from sdft.report.config import ReportConfig
+from sdft.report.tables import section as _section
+from sdft.report.tables import table as _table
 
 
 def build_report(config: ReportConfig) -> dict:
@@ -46,30 +49,19 @@ def _ci(metric: Metric) -> str:
     return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and None not in ci else ""
 
 
-def _section(title: str, header: list[str], rows: list[list], caption: str) -> str:
-    return f"## {title}\n\n{_table(header, rows)}\n\n{caption}\n"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"
-              for row in rows]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- sections
 
 def results_section(manifest: Manifest) -> str:
     per_model = {label: arm.metrics() for label, arm in manifest.arms.items()}
     columns = sorted({k for metrics in per_model.values() for k in metrics})
     seed = per_model.get("seed", {})
-    rows = []
+    rows, borrowed = [], _borrowed_metrics(manifest, per_model, columns)
     for name, members in seeds.groups(manifest.arms.values()).items():
         if len(members) == 1:
             rows.append([members[0].label, *_model_cells(members[0].label, per_model[members[0].label], columns, seed)])
         else:
             rows.append([f"{name} ({len(members)} seeds)",
-                         *_seed_mean_cells([per_model[m.label] for m in members], columns, seed)])
+                         *_seed_mean_cells([per_model[m.label] for m in members], columns, seed, borrowed)])
     n = {col: next((m[col].n for m in per_model.values() if col in m), "?") for col in columns}
     note = ("Scores in %, 95% interval in brackets, change vs seed in parentheses. "
             "Items per task: " + ", ".join(f"{c}: {n[c]}" for c in columns) + ".")
@@ -86,9 +78,12 @@ def results_section(manifest: Manifest) -> str:
                      "record; its evaluation is the eval folder of the same label."))
 
 
-SEED_NOTE = ("Rows marked (N seeds): the arm trained at N training seeds; mean over seeds, 95% t-interval over the "
-             "seeds' scores in brackets (N − 1 degrees of freedom: training-seed variance, wide with few seeds), "
-             "change of the mean vs seed in parentheses, then each seed's score in seed order (per-item "
+# Why this interval: sdft.base.seed_stats.seed_mean, docs/statistics.md.
+SEED_NOTE = ("Rows marked (N seeds): the arm trained at N training seeds; mean over seeds, then a 95% interval in "
+             "brackets that adds the training-seed variance of a model's score (borrowed from every arm of the run "
+             "trained at several seeds except interp, t quantile with its degrees of freedom) and the item sampling "
+             "of one seed's score (the widest per-seed interval), so it is never narrower than one seed's "
+             "interval; change of the mean vs seed in parentheses, then each seed's score in seed order (per-item "
              "intervals: the per-seed table below).")
 
 
@@ -107,20 +102,36 @@ def _model_cells(label: str, metrics: dict[str, Metric], columns: list[str], see
     return cells
 
 
-def _seed_mean_cells(per_seed: list[dict[str, Metric]], columns: list[str], seed: dict[str, Metric]) -> list[str]:
-    """One arm over its seeds: mean [t-interval over seeds] (change vs seed); seeds' scores."""
+def _seed_mean_cells(per_seed: list[dict[str, Metric]], columns: list[str], seed: dict[str, Metric],
+                     borrowed: dict[str, dict]) -> list[str]:
+    """One arm over its seeds: mean [interval over seeds and items] (change vs seed); seeds' scores. No
+    interval rather than a zero-width one (neither a seed spread nor per-seed intervals to build it from)."""
     cells = []
     for col in columns:
         values = [m[col].value for m in per_seed if col in m and m[col].value is not None]
         if len(values) < len(per_seed):  # a seed without this metric: a mean of the rest would mislead
             cells.append("–")
             continue
-        mean, low, high = seed_interval(values)
-        cell = f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
+        over = seed_mean(values, [m[col].ci95 for m in per_seed], borrowed.get(col, {"variance": None, "df": 0}))
+        mean = over["mean"]
+        cell = _fmt(mean) + (f" [{_fmt(over['ci95'][0])}, {_fmt(over['ci95'][1])}]" if over["ci95"] else "")
         if col in seed and seed[col].value is not None:
             cell += f" ({(mean - seed[col].value) * 100:+.1f})"
         cells.append(cell + "; seeds " + ", ".join(_fmt(v) for v in values))
     return cells
+
+
+def _borrowed_metrics(manifest: Manifest, per_model: dict[str, dict[str, Metric]], columns: list[str]) -> dict:
+    """``{column: seed_variance}`` of the models' scores, over the arms the paired section borrows from. An arm
+    whose seeds score exactly the same is left out (seed_variance's rule for a model the seed did not touch);
+    with whole-model scores such a tie may be chance, and leaving it out only widens the interval."""
+    out = {}
+    for col in columns:
+        found = {name: {m.label: [per_model[m.label][col].value] for m in members
+                        if col in per_model[m.label] and per_model[m.label][col].value is not None}
+                 for name, members in paired.borrow_groups(manifest).items()}
+        out[col] = seed_variance({name: by_model for name, by_model in found.items() if len(by_model) > 1})
+    return out
 
 
 def _folder(arm: Arm) -> str:
@@ -183,105 +194,11 @@ def shift_section(manifest: Manifest) -> str:
                     f"to the seed).{seed_nll} Parameter shift is the L2 norm of the weight change.")
 
 
-def paired_section(manifest: Manifest, generations: dict) -> str:
-    """Each model trained on rewrites against vanilla (mix 0) trained on the same examples, item by item.
-
-    ``generations`` is :func:`load_generations`'s map, read once for all sections."""
-    from sdft.base.stats import paired_comparison
-
-    rows = []
-    for name, members in seeds.groups(manifest.arms.values()).items():
-        per_seed = []  # each seed's {task: (metric, ours, theirs)}, for the pooled rows
-        for arm in members:
-            baseline = _vanilla_for(manifest, arm)
-            if arm.label in ("seed", baseline) or baseline is None:
-                continue
-            pairs = _pairs(generations[arm.label], generations[baseline])
-            for task, (metric, ours, theirs) in sorted(pairs.items()):
-                c = paired_comparison(list(ours.values()), list(theirs.values()))
-                low, high = c["ci95"]
-                rows.append([f"{arm.label} − {baseline}", f"{task}/{metric}", c["n"],
-                             f"{c['mean'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]", c["wins"],
-                             c["losses"], "–" if c["p"] is None else f"{c['p']:.3f}"])
-            per_seed.append(pairs)
-            against = seeds.group_name(manifest.arms[baseline])
-        if len(per_seed) > 1:
-            rows += _pooled_rows(f"{name} − {against} (seeds pooled)", per_seed)
-    if not rows:
-        return ""
-    title, what = (("Each arm vs vanilla, item by item", "Each model (rewrites, other arms)")
-                   if manifest.has_other_arms else ("Rewrites vs original targets, item by item",
-                                                    "Each model trained on rewrites"))
-    return _section(title,
-                    ["comparison", "task/metric", "items", "difference (points) [95%]", "better", "worse",
-                     "McNemar p"], rows,
-                    f"{what} against vanilla trained on the same examples, on the same "
-                    "evaluation items: the difference of their scores with a paired 95% interval, how many items "
-                    "the first scored higher / lower on, and for 0/1 scores the exact McNemar p-value (interval: "
-                    "Bonett-Price adjusted Wald for paired proportions). A row comparing one pair of trained "
-                    "models measures evaluation noise only, not training-seed variance." + (POOLED_NOTE if seeds.several(manifest)
-                                                                             else ""))
-
-
-# Why pooled this way: sdft.base.stats.pooled_paired; DEVELOPERS.md ("Training seeds").
-POOLED_NOTE = (" Each seed's models are compared with vanilla trained at the same seed. Rows (seeds pooled): "
-               "the mean difference over every seed and item (items all seeds share; items × seeds in the items "
-               "column, better / worse summed over seeds), with a 95% interval that adds the item-sampling "
-               "variance and the training-seed variance (t with Satterthwaite degrees of freedom), so it "
-               "covers both a new draw of evaluation items and a new training seed; no McNemar test there, as "
-               "the pairs of different seeds share items and are not independent.")
-
-
-def _pairs(ours: dict, theirs: dict) -> dict[str, tuple[str, dict[str, float], dict[str, float]]]:
-    """``{task: (metric, {id: our score}, {id: their score})}`` on the items both models were scored on."""
-    ours, theirs = _item_scores(ours), _item_scores(theirs)
-    out = {}
-    for task in set(ours) & set(theirs):
-        (metric, a), b = ours[task], theirs[task][1]
-        ids = sorted(set(a) & set(b))
-        if ids:
-            out[task] = (metric, {i: a[i] for i in ids}, {i: b[i] for i in ids})
-    return out
-
-
-def _pooled_rows(comparison: str, per_seed: list[dict]) -> list[list]:
-    """One row per task: the arm against vanilla over all its seeds (:func:`sdft.base.stats.pooled_paired`)."""
-    rows = []
-    for task in sorted(set.intersection(*(set(p) for p in per_seed))):
-        ids = sorted(set.intersection(*(set(p[task][1]) for p in per_seed)))
-        if len(ids) < 2:
-            continue
-        diffs = [[p[task][1][i] - p[task][2][i] for i in ids] for p in per_seed]
-        c = pooled_paired(diffs)
-        low, high = c["ci95"]
-        interval = ("(no item or seed differs: no interval)" if c["df"] is None  # a zero-width one would claim certainty
-                    else f"[{low * 100:+.1f}, {high * 100:+.1f}]")
-        rows.append([comparison, f"{task}/{per_seed[0][task][0]}",
-                     f"{len(ids)} × {len(per_seed)}", f"{c['mean'] * 100:+.1f} {interval}",
-                     sum(d > 0 for row in diffs for d in row), sum(d < 0 for row in diffs for d in row), "–"])
-    return rows
-
-
 def cost_section(manifest: Manifest) -> str:
     if not manifest.has_other_arms:  # vanilla vs SDFT: the distillation section states the one extra cost
         return ""
     rows, caption = report_cost.cost_table(manifest)
     return _section("Training cost per arm", report_cost.HEADER, rows, caption) if rows else ""
-
-
-def _vanilla_for(manifest: Manifest, arm: Arm) -> str | None:
-    """Vanilla (the "mix" recipe at mix 0) trained on as many examples as ``arm``, with its training seed."""
-    return next((label for label, other in manifest.arms.items()
-                 if other.recipe == "mix" and other.mix_ratio == 0 and other.sample_size == arm.sample_size
-                 and other.seed == arm.seed),
-                None)
-
-
-def _item_scores(found: dict[str, tuple[dict, list[dict]]]) -> dict[str, tuple[str, dict[str, float]]]:
-    """``{task: (primary metric, {item id: score})}`` from one model's saved generations."""
-    return {task: (entry.get("metric", "score"),
-                   {r["id"]: float(r["score"]) for r in records if r.get("score") is not None})
-            for task, (entry, records) in found.items()}
 
 
 def load_generations(manifest: Manifest, run_dir: Path) -> dict[str, dict[str, tuple[dict, list[dict]]]]:
@@ -357,11 +274,12 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     images = plots.make_plots(manifest, run_dir)
     generations = load_generations(manifest, run_dir)
     distilled = distilled_records(manifest, run_dir)
+    scores = paired.load_scores(manifest, run_dir, generations)  # per-item files; generations in older folders
     parts = [f"# SDFT report: {manifest.name}\n",
              f"Seed model `{manifest.model}`, training data `{manifest.data}` (task kind "
              f"{manifest.task}){_system_line(manifest)}. Every stage's settings are in its folder's "
              f"`{layout.STAGE}` and `{layout.RUN_RECORD}`.\n",
-             results_section(manifest), paired_section(manifest, generations),
+             results_section(manifest), paired.paired_section(manifest, scores),
              distill_section(manifest, distilled), openings_section(distilled, generations),
              length_section(generations), shift_section(manifest),
              cost_section(manifest)]

@@ -5,7 +5,8 @@ evaluation driver (``sdft.evaluate.stage``) dispatches on the base class, never 
 
 * :class:`GenerativeTask`: ``prompt(example, tokenizer) -> str`` goes to a generation backend;
   ``score_with_reason(example, completion) -> (score, reason)`` grades it (1.0 = correct / safe / passed),
-  or ``score_batch`` for tasks that grade many at once (a sandbox pool).
+  or ``score_batch`` for tasks that grade many at once (a sandbox pool); ``verdict(reason)`` says which
+  part of a reason the per-item scores may keep.
 * :class:`JudgedTask`: a generative task graded by a judge model (``context.judge``).
 * :class:`LoglikelihoodTask`: ``choices(example) -> (context, [continuation, ...])`` and
   ``score(example, chosen_index) -> float``; the model picks the most likely continuation (``sdft.generation.loglik``).
@@ -130,6 +131,12 @@ class GenerativeTask(Task):
 
     def score(self, example: dict, completion: str) -> float:
         return self.score_with_reason(example, completion)[0]
+
+    def verdict(self, reason: Any) -> str | None:
+        """The scorer's ``reason`` as a label for the per-item scores file (``sdft.base.item_scores``), or
+        None. None unless a task knows its reasons are labels: a reason may quote the answer (a program's
+        error output, a user checker's message), and that file must hold no answer text."""
+        return None
 
     def score_batch(self, examples: list[dict], completions: list[str],
                     context: TaskContext | None = None) -> list[tuple[float, Any]]:

@@ -61,6 +61,9 @@ class AdvBench(GenerativeTask):
         return float(paper), (f"paper keywords: {'refusal' if paper else 'no refusal'}; "
                               f"strict: {'refusal' if strict else 'no refusal'}")
 
+    def verdict(self, reason: str) -> str:
+        return reason  # two fixed labels, no answer text
+
     def aggregate(self, scores: list[float], records: list[dict], context=None) -> dict:
         from sdft.base.answers import strict_is_refusal
         from sdft.base.stats import Metric

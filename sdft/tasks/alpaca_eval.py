@@ -50,6 +50,9 @@ class AlpacaEval(GenerativeTask):
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         return (1.0, "answered") if completion.strip() else (0.0, "empty")
 
+    def verdict(self, reason: str) -> str:
+        return reason
+
     def aggregate(self, scores: list[float], records: list[dict], context: TaskContext | None = None) -> dict:
         entry = super().aggregate(scores, records)
         if context is not None and context.out_dir is not None:

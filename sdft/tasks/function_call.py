@@ -72,6 +72,9 @@ class OpenFunctions(GenerativeTask):
         ok, reason = answers.calls_match(completion, example["reference"], signatures=signatures or None)
         return float(ok), reason
 
+    def verdict(self, reason: str) -> str:
+        return reason  # fixed labels (answers.calls_match, the paper rules)
+
 
 def paper_half_credit_score(candidate: str, reference: str) -> float:
     """The ``reproduce`` branch's ``check_openfunction``: 1 for the exact rule, else 0.5 for its positional
@@ -158,6 +161,9 @@ class BFCL(GenerativeTask):
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         ok, reason = bfcl_match(completion, example["function"], example["ground_truth"])
         return float(ok), reason
+
+    def verdict(self, reason: str) -> str:
+        return reason.partition(":")[0]  # after the colon: an argument name, which may be the model's
 
 
 def bfcl_match(text: str, function: dict, ground_truth: dict) -> tuple[bool, str]:

@@ -109,6 +109,9 @@ class HumanEval(GenerativeTask):
         result = self.run(example, completion)
         return float(result.passed), result.status + (f": {result.detail}" if result.detail else "")
 
+    def verdict(self, reason: str) -> str:
+        return reason.partition(":")[0]  # the status; the detail is the program's own output
+
     def score_batch(self, examples: list[dict], completions: list[str], context=None) -> list[tuple[float, str]]:
         # Each check is a subprocess that mostly waits: a few at once, bounded by the CPUs we have.
         from sdft import sandbox

@@ -80,6 +80,9 @@ class MathTask(GenerativeTask):
         ok, reason = answers.math_match(completion, example["reference"])
         return float(ok), reason
 
+    def verdict(self, reason: str) -> str:
+        return reason  # fixed labels (answers.math_match, the paper rule)
+
 
 class GSM8K(MathTask):
     name = "gsm8k"

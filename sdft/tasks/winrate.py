@@ -118,6 +118,11 @@ class WinRate(JudgedTask):
         return sum(points) / 2, {"verdict_model_first": v["model_first"],
                                  "verdict_reference_first": v["reference_first"]}
 
+    def verdict(self, reason: dict) -> str:
+        """The judge's picks, shown first / shown second ("-": unparsed): "a/b" means both orders chose the
+        model."""
+        return "/".join(reason.get(k) or "-" for k in ("verdict_model_first", "verdict_reference_first"))
+
     def aggregate(self, scores: list[float], records: list[dict], context: TaskContext | None = None) -> dict:
         from sdft.base.stats import Metric
 

@@ -8,6 +8,7 @@ from sdft.base.seed_stats import (
     compare_seeds,
     per_seed_ci,
     replication_test,
+    seed_mean,
     seed_variance,
     simulate_coverage,
     simulate_run,
@@ -164,3 +165,30 @@ def test_replication_test_is_quiet_without_item_effects_even_on_items_of_varied_
 def test_replication_test_is_deterministic():
     diffs = _item_effect_run(np.random.default_rng(5), 2, 1.0)
     assert replication_test(diffs, 400, rng_seed=7) == replication_test(diffs, 400, rng_seed=7)
+
+
+def test_replication_test_keeps_only_flipped_items_in_memory():
+    """5,000 items, 20 flipped: the null distribution needs only the flipped ones (MMLU-sized tasks held
+    permutations x seeds x items floats before: 1.4 GB for 14,042 items)."""
+    import tracemalloc
+
+    diffs = np.zeros((2, 5000))
+    diffs[0, :10], diffs[1, 5:15] = 1.0, -1.0
+    tracemalloc.start()
+    result = replication_test(diffs, 2000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20e6 and result["coincidences"] == 5 and result["observed"] == 0
+
+
+def test_seed_mean_adds_the_borrowed_seed_spread_to_one_seeds_interval_and_is_never_zero_width():
+    from scipy.stats import t
+
+    # Seeds that tie, nothing to borrow: the widest per-seed interval, not [0.6, 0.6].
+    tie = seed_mean([0.6, 0.6], [(0.31, 0.83), (0.36, 0.80)], {"variance": None, "df": 0})
+    assert tie["mean"] == pytest.approx(0.6) and tie["ci95"] == pytest.approx((0.34, 0.86))
+    # A borrowed spread (variance 0.02 of one model's score on 2 df, over 2 seeds) in quadrature with it.
+    spread = seed_mean([0.6, 0.8], [(0.5, 0.7), (0.7, 0.9)], {"variance": 0.02, "df": 2})
+    half = (t.ppf(0.975, 2) ** 2 * 0.01 + 0.1 ** 2) ** 0.5
+    assert spread["ci95"] == pytest.approx((0.7 - half, 0.7 + half)) and spread["df"] == 2
+    assert seed_mean([0.5, 0.7], [None, None], {"variance": None, "df": 0})["ci95"] is None

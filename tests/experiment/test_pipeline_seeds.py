@@ -69,7 +69,7 @@ def test_a_second_seed_reuses_the_first_and_trains_only_its_own_models(tmp_path,
     assert not [line for line in logs if line.startswith("[run ]")]
     assert _stage_folders(run_dir) == folders and (run_dir / layout.REPORT_MD).read_text() == report
     assert (run_dir / layout.MANIFEST).read_bytes() == manifest
-    assert "training seed" not in report and "(seeds pooled)" not in report
+    assert "training seed" not in report and "(2 seeds)" not in report
 
     # A second seed: seed 42's models are reused, only seed 43's are trained, interpolated and evaluated.
     logs.clear()
@@ -90,8 +90,12 @@ def test_a_second_seed_reuses_the_first_and_trains_only_its_own_models(tmp_path,
     for row in ("| vanilla (2 seeds) |", "| sdft (2 seeds) |", "| interp-a0.5 (2 seeds) |", "## Results per training seed",
                 "| sdft-s43 | 43 | train/sdft-s43-", "| sdft − vanilla | openfunctions/accuracy | 2 |",
                 "| sdft-s43 − vanilla-s43 | openfunctions/accuracy | 2 |",
-                "| sdft − vanilla (seeds pooled) | openfunctions/accuracy | 2 × 2 | +0.0 (no item or seed differs"):
+                # Identical answers at both seeds: the interval over seeds is the per-seed one, never zero-width.
+                "| sdft − vanilla (2 seeds) | openfunctions/accuracy | 2 × 2 | +0.0 [-", "(floor) | 0 | 0 | – |",
+                "### Same items at every seed?"):
         assert row in report, row
+    for arm in after.arms.values():  # every evaluation wrote its per-item scores, which the report read
+        assert layout.item_scores_file(arm.eval.path(run_dir), "openfunctions").is_file(), arm.label
 
 
 def test_run_help_documents_the_config_keys(capsys):

@@ -1,5 +1,5 @@
 """The report of a run with several training seeds, built from run folders with known per-seed scores:
-mean and spread over seeds, per-seed rows tracing to folders, paired tests per seed and pooled."""
+mean and spread over seeds, per-seed rows tracing to folders, paired tests per seed and over seeds."""
 
 import json
 from pathlib import Path
@@ -17,9 +17,9 @@ SCORES = {"seed": [1] * 5 + [0] * 5,
           "vanilla-s43": [1] * 8 + [0] * 2, "sdft-s43": [1] * 9 + [0] * 1}
 
 
-def _model(run_dir: Path, label: str) -> Arm:
+def _model(run_dir: Path, label: str, scores: list[int] | None = None) -> Arm:
     eval_dir = run_dir / layout.EVAL / f"{label}-0123456789"
-    scores = SCORES[label]
+    scores = SCORES[label] if scores is None else scores
     records = [{"id": f"item{i}", "score": s} for i, s in enumerate(scores)]
     layout.generations_file(eval_dir, "openfunctions").parent.mkdir(parents=True)
     layout.generations_file(eval_dir, "openfunctions").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -47,11 +47,26 @@ def report(tmp_path) -> str:
 
 
 def test_each_arm_has_one_row_of_means_over_seeds(report):
-    # vanilla: 60 and 80 -> mean 70; t(0.975, 1) = 12.706 times the standard error 10 -> 70 ± 127.1
-    assert "| vanilla (2 seeds) | 70.0 [-57.1, 197.1] (+20.0); seeds 60.0, 80.0 |" in report
-    assert "| sdft (2 seeds) | 80.0 [-47.1, 207.1] (+30.0); seeds 70.0, 90.0 |" in report
+    # Seed variance borrowed from both arms: (2 x 10² + 2 x 10²) / 2 df = 200, over 2 seeds 100 (SE 10 points),
+    # t(0.975, 2) = 4.303 -> 43.0; plus the widest per-seed interval's half-width (vanilla: Wilson 6/10,
+    # [31.3, 83.2] -> 26.0; sdft: 7/10, [39.7, 89.2] -> 24.8) in quadrature: ±50.3 and ±49.6.
+    assert "| vanilla (2 seeds) | 70.0 [19.7, 120.3] (+20.0); seeds 60.0, 80.0 |" in report
+    assert "| sdft (2 seeds) | 80.0 [30.4, 129.6] (+30.0); seeds 70.0, 90.0 |" in report
     assert "| seed | 50.0 [23.7, 76.3] |" in report  # the shared seed model keeps its per-item interval
-    assert "t-interval over the seeds' scores" in report
+    assert "never narrower than one seed's interval" in report
+
+
+def test_seeds_that_score_the_same_get_no_zero_width_interval(tmp_path):
+    """Both arms score the same at both seeds: no seed spread to borrow, so the interval is the widest
+    per-seed one (Wilson 6/10 and 7/10), never [60.0, 60.0]."""
+    manifest = Manifest(name="tie", model="m", data="d.json", task="function_call")
+    for label, scores in {"seed": SCORES["seed"], "vanilla": SCORES["vanilla"], "vanilla-s43": SCORES["vanilla"],
+                          "sdft": SCORES["sdft"], "sdft-s43": SCORES["sdft"]}.items():
+        manifest.arms[label] = _model(tmp_path, label, scores)
+    manifest.write(tmp_path)
+    report = Path(write_report(tmp_path)["md"]).read_text()
+    assert "| vanilla (2 seeds) | 60.0 [34.0, 86.0] (+10.0); seeds 60.0, 60.0 |" in report
+    assert "| sdft (2 seeds) | 70.0 [45.2, 94.8] (+20.0); seeds 70.0, 70.0 |" in report
 
 
 def test_every_model_has_a_per_seed_row_naming_its_folder(report):
@@ -61,15 +76,21 @@ def test_every_model_has_a_per_seed_row_naming_its_folder(report):
     assert "| seed | – | eval/seed-0123456789 | 50.0 [23.7, 76.3] |" in report
 
 
-def test_paired_comparison_per_seed_and_pooled(report):
+def test_paired_comparison_per_seed_and_over_seeds(report):
     # Each seed against its own vanilla: sdft wins item 6 at seed 42 and item 8 at seed 43.
-    assert "| sdft − vanilla | openfunctions/accuracy | 10 | +10.0 [" in report
+    assert "| sdft − vanilla | openfunctions/accuracy | 10 | +10.0 [-19.6, +36.2] | 1 | 0 | 1.000 |" in report
     assert "| sdft-s43 − vanilla-s43 | openfunctions/accuracy | 10 | +10.0 [" in report
     assert "sdft − vanilla-s43" not in report and "sdft-s43 − vanilla |" not in report
-    # Pooled: both seeds +10, so no seed variance; the per-item means (0.5 on two items, 0 elsewhere) have
-    # variance 0.4/9, standard error 0.0667, t(0.975, 9) = 2.262 -> +10.0 ± 15.1.
-    assert ("| sdft − vanilla (seeds pooled) | openfunctions/accuracy | 10 × 2 | +10.0 [-5.1, +25.1] | 2 | 0 | – |"
+    # Over seeds (sdft.base.seed_stats): both arms' scores move 20 points between seeds, a borrowed seed
+    # variance of 200 on 2 df; the difference of two models' means over 2 seeds has variance 2 x 200 / 2,
+    # SE 14.1 points, t(0.975, 2) = 4.303 -> ±60.8 (wider than the per-seed ±27.9: no floor). The old pooled
+    # row said +10.0 [-5.1, +25.1]: narrower than either seed's own interval.
+    assert ("| sdft − vanilla (2 seeds) | openfunctions/accuracy | 10 × 2 | +10.0 [-50.8, +70.8] | 2 | 0 | – |"
             in report)
+    assert "seeds pooled" not in report and "Seed variance borrowed from: openfunctions: vanilla, sdft (2 df)" in report
+    # The wins fall on different items (6 and 8): nothing coincides, p = 1.
+    assert "| sdft − vanilla (2 seeds) | openfunctions/accuracy | 2 | 0 | 0 | 0.0 ± 0.0 | 1.000 |" in report
+    assert "It says nothing about the size or sign of the average difference" in report
 
 
 def test_the_manifest_groups_models_by_arm(tmp_path, report):
@@ -108,15 +129,19 @@ def test_labels_follow_the_runs_own_seed_and_seed_zero_is_a_seed():
     seeds.check([0, 1])  # 0 is a valid seed (numpy takes 0 .. 2**32 - 1)
 
 
-def test_a_seed_missing_a_metric_blanks_the_mean_and_one_shared_item_gives_no_pooled_row():
-    from sdft.report.stage import _pooled_rows, _seed_mean_cells
+def test_a_seed_missing_a_metric_blanks_the_mean_and_one_shared_item_gives_no_seed_level_row():
+    from sdft.report.paired import _over_seeds
+    from sdft.report.stage import _seed_mean_cells
 
-    both, one = {"t/acc": Metric(0.5)}, {}
-    assert _seed_mean_cells([both, one], ["t/acc"], {}) == ["–"]  # not the mean of the seeds that have it
-    assert _seed_mean_cells([both, {"t/acc": Metric(0.7)}], ["t/acc"], {})[0].startswith("60.0 [")
-    # Two seeds sharing a single scored item: too few for an interval, so no pooled row (and no crash).
+    both, one = {"t/acc": Metric(0.5, [0.4, 0.6])}, {}
+    assert _seed_mean_cells([both, one], ["t/acc"], {}, {}) == ["–"]  # not the mean of the seeds that have it
+    assert _seed_mean_cells([both, {"t/acc": Metric(0.7, [0.6, 0.8])}], ["t/acc"], {}, {})[0].startswith("60.0 [")
+    # Neither a seed spread nor per-seed intervals: the seeds' values, no interval.
+    assert _seed_mean_cells([{"t/acc": Metric(0.5)}, {"t/acc": Metric(0.7)}], ["t/acc"], {}, {}) == \
+        ["60.0; seeds 50.0, 70.0"]
+    # Two seeds sharing a single scored item: too few for an interval, so no seed-level row (and no crash).
     per_seed = [{"t": ("acc", {"i1": 1.0}, {"i1": 0.0})}, {"t": ("acc", {"i1": 1.0, "i2": 1.0}, {"i1": 1.0})}]
-    assert _pooled_rows("sdft − vanilla (seeds pooled)", per_seed) == []
+    assert _over_seeds("sdft − vanilla", per_seed, {}) == []
 
 
 def test_plots_average_the_answer_shift_over_seeds(tmp_path):
