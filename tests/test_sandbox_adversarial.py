@@ -254,3 +254,47 @@ def test_shadowing_the_builtins_the_tests_use_does_not_pass():
 def test_a_forged_end_or_pass_marker_does_not_pass(cheat):
     result = _grade(cheat)
     assert result.status in ("failed", "error") and not result.passed, result
+
+
+# ------------------------------------------------------------- a normal user, a kernel without Landlock
+
+SWAP_THE_TESTS = r'''
+import os, time
+def add(a, b):
+    return a - b
+def swap():  # the tests' process reads its tests from a pipe: drain it, and write an empty test list
+    end = time.time() + 2
+    while time.time() < end:
+        for p in [p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:
+            try:
+                if not open(f'/proc/{p}/cmdline', 'rb').read().endswith(b'harness\0'):
+                    continue
+                r = os.open(f'/proc/{p}/fd/0', os.O_RDONLY | os.O_NONBLOCK)
+                w = os.open(f'/proc/{p}/fd/0', os.O_WRONLY)
+            except OSError:
+                continue
+            try:
+                while os.read(r, 1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+            os.write(w, b'{"tests": "", "entry_point": null, "context": ""}')
+            return os.close(w)
+swap()
+'''
+
+
+def test_tests_cannot_be_swapped_by_a_program_of_the_same_uid():
+    """Issue 26, item 2: as a normal user the program and the tests share one uid, and without Landlock
+    nothing else kept them apart: this program passed 10 times out of 10. It must fail every time, or
+    the sandbox must refuse to score, saying why."""
+    from sandbox_user import last_json, run_as_user
+
+    code = ("import json, os\nfrom sdft import sandbox\n"
+            f"runs = [sandbox.check_program({SWAP_THE_TESTS!r}, {PROBLEM['test']!r}, 'add') for _ in range(6)]\n"
+            "iso = sandbox.isolation()\n"
+            "print(json.dumps([os.getuid(), sorted(iso.missing), [[r.status, r.detail] for r in runs]]))")
+    uid, missing, runs = last_json(run_as_user(code))
+    assert uid != 0 and "landlock" in missing
+    statuses = {status for status, _ in runs}
+    assert statuses == {"failed"} or (statuses == {"error"} and all("separate_tests" in d for _, d in runs)), runs

@@ -54,7 +54,8 @@ __all__ = ["SandboxResult", "run_python", "check_program", "isolation", "require
 
 ENV_MODE = "SDFT_SANDBOX"
 MODES = ("strict", "permissive")
-REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp")  # strict mode needs all
+# Strict mode needs all; separate_tests only where there are tests (check_program).
+REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp", "separate_tests")
 _HOST, _GUEST = Path(__file__).with_name("host.py"), Path(__file__).with_name("guest.py")
 _ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LC_ALL": "C.UTF-8"}
 _HOST_GRACE_S = 20  # past the program's deadline, the host has this long to clean up and report
@@ -111,8 +112,9 @@ def isolation() -> Isolation:
     """Probe (a trivial program in a permissive sandbox) which mechanisms this machine allows."""
     if sys.platform != "linux":
         return Isolation(frozenset(), {"all": "the sandbox needs Linux"})
-    outcome = _launch(_spec("pass", [{"name": "program"}], timeout_s=30, memory_mb=256, max_file_mb=1,
-                            python=None, strict=False), 30, 4096)
+    harness = json.dumps({"tests": "assert f() == 1", "entry_point": None, "context": ""})
+    outcome = _launch(_spec("def f():\n    return 1\n", [{"name": "server"}, {"name": "harness", "stdin": harness}],
+                            timeout_s=30, memory_mb=256, max_file_mb=1, python=None, strict=False), 30, 4096)
     return Isolation(frozenset(outcome.mechanisms), outcome.missing)
 
 

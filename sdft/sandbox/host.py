@@ -179,7 +179,8 @@ class Run:
             worker["guest_read"], guest_w = pipe()
             pid = os.fork()
             if pid == 0:
-                self.exec_worker(worker, self.uids[min(index, 1)], channel, detail_w, seccomp, workdir)
+                start = self.start_apart if worker["name"] == "server" else self.exec_worker
+                start(worker, self.uids[min(index, 1)], channel, detail_w, seccomp, workdir)
             pids[pid], started[worker["name"]] = worker["name"], time.monotonic()
             os.close(worker["guest_read"])
             _write_all(guest_w, self.spec["guest"].encode())
@@ -205,9 +206,33 @@ class Run:
             results["harness"]["detail"] = detail
         return results
 
-    def exec_worker(self, worker: dict, uid: int, channel, detail_w: int, seccomp, workdir: str) -> None:
+    def start_apart(self, *args) -> None:
+        """The program of check mode in a PID namespace and a /proc of its own, where the tests' process
+        does not exist: nothing to signal, trace or open under /proc, whatever uid they share (a normal
+        user's sandbox has one uid only). We stay outside as its parent and end as it ended, so that
+        init's ``wait4`` reads its status and (children included) its times."""
+        self.iso.die_with_parent()
+        if not self.attempt("separate_tests", self.iso.unshare_pid):
+            self.exec_worker(*args)  # permissive mode: the program runs beside the tests
+        pid = os.fork()
+        if pid == 0:
+            self.exec_worker(*args, own_proc=True)
+        os.closerange(3, self.report_fd)  # the pipes are the program's: an end kept here, it never sees EOF
+        os.closerange(self.report_fd + 1, 1 << 16)
+        _, status, _ = os.wait4(pid, 0)
+        if os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            if number not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(number, signal.SIG_DFL)  # the host's own handlers were inherited
+            os.kill(os.getpid(), number)  # not dumpable (init's), so no core file either
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+    def exec_worker(self, worker: dict, uid: int, channel, detail_w: int, seccomp, workdir: str,
+                    own_proc: bool = False) -> None:
         try:
             self.active = []
+            if own_proc:  # PID 1 of the namespace start_apart made: its /proc shows this namespace only
+                self.attempt("separate_tests", self.iso.mount_proc, "")
             fds = {0: worker.get("stdin_read"), 3: channel and channel[0], 4: channel and channel[1],
                    5: detail_w if worker["name"] == "harness" else None, 6: worker["guest_read"]}
             for target, fd in fds.items():

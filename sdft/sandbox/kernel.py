@@ -103,6 +103,11 @@ def unshare(as_root: bool) -> list[str]:
     return ["mount_ns", "pid_ns", "net_ns", "ipc_ns", "uts_ns"] + ([] if as_root else ["user_ns"])
 
 
+def unshare_pid() -> None:
+    """A PID namespace for our next child, and a mount namespace in which it mounts its own /proc."""
+    _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare")
+
+
 def python_paths(executable: str, prefixes: list[str]) -> list[str]:
     """The folders a Python interpreter needs, outermost only (a folder inside another is covered)."""
     wanted = {os.path.realpath(p) for p in prefixes if p} | {os.path.dirname(os.path.realpath(executable))}

@@ -67,7 +67,9 @@ def test_set_up_failure_is_an_error_not_an_exception():
 def test_the_host_reports_time_and_mechanisms():
     result = run_python("import time\nx = sum(range(10 ** 6))\ntime.sleep(0.3)")
     assert result.passed and 0.3 <= result.duration_s < 5 and 0 < result.cpu_s < result.duration_s
-    assert set(result.mechanisms) == set(ISO.active)
+    assert set(result.mechanisms) == set(ISO.active) - {"separate_tests"}  # no tests to keep apart here
+    checked = check_program("def f():\n    return 1", ["assert f() == 1"])
+    assert checked.passed and set(checked.mechanisms) == set(ISO.active)
 
 
 def test_canonical_humaneval_solutions_pass_and_wrong_ones_fail():
