@@ -298,3 +298,52 @@ def test_tests_cannot_be_swapped_by_a_program_of_the_same_uid():
     assert uid != 0 and "landlock" in missing
     statuses = {status for status, _ in runs}
     assert statuses == {"failed"} or (statuses == {"error"} and all("separate_tests" in d for _, d in runs)), runs
+
+
+SNOOP = r'''
+import json, os
+def attempt(action):
+    try:
+        return action()
+    except OSError as exc:
+        return type(exc).__name__
+print(json.dumps({"uid": os.getuid(), "shadow": attempt(lambda: open("/etc/shadow").read()[:0]),
+                  "processes": attempt(lambda: [p for p in os.listdir("/proc") if p.isdigit()]),
+                  "project": attempt(lambda: os.listdir(%(project)r)),
+                  "victim": attempt(lambda: open(%(victim)r, "w").write("pwned"))}))
+'''
+
+
+def _snoop_without_namespaces(victim: Path, *, no_landlock: bool, as_root: bool) -> tuple[dict, dict]:
+    """What the program saw, and what the run recorded, in permissive mode on a kernel (or container)
+    that refuses namespaces."""
+    from sandbox_user import ROOT, last_json, run_as_user
+
+    program = SNOOP % {"project": str(ROOT), "victim": str(victim)}
+    code = ("import json\nfrom sdft import sandbox\n"
+            f"r = sandbox.run_python({program!r})\n"
+            "print(json.dumps([r.status, r.stdout, r.mechanisms, sandbox.record()]))")
+    status, stdout, mechanisms, record = last_json(run_as_user(code, no_landlock=no_landlock, no_namespaces=True,
+                                                               as_root=as_root, env={sandbox.ENV_MODE: "permissive"}))
+    assert status == "passed" and set(mechanisms) <= set(record["active"]), (status, stdout)
+    assert "namespaces" in record["missing"] and "private_root" in record["missing"]
+    return json.loads(stdout), record
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fallback as root")
+def test_the_permissive_fallback_never_runs_model_code_as_root_on_the_hosts_files(visible):
+    """Issue 26, item 3: without namespaces, permissive mode ran the program as uid 0 in the host's file
+    tree: it read /etc/shadow, the project, ~100 processes, and (without Landlock) overwrote a root-owned
+    file, while the record said ``unprivileged``."""
+    _, victim, _ = visible
+    victim.chmod(0o644)  # root's, writable by root only
+    for no_landlock in (False, True):
+        seen, record = _snoop_without_namespaces(victim, no_landlock=no_landlock, as_root=True)
+        assert seen["uid"] != 0 and "unprivileged" in record["active"]
+        assert seen["shadow"] == "PermissionError" and seen["victim"] == "PermissionError"
+        assert victim.read_text() == "original"
+        if not no_landlock:  # what Landlock hides without a private root
+            assert seen["processes"] == seen["project"] == "PermissionError" and "landlock_reads" in record["active"]
+    # A normal user's program there runs as that user, on that user's files: never recorded as unprivileged.
+    seen, record = _snoop_without_namespaces(Path("/nonexistent/victim"), no_landlock=True, as_root=False)
+    assert "unprivileged" not in record["active"] and "sdft's own uid" in record["missing"]["unprivileged"]

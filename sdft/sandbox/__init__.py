@@ -20,7 +20,8 @@ a separate interpreter) that builds, for this one run:
 
 The program's exit status, wall and CPU time are read by the host from the kernel (``wait4``) and
 come back on a pipe the program cannot reach; its output is only captured. :func:`check_program` runs
-the tests in a second process under another uid and passes only plain data between them
+the tests in a second process (another uid as root) that the program cannot see, the program being in a
+PID namespace of its own, and passes only plain data between them
 (:mod:`sdft.sandbox.guest`), so the verdict cannot be forged from inside (an object whose ``__eq__``
 is always True, a printed "pass" marker, ``exit(0)``, patching the test code...).
 
@@ -28,10 +29,12 @@ Lifetime: the host dies with sdft (parent-death signal), the namespace's init wi
 process of a PID namespace with its init; the tmpfs goes with the namespace and the host removes the
 cgroup (cgroups of hosts killed outright are swept by the next run). Nothing is left behind.
 
-Fail closed: if this kernel refuses any of namespaces, private root, fresh /proc, unprivileged uid or
-seccomp, untrusted code is not run (:func:`require` raises; a run returns ``error``) unless the user
-opts out with ``SDFT_SANDBOX=permissive``, which applies whatever works. :func:`record` says which
-mechanisms were active; it goes into the run records. Linux only.
+Fail closed: if this kernel refuses any of namespaces, private root, fresh /proc, unprivileged uid,
+seccomp or (check_program) the program's own PID namespace, untrusted code is not run (:func:`require`
+raises; a run returns ``error``) unless the user opts out with ``SDFT_SANDBOX=permissive``, which
+applies whatever works (never root on the host's files; Landlock limits reads where no private root
+hides them). No message advises the opt-out. :func:`record` says which mechanisms were active and why
+the others were not; it goes into the run records. Linux only.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ def require() -> None:
         lacking = {m: iso.missing.get(m, "not applied") for m in REQUIRED if m not in iso}
         raise SdftError("the sandbox cannot contain untrusted code on this machine ("
                         + "; ".join(f"{m}: {why}" for m, why in lacking.items())
-                        + f"); set {ENV_MODE}=permissive to run it with only: {', '.join(sorted(iso.active))}")
+                        + "), so none is run; docs/sandbox.md says what each mechanism needs")
 
 
 def record() -> dict:
@@ -200,8 +203,7 @@ class _Outcome:
         self.missing.update(message.get("missing", {}))
         self.workers.update(message.get("workers", {}))
         if "refused" in message:
-            self.problems.append(f"sandbox refused to run untrusted code ({message['refused']}); "
-                                 f"{ENV_MODE}=permissive runs it with less isolation")
+            self.problems.append(f"sandbox refused to run untrusted code ({message['refused']})")
         if "error" in message:
             self.problems.append(f"sandbox could not start: {message['error']}")
         if message.get("done", {}).get("timed_out"):

@@ -53,6 +53,7 @@ class Run:
         self.report_fd = _high(spec["report_fd"])
         self.active: list[str] = []
         self.root: str | None = None
+        self.owner, self.env = os.getuid(), dict(spec["env"])  # sdft's uid
         base = UID_BASE + ((os.getpid() & UID_SPAN) << 1)  # pids are unique: so are the runs' uids
         self.uids = (base, base + 1) if os.geteuid() == 0 else (os.getuid(), os.getuid())
         self.gid = base if os.geteuid() == 0 else os.getgid()
@@ -85,6 +86,9 @@ class Run:
             if self.attempt("namespaces", self.iso.unshare, os.geteuid() == 0):
                 self.root = self.attempt("private_root", self.iso.build_root, self.spec["paths"],
                                          self.spec["tmp_mb"], self.uids[0], self.gid)
+            if not self.root:  # say so: a record lists what was missing, not only what failed
+                self.report(missing={m: "needs namespaces and a private root" for m in ("private_root", "fresh_proc")
+                                     if m not in self.active})
             self.report(mechanisms=[m for m in self.active if m != "seccomp"])
             timed_out = self.supervise(cgroup, seccomp)
         except _Stop:
@@ -145,12 +149,8 @@ class Run:
             self.attempt("fresh_proc", self.iso.mount_proc, self.root)
             if not self.attempt("private_root", self.iso.enter_root, self.root):
                 self.root = None
-        if not self.root:  # permissive mode only: a temp folder of the host's, same uid as sdft
-            import tempfile
-
-            self.uids, self.gid = (os.getuid(), os.getuid()), os.getgid()
-            workdir = tempfile.mkdtemp(prefix="sdft-sandbox-")
-            os.chdir(workdir)
+        if not self.root:  # permissive mode only
+            workdir = self.host_workdir()
         with open("main.py", "w", encoding="utf-8") as f:
             f.write(self.spec["program"])
         os.chown("main.py", self.uids[0], self.gid)
@@ -162,6 +162,17 @@ class Run:
 
             shutil.rmtree(workdir, ignore_errors=True)
         os._exit(0)
+
+    def host_workdir(self) -> str:
+        """Without a private root: a temp folder of the host's, the program's own (its uid's, as root: the
+        programs never run as root on the host's files), and its home and temp folder."""
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="sdft-sandbox-")
+        os.chown(workdir, self.uids[0], self.gid)
+        os.chdir(workdir)
+        self.env.update(HOME=workdir, TMPDIR=workdir)
+        return workdir
 
     def run_workers(self, seccomp, workdir: str) -> dict:
         """Start the programs, reap everything (orphans too), report each program's end."""
@@ -242,10 +253,13 @@ class Run:
                 os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
             if worker["name"] == "harness":
                 os.chdir("/")  # the program's folder is not the tests' business
-            self.attempt("unprivileged", self.iso.drop_privileges, uid, self.gid)
+            self.drop_privileges(uid)
             for kind, value in self.limits():
                 resource.setrlimit(kind, (value, value))
-            self.attempt("landlock", self.iso.landlock_restrict, [workdir, "/dev/shm"] if self.root else [workdir])
+            if self.root:
+                self.attempt("landlock", self.iso.landlock_restrict, [workdir, "/dev/shm"])
+            elif self.attempt("landlock", self.iso.landlock_restrict, [workdir], self.spec["paths"]):
+                self.active.append("landlock_reads")  # the host's other files, /proc among them, unreadable
             if seccomp:
                 self.attempt("seccomp", seccomp.load)
             self.report(mechanisms=self.active)
@@ -253,12 +267,22 @@ class Run:
             os.closerange(self.report_fd + 1, 1 << 16)
             os.execve(self.spec["python"], [self.spec["python"], "-I", "-B", "-u", "-c", _LOADER,
                                             worker["name"] if worker["name"] != "program" else "run"],
-                      self.spec["env"])
+                      self.env)
         except BaseException as exc:
             try:
                 self.report(error=f"{worker['name']} could not start: {exc}")
             finally:
                 os._exit(127)
+
+    def drop_privileges(self, uid: int) -> None:
+        """No capabilities, no groups, ``no_new_privs``; ``unprivileged`` only when that also leaves nothing
+        of sdft's within reach: a uid of its own, or sdft's uid (a normal user's) inside the private root."""
+        if self.root or uid != self.owner:
+            self.attempt("unprivileged", self.iso.drop_privileges, uid, self.gid)
+            return
+        self.attempt("no_capabilities", self.iso.drop_privileges, uid, self.gid)
+        self.report(missing={"unprivileged": f"runs as sdft's own uid {uid} on the host's files "
+                                             "(no user namespace, no private root)"})
 
     def limits(self) -> list[tuple[int, int]]:
         spec = self.spec

@@ -40,6 +40,8 @@ _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 _SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 # Landlock filesystem rights we restrict: every way of changing the file tree.
 _FS_WRITE_FILE, _FS_TRUNCATE = 1 << 1, 1 << 14
+_FS_READS = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
+_FS_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | _FS_TRUNCATE  # the rights a rule on a file may hold
 _FS_WRITES_V1 = _FS_WRITE_FILE | sum(1 << b for b in range(4, 13))  # remove dir/file, make char..sym
 _FS_REFER = 1 << 13  # ABI 2
 _NET_TCP = (1 << 0) | (1 << 1)  # bind, connect (ABI 4)
@@ -195,7 +197,10 @@ def drop_privileges(uid: int, gid: int) -> list[str]:
     included, so nothing executed later gets any back); ``no_new_privs`` makes that final."""
     last = int(Path("/proc/sys/kernel/cap_last_cap").read_text()) if os.path.exists(
         "/proc/sys/kernel/cap_last_cap") else 63
-    for cap in range(last + 1):
+    # A normal user outside a user namespace may not shrink the bounding set, and holds no capability
+    # to lose: no_new_privs is what keeps set-user-id and file capabilities from giving any back.
+    bounded = os.geteuid() == 0 or _held_capabilities() != []
+    for cap in range(last + 1) if bounded else ():
         if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 and ctypes.get_errno() != errno.EINVAL:
             _check(-1, "drop the capability bounding set")
     prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, "clear ambient capabilities")
@@ -206,15 +211,20 @@ def drop_privileges(uid: int, gid: int) -> list[str]:
     header, data = _CapHeader(0x20080522, 0), (ctypes.c_uint32 * 6)()  # v3: effective/permitted/inheritable
     _check(_libc.capset(ctypes.byref(header), data), "capset")
     prctl(_PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
-    _verify_no_capabilities()
+    held = _held_capabilities(with_bounding=bounded)
+    if held or _status().get("NoNewPrivs", "0").strip() != "1":
+        raise OSError(errno.EPERM, f"capabilities still held: {', '.join(held) or 'no_new_privs unset'}")
     return ["unprivileged_uid", "capabilities_dropped", "no_new_privs"]
 
 
-def _verify_no_capabilities() -> None:
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    held = [k for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb") if int(status.get(k, "1"), 16)]
-    if held or int(status.get("NoNewPrivs", "0")) != 1:
-        raise OSError(errno.EPERM, f"capabilities still held: {', '.join(held) or 'no_new_privs unset'}")
+def _status() -> dict:
+    return dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+
+
+def _held_capabilities(with_bounding: bool = False) -> list[str]:
+    status = _status()
+    sets = ("CapInh", "CapPrm", "CapEff", "CapAmb") + (("CapBnd",) if with_bounding else ())
+    return [k for k in sets if int(status.get(k, "1"), 16)]
 
 
 def die_with_parent(expected_parent: int | None = None, sig: int = signal.SIGKILL) -> None:
@@ -293,22 +303,27 @@ def landlock_abi() -> int:
     return max(0, _syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1)))
 
 
-def landlock_restrict(writable: list[str]) -> str:
-    """Writes only beneath ``writable`` (and to /dev/null), no TCP, scoped signals and abstract sockets."""
+def landlock_restrict(writable: list[str], readable: list[str] | None = None) -> str:
+    """Writes only beneath ``writable`` (and to /dev/null), no TCP, scoped signals and abstract sockets;
+    with ``readable`` (no private root hides the host's files), reads only beneath those and ``writable``."""
     abi = landlock_abi()
     if not abi:
         raise OSError(errno.ENOSYS, "Landlock is not available")
-    fs = _FS_WRITES_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    writes = _FS_WRITES_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    fs = writes | (_FS_READS if readable is not None else 0)
     attr = _RulesetAttr(fs, _NET_TCP if abi >= 4 else 0, _SCOPE_ALL if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8  # the struct grew with the ABI
     ruleset = _check(_syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
                               ctypes.c_uint32(0)), "landlock_create_ruleset")
     try:
-        rules = [(p, fs) for p in writable] + [("/dev/null", fs & (_FS_WRITE_FILE | _FS_TRUNCATE))]
+        rules = [(p, fs) for p in writable] + [("/dev/null", fs)]
+        if readable is not None:
+            rules += [(p, _FS_READS) for p in readable + [f"/dev/{d}" for d in DEVICES if d != "null"]
+                      if os.path.exists(p)]
         for path, allowed in rules:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
-                rule = _PathBeneath(allowed, fd)
+                rule = _PathBeneath(allowed if os.path.isdir(path) else allowed & _FS_FILE_RIGHTS, fd)
                 _check(_syscall(_SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(1),  # path-beneath
                                 ctypes.byref(rule), ctypes.c_uint32(0)), "landlock_add_rule")
             finally:
