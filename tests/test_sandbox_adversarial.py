@@ -347,3 +347,32 @@ def test_the_permissive_fallback_never_runs_model_code_as_root_on_the_hosts_file
     # A normal user's program there runs as that user, on that user's files: never recorded as unprivileged.
     seen, record = _snoop_without_namespaces(Path("/nonexistent/victim"), no_landlock=True, as_root=False)
     assert "unprivileged" not in record["active"] and "sdft's own uid" in record["missing"]["unprivileged"]
+
+
+FOUR_PROCESSES = r'''
+import os, time
+pids = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(120 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(2)
+        os._exit(0)
+    pids.append(pid)
+print("all four held 120 MB" if all(os.waitpid(p, 0)[1] == 0 for p in pids) else "stopped")
+'''
+
+
+def test_the_memory_limit_holds_for_all_processes_together_as_a_normal_user():
+    """Issue 26, item 5: a normal user has no memory cgroup, and RLIMIT_AS bounds each process alone:
+    4 x 400 MB ran under memory_mb=512. The limit is for the whole sandbox."""
+    from sandbox_user import last_json, run_as_user
+
+    code = ("import json\nfrom sdft import sandbox\n"
+            f"r = sandbox.run_python({FOUR_PROCESSES!r}, memory_mb=200, timeout_s=30)\n"
+            "print(json.dumps([r.status, r.detail, r.stdout, sandbox.isolation().missing]))")
+    status, detail, stdout, missing = last_json(run_as_user(code, no_landlock=False))
+    assert "cgroup" in missing and "all four" not in stdout
+    assert status == "error" and detail.startswith("out of memory: the sandbox's processes together used"), detail

@@ -58,7 +58,7 @@ __all__ = ["SandboxResult", "run_python", "check_program", "isolation", "require
 ENV_MODE = "SDFT_SANDBOX"
 MODES = ("strict", "permissive")
 # Strict mode needs all; separate_tests only where there are tests (check_program).
-REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp", "separate_tests")
+REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp", "separate_tests", "memory_total")
 _HOST, _GUEST = Path(__file__).with_name("host.py"), Path(__file__).with_name("guest.py")
 _ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LC_ALL": "C.UTF-8"}
 _HOST_GRACE_S = 20  # past the program's deadline, the host has this long to clean up and report
@@ -195,6 +195,7 @@ class _Outcome:
     mechanisms: list[str] = field(default_factory=list)
     missing: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # refusals and set-up errors
+    over_memory: dict = field(default_factory=dict)  # the sandbox's processes together passed the limit
 
     def add(self, message: dict) -> None:
         for name in message.get("mechanisms", []):
@@ -206,6 +207,7 @@ class _Outcome:
             self.problems.append(f"sandbox refused to run untrusted code ({message['refused']})")
         if "error" in message:
             self.problems.append(f"sandbox could not start: {message['error']}")
+        self.over_memory.update(message.get("over_memory", {}))
         if message.get("done", {}).get("timed_out"):
             self.timed_out = True
 

@@ -13,6 +13,7 @@ init dies with the host (SIGKILL); when init dies the kernel kills every process
 the private root with its tmpfs ``/tmp`` disappears with the namespace. Nothing is left on disk.
 """
 
+import contextlib
 import fcntl
 import importlib.util
 import json
@@ -21,6 +22,7 @@ import resource
 import select
 import signal
 import sys
+import threading
 import time
 
 UID_BASE = 0x7E000000  # sandbox uids: far above real accounts, container ranges and systemd's dynamic uids
@@ -54,6 +56,8 @@ class Run:
         self.active: list[str] = []
         self.root: str | None = None
         self.owner, self.env = os.getuid(), dict(spec["env"])  # sdft's uid
+        self.memory_capped = False  # by the cgroup; else init watches the total
+        self.limit_mb = spec["memory_mb"] + 64 * len(spec["workers"])  # + the interpreters
         base = UID_BASE + ((os.getpid() & UID_SPAN) << 1)  # pids are unique: so are the runs' uids
         self.uids = (base, base + 1) if os.geteuid() == 0 else (os.getuid(), os.getuid())
         self.gid = base if os.geteuid() == 0 else os.getgid()
@@ -82,6 +86,9 @@ class Run:
         cgroup = timed_out = None
         try:
             cgroup = self.attempt("cgroup", self.make_cgroup)
+            self.memory_capped = bool(cgroup and cgroup.memory)
+            if self.memory_capped:
+                self.active.append("memory_total")
             seccomp = self.attempt("seccomp", self.iso.seccomp_filter)  # built here, loaded by each program
             if self.attempt("namespaces", self.iso.unshare, os.geteuid() == 0):
                 self.root = self.attempt("private_root", self.iso.build_root, self.spec["paths"],
@@ -102,8 +109,7 @@ class Run:
 
     def make_cgroup(self):
         self.iso.Cgroup.sweep()
-        memory = (self.spec["memory_mb"] + 64 * len(self.spec["workers"])) << 20  # + the interpreters
-        return self.iso.Cgroup.create(memory, self.iso.NPROC_MARGIN * 2 * len(self.spec["workers"]))
+        return self.iso.Cgroup.create(self.limit_mb << 20, self.iso.NPROC_MARGIN * 2 * len(self.spec["workers"]))
 
     def supervise(self, cgroup, seccomp) -> bool:
         """Start init, wait for it until the deadline, kill it (and so the whole namespace)."""
@@ -154,8 +160,11 @@ class Run:
         with open("main.py", "w", encoding="utf-8") as f:
             f.write(self.spec["program"])
         os.chown("main.py", self.uids[0], self.gid)
+        watch = None if self.memory_capped else self.attempt("memory_total", MemoryWatch, self.iso, self.limit_mb)
         self.report(mechanisms=self.active)
-        results = self.run_workers(seccomp, os.getcwd())
+        results = self.run_workers(seccomp, os.getcwd(), watch)
+        if watch and watch.used > watch.limit:
+            self.report(over_memory={"limit_mb": self.limit_mb, "used_mb": watch.used >> 20})
         self.report(workers=results)
         if workdir:
             import shutil
@@ -174,7 +183,7 @@ class Run:
         self.env.update(HOME=workdir, TMPDIR=workdir)
         return workdir
 
-    def run_workers(self, seccomp, workdir: str) -> dict:
+    def run_workers(self, seccomp, workdir: str, watch) -> dict:
         """Start the programs, reap everything (orphans too), report each program's end."""
         workers = self.spec["workers"]
         pipe = (lambda: tuple(map(_high, os.pipe())))
@@ -200,6 +209,8 @@ class Run:
                 _write_all(worker["stdin_fd"], worker["stdin"].encode())
         for fd in [detail_w] + [fd for pair in (to_server, from_server) if pair for fd in pair]:
             os.close(fd)
+        if watch:  # a thread only now: init forks no more (a fork beside a thread inherits its locks)
+            threading.Thread(target=watch.run, daemon=True).start()
         results = {}
         while len(results) < len(workers):
             pid, status, usage = os.wait4(-1, 0)
@@ -296,6 +307,56 @@ class Run:
         if os.geteuid() == 0 and self.root:
             return self.iso.NPROC_MARGIN
         return _tasks_of(os.getuid()) + self.iso.NPROC_MARGIN
+
+
+class MemoryWatch:
+    """One memory limit for all the sandbox's processes where no memory cgroup gives one (a normal user
+    has none, and RLIMIT_AS bounds each process alone: 4 x 400 MB ran under 512 MB). Every 50 ms init
+    sums its descendants' proportional set sizes (pages a fork shares count once); past the limit it
+    kills them all. The overshoot is what they allocate in 50 ms, each still under RLIMIT_AS."""
+
+    def __init__(self, iso, limit_mb: int):
+        self.limit, self.used = limit_mb << 20, 0
+        iso.prctl(36, 1, "subreaper")  # PR_SET_CHILD_SUBREAPER: orphans stay ours, and in the sum
+        if _memory_of(os.getpid()) is None:
+            raise OSError("cannot read the sandbox's processes in /proc")
+
+    def run(self) -> None:
+        while self.used <= self.limit:
+            time.sleep(0.05)
+            self.used = sum(_memory_of(pid) or 0 for pid in _descendants(os.getpid()))
+        for _ in range(100):  # they may fork while we kill; the process cap bounds how often
+            left = _descendants(os.getpid())
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            if not left:
+                return
+            time.sleep(0.01)
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in (e for e in os.scandir("/proc") if e.name.isdigit()):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(os.path.join(entry.path, "stat"), "rb") as f:
+                children.setdefault(int(f.read().rsplit(b")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+def _memory_of(pid: int) -> int | None:
+    """Bytes: the proportional set size, or the resident set where that is not ours to read."""
+    with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            return next(int(line.split()[1]) << 10 for line in f if line.startswith(b"Pss:"))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return None
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -343,8 +343,8 @@ class Cgroup:
     _counter = itertools.count()
     PREFIX = "sdft-sandbox-"
 
-    def __init__(self, dirs: list[Path]):
-        self.dirs, self.procs = dirs, dirs[0] / "cgroup.procs"
+    def __init__(self, dirs: list[Path], memory: bool = False):
+        self.dirs, self.procs, self.memory = dirs, dirs[0] / "cgroup.procs", memory  # memory: capped too
 
     @staticmethod
     def _parents() -> list[tuple[Path, str]]:
@@ -368,6 +368,7 @@ class Cgroup:
                   "v2": {"pids.max": max_pids, "memory.max": memory_bytes}}
         name = f"{cls.PREFIX}{os.getpid()}-{next(cls._counter)}"
         made: list[Path] = []
+        memory = False
         for parent, kind in cls._parents():
             directory = parent / name
             try:
@@ -375,6 +376,7 @@ class Cgroup:
                 made.append(directory)
                 for key, value in limits[kind].items():
                     (directory / key).write_text(str(value))
+                memory = memory or kind != "pids"
             except OSError:
                 if made and made[-1] == directory:
                     made.pop().rmdir()
@@ -382,7 +384,7 @@ class Cgroup:
                     raise
         if not made:
             raise OSError(errno.ENOENT, "no writable cgroup tree with a pids controller")
-        return cls(made)
+        return cls(made, memory=memory)
 
     def open_procs(self) -> list[int]:  # opened here, so that the child only has to write "0"
         return [os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs]
