@@ -256,6 +256,16 @@ def test_a_forged_end_or_pass_marker_does_not_pass(cheat):
     assert result.status in ("failed", "error") and not result.passed, result
 
 
+def test_stop_iteration_from_the_program_fails_rather_than_ending_the_tests_loop():
+    """Issue 26, item 6: re-raised in the tests' process, a StopIteration ended ``map`` early, and
+    ``all(...)`` over nothing is True: a program that raised it on every call passed."""
+    tests = "def check(candidate):\n    assert all(map(lambda x: candidate(x, x) == 2 * x, [1, 2, 3]))\n"
+    cheat = PROBLEM["prompt"] + "    raise StopIteration\n"
+    result = check_program(cheat, tests, "add", context=PROBLEM["prompt"])
+    assert result.status == "failed" and "StopIteration" in result.detail, result
+    assert check_program(PROBLEM["prompt"] + "    return a + b\n", tests, "add", context=PROBLEM["prompt"]).passed
+
+
 # ------------------------------------------------------------- a normal user, a kernel without Landlock
 
 SWAP_THE_TESTS = r'''

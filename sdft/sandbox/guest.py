@@ -185,7 +185,10 @@ class _Proxy:
             return _decode(reply["ok"])
         kind, message = reply["error"]
         exc = getattr(builtins, str(kind), None)
-        if isinstance(exc, type) and issubclass(exc, Exception):
+        # StopIteration would end the tests' own loop early (``all(map(candidate, ...))`` is then True):
+        # raised by the program, it is an error like any exception that is not the tests' to interpret.
+        if isinstance(exc, type) and issubclass(exc, Exception) and not issubclass(exc, (StopIteration,
+                                                                                         StopAsyncIteration)):
             raise exc(message)
         raise RuntimeError(f"{kind}: {message}")
 
