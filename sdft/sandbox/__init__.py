@@ -39,6 +39,7 @@ the others were not; it goes into the run records. Linux only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -248,7 +249,7 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
         outcome.problems.append("sandbox stopped: the run was interrupted")
         return outcome
     report_r, report_w = os.pipe()
-    spec = {**spec, "report_fd": report_w, "parent_pid": os.getpid()}
+    spec = {**spec, "report_fd": report_w, "parent_pid": os.getpid(), "run_id": os.urandom(6).hex()}
     try:
         host = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(_HOST)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(report_w,),
@@ -282,7 +283,7 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
         if report.host_hung:
             outcome.timed_out = True
     finally:
-        _stop_host(host)
+        _stop_host(host, spec["run_id"])
         os.close(report_r)
         with _LIVE_LOCK:
             _LIVE.discard(host)
@@ -290,8 +291,9 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
     return outcome
 
 
-def _stop_host(host: subprocess.Popen) -> None:
-    """The host normally exits by itself; SIGTERM lets it clean up; SIGKILL (its group) as a last resort."""
+def _stop_host(host: subprocess.Popen, run_id: str) -> None:
+    """The host normally exits by itself; SIGTERM lets it clean up; SIGKILL (its group) as a last resort.
+    A host killed outright (by us, the OOM killer, a user) cleaned nothing: its cgroups are removed here."""
     if host.poll() is None:
         host.send_signal(signal.SIGTERM)
         try:
@@ -301,3 +303,8 @@ def _stop_host(host: subprocess.Popen) -> None:
             host.wait()
     for stream in (host.stdout, host.stderr):
         stream.close()
+    if host.returncode != 0:
+        from sdft.sandbox.kernel import Cgroup
+
+        with contextlib.suppress(OSError):  # a clean-up that fails changes no verdict; the next run sweeps
+            Cgroup.remove_left(host.pid, run_id)

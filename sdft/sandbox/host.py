@@ -109,7 +109,8 @@ class Run:
 
     def make_cgroup(self):
         self.iso.Cgroup.sweep()
-        return self.iso.Cgroup.create(self.limit_mb << 20, self.iso.NPROC_MARGIN * 2 * len(self.spec["workers"]))
+        return self.iso.Cgroup.create(self.limit_mb << 20, self.iso.NPROC_MARGIN * 2 * len(self.spec["workers"]),
+                                      self.spec["run_id"])
 
     def supervise(self, cgroup, seccomp) -> bool:
         """Start init, wait for it until the deadline, kill it (and so the whole namespace)."""

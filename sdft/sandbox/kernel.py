@@ -363,10 +363,15 @@ class Cgroup:
         return []
 
     @classmethod
-    def create(cls, memory_bytes: int, max_pids: int) -> Cgroup:
+    def name(cls, host_pid: int, run_id: str) -> str:
+        """The host's pid (for :meth:`sweep`) and the run's own id (sdft removes exactly this one)."""
+        return f"{cls.PREFIX}{host_pid}-{run_id}"
+
+    @classmethod
+    def create(cls, memory_bytes: int, max_pids: int, run_id: str | None = None) -> Cgroup:
         limits = {"pids": {"pids.max": max_pids}, "memory": {"memory.limit_in_bytes": memory_bytes},
                   "v2": {"pids.max": max_pids, "memory.max": memory_bytes}}
-        name = f"{cls.PREFIX}{os.getpid()}-{next(cls._counter)}"
+        name = cls.name(os.getpid(), run_id or str(next(cls._counter)))
         made: list[Path] = []
         memory = False
         for parent, kind in cls._parents():
@@ -404,6 +409,15 @@ class Cgroup:
     def remove(self) -> None:
         for directory in self.dirs:
             _rmdir_when_empty(directory)
+
+    @classmethod
+    def remove_left(cls, host_pid: int, run_id: str) -> None:
+        """What a host that was killed outright left: its cgroups (and any process still in them)."""
+        found = [d for parent, _ in cls._parents() if (d := parent / cls.name(host_pid, run_id)).is_dir()]
+        if found:
+            group = cls(found)
+            group.kill_all()
+            group.remove()
 
     @classmethod
     def sweep(cls) -> None:
