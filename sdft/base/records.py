@@ -78,6 +78,14 @@ def _local_typo(p: Path) -> bool:
     return p.parent != Path(".") and p.parent.is_dir()
 
 
+def looks_local(name: str) -> bool:
+    """A file path rather than a hub dataset name (``org/name:split``): absolute or ``./`` paths, data
+    file suffixes, and names whose folder exists here (a mistyped path is never sent to the hub)."""
+    p = Path(name)
+    return bool(name) and (p.is_absolute() or name.startswith(".") or _local_typo(p)
+                           or p.suffix.lower() in _TEXT_FORMATS | {".parquet", ".gz"})
+
+
 def _read_text(p: Path, label: str, compressed: bool, by_line: bool) -> str:
     try:
         raw = userfiles.read_bounded(p, label, compressed=compressed, by_line=by_line)
