@@ -14,8 +14,9 @@ a separate interpreter) that builds, for this one run:
   chown, sethostname, keyctl, bpf, io_uring, real-time scheduling, non-unix sockets, terminal-injecting
   and immutable-flag ioctls, among others (:data:`sdft.sandbox.kernel.DENIED_SYSCALLS`);
 * Landlock (writes only in ``/tmp``, no TCP, scoped signals) and a throw-away cgroup (process and
-  memory caps, kill-all) where the kernel has them; rlimits (address space, CPU, file size, open files,
-  processes, no real-time priority) always;
+  memory caps, kill-all) where the kernel has them; without a memory cgroup, init watches the memory
+  of all the run's processes together; rlimits (address space, CPU, file size, open files, processes,
+  no real-time priority) always;
 * an environment of PATH, HOME, TMPDIR and LC_ALL only, and an audit hook refusing Python sockets.
 
 The program's exit status, wall and CPU time are read by the host from the kernel (``wait4``) and
@@ -27,7 +28,7 @@ is always True, a printed "pass" marker, ``exit(0)``, patching the test code...)
 
 Lifetime: the host dies with sdft (parent-death signal), the namespace's init with the host, and every
 process of a PID namespace with its init; the tmpfs goes with the namespace and the host removes the
-cgroup (cgroups of hosts killed outright are swept by the next run). Nothing is left behind.
+cgroup (sdft removes those of a host killed outright; the next run sweeps those of a killed sdft).
 
 Fail closed: if this kernel refuses any of namespaces, private root, fresh /proc, unprivileged uid,
 seccomp or (check_program) the program's own PID namespace, untrusted code is not run (:func:`require`

@@ -6,6 +6,7 @@ Standard library only (plus ``pyseccomp`` for the seccomp filter): the host runs
 recorded and skipped (permissive mode).
 
 * :func:`unshare` new mount, PID, network, IPC and UTS namespaces (plus a user namespace when not root);
+  :func:`unshare_pid` a PID namespace (and mount namespace, for its own /proc) for the program under test;
 * :func:`build_root` a private root: a small tmpfs holding read-only, nosuid, nodev bind mounts of the
   system and Python folders, a minimal ``/dev``, and a size-capped tmpfs ``/tmp`` (the only writable
   place, gone with the namespace: nothing is left on disk); :func:`mount_proc` a fresh ``/proc``
@@ -13,7 +14,8 @@ recorded and skipped (permissive mode).
 * :func:`drop_privileges` an unprivileged uid that owns nothing, no supplementary groups, empty
   capability sets (bounding and ambient too), ``no_new_privs``;
 * :func:`seccomp_filter` a libseccomp filter refusing the dangerous calls (EPERM);
-* :func:`landlock_restrict` (Linux >= 5.13) writes only beneath ``/tmp``, no TCP, scoped signals;
+* :func:`landlock_restrict` (Linux >= 5.13) writes only beneath ``/tmp``, no TCP, scoped signals (and,
+  where no private root hides the host's files, reads only of the system and Python folders);
 * :class:`Cgroup` a throw-away cgroup: process cap, memory cap, kill-all.
 """
 
