@@ -5,8 +5,8 @@ pipe to ``python -I -B -u -c LOADER MODE`` (see ``sdft.sandbox.host``).
 
 ``server`` and ``harness`` grade a program against tests so that nothing the program does can forge
 the verdict. The program runs in one process (``server``, in a PID namespace of its own where the tests'
-process does not exist) and the tests in another (``harness``: not dumpable; as root, another uid). The tests call the program's functions through proxies; each call
-crosses a pipe as JSON, and the result comes back as *plain data only* (numbers, fractions, decimals,
+process does not exist) and the tests in another (``harness``: not dumpable; as root, another uid).
+The tests call the program's functions through proxies; each call crosses a pipe as JSON, and the result comes back as *plain data only* (numbers, fractions, decimals,
 strings, bytes, lists, tuples, dicts, sets, ranges; generators and numpy values are converted first),
 rebuilt by the harness from that data. An object whose ``__eq__`` always says True never reaches the tests, and whatever the
 program prints or does to its own process changes nothing: the verdict is the harness's exit status,

@@ -339,9 +339,8 @@ class MemoryWatch:
 def _descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in (e for e in os.scandir("/proc") if e.name.isdigit()):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(os.path.join(entry.path, "stat"), "rb") as f:
-                children.setdefault(int(f.read().rsplit(b")", 1)[1].split()[1]), []).append(int(entry.name))
+        with contextlib.suppress(OSError, ValueError, IndexError), open(os.path.join(entry.path, "stat"), "rb") as f:
+            children.setdefault(int(f.read().rsplit(b")", 1)[1].split()[1]), []).append(int(entry.name))
     found, todo = [], list(children.get(root, []))
     while todo:
         found.append(todo.pop())
@@ -351,12 +350,11 @@ def _descendants(root: int) -> list[int]:
 
 def _memory_of(pid: int) -> int | None:
     """Bytes: the proportional set size, or the resident set where that is not ours to read."""
-    with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            return next(int(line.split()[1]) << 10 for line in f if line.startswith(b"Pss:"))
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    unreadable = (OSError, StopIteration, ValueError, IndexError)
+    with contextlib.suppress(*unreadable), open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith(b"Pss:"))
+    with contextlib.suppress(*unreadable), open(f"/proc/{pid}/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return None
 
 
