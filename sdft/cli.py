@@ -17,7 +17,7 @@ import sys
 import threading
 
 from sdft.base import hub
-from sdft.base.errors import SdftError, environment_problem
+from sdft.base.errors import SdftError, environment_problem, path_problem
 
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "setup": ("sdft.models.resolve", "SetupConfig", "setup", "provision the embedded seed model (offline)"),
@@ -128,6 +128,9 @@ def _main(argv: list[str] | None) -> int:
         _release_engines()
         return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     except Exception as exc:  # the machine's fault (disk full, read-only): one line; anything else is a bug
+        if path_problem(exc):  # a path the file system cannot hold: the command's mistake
+            print(f"sdft {args.command}: error: {path_problem(exc)}", file=sys.stderr)
+            return 2
         problem = environment_problem(exc)
         if problem is None:
             raise

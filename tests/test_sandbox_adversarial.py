@@ -6,6 +6,7 @@ A victim folder outside ``/tmp`` is made visible in the sandbox (read-only) thro
 folder: the sandbox binds the folder of the ``python`` it is given.
 """
 
+import importlib.util
 import json
 import os
 import platform
@@ -24,6 +25,8 @@ from sdft.sandbox import check_program, run_python
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 ISO = sandbox.isolation()
 needs_root_drop = pytest.mark.skipif(not ISO.complete, reason=f"incomplete sandbox here: {ISO.missing}")
+# The normal-user tests simulate a kernel without Landlock (or namespaces) with a seccomp filter.
+needs_pyseccomp = pytest.mark.skipif(importlib.util.find_spec("pyseccomp") is None, reason="pyseccomp is missing")
 LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 
 
@@ -254,3 +257,140 @@ def test_shadowing_the_builtins_the_tests_use_does_not_pass():
 def test_a_forged_end_or_pass_marker_does_not_pass(cheat):
     result = _grade(cheat)
     assert result.status in ("failed", "error") and not result.passed, result
+
+
+def test_stop_iteration_from_the_program_fails_rather_than_ending_the_tests_loop():
+    """Issue 26, item 6: re-raised in the tests' process, a StopIteration ended ``map`` early, and
+    ``all(...)`` over nothing is True: a program that raised it on every call passed."""
+    tests = "def check(candidate):\n    assert all(map(lambda x: candidate(x, x) == 2 * x, [1, 2, 3]))\n"
+    cheat = PROBLEM["prompt"] + "    raise StopIteration\n"
+    result = check_program(cheat, tests, "add", context=PROBLEM["prompt"])
+    assert result.status == "failed" and "StopIteration" in result.detail, result
+    assert check_program(PROBLEM["prompt"] + "    return a + b\n", tests, "add", context=PROBLEM["prompt"]).passed
+
+
+# ------------------------------------------------------------- a normal user, a kernel without Landlock
+
+SWAP_THE_TESTS = r'''
+import os, time
+def add(a, b):
+    return a - b
+def swap():  # the tests' process reads its tests from a pipe: drain it, and write an empty test list
+    end = time.time() + 2
+    while time.time() < end:
+        for p in [p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:
+            try:
+                if not open(f'/proc/{p}/cmdline', 'rb').read().endswith(b'harness\0'):
+                    continue
+                r = os.open(f'/proc/{p}/fd/0', os.O_RDONLY | os.O_NONBLOCK)
+                w = os.open(f'/proc/{p}/fd/0', os.O_WRONLY)
+            except OSError:
+                continue
+            try:
+                while os.read(r, 1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+            os.write(w, b'{"tests": "", "entry_point": null, "context": ""}')
+            return os.close(w)
+swap()
+'''
+
+
+@needs_pyseccomp
+def test_tests_cannot_be_swapped_by_a_program_of_the_same_uid():
+    """Issue 26, item 2: as a normal user the program and the tests share one uid, and without Landlock
+    nothing else kept them apart: this program passed 10 times out of 10. It must fail every time, or
+    the sandbox must refuse to score, saying why."""
+    from sandbox_user import last_json, run_as_user
+
+    code = ("import json, os\nfrom sdft import sandbox\n"
+            f"runs = [sandbox.check_program({SWAP_THE_TESTS!r}, {PROBLEM['test']!r}, 'add') for _ in range(6)]\n"
+            "iso = sandbox.isolation()\n"
+            "print(json.dumps([os.getuid(), sorted(iso.missing), [[r.status, r.detail] for r in runs]]))")
+    uid, missing, runs = last_json(run_as_user(code))
+    assert uid != 0 and "landlock" in missing
+    statuses = {status for status, _ in runs}
+    assert statuses == {"failed"} or (statuses == {"error"} and all("separate_tests" in d for _, d in runs)), runs
+
+
+SNOOP = r'''
+import json, os
+def attempt(action):
+    try:
+        return action()
+    except OSError as exc:
+        return type(exc).__name__
+print(json.dumps({"uid": os.getuid(), "shadow": attempt(lambda: open("/etc/shadow").read()[:0]),
+                  "processes": attempt(lambda: [p for p in os.listdir("/proc") if p.isdigit()]),
+                  "project": attempt(lambda: os.listdir(%(project)r)),
+                  "victim": attempt(lambda: open(%(victim)r, "w").write("pwned"))}))
+'''
+
+
+def _snoop_without_namespaces(victim: Path, *, no_landlock: bool, as_root: bool) -> tuple[dict, dict]:
+    """What the program saw, and what the run recorded, in permissive mode on a kernel (or container)
+    that refuses namespaces."""
+    from sandbox_user import ROOT, last_json, run_as_user
+
+    program = SNOOP % {"project": str(ROOT), "victim": str(victim)}
+    code = ("import json\nfrom sdft import sandbox\n"
+            f"r = sandbox.run_python({program!r})\n"
+            "print(json.dumps([r.status, r.stdout, r.mechanisms, sandbox.record()]))")
+    status, stdout, mechanisms, record = last_json(run_as_user(code, no_landlock=no_landlock, no_namespaces=True,
+                                                               as_root=as_root, env={sandbox.ENV_MODE: "permissive"}))
+    assert status == "passed" and set(mechanisms) <= set(record["active"]), (status, stdout)
+    assert "namespaces" in record["missing"] and "private_root" in record["missing"]
+    return json.loads(stdout), record
+
+
+@needs_pyseccomp
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fallback as root")
+def test_the_permissive_fallback_never_runs_model_code_as_root_on_the_hosts_files(visible):
+    """Issue 26, item 3: without namespaces, permissive mode ran the program as uid 0 in the host's file
+    tree: it read /etc/shadow, the project, ~100 processes, and (without Landlock) overwrote a root-owned
+    file, while the record said ``unprivileged``."""
+    _, victim, _ = visible
+    victim.chmod(0o644)  # root's, writable by root only
+    for no_landlock in (False, True):
+        seen, record = _snoop_without_namespaces(victim, no_landlock=no_landlock, as_root=True)
+        assert seen["uid"] != 0 and "unprivileged" in record["active"]
+        assert seen["shadow"] == "PermissionError" and seen["victim"] == "PermissionError"
+        assert victim.read_text() == "original"
+        if not no_landlock:  # what Landlock hides without a private root
+            assert seen["processes"] == seen["project"] == "PermissionError" and "landlock_reads" in record["active"]
+    # A normal user's program there runs as that user, on that user's files: never recorded as unprivileged.
+    seen, record = _snoop_without_namespaces(Path("/nonexistent/victim"), no_landlock=True, as_root=False)
+    assert "unprivileged" not in record["active"] and "sdft's own uid" in record["missing"]["unprivileged"]
+
+
+FOUR_PROCESSES = r'''
+import os, time
+pids = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(120 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(2)
+        os._exit(0)
+    pids.append(pid)
+print("all four held 120 MB" if all(os.waitpid(p, 0)[1] == 0 for p in pids) else "stopped")
+'''
+
+
+@needs_pyseccomp
+def test_the_memory_limit_holds_for_all_processes_together_as_a_normal_user():
+    """Issue 26, item 5: a normal user has no memory cgroup, and RLIMIT_AS bounds each process alone:
+    4 x 400 MB ran under memory_mb=512. The limit is for the whole sandbox."""
+    from sandbox_user import last_json, run_as_user
+
+    code = ("import json\nfrom sdft import sandbox\n"
+            f"r = sandbox.run_python({FOUR_PROCESSES!r}, memory_mb=200, timeout_s=30)\n"
+            "print(json.dumps([r.status, r.detail, r.stdout, sandbox.isolation().missing]))")
+    status, detail, stdout, missing = last_json(run_as_user(code, no_landlock=False))
+    if "namespaces" in missing:
+        pytest.skip(f"no sandbox for a normal user here: {missing['namespaces']}")
+    assert "cgroup" in missing and "all four" not in stdout
+    assert status == "error" and detail.startswith("out of memory: the sandbox's processes together used"), detail

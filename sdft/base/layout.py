@@ -261,7 +261,18 @@ class Manifest:
 
     @classmethod
     def read(cls, run_dir: Path) -> "Manifest":
-        return cls.from_json(json.loads((Path(run_dir) / MANIFEST).read_text()))
+        """A damaged manifest (cut short by a full disk, edited by hand) is one DataError naming it."""
+        from sdft.base import userfiles
+        from sdft.base.errors import DataError
+
+        path = Path(run_dir) / MANIFEST
+        userfiles.check_regular(path)
+        try:
+            return cls.from_json(userfiles.loads_json(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON and Unicode errors are ValueErrors
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:200]
+            raise DataError(path, f"damaged, not a manifest sdft can read ({what}); rerunning `sdft run` with "
+                                  "this run's config writes it again") from None
 
 
 # ---------------------------------------------------------------- the resume policy, for every stage

@@ -56,7 +56,7 @@ def read_source(path) -> tuple[str, list[tuple[dict, dict]]]:
     if fmt == ".parquet" and not compressed:
         rows = _read_parquet(p, label)
     elif fmt in _TEXT_FORMATS:
-        text = _read_text(p, label, compressed)
+        text = _read_text(p, label, compressed, by_line=fmt != ".json")
         if not text.strip():
             raise DataError(label, "file is empty")
         if fmt == ".json":
@@ -78,14 +78,20 @@ def _local_typo(p: Path) -> bool:
     return p.parent != Path(".") and p.parent.is_dir()
 
 
-def _read_text(p: Path, label: str, compressed: bool) -> str:
-    raw = p.read_bytes()
-    if compressed:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; truncated: EOFError
-            raise DataError(label, f"not a readable gzip file ({first_line(exc) or 'truncated'}); "
-                                   "re-compress it or give the plain file") from None
+def looks_local(name: str) -> bool:
+    """A file path rather than a hub dataset name (``org/name:split``): absolute or ``./`` paths, data
+    file suffixes, and names whose folder exists here (a mistyped path is never sent to the hub)."""
+    p = Path(name)
+    return bool(name) and (p.is_absolute() or name.startswith(".") or _local_typo(p)
+                           or p.suffix.lower() in _TEXT_FORMATS | {".parquet", ".gz"})
+
+
+def _read_text(p: Path, label: str, compressed: bool, by_line: bool) -> str:
+    try:
+        raw = userfiles.read_bounded(p, label, compressed=compressed, by_line=by_line)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # truncated: EOFError
+        raise DataError(label, f"not a readable gzip file ({first_line(exc) or 'truncated'}); "
+                               "re-compress it or give the plain file") from None
     try:
         return raw.decode("utf-8-sig")  # -sig: spreadsheet exports often start with a BOM
     except UnicodeDecodeError as exc:

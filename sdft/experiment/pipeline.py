@@ -29,6 +29,7 @@ from sdft.base.config import column_mapping, from_dict, keyed_settings, load_yam
 from sdft.base.errors import ConfigError
 from sdft.base.keys import without_old_defaults
 from sdft.base.layout import Arm, Manifest, StageRecord
+from sdft.base.records import looks_local
 from sdft.base.store import write_json
 from sdft.distill.config import DistillConfig
 from sdft.experiment import answer_reuse, arms
@@ -78,10 +79,10 @@ def stage_configs(config: RunConfig) -> dict:
         raise ConfigError(f"shift_tasks {', '.join(not_evaluated)} not among the eval section's tasks")
     for spec in evaluation.data:
         path = spec.partition("=")[2]
-        if _looks_local(path) and not Path(path).exists():
+        if looks_local(path) and not Path(path).exists():
             raise ConfigError(f"eval data file '{path}' (from '{spec}') not found")
     replay_data = config.replay.get("data")
-    if replay_data and _looks_local(str(replay_data)) and not Path(replay_data).exists():
+    if replay_data and looks_local(str(replay_data)) and not Path(replay_data).exists():
         raise ConfigError(f"replay data file '{replay_data}' not found")
     return {"distill": distill, "train": train, "eval": evaluation}
 
@@ -93,15 +94,8 @@ def _check_data(config: RunConfig) -> None:
     path = Path(config.data)
     if path.exists():
         load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns))
-    elif _looks_local(config.data):
+    elif looks_local(config.data):
         raise ConfigError(f"data file '{config.data}' not found")
-
-
-def _looks_local(name: str) -> bool:
-    """A file path rather than a hub dataset name like ``org/name:split``."""
-    path = Path(name)
-    return bool(name) and (path.is_absolute() or name.startswith(".") or
-                           path.suffix.lower() in {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".gz"})
 
 
 KEY_LENGTH = 10  # characters of the stage key in a folder name

@@ -14,28 +14,33 @@ a separate interpreter) that builds, for this one run:
   chown, sethostname, keyctl, bpf, io_uring, real-time scheduling, non-unix sockets, terminal-injecting
   and immutable-flag ioctls, among others (:data:`sdft.sandbox.kernel.DENIED_SYSCALLS`);
 * Landlock (writes only in ``/tmp``, no TCP, scoped signals) and a throw-away cgroup (process and
-  memory caps, kill-all) where the kernel has them; rlimits (address space, CPU, file size, open files,
-  processes, no real-time priority) always;
+  memory caps, kill-all) where the kernel has them; without a memory cgroup, init watches the memory
+  of all the run's processes together; rlimits (address space, CPU, file size, open files, processes,
+  no real-time priority) always;
 * an environment of PATH, HOME, TMPDIR and LC_ALL only, and an audit hook refusing Python sockets.
 
 The program's exit status, wall and CPU time are read by the host from the kernel (``wait4``) and
 come back on a pipe the program cannot reach; its output is only captured. :func:`check_program` runs
-the tests in a second process under another uid and passes only plain data between them
+the tests in a second process (another uid as root) that the program cannot see, the program being in a
+PID namespace of its own, and passes only plain data between them
 (:mod:`sdft.sandbox.guest`), so the verdict cannot be forged from inside (an object whose ``__eq__``
 is always True, a printed "pass" marker, ``exit(0)``, patching the test code...).
 
 Lifetime: the host dies with sdft (parent-death signal), the namespace's init with the host, and every
 process of a PID namespace with its init; the tmpfs goes with the namespace and the host removes the
-cgroup (cgroups of hosts killed outright are swept by the next run). Nothing is left behind.
+cgroup (sdft removes those of a host killed outright; the next run sweeps those of a killed sdft).
 
-Fail closed: if this kernel refuses any of namespaces, private root, fresh /proc, unprivileged uid or
-seccomp, untrusted code is not run (:func:`require` raises; a run returns ``error``) unless the user
-opts out with ``SDFT_SANDBOX=permissive``, which applies whatever works. :func:`record` says which
-mechanisms were active; it goes into the run records. Linux only.
+Fail closed: if this kernel refuses any of namespaces, private root, fresh /proc, unprivileged uid,
+seccomp or (check_program) the program's own PID namespace, untrusted code is not run (:func:`require`
+raises; a run returns ``error``) unless the user opts out with ``SDFT_SANDBOX=permissive``, which
+applies whatever works (never root on the host's files; Landlock limits reads where no private root
+hides them). No message advises the opt-out. :func:`record` says which mechanisms were active and why
+the others were not; it goes into the run records. Linux only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,7 +59,8 @@ __all__ = ["SandboxResult", "run_python", "check_program", "isolation", "require
 
 ENV_MODE = "SDFT_SANDBOX"
 MODES = ("strict", "permissive")
-REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp")  # strict mode needs all
+# Strict mode needs all; separate_tests only where there are tests (check_program).
+REQUIRED = ("namespaces", "private_root", "fresh_proc", "unprivileged", "seccomp", "separate_tests", "memory_total")
 _HOST, _GUEST = Path(__file__).with_name("host.py"), Path(__file__).with_name("guest.py")
 _ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LC_ALL": "C.UTF-8"}
 _HOST_GRACE_S = 20  # past the program's deadline, the host has this long to clean up and report
@@ -111,8 +117,9 @@ def isolation() -> Isolation:
     """Probe (a trivial program in a permissive sandbox) which mechanisms this machine allows."""
     if sys.platform != "linux":
         return Isolation(frozenset(), {"all": "the sandbox needs Linux"})
-    outcome = _launch(_spec("pass", [{"name": "program"}], timeout_s=30, memory_mb=256, max_file_mb=1,
-                            python=None, strict=False), 30, 4096)
+    harness = json.dumps({"tests": "assert f() == 1", "entry_point": None, "context": ""})
+    outcome = _launch(_spec("def f():\n    return 1\n", [{"name": "server"}, {"name": "harness", "stdin": harness}],
+                            timeout_s=30, memory_mb=256, max_file_mb=1, python=None, strict=False), 30, 4096)
     return Isolation(frozenset(outcome.mechanisms), outcome.missing)
 
 
@@ -125,7 +132,7 @@ def require() -> None:
         lacking = {m: iso.missing.get(m, "not applied") for m in REQUIRED if m not in iso}
         raise SdftError("the sandbox cannot contain untrusted code on this machine ("
                         + "; ".join(f"{m}: {why}" for m, why in lacking.items())
-                        + f"); set {ENV_MODE}=permissive to run it with only: {', '.join(sorted(iso.active))}")
+                        + "), so none is run; docs/sandbox.md says what each mechanism needs")
 
 
 def record() -> dict:
@@ -190,6 +197,7 @@ class _Outcome:
     mechanisms: list[str] = field(default_factory=list)
     missing: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # refusals and set-up errors
+    over_memory: dict = field(default_factory=dict)  # the sandbox's processes together passed the limit
 
     def add(self, message: dict) -> None:
         for name in message.get("mechanisms", []):
@@ -198,10 +206,10 @@ class _Outcome:
         self.missing.update(message.get("missing", {}))
         self.workers.update(message.get("workers", {}))
         if "refused" in message:
-            self.problems.append(f"sandbox refused to run untrusted code ({message['refused']}); "
-                                 f"{ENV_MODE}=permissive runs it with less isolation")
+            self.problems.append(f"sandbox refused to run untrusted code ({message['refused']})")
         if "error" in message:
             self.problems.append(f"sandbox could not start: {message['error']}")
+        self.over_memory.update(message.get("over_memory", {}))
         if message.get("done", {}).get("timed_out"):
             self.timed_out = True
 
@@ -242,7 +250,7 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
         outcome.problems.append("sandbox stopped: the run was interrupted")
         return outcome
     report_r, report_w = os.pipe()
-    spec = {**spec, "report_fd": report_w, "parent_pid": os.getpid()}
+    spec = {**spec, "report_fd": report_w, "parent_pid": os.getpid(), "run_id": os.urandom(6).hex()}
     try:
         host = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(_HOST)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(report_w,),
@@ -276,7 +284,7 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
         if report.host_hung:
             outcome.timed_out = True
     finally:
-        _stop_host(host)
+        _stop_host(host, spec["run_id"])
         os.close(report_r)
         with _LIVE_LOCK:
             _LIVE.discard(host)
@@ -284,8 +292,9 @@ def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
     return outcome
 
 
-def _stop_host(host: subprocess.Popen) -> None:
-    """The host normally exits by itself; SIGTERM lets it clean up; SIGKILL (its group) as a last resort."""
+def _stop_host(host: subprocess.Popen, run_id: str) -> None:
+    """The host normally exits by itself; SIGTERM lets it clean up; SIGKILL (its group) as a last resort.
+    A host killed outright (by us, the OOM killer, a user) cleaned nothing: its cgroups are removed here."""
     if host.poll() is None:
         host.send_signal(signal.SIGTERM)
         try:
@@ -295,3 +304,8 @@ def _stop_host(host: subprocess.Popen) -> None:
             host.wait()
     for stream in (host.stdout, host.stderr):
         stream.close()
+    if host.returncode != 0:
+        from sdft.sandbox.kernel import Cgroup
+
+        with contextlib.suppress(OSError):  # a clean-up that fails changes no verdict; the next run sweeps
+            Cgroup.remove_left(host.pid, run_id)

@@ -4,9 +4,9 @@ pipe to ``python -I -B -u -c LOADER MODE`` (see ``sdft.sandbox.host``).
 ``run``: execute ``main.py`` as the ``__main__`` module behind an audit hook that refuses sockets.
 
 ``server`` and ``harness`` grade a program against tests so that nothing the program does can forge
-the verdict. The program runs in one process (``server``: uid A) and the tests in another (``harness``:
-uid B, not dumpable, invisible to A). The tests call the program's functions through proxies; each call
-crosses a pipe as JSON, and the result comes back as *plain data only* (numbers, fractions, decimals,
+the verdict. The program runs in one process (``server``, in a PID namespace of its own where the tests'
+process does not exist) and the tests in another (``harness``: not dumpable; as root, another uid).
+The tests call the program's functions through proxies; each call crosses a pipe as JSON, and the result comes back as *plain data only* (numbers, fractions, decimals,
 strings, bytes, lists, tuples, dicts, sets, ranges; generators and numpy values are converted first),
 rebuilt by the harness from that data. An object whose ``__eq__`` always says True never reaches the tests, and whatever the
 program prints or does to its own process changes nothing: the verdict is the harness's exit status,
@@ -185,7 +185,10 @@ class _Proxy:
             return _decode(reply["ok"])
         kind, message = reply["error"]
         exc = getattr(builtins, str(kind), None)
-        if isinstance(exc, type) and issubclass(exc, Exception):
+        # StopIteration would end the tests' own loop early (``all(map(candidate, ...))`` is then True):
+        # raised by the program, it is an error like any exception that is not the tests' to interpret.
+        if isinstance(exc, type) and issubclass(exc, Exception) and not issubclass(exc, (StopIteration,
+                                                                                         StopAsyncIteration)):
             raise exc(message)
         raise RuntimeError(f"{kind}: {message}")
 

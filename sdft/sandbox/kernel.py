@@ -6,6 +6,7 @@ Standard library only (plus ``pyseccomp`` for the seccomp filter): the host runs
 recorded and skipped (permissive mode).
 
 * :func:`unshare` new mount, PID, network, IPC and UTS namespaces (plus a user namespace when not root);
+  :func:`unshare_pid` a PID namespace (and mount namespace, for its own /proc) for the program under test;
 * :func:`build_root` a private root: a small tmpfs holding read-only, nosuid, nodev bind mounts of the
   system and Python folders, a minimal ``/dev``, and a size-capped tmpfs ``/tmp`` (the only writable
   place, gone with the namespace: nothing is left on disk); :func:`mount_proc` a fresh ``/proc``
@@ -13,7 +14,8 @@ recorded and skipped (permissive mode).
 * :func:`drop_privileges` an unprivileged uid that owns nothing, no supplementary groups, empty
   capability sets (bounding and ambient too), ``no_new_privs``;
 * :func:`seccomp_filter` a libseccomp filter refusing the dangerous calls (EPERM);
-* :func:`landlock_restrict` (Linux >= 5.13) writes only beneath ``/tmp``, no TCP, scoped signals;
+* :func:`landlock_restrict` (Linux >= 5.13) writes only beneath ``/tmp``, no TCP, scoped signals (and,
+  where no private root hides the host's files, reads only of the system and Python folders);
 * :class:`Cgroup` a throw-away cgroup: process cap, memory cap, kill-all.
 """
 
@@ -40,6 +42,8 @@ _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 _SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 # Landlock filesystem rights we restrict: every way of changing the file tree.
 _FS_WRITE_FILE, _FS_TRUNCATE = 1 << 1, 1 << 14
+_FS_READS = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
+_FS_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | _FS_TRUNCATE  # the rights a rule on a file may hold
 _FS_WRITES_V1 = _FS_WRITE_FILE | sum(1 << b for b in range(4, 13))  # remove dir/file, make char..sym
 _FS_REFER = 1 << 13  # ABI 2
 _NET_TCP = (1 << 0) | (1 << 1)  # bind, connect (ABI 4)
@@ -101,6 +105,11 @@ def unshare(as_root: bool) -> list[str]:
         Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
         Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
     return ["mount_ns", "pid_ns", "net_ns", "ipc_ns", "uts_ns"] + ([] if as_root else ["user_ns"])
+
+
+def unshare_pid() -> None:
+    """A PID namespace for our next child, and a mount namespace in which it mounts its own /proc."""
+    _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare")
 
 
 def python_paths(executable: str, prefixes: list[str]) -> list[str]:
@@ -190,7 +199,10 @@ def drop_privileges(uid: int, gid: int) -> list[str]:
     included, so nothing executed later gets any back); ``no_new_privs`` makes that final."""
     last = int(Path("/proc/sys/kernel/cap_last_cap").read_text()) if os.path.exists(
         "/proc/sys/kernel/cap_last_cap") else 63
-    for cap in range(last + 1):
+    # A normal user outside a user namespace may not shrink the bounding set, and holds no capability
+    # to lose: no_new_privs is what keeps set-user-id and file capabilities from giving any back.
+    bounded = os.geteuid() == 0 or _held_capabilities() != []
+    for cap in range(last + 1) if bounded else ():
         if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 and ctypes.get_errno() != errno.EINVAL:
             _check(-1, "drop the capability bounding set")
     prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, "clear ambient capabilities")
@@ -201,15 +213,20 @@ def drop_privileges(uid: int, gid: int) -> list[str]:
     header, data = _CapHeader(0x20080522, 0), (ctypes.c_uint32 * 6)()  # v3: effective/permitted/inheritable
     _check(_libc.capset(ctypes.byref(header), data), "capset")
     prctl(_PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
-    _verify_no_capabilities()
+    held = _held_capabilities(with_bounding=bounded)
+    if held or _status().get("NoNewPrivs", "0").strip() != "1":
+        raise OSError(errno.EPERM, f"capabilities still held: {', '.join(held) or 'no_new_privs unset'}")
     return ["unprivileged_uid", "capabilities_dropped", "no_new_privs"]
 
 
-def _verify_no_capabilities() -> None:
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    held = [k for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb") if int(status.get(k, "1"), 16)]
-    if held or int(status.get("NoNewPrivs", "0")) != 1:
-        raise OSError(errno.EPERM, f"capabilities still held: {', '.join(held) or 'no_new_privs unset'}")
+def _status() -> dict:
+    return dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+
+
+def _held_capabilities(with_bounding: bool = False) -> list[str]:
+    status = _status()
+    sets = ("CapInh", "CapPrm", "CapEff", "CapAmb") + (("CapBnd",) if with_bounding else ())
+    return [k for k in sets if int(status.get(k, "1"), 16)]
 
 
 def die_with_parent(expected_parent: int | None = None, sig: int = signal.SIGKILL) -> None:
@@ -288,22 +305,27 @@ def landlock_abi() -> int:
     return max(0, _syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1)))
 
 
-def landlock_restrict(writable: list[str]) -> str:
-    """Writes only beneath ``writable`` (and to /dev/null), no TCP, scoped signals and abstract sockets."""
+def landlock_restrict(writable: list[str], readable: list[str] | None = None) -> str:
+    """Writes only beneath ``writable`` (and to /dev/null), no TCP, scoped signals and abstract sockets;
+    with ``readable`` (no private root hides the host's files), reads only beneath those and ``writable``."""
     abi = landlock_abi()
     if not abi:
         raise OSError(errno.ENOSYS, "Landlock is not available")
-    fs = _FS_WRITES_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    writes = _FS_WRITES_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    fs = writes | (_FS_READS if readable is not None else 0)
     attr = _RulesetAttr(fs, _NET_TCP if abi >= 4 else 0, _SCOPE_ALL if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8  # the struct grew with the ABI
     ruleset = _check(_syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
                               ctypes.c_uint32(0)), "landlock_create_ruleset")
     try:
-        rules = [(p, fs) for p in writable] + [("/dev/null", fs & (_FS_WRITE_FILE | _FS_TRUNCATE))]
+        rules = [(p, fs) for p in writable] + [("/dev/null", fs)]
+        if readable is not None:
+            rules += [(p, _FS_READS) for p in readable + [f"/dev/{d}" for d in DEVICES if d != "null"]
+                      if os.path.exists(p)]
         for path, allowed in rules:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
-                rule = _PathBeneath(allowed, fd)
+                rule = _PathBeneath(allowed if os.path.isdir(path) else allowed & _FS_FILE_RIGHTS, fd)
                 _check(_syscall(_SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(1),  # path-beneath
                                 ctypes.byref(rule), ctypes.c_uint32(0)), "landlock_add_rule")
             finally:
@@ -323,8 +345,8 @@ class Cgroup:
     _counter = itertools.count()
     PREFIX = "sdft-sandbox-"
 
-    def __init__(self, dirs: list[Path]):
-        self.dirs, self.procs = dirs, dirs[0] / "cgroup.procs"
+    def __init__(self, dirs: list[Path], memory: bool = False):
+        self.dirs, self.procs, self.memory = dirs, dirs[0] / "cgroup.procs", memory  # memory: capped too
 
     @staticmethod
     def _parents() -> list[tuple[Path, str]]:
@@ -343,11 +365,17 @@ class Cgroup:
         return []
 
     @classmethod
-    def create(cls, memory_bytes: int, max_pids: int) -> Cgroup:
+    def name(cls, host_pid: int, run_id: str) -> str:
+        """The host's pid (for :meth:`sweep`) and the run's own id (sdft removes exactly this one)."""
+        return f"{cls.PREFIX}{host_pid}-{run_id}"
+
+    @classmethod
+    def create(cls, memory_bytes: int, max_pids: int, run_id: str | None = None) -> Cgroup:
         limits = {"pids": {"pids.max": max_pids}, "memory": {"memory.limit_in_bytes": memory_bytes},
                   "v2": {"pids.max": max_pids, "memory.max": memory_bytes}}
-        name = f"{cls.PREFIX}{os.getpid()}-{next(cls._counter)}"
+        name = cls.name(os.getpid(), run_id or str(next(cls._counter)))
         made: list[Path] = []
+        memory = False
         for parent, kind in cls._parents():
             directory = parent / name
             try:
@@ -355,6 +383,7 @@ class Cgroup:
                 made.append(directory)
                 for key, value in limits[kind].items():
                     (directory / key).write_text(str(value))
+                memory = memory or kind != "pids"
             except OSError:
                 if made and made[-1] == directory:
                     made.pop().rmdir()
@@ -362,7 +391,7 @@ class Cgroup:
                     raise
         if not made:
             raise OSError(errno.ENOENT, "no writable cgroup tree with a pids controller")
-        return cls(made)
+        return cls(made, memory=memory)
 
     def open_procs(self) -> list[int]:  # opened here, so that the child only has to write "0"
         return [os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs]
@@ -382,6 +411,15 @@ class Cgroup:
     def remove(self) -> None:
         for directory in self.dirs:
             _rmdir_when_empty(directory)
+
+    @classmethod
+    def remove_left(cls, host_pid: int, run_id: str) -> None:
+        """What a host that was killed outright left: its cgroups (and any process still in them)."""
+        found = [d for parent, _ in cls._parents() if (d := parent / cls.name(host_pid, run_id)).is_dir()]
+        if found:
+            group = cls(found)
+            group.kill_all()
+            group.remove()
 
     @classmethod
     def sweep(cls) -> None:

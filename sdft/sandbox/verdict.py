@@ -78,6 +78,9 @@ def classify(outcome, main: str) -> tuple[str, int | None, str]:
     worker = outcome.workers.get(main)
     if outcome.problems:
         return "error", None, outcome.problems[0]
+    if outcome.over_memory:
+        return "error", None, (f"out of memory: the sandbox's processes together used {outcome.over_memory['used_mb']}"
+                               f" MB, more than its {outcome.over_memory['limit_mb']} MB")
     if outcome.timed_out:
         return "timeout", None, "wall-clock limit"
     if outcome.flooded:

@@ -102,3 +102,18 @@ def test_plots_read_the_layout_not_the_report():
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names} | \
                {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {"report", "sdft.report.stage"} & imported
+
+
+@pytest.mark.parametrize("damage", [b'{"name": "fixture", "models": {', b"[]", b'{"name": 3}', b"\xff\xfe{}",
+                                    b'{"name": "x", "model": "m", "data": "d", "task": "t", "models": {"seed": 3}}'])
+def test_a_damaged_manifest_is_one_line_naming_it(tmp_path, capsys, damage):
+    """Issue 26, item 6: `sdft report` on a corrupted manifest.json was a traceback."""
+    from sdft.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE, run_dir)
+    (run_dir / layout.MANIFEST).write_bytes(damage)
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sdft report: error: {run_dir / layout.MANIFEST}") and "\n" not in err
+    assert "damaged, not a manifest sdft can read (" in err

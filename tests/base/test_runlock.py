@@ -78,6 +78,20 @@ def test_out_must_be_a_writable_folder(tmp_path, capsys):
     assert f"--out {cannot_create}: cannot create the folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["distill", "train", "eval"])
+def test_a_file_name_too_long_is_one_line(tmp_path, capsys, command):
+    """Issue 26, item 6: a name over 255 bytes (the file system's limit) was a traceback."""
+    long = tmp_path / ("x" * 300)
+    argv = {"distill": ["distill", "--data", f"{long}.jsonl", "--model", "no-such-model", "--out", str(tmp_path / "d")],
+            "train": ["train", "--data", str(tmp_path / "d.jsonl"), "--out", str(long / "adapter")],
+            "eval": ["eval", "--tasks", "gsm8k", "--model", "no-such-model", "--out", str(long)]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sdft {command}: error: file name too long: '{str(tmp_path)[:20]}") and "\n" not in err
+    assert err.endswith(("(a name of 300 bytes; the file system allows 255)",
+                         "(a name of 306 bytes; the file system allows 255)")), err
+
+
 def test_disk_full_is_one_line_and_loses_nothing(tiny_model, tmp_path, capsys):
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(3)))

@@ -130,6 +130,28 @@ def test_corrupt_gzip_is_one_line(tmp_path, damage):
     assert data_error(path).startswith(f"{path}: not a readable gzip file")
 
 
+def test_a_compressed_line_of_gigabytes_stops_at_the_bound_naming_the_line(tmp_path):
+    """Issue 26, item 5: 2 MB of .jsonl.gz holding one 2 GiB line drove sdft distill past 6.5 GB. Here
+    256 MiB in 256 KiB: refused at the line bound (64 MiB), naming the file and line, with memory to match."""
+    import tracemalloc
+
+    path = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(b'{"instruction": "a", "output": "b"}\n{"instruction": "')
+        for _ in range(256):
+            f.write(b"a" * (1 << 20))
+    assert path.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        message = data_error(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert message == (f"{path}, line 2: line longer than 64 MiB once decompressed; a record that long is not "
+                       "data sdft can use")
+    assert peak < 160 << 20, f"{peak >> 20} MiB"
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", float("nan"), float("inf")])
 @pytest.mark.parametrize("name", ["learning_rate", "epochs", "warmup_ratio", "lora_dropout"])
 def test_non_finite_numbers_are_refused(name, value):

@@ -71,6 +71,23 @@ def test_config_errors_before_any_work(tmp_path, tiny_model):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("where", ["data", "eval", "replay"])
+def test_a_mistyped_local_path_fails_at_once_without_the_hub(tmp_path, tiny_model, monkeypatch, where):
+    """Issue 26, item 6: ``data/train`` where ``data/`` is a local folder looks like a hub name
+    (``org/name``); it went on to the run (and the hub) instead of failing here."""
+    from sdft.base import hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    monkeypatch.setattr(hub, "reachable", lambda *a, **k: pytest.fail("the hub was asked"))
+    monkeypatch.setattr(hub, "missing_dataset", lambda *a, **k: pytest.fail("the hub was asked"))
+    extra = {"data": {"data": "data/train"}, "eval": {"eval": {"tasks": ["gsm8k"], "data": ["gsm8k=data/test"]}},
+             "replay": {"replay": {"data": "data/general"}, "arms": ["vanilla", "replay"]}}[where]
+    with pytest.raises(ConfigError, match="'data/(train|test|general)'.* not found"):
+        load_run_config(_config(tmp_path, tiny_model, **extra))
+    assert not (tmp_path / "runs").exists()
+
+
 def test_one_system_prompt_for_all_stages_unless_a_section_sets_its_own(tmp_path, tiny_model):
     from sdft.experiment.pipeline import stage_configs
 

@@ -52,6 +52,14 @@ def _sandboxed(processes, role: str | None = None) -> list[int]:
             and (role is None or cmd.split()[-1:] == [role])]
 
 
+def _age_s(pid: int) -> float:
+    try:
+        started = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return float(Path("/proc/uptime").read_text().split()[0]) - started / os.sysconf("SC_CLK_TCK")
+
+
 def _leftovers(hosts: list[int]) -> list[str]:
     processes = _processes()
     left = [f"sandboxed process {pid}" for pid in _sandboxed(processes)]
@@ -73,7 +81,9 @@ def test_killing_sdft_eval_mid_scoring_leaves_nothing(tmp_path, how):
                                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 120
-        while not _sandboxed(_processes(), "harness"):  # scoring has started (not the start-up probe)
+        # Scoring has started: a tests' process that has waited on its program for a while (the start-up
+        # probe also starts one, for a moment).
+        while not [pid for pid in _sandboxed(_processes(), "harness") if _age_s(pid) > 3]:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
         time.sleep(0.5)  # let the scoring threads start their other sandboxes too
@@ -104,3 +114,26 @@ def test_cgroups_of_hosts_killed_outright_are_swept():
         for directory in stale:
             if directory.exists():
                 directory.rmdir()
+
+
+@pytest.mark.skipif(ISO is None or "cgroup" not in ISO, reason="no writable cgroup tree here")
+def test_a_sandbox_host_killed_outright_leaves_no_cgroup():
+    """Issue 26, item 6: kill -9 of one sandbox host left its two cgroups (pids, memory) until the next run."""
+    import threading
+
+    outcome = {}
+    run = threading.Thread(target=lambda: outcome.setdefault("r", sandbox.run_python("import time\ntime.sleep(60)")))
+    before = set(_processes())
+    run.start()
+    deadline = time.monotonic() + 60
+    while not (hosts := [pid for pid, (_, ppid, cmd) in _processes().items()
+                         if pid not in before and ppid == os.getpid() and "sandbox/host.py" in cmd]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    while not [d for parent, _ in Cgroup._parents() for d in parent.glob(f"{Cgroup.PREFIX}{hosts[0]}-*")]:
+        assert time.monotonic() < deadline  # the host has made its cgroups
+        time.sleep(0.05)
+    os.kill(hosts[0], signal.SIGKILL)
+    run.join(timeout=60)
+    assert outcome["r"].status == "error"
+    assert _leftovers(hosts) == []  # at once: no later run's sweep
