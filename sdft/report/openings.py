@@ -9,28 +9,14 @@ filter does not look at the format. This section shows that difference before an
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
-PROSE = "prose"
-# First match wins; an answer opening with none of these is prose.
-_KINDS = (("numbered list", re.compile(r"\s*(?:1[.)]\s|step 1\b)", re.I)),
-          ("bulleted list", re.compile(r"\s*[-*•]\s")),
-          ("code block", re.compile(r"\s*```")),
-          ("heading", re.compile(r"\s*(?:#{1,6}\s|\*\*[^*\n]{1,80}\*\*:?\s*\n)")))
-KINDS = tuple(name for name, _ in _KINDS) + (PROSE,)
+from sdft.base.openings import KINDS, PROSE, opening
+
 # A format is flagged when the accepted rewrites open with it this much more often (as a share) than the
 # seed's own answers do on every task it answered: a difference of a few answers is not a drift.
 FLAG_MARGIN = 0.2
-
-
-def opening(text: str | None) -> str:
-    """How an answer starts: one of :data:`KINDS`."""
-    for name, pattern in _KINDS:
-        if pattern.match(text or ""):
-            return name
-    return PROSE
 
 
 def counts(texts: Sequence[str | None]) -> dict[str, int]:
