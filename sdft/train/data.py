@@ -66,7 +66,7 @@ def choose_targets(examples: list, mix_ratio: float | None, seed: int) -> tuple[
     records whose rewrite was accepted, a seeded share ``mix_ratio`` (default 1 = SDFT) learns the rewrite and
     the rest the original response (0 = vanilla fine-tuning on the same records).
     """
-    from sdft.base.data import is_distilled, pick_response
+    from sdft.base.data import is_distilled, offers_new_target, pick_response
 
     distilled = [is_distilled(ex) for ex in examples]
     if any(distilled) and not all(distilled):
@@ -80,16 +80,19 @@ def choose_targets(examples: list, mix_ratio: float | None, seed: int) -> tuple[
         return pairs, {"distilled": False, "examples": len(pairs), "accepted": 0,
                        "rewritten": 0, "original": len(pairs), "mix_ratio": None}
     ratio = 1.0 if mix_ratio is None else mix_ratio
-    accepted = [ex.id for ex in examples if ex.source["sdft"].get("accepted")]
+    accepted = [ex.id for ex in examples if offers_new_target(ex.source["sdft"])]
     use = rewrite_ids(accepted, ratio, seed)
     pairs = [(ex, pick_response(ex, ex.id in use), ex.id in use) for ex in examples]
     # The reference filter (--filter-mode paper) accepts an empty rewrite; the reference's training
     # preprocessing then skips the example. Do the same, and count it.
     kept = [p for p in pairs if p[1].strip()]
     rewritten = sum(1 for _, _, r in kept if r)
-    return kept, {"distilled": True, "examples": len(kept), "accepted": len(accepted),
-                  "rewritten": rewritten, "original": len(kept) - rewritten, "mix_ratio": ratio,
-                  "dropped_empty_rewrite": len(pairs) - len(kept)}
+    counts = {"distilled": True, "examples": len(kept), "accepted": len(accepted), "rewritten": rewritten,
+              "original": len(kept) - rewritten, "mix_ratio": ratio, "dropped_empty_rewrite": len(pairs) - len(kept)}
+    if any("source" in ex.source["sdft"] for ex in examples):  # self-answer mode: "rewritten" = a new target
+        counts["sources"] = {source: sum(r and ex.source["sdft"]["source"] == source for ex, _, r in kept)
+                             for source in ("self", "rewrite")}
+    return kept, counts
 
 
 def strip_duplicate_bos(prompt: str, tokenizer) -> str:
