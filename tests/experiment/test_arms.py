@@ -68,3 +68,14 @@ def test_a_run_gives_every_arm_the_batch_order_of_its_train_section(tmp_path):
     assert train.batch_order == "index" and keyed_settings(train)["batch_order"] == "index"
     # Unset, the setting stays out of the key: earlier runs keep their training folders.
     assert "batch_order" not in keyed_settings(stage_configs(from_dict(RunConfig, run, "run.yaml"))["train"])
+
+
+def test_format_aware_arms_bring_the_settings_of_their_own_distillation():
+    points = {p.label: p for p in arms.train_points(["vanilla", "sdft-guard", "self-answer"],
+                                                     {"guard": {"min_length_ratio": 0.25}}, [], [])}
+    assert points["sdft-guard"].distill == {"format_guard": True, "guard_min_length_ratio": 0.25,
+                                            "guard_max_length_ratio": 2.0}
+    assert points["self-answer"].distill == {"self_answer": True} and points["vanilla"].distill == {}
+    assert points["sdft-guard"].mix_ratio == points["self-answer"].mix_ratio == 1.0  # they learn the targets
+    assert not points["self-answer"].overrides  # the same train settings as every other arm
+    assert points["self-answer"].params == {"targets": "rewrites", "self_answer": True}
