@@ -56,14 +56,17 @@ def settings(config, template) -> dict:
     return out
 
 
-def guard(rewrite: str, own: str, low: float, high: float) -> Decision | None:
-    """A rejecting decision when the rewrite's opening or length does not match the seed's own answer."""
+def guard(rewrite: str, own: str, low: float, high: float, own_cut: bool = False) -> Decision | None:
+    """A rejecting decision when the rewrite's opening or length does not match the seed's own answer.
+
+    ``own_cut``: the own answer hit the token budget, so its length is only a lower bound: a rewrite too
+    short for it is too short for the whole answer too, but one that looks too long may not be."""
     mine, theirs = opening(rewrite), opening(own)
     if mine != theirs:
         return Decision(False, "format_mismatch", f"rewrite opens with {mine}, the seed's own answer with {theirs}")
     own_length = len(own.strip())
     ratio = len(rewrite.strip()) / own_length if own_length else math.inf  # an empty own answer matches nothing
-    if not low <= ratio <= high:
+    if ratio < low or (ratio > high and not (own_cut and own_length)):
         return Decision(False, "length_mismatch", f"length ratio {ratio:.2f} outside [{low:g}, {high:g}]")
     return None
 
@@ -76,7 +79,7 @@ def decide(rewritten: dict, own: dict | None, config) -> dict:
         return verdict
     if verdict["accepted"] and config.format_guard:
         blocked = guard(rewritten["rewrite"], own["answer"], config.guard_min_length_ratio,
-                        config.guard_max_length_ratio)
+                        config.guard_max_length_ratio, own_cut=own["finish_reason"] == "length")
         if blocked:
             verdict.update(accepted=False, reason=blocked.reason, detail=blocked.detail)
     if config.self_answer:

@@ -176,3 +176,20 @@ def test_the_modes_leave_earlier_stage_keys_alone_and_key_their_own(tmp_path):
         distill(_config(tmp_path, out="plain", self_answer=True))
     with pytest.raises(ConfigError, match="set 'format_guard' or 'self_answer' too"):
         _config(tmp_path, answer_template="alpaca")
+
+
+@pytest.mark.parametrize("rewrite, own, cut, reason", [
+    ("1. Add.\n2. Done.", "We add them.", False, "format_mismatch"),
+    ("- Add.\n- Done.", "- We add.\n- Done too.", False, None),      # both bulleted, similar length
+    ("We add.", "We add them and then count all of them slowly.", False, "length_mismatch"),
+    ("We add them and then count all of them slowly.", "We add.", False, "length_mismatch"),
+    # An own answer cut by the budget is a lower bound: too long for it says nothing, too short still counts.
+    ("We add them and then count all of them slowly.", "We add.", True, None),
+    ("We add.", "We add them and then count all of them slowly.", True, "length_mismatch"),
+    ("We add.", "", False, "length_mismatch"),                        # an empty own answer matches nothing
+])
+def test_the_guard_compares_opening_then_length(rewrite, own, cut, reason):
+    from sdft.distill.formats import guard
+
+    decision = guard(rewrite, own, 0.5, 2.0, own_cut=cut)
+    assert (decision.reason if decision else None) == reason
