@@ -273,11 +273,20 @@ def is_distilled(example: Example) -> bool:
     return isinstance(example.source.get(DISTILL_KEY), dict)
 
 
+def offers_new_target(meta: dict) -> bool:
+    """Whether a distilled record's ``sdft`` block offers a target other than the original: an accepted
+    rewrite, or in self-answer mode (``source``) the seed's own answer or the accepted rewrite."""
+    return meta["source"] != "original" if "source" in meta else bool(meta.get("accepted"))
+
+
 def pick_response(example: Example, use_rewrite: bool) -> str:
-    """The training target: the accepted rewrite if ``use_rewrite``, else the original response."""
+    """The training target: if ``use_rewrite``, the distillation's target (the accepted rewrite; in
+    self-answer mode the target it chose), else the original response."""
     if not is_distilled(example):
         return example.response
     meta = example.source[DISTILL_KEY]
+    if use_rewrite and "target" in meta:
+        return meta["target"]
     if use_rewrite and meta["accepted"] and meta.get("rewrite") is not None:
         return meta["rewrite"]
     return meta["original"]

@@ -6,6 +6,7 @@ helpers from here. ``sdft run`` lays a run out as::
 
     RUN/config.json  manifest.json  report.md  report.html  plots/
     RUN/distill/distill-KEY/    run.json stats.json distilled.jsonl progress.jsonl stage.json
+                                self_answers.jsonl (the sdft-guard / self-answer arms' own distillations)
     RUN/train/LABEL-KEY/        adapter (or weights) train.json loss.png checkpoints/ stage.json
     RUN/eval/LABEL-KEY/         results.json item_scores/TASK.jsonl generations/TASK.jsonl generations/.cache/
                                 stage.json
@@ -36,6 +37,7 @@ REPORT_MD, REPORT_HTML, PLOTS = "report.md", "report.html", "plots"
 STAGE = "stage.json"              # a finished (or keyed) stage: key, settings, result
 RUN_RECORD = "run.json"           # a stage's provenance (model, template, decoding, data hash, versions)
 DISTILLED, DISTILL_STATS, DISTILL_PROGRESS = "distilled.jsonl", "stats.json", "progress.jsonl"
+DISTILL_SELF_ANSWERS = "self_answers.jsonl"  # the seed's own answers (format guard, self-answer mode)
 TRAIN_RECORD, LOSS_PLOT, CHECKPOINTS, MERGED = "train.json", "loss.png", "checkpoints", "merged"
 RESULTS, GENERATIONS, CACHE = "results.json", "generations", ".cache"
 ITEM_SCORES = "item_scores"       # beside results.json: ITEM_SCORES/TASK.jsonl, per item its score, no answer text

@@ -1,8 +1,9 @@
 """How an answer opens: numbered list, bulleted list, code block, heading, or prose.
 
-Below the stages because two use it: the evaluation stage records each answer's class in its per-item
-scores (``sdft.base.item_scores``: the class, never the text, which for AdvBench can be harmful), and the
-report counts the classes of training targets and answers (``sdft.report.openings``).
+Below the stages because three use it: the evaluation stage records each answer's class in its per-item
+scores (``sdft.base.item_scores``: the class, never the text, which for AdvBench can be harmful), the report
+counts the classes of training targets and answers (``sdft.report.openings``), and distillation's format
+guard (``--format-guard``) rejects exactly what the report counts.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ PRESETS = {
               "input_separator": "\n", "template_mode": "plain",  # the reference rendered prompts as text
               "system_prompt": "template"},
 }
+# The format guard's default bounds on a rewrite's length over the seed's own answer's: half to twice.
+GUARD_LENGTH_RATIOS = (0.5, 2.0)
 
 
 @dataclass
@@ -48,6 +50,24 @@ class DistillConfig(EngineSettings, Validated):
     top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
     seed: int = field(42, "random seed for sampling")
     progress: bool = field(True, "show a progress bar", keyed=False)
+    # Format-aware distillation, beyond the paper (docs/arms.md): both need the seed's own answer to each
+    # prompt under the task's prompt, one more generation pass. Keyed only when set: earlier keys stay.
+    format_guard: bool = field(False, "accept a rewrite only when it opens like the seed's own answer to the "
+                                      "task's prompt (prose, numbered list, bullets, code block, heading) and "
+                                      "its length is within the guard's ratios of that answer's", keyed=IF_SET)
+    guard_min_length_ratio: float = field(GUARD_LENGTH_RATIOS[0], "format guard: shortest rewrite accepted, as a "
+                                          "share of the seed's own answer's length in characters", keyed=IF_SET)
+    guard_max_length_ratio: float = field(GUARD_LENGTH_RATIOS[1], "format guard: longest rewrite accepted, likewise",
+                                          keyed=IF_SET)
+    self_answer: bool = field(False, "targets: the seed's own answer to the task's prompt where it passes the "
+                                     "filter, else the accepted rewrite, else the original", keyed=IF_SET)
+    answer_template: str | None = field(None, "prompt template of the seed's own answers (preset or file; "
+                                              "default: the task's, the one sdft train uses)", keyed=IF_SET)
+
+    @property
+    def needs_self_answers(self) -> bool:
+        """Whether this distillation asks the seed for its own answers (the guard or self-answer mode)."""
+        return self.format_guard or self.self_answer
 
     def validate(self) -> None:
         if not self.data:
@@ -60,6 +80,19 @@ class DistillConfig(EngineSettings, Validated):
         column_mapping(self.columns)
         templates.check_system_prompt(self.system_prompt)
         self.check_engine_settings()  # a backend option no backend takes: refused before any model loads
+        self._check_self_answers()
+
+    def _check_self_answers(self) -> None:
+        low, high = self.guard_min_length_ratio, self.guard_max_length_ratio
+        if not 0 < low <= 1 <= high:
+            raise ConfigError(f"the format guard's length ratios must satisfy 0 < guard_min_length_ratio <= 1 <= "
+                              f"guard_max_length_ratio, got {low:g} and {high:g}")
+        if (low, high) != GUARD_LENGTH_RATIOS and not self.format_guard:
+            raise ConfigError("'guard_min_length_ratio' / 'guard_max_length_ratio' bound the format guard: set "
+                              "'format_guard' too")
+        if self.answer_template is not None and not self.needs_self_answers:
+            raise ConfigError("'answer_template' renders the seed's own answers: set 'format_guard' or "
+                              "'self_answer' too")
 
 
 def generation_params(config) -> GenerationParams:

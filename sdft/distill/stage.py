@@ -10,6 +10,11 @@ the original (otherwise the original is kept). Output, in ``out``:
 * ``run.json``: everything that changes the result (model, template text, decoding, filter, seed, data
   hash, versions, command); ``stage.json``: the stage key (:func:`sdft.base.config.stage_key`).
 
+With ``--format-guard`` or ``--self-answer`` (:mod:`sdft.distill.formats`) the seed also answers each prompt
+under the task's prompt (``self_answers.jsonl``, a second resumable pass); the guard rejects rewrites whose
+opening or length differs from that answer, self-answer mode trains on it where it passes the filter, and
+``sdft`` blocks, ``stats.json`` and ``run.json`` carry the answers and the counts.
+
 Progress is appended to ``progress.jsonl`` after every batch, so a rerun of the same command after Ctrl-C
 or ``kill -9`` resumes where it stopped and never duplicates or drops a record (the resume policy of
 :func:`sdft.base.layout.claim_stage`: another key in the same folder is refused).
@@ -27,12 +32,13 @@ from sdft.base.config import column_mapping, keyed_settings, stage_key, to_dict
 from sdft.base.data import seeded_subset
 from sdft.base.errors import ConfigError
 from sdft.base.store import ProgressFile, write_json, write_jsonl
+from sdft.distill import formats
 from sdft.distill.config import DistillConfig, generation_params
 from sdft.generation import engine_key
 
 
 def _run_record(config: DistillConfig, template: templates.Template, mode: str, model_path: str,
-                tokenizer, generation: dict) -> dict:
+                tokenizer, generation: dict, answer: templates.Template | None = None) -> dict:
     from sdft.base import provenance
     data_path = Path(config.data)
     record = {
@@ -53,7 +59,11 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
     # The key covers what the config names and what its names point to now (file contents, template text).
     # The engine as resolved (auto -> vllm or hf, its precision, a merged adapter) changes the text: keyed too.
     engine = engine_key(generation, config.adapter)
-    record["settings_key"] = stage_key(config, record["data"]["sha256"], record["template"], mode, engine)
+    inputs = [record["data"]["sha256"], record["template"], mode, engine]
+    if answer is not None:  # the seed's own answers (format guard, self-answer): keyed only then, keys stay
+        record.update(formats.settings(config, answer))
+        inputs.append(record["answer_template"])
+    record["settings_key"] = stage_key(config, *inputs)
     if (config.filter or config.task) == "code":  # where rewrites' code ran (not part of the key)
         from sdft import sandbox
 
@@ -94,7 +104,8 @@ def distill(config: DistillConfig) -> dict:
     backend = setup.load(config.adapter, progress=False)  # we draw the bar
     tokenizer = backend.tokenizer  # declared by every backend (None: plain prompts)
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"
-    run = _run_record(config, template, mode, setup.model_path, tokenizer, setup.record)
+    answer = formats.answer_template(config) if config.needs_self_answers else None
+    run = _run_record(config, template, mode, setup.model_path, tokenizer, setup.record, answer)
     settings = keyed_settings(config)
     _refuse_unkeyed_progress(out)
     layout.claim_stage(out, run["settings_key"], settings)
@@ -104,20 +115,32 @@ def distill(config: DistillConfig) -> dict:
     prompts = {ex.id: templates.render(template, ex.instruction, reference=ex.response, tokenizer=tokenizer,
                                        mode=mode, history=ex.history, system_prompt=config.system_prompt)
                for ex in examples if not progress.done(ex.id)}
-    _generate_pending(examples, prompts, backend, accept, progress, config)
-    stats = _finish(examples, progress, out)
+    _generate_pending(examples, prompts, backend, progress, config, "distill",
+                      lambda ex, completion, prompt, seconds: _progress_record(ex, completion, prompt, accept, seconds))
+    own = None
+    if answer is not None:  # the second pass: the seed's own answers to the task's prompts
+        own = ProgressFile(out / layout.DISTILL_SELF_ANSWERS)
+        asked = formats.prompts(examples, answer, tokenizer, mode, config.system_prompt, lambda i: not own.done(i))
+        _generate_pending(examples, asked, backend, own, config, "own answers",
+                          lambda ex, completion, prompt, seconds: _progress_record(ex, completion, prompt, accept,
+                                                                                   seconds, own=True))
+    stats = _finish(examples, progress, own, out, config)
+    if own is not None:  # the counts join the settings the record already holds
+        write_json(out / layout.RUN_RECORD, _with_counts(run, stats))
     layout.finish_stage(out, run["settings_key"], settings, stats)
     return stats
 
 
-def _generate_pending(examples, prompts, backend, accept, progress: ProgressFile, config) -> None:
+def _generate_pending(examples, prompts, backend, progress: ProgressFile, config, desc: str, record) -> None:
+    """Generate the pending ``prompts`` in batches; ``record(example, completion, prompt, seconds)`` is what
+    ``progress`` keeps of each."""
     from tqdm.auto import tqdm
 
     params = generation_params(config)
     # Longest-first across the whole job: batches hold similar lengths (little padding) and the
     # slowest batches come first, so the ETA only improves.
     pending = sorted((ex for ex in examples if ex.id in prompts), key=lambda ex: -len(prompts[ex.id]))
-    bar = tqdm(total=len(examples), initial=len(examples) - len(pending), desc="distill",
+    bar = tqdm(total=len(examples), initial=len(examples) - len(pending), desc=desc,
                unit="ex", disable=not config.progress, dynamic_ncols=True)
     chunk = max(config.batch_size, getattr(backend, "request_chunk", 0) or 0)  # vLLM/servers: more in flight
     for start in range(0, len(pending), chunk):
@@ -125,38 +148,59 @@ def _generate_pending(examples, prompts, backend, accept, progress: ProgressFile
         began = time.perf_counter()
         completions = backend.generate([prompts[ex.id] for ex in batch], params)
         share = (time.perf_counter() - began) / len(batch)
-        progress.append(_progress_record(ex, c, prompts[ex.id], accept, share)
-                        for ex, c in zip(batch, completions))
+        progress.append(record(ex, c, prompts[ex.id], share) for ex, c in zip(batch, completions))
         bar.update(len(batch))
     bar.close()
 
 
-def _progress_record(example, completion, prompt: str, accept, seconds: float) -> dict:
-    rewrite = completion.text.strip()
-    completion.text = rewrite
+def _progress_record(example, completion, prompt: str, accept, seconds: float, own: bool = False) -> dict:
+    """A rewrite and the filter's verdict; ``own``: the seed's own answer and whether it passes the same filter."""
+    text = completion.text.strip()
+    completion.text = text
     decision = accept(example, completion, prompt)
-    return {"id": example.id, "accepted": decision.accepted, "reason": decision.reason,
-            "detail": decision.detail, "rewrite": rewrite, "finish_reason": completion.finish_reason,
+    verdict, kept = ("passed", "answer") if own else ("accepted", "rewrite")
+    return {"id": example.id, verdict: decision.accepted, "reason": decision.reason,
+            "detail": decision.detail, kept: text, "finish_reason": completion.finish_reason,
             "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
             "prompt_truncated": completion.prompt_truncated, "seconds": seconds}
 
 
-def _finish(examples, progress: ProgressFile, out: Path) -> dict:
+def _finish(examples, progress: ProgressFile, own: ProgressFile | None, out: Path, config) -> dict:
     from sdft.base.data import with_response
 
-    records = []
+    records, done = [], []
     for ex in examples:
-        p = progress.records[ex.id]
-        record = with_response(ex, p["rewrite"] if p["accepted"] else ex.response)
-        record["sdft"] = {"id": ex.id, "accepted": p["accepted"], "reason": p["reason"],
+        p, mine = progress.records[ex.id], own.records[ex.id] if own is not None else None
+        verdict = formats.decide(p, mine, config)
+        target = formats.target(ex, p["rewrite"], verdict, mine)
+        record = with_response(ex, target)
+        record["sdft"] = {"id": ex.id, "accepted": verdict["accepted"], "reason": verdict["reason"],
                           "rewrite": p["rewrite"], "original": ex.response,
                           "finish_reason": p["finish_reason"]}
+        if mine is not None:  # only then: distilled files without own answers stay as they were
+            record["sdft"].update(detail=verdict["detail"], self_answer=mine["answer"],
+                                  self_answer_reason=mine["reason"])
+            if "source" in verdict:  # self-answer mode: training reads the target from here
+                record["sdft"].update(source=verdict["source"], target=target)
         records.append(record)
+        done.append({**p, **verdict})
     write_jsonl(out / layout.DISTILLED, records)
-    stats = _stats([progress.records[ex.id] for ex in examples])
+    stats = _stats(done)
+    if own is not None:
+        stats.update(formats.counts(done, [own.records[ex.id] for ex in examples], config))
     stats["output"] = str(out / layout.DISTILLED)
     write_json(out / layout.DISTILL_STATS, stats)
     return stats
+
+
+def _with_counts(run: dict, stats: dict) -> dict:
+    """run.json with the mode's counts beside its settings."""
+    run = {**run, "self_answers": stats["self_answers"]}
+    if "format_guard" in stats:
+        run["format_guard"] = {**run["format_guard"], "rejected": stats["format_guard"]}
+    if "sources" in stats:
+        run["self_answer"] = {**run["self_answer"], "sources": stats["sources"]}
+    return run
 
 
 def _stats(done: list[dict]) -> dict:
@@ -179,6 +223,9 @@ def _stats(done: list[dict]) -> dict:
 
 def summarize(stats: dict) -> str:
     reasons = ", ".join(f"{k}: {v}" for k, v in stats["reasons"].items())
+    own = stats.get("self_answers")
+    extra = (f"; the seed's own answers passed the filter {own['passed']} times" if own else "") + (
+        "; targets: " + ", ".join(f"{k} {v}" for k, v in stats["sources"].items()) if "sources" in stats else "")
     return (f"distilled {stats['examples']} examples: {stats['accepted']} rewrites accepted "
-            f"({stats['acceptance_rate']:.0%}; {reasons}); {stats['tokens_per_second']} new tokens/s\n"
+            f"({stats['acceptance_rate']:.0%}; {reasons}){extra}; {stats['tokens_per_second']} new tokens/s\n"
             f"wrote {stats['output']} (and stats.json, run.json beside it)")

@@ -8,12 +8,18 @@
 ``replay``         vanilla plus a share of general examples (a dataset, or the seed's own answers)
 ``interp``         WiSE-FT: the vanilla adapter scaled by each alpha (no extra training)
 ``sdft+replay``    rewrites plus replay; ``onpolicy+replay`` likewise
+``sdft-guard``     SDFT on a distillation with the format guard (``sdft distill --format-guard``; beyond the
+                   paper): rewrites that open or run unlike the seed's own answers keep the original
+``self-answer``    the seed's own answer where it passes the filter, else the accepted rewrite, else the
+                   original (``sdft distill --self-answer``; beyond the paper)
 =================  =====================================================================================
 
 Every arm trains on the same examples (the distilled file: the rewrite arms read its rewrites, the others
 its original responses), with the same ``train`` section, and gets the same evaluation, shift analysis
-and paired comparison with vanilla. This module turns a run config's ``arms`` and its ``replay``,
-``onpolicy`` and ``interp`` sections into the list of models to build; it knows nothing of folders.
+and paired comparison with vanilla; ``sdft-guard`` and ``self-answer`` read their own distillation of the same
+examples (the run's ``distill`` section plus the arm's options). This module turns a run config's ``arms`` and
+its ``replay``, ``onpolicy``, ``guard`` and ``interp`` sections into the list of models to build; it knows
+nothing of folders.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from typing import Literal
 from sdft.base.config import field, from_dict
 from sdft.base.errors import ConfigError
 
-ARMS = ("vanilla", "sdft", "onpolicy", "replay", "interp", "sdft+replay", "onpolicy+replay")
+ARMS = ("vanilla", "sdft", "onpolicy", "replay", "interp", "sdft+replay", "onpolicy+replay", "sdft-guard",
+        "self-answer")
 DEFAULT_ARMS = ["vanilla", "sdft"]
-_REWRITES = {"sdft": 1.0, "sdft+replay": 1.0}  # arms that learn from rewrites, and their mix ratio
+# Arms that learn from the distillation's targets, and their mix ratio.
+_REWRITES = {"sdft": 1.0, "sdft+replay": 1.0, "sdft-guard": 1.0, "self-answer": 1.0}
 
 
 @dataclass
@@ -38,6 +46,14 @@ class ReplaySection:
     ratio: float = field(0.25, "replay examples per task example")
     source: Literal["data", "seed"] = field("data", "the file's responses, or the seed's greedy answers")
     max_new_tokens: int = field(256, "token budget of the seed's answers (source seed)")
+
+
+@dataclass
+class GuardSection:
+    """The ``guard`` section: the format guard's length bounds (``sdft distill --guard-*``, without the prefix)."""
+
+    min_length_ratio: float = field(0.5, "shortest rewrite accepted, as a share of the seed's own answer's length")
+    max_length_ratio: float = field(2.0, "longest rewrite accepted, likewise")
 
 
 @dataclass
@@ -56,6 +72,7 @@ class Point:
     mix_ratio: float
     sample_size: int | None = None
     overrides: dict = dataclasses.field(default_factory=dict)
+    distill: dict = dataclasses.field(default_factory=dict)  # DistillConfig settings of its own distillation
 
     @property
     def recipe(self) -> str:
@@ -68,10 +85,10 @@ class Point:
         """What distinguishes the model within its recipe (``sdft.base.layout.Arm.params``)."""
         if self.recipe == "mix":
             return {"mix_ratio": self.mix_ratio, "sample_size": self.sample_size}
-        return {"targets": "rewrites" if self.mix_ratio else "originals", **self.overrides}
+        return {"targets": "rewrites" if self.mix_ratio else "originals", **self.overrides, **self.distill}
 
 
-def check(arms: list[str], sections: dict, train_section: dict) -> None:
+def check(arms: list[str], sections: dict, train_section: dict, distill_section: dict | None = None) -> None:
     """Refuse unknown or contradictory arms and unused sections, and build every arm's train settings now."""
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -83,7 +100,7 @@ def check(arms: list[str], sections: dict, train_section: dict) -> None:
     if "interp" in arms and train_section.get("method") == "full":
         raise ConfigError("the interp arm scales a LoRA adapter; with train method full it is not available")
     users = {"replay": [a for a in arms if "replay" in a], "onpolicy": [a for a in arms if "onpolicy" in a],
-             "interp": [a for a in arms if a == "interp"]}
+             "interp": [a for a in arms if a == "interp"], "guard": [a for a in arms if a == "sdft-guard"]}
     for name, used_by in users.items():
         if sections.get(name) and not used_by:
             raise ConfigError(f"section '{name}' is set but no arm uses it (arms: {', '.join(arms)})")
@@ -91,11 +108,18 @@ def check(arms: list[str], sections: dict, train_section: dict) -> None:
     if users["replay"] and not replay.data:
         raise ConfigError("the replay arms need 'replay: {data: FILE}' (a general dataset to replay)")
     interp_section(sections)
+    from sdft.distill.config import DistillConfig
     from sdft.train.config import TrainConfig
 
     for point in train_points(arms, sections, mix_ratios=[], sample_sizes=[]):
         from_dict(TrainConfig, {**train_section, "data": "-", "out": "-", **point.overrides},
                   f"arm '{point.arm}' (train section + its options)")
+        if point.distill:
+            where = f"arm '{point.arm}' (distill section + its options)"
+            try:
+                from_dict(DistillConfig, {**(distill_section or {}), "data": "-", "out": "-", **point.distill}, where)
+            except ConfigError as exc:  # a check of the settings together names no section: say which
+                raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
 
 
 def replay_section(sections: dict) -> ReplaySection:
@@ -107,6 +131,15 @@ def interp_section(sections: dict) -> InterpSection:
 
     section = from_dict(InterpSection, sections.get("interp") or {}, "interp section")
     return InterpSection(check_alphas(section.alphas))
+
+
+def _distill_overrides(arm: str, sections: dict) -> dict:
+    """The ``DistillConfig`` settings of an arm's own distillation (none: it reads the run's)."""
+    if arm == "sdft-guard":
+        guard = from_dict(GuardSection, sections.get("guard") or {}, "guard section")
+        return {"format_guard": True, "guard_min_length_ratio": guard.min_length_ratio,
+                "guard_max_length_ratio": guard.max_length_ratio}
+    return {"self_answer": True} if arm == "self-answer" else {}
 
 
 def _overrides(arm: str, sections: dict) -> dict:
@@ -133,7 +166,8 @@ def train_points(arms: list[str], sections: dict, mix_ratios: list[float], sampl
         points.append(Point("sdft", "sdft", 1.0))
     for arm in arms:
         if arm not in ("vanilla", "sdft", "interp"):
-            points.append(Point(arm, arm, _REWRITES.get(arm, 0.0), overrides=_overrides(arm, sections)))
+            points.append(Point(arm, arm, _REWRITES.get(arm, 0.0), overrides=_overrides(arm, sections),
+                                distill=_distill_overrides(arm, sections)))
     for size in sorted(set(sample_sizes)):
         points += [Point(f"{arm}-n{size}", arm, ratio, size) for arm, ratio in (("vanilla", 0.0), ("sdft", 1.0))
                    if arm in arms]

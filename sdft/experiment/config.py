@@ -43,6 +43,8 @@ class RunConfig(Validated):
     replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens")
     onpolicy: dict = field(default_factory=dict, help="onpolicy arms: sdft train --onpolicy-* keys without the prefix")
     interp: dict = field(default_factory=dict, help="interp arm: alphas (0 = seed, 1 = vanilla)")
+    guard: dict = field(default_factory=dict, help="sdft-guard arm: min_length_ratio, max_length_ratio (sdft "
+                                                   "distill --guard-* keys without the prefix)")
     train_seeds: list[int] | None = field(
         None, "training seeds: every trained arm is trained and evaluated once per seed (sdft train --seed: "
         "subset, mix choice, batch order, adapter init); the report shows the mean and spread over seeds. "
@@ -63,12 +65,12 @@ class RunConfig(Validated):
         if per_arm:
             raise ConfigError(f"section 'train' may not set {', '.join(per_arm)}: they belong to arms "
                               "(use 'arms' and the replay / onpolicy sections)")
-        arms.check(self.arms, self.arm_sections, self.train)
+        arms.check(self.arms, self.arm_sections, self.train, self.distill)
         seeds.check(self.train_seeds)
 
     @property
     def arm_sections(self) -> dict:
-        return {"replay": self.replay, "onpolicy": self.onpolicy, "interp": self.interp}
+        return {"replay": self.replay, "onpolicy": self.onpolicy, "interp": self.interp, "guard": self.guard}
 
     @property
     def run_dir(self) -> Path:

@@ -3,7 +3,8 @@
 Stages, each a call to a stage function (never a subprocess):
 
 1. evaluate the seed model;
-2. distil the training set once with the seed model;
+2. distil the training set once with the seed model (and once more for each arm with a distillation of its
+   own: ``sdft-guard``, ``self-answer``);
 3. train at every (mix ratio, sample size) point — mix 0 is vanilla fine-tuning, mix 1 is SDFT — on the
    distilled file, so every point sees the same examples and only the targets differ; once per training
    seed (``train_seeds``; distillation and the seed's evaluation are shared);
@@ -99,8 +100,6 @@ def _check_data(config: RunConfig) -> None:
 
 
 KEY_LENGTH = 10  # characters of the stage key in a folder name
-
-
 def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dict], log=print, *,
               same_settings: bool = False) -> dict:
     """Run ``work(folder)`` unless ``folder`` holds a finished stage (its name carries its key). With
@@ -148,7 +147,9 @@ def run(config: RunConfig, log=print) -> Manifest:
     manifest.distill = StageRecord(str(distill_dir), run_stage(
         distill_dir, distill_key, keyed_settings(distill_config),
         lambda f: distill(replace(distill_config, out=str(f))), log))
-    distilled = str(distill_dir / layout.DISTILLED)
+    # The arms with a distillation of their own (sdft-guard, self-answer) get it now, while the engine is warm.
+    distillations = {point.arm: _arm_distillation(point, stages, run_dir, log)
+                     for point in sweep_points(config) if point.distill}
 
     def finish(label: str, recipe: str, params: dict, trained: StageRecord, key: str, seed: int | None) -> None:
         """Evaluate a trained (or interpolated) model, compare it with the seed, add it to the manifest."""
@@ -176,12 +177,16 @@ def run(config: RunConfig, log=print) -> Manifest:
             label = seeds.label(point.label, seed, primary)
             train_config = replace(stages["train"], seed=seed, mix_ratio=point.mix_ratio, limit=point.sample_size,
                                    **point.overrides)
-            key = stage_key(train_config, distill_key)
+            upstream, source = distillations.get(point.arm, (distill_key, distill_dir))
+            key = stage_key(train_config, upstream)
             folder = layout.stage_dir(run_dir, layout.TRAIN, label, key[:KEY_LENGTH])
+            distilled = str(source / layout.DISTILLED)
             trained = StageRecord(str(folder), run_stage(
                 folder, key, keyed_settings(train_config),
-                lambda f, c=train_config: _train(replace(c, data=distilled, out=str(f))), log))
-            finish(label, point.recipe, point.params, trained, key, recorded)
+                lambda f, c=train_config, d=distilled: _train(replace(c, data=d, out=str(f))), log))
+            # The report finds an arm's own distillation through its params.
+            params = {**point.params, "distill": str(source)} if point.distill else point.params
+            finish(label, point.recipe, params, trained, key, recorded)
         for interp_label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
             vanilla = manifest.arms[seeds.label("vanilla", seed, primary)]  # the vanilla of the same seed
             label = seeds.label(interp_label, seed, primary)
@@ -192,6 +197,22 @@ def run(config: RunConfig, log=print) -> Manifest:
     paths = report.write_report(run_dir)
     log(f"report: {paths['md']}\n        {paths['html']}")
     return manifest
+
+
+def _arm_distillation(point: arms.Point, stages: dict, run_dir: Path, log) -> tuple[str, Path]:
+    """``(key, folder)`` of an arm's own distillation: the run's distill section plus the arm's options, the
+    seed's own answers under the train section's template when it names one (what the arm trains under).
+    The same settings as the run's distillation give its very folder."""
+    from sdft.distill.stage import distill
+
+    overrides = dict(point.distill)
+    if stages["train"].template and stages["distill"].answer_template is None:
+        overrides["answer_template"] = stages["train"].template
+    config = replace(stages["distill"], **overrides)
+    key = _distill_key(config, run_dir)
+    folder = layout.stage_dir(run_dir, layout.DISTILL, "distill", key[:KEY_LENGTH])
+    run_stage(folder, key, keyed_settings(config), lambda f: distill(replace(config, out=str(f))), log)
+    return key, folder
 
 
 def _distill_key(config: DistillConfig, run_dir: Path) -> str:

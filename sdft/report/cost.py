@@ -35,6 +35,8 @@ def cost_row(arm: Arm) -> list[str]:
     notes = []
     if arm.recipe == "mix" and arm.mix_ratio or arm.recipe == "sdft+replay":
         notes.append("+ distillation (shared, caption)")
+    if arm.params.get("distill"):  # sdft-guard, self-answer
+        notes.append("+ its own distillation: rewrites and the seed's own answers (distillation section)")
     if (data.get("replay") or {}).get("source") == "seed":
         notes.append("+ seed answers to the replay prompts (cached, once)")
     per_step = f"{seconds / steps:.2f}" if seconds and steps else "–"

@@ -18,6 +18,7 @@ from sdft.base.seed_stats import seed_mean, seed_variance
 from sdft.base.stats import Metric
 from sdft.base.store import read_jsonl
 from sdft.report import cost as report_cost
+from sdft.report import distillation as report_distillation
 from sdft.report import openings as report_openings
 from sdft.report import paired, plots
 from sdft.report.config import ReportConfig
@@ -139,37 +140,6 @@ def _folder(arm: Arm) -> str:
     return "/".join(Path(record.dir).parts[-2:])
 
 
-def distilled_records(manifest: Manifest, run_dir: Path) -> list[dict]:
-    """The distillation's per-example records (original, rewrite, verdict); [] if the run distilled nothing."""
-    if manifest.distill is None:
-        return []
-    path = manifest.distill.path(run_dir) / layout.DISTILLED
-    return [r["sdft"] for r in read_jsonl(path)] if path.is_file() else []
-
-
-def distill_section(manifest: Manifest, records: list[dict], n_examples: int = 2) -> str:
-    if manifest.distill is None:
-        return ""
-    stats = manifest.distill.result
-    reasons = _table(["reason", "count"], [[k, v] for k, v in stats["reasons"].items()])
-    text = (f"## Distillation\n\n{stats['examples']} examples, {stats['accepted']} rewrites accepted "
-            f"({stats['acceptance_rate']:.0%}); {stats.get('completion_tokens', '?')} new tokens at "
-            f"{stats.get('tokens_per_second', '?')} tokens/s; {stats.get('prompts_truncated', 0)} prompts "
-            f"truncated.\n\n{reasons}\n")
-    for accepted in (True, False):
-        picked = [r for r in records if r["accepted"] == accepted][:n_examples]
-        title = "Accepted" if accepted else "Rejected"
-        for p in picked:
-            text += (f"\n**{title} rewrite** (`{p['id']}`, reason: {p['reason']})\n\n"
-                     f"- original: {_clip(p['original'])}\n- rewrite: {_clip(p['rewrite'])}\n")
-    return text
-
-
-def _clip(text: str | None, limit: int = 300) -> str:
-    text = (text or "").replace("\n", " ⏎ ")
-    return text if len(text) <= limit else text[:limit] + " …"
-
-
 def shift_section(manifest: Manifest) -> str:
     rows, baseline = [], None
     for label, arm in manifest.arms.items():
@@ -273,14 +243,15 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     manifest = Manifest.read(run_dir)
     images = plots.make_plots(manifest, run_dir)
     generations = load_generations(manifest, run_dir)
-    distilled = distilled_records(manifest, run_dir)
+    distilled = report_distillation.distilled_records(manifest, run_dir)
     scores = paired.load_scores(manifest, run_dir, generations)  # per-item files; generations in older folders
     parts = [f"# SDFT report: {manifest.name}\n",
              f"Seed model `{manifest.model}`, training data `{manifest.data}` (task kind "
              f"{manifest.task}){_system_line(manifest)}. Every stage's settings are in its folder's "
              f"`{layout.STAGE}` and `{layout.RUN_RECORD}`.\n",
              results_section(manifest), paired.paired_section(manifest, scores),
-             distill_section(manifest, distilled), openings_section(distilled, generations),
+             report_distillation.distill_section(manifest, distilled, run_dir),
+             openings_section(distilled, generations),
              length_section(generations), shift_section(manifest),
              cost_section(manifest)]
     if images:

@@ -40,6 +40,10 @@ class TrainConfig(Validated):
     max_length: int = field(1024, "prompt + response tokens; longer examples are cut at the end")
     limit: int | None = field(None, "train on a seeded random subset of N examples")
     seed: int = field(42, "seed for the subset, the mix, the batch order and the adapter init")
+    batch_order: Literal["length", "prompt", "index"] = field(
+        "length", "micro-batches grouped by prompt + target tokens (length: least padding), by prompt tokens "
+                  "(prompt) or not at all (index); prompt and index give every arm at a seed the same examples "
+                  "in each micro-batch whatever its targets", keyed=IF_SET)
     mix_ratio: float | None = field(None, "distilled data: share of accepted rewrites used as targets "
                                           "(1 = SDFT, the default; 0 = vanilla on the same records)")
     task: TaskKind = field("general", "task kind: picks the prompt template (math preset for math)")

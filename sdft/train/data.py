@@ -14,6 +14,7 @@ resuming then only has to skip the batches already done, which the Trainer does 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -65,7 +66,7 @@ def choose_targets(examples: list, mix_ratio: float | None, seed: int) -> tuple[
     records whose rewrite was accepted, a seeded share ``mix_ratio`` (default 1 = SDFT) learns the rewrite and
     the rest the original response (0 = vanilla fine-tuning on the same records).
     """
-    from sdft.base.data import is_distilled, pick_response
+    from sdft.base.data import is_distilled, offers_new_target, pick_response
 
     distilled = [is_distilled(ex) for ex in examples]
     if any(distilled) and not all(distilled):
@@ -79,16 +80,19 @@ def choose_targets(examples: list, mix_ratio: float | None, seed: int) -> tuple[
         return pairs, {"distilled": False, "examples": len(pairs), "accepted": 0,
                        "rewritten": 0, "original": len(pairs), "mix_ratio": None}
     ratio = 1.0 if mix_ratio is None else mix_ratio
-    accepted = [ex.id for ex in examples if ex.source["sdft"].get("accepted")]
+    accepted = [ex.id for ex in examples if offers_new_target(ex.source["sdft"])]
     use = rewrite_ids(accepted, ratio, seed)
     pairs = [(ex, pick_response(ex, ex.id in use), ex.id in use) for ex in examples]
     # The reference filter (--filter-mode paper) accepts an empty rewrite; the reference's training
     # preprocessing then skips the example. Do the same, and count it.
     kept = [p for p in pairs if p[1].strip()]
     rewritten = sum(1 for _, _, r in kept if r)
-    return kept, {"distilled": True, "examples": len(kept), "accepted": len(accepted),
-                  "rewritten": rewritten, "original": len(kept) - rewritten, "mix_ratio": ratio,
-                  "dropped_empty_rewrite": len(pairs) - len(kept)}
+    counts = {"distilled": True, "examples": len(kept), "accepted": len(accepted), "rewritten": rewritten,
+              "original": len(kept) - rewritten, "mix_ratio": ratio, "dropped_empty_rewrite": len(pairs) - len(kept)}
+    if any("source" in ex.source["sdft"] for ex in examples):  # self-answer mode: "rewritten" = a new target
+        counts["sources"] = {source: sum(r and ex.source["sdft"]["source"] == source for ex, _, r in kept)
+                             for source in ("self", "rewrite")}
+    return kept, counts
 
 
 def strip_duplicate_bos(prompt: str, tokenizer) -> str:
@@ -172,17 +176,60 @@ def batch_order(lengths: list[int], n_samples: int, micro_batch: int, seed: int)
     n = len(lengths)
     order: list[int] = []
     rng = random.Random(f"order:{seed}")
-    mega = micro_batch * MEGABATCH_BATCHES
     while len(order) < n_samples:
         perm = list(range(n))
         rng.shuffle(perm)
-        groups = []
-        for start in range(0, n, mega):
-            chunk = sorted(perm[start:start + mega], key=lambda i: -lengths[i])
-            groups += [chunk[i:i + micro_batch] for i in range(0, len(chunk), micro_batch)]
+        groups = _micro_batches(perm, lengths, micro_batch)
         rng.shuffle(groups)
         order += [i for g in groups for i in g]
     return order[:n_samples]
+
+
+def _micro_batches(perm: list[int], lengths: list[int], micro_batch: int) -> list[list[int]]:
+    """``perm`` cut into micro-batches, sorted by length (longest first) inside each mega-batch."""
+    mega = micro_batch * MEGABATCH_BATCHES
+    groups = []
+    for start in range(0, len(perm), mega):
+        chunk = sorted(perm[start:start + mega], key=lambda i: -lengths[i])
+        groups += [chunk[i:i + micro_batch] for i in range(0, len(chunk), micro_batch)]
+    return groups
+
+
+def common_order(ids: list[str], group_by: list[int], n_samples: int, micro_batch: int, seed: int) -> list[int]:
+    """Like :func:`batch_order`, from what every arm at a seed shares: the example ids (each pass's permutation
+    sorts them by a hash of seed, pass and id) and ``group_by`` (prompt lengths, or all 0: no grouping). Arms
+    that train the same examples then get the same examples in every micro-batch whatever their targets.
+    Without grouping, an example one arm lacks (an empty rewrite dropped) leaves the others in the same order."""
+    order: list[int] = []
+    rounds = 0
+    while len(order) < n_samples:
+        perm = sorted(range(len(ids)),
+                      key=lambda i: hashlib.sha256(f"order:{seed}:{rounds}:{ids[i]}".encode()).digest())
+        groups = _micro_batches(perm, group_by, micro_batch)
+        if any(group_by):  # sorted by length inside mega-batches: shuffled, lest they form a curriculum
+            random.Random(f"order:{seed}:{rounds}").shuffle(groups)
+        order += [i for g in groups for i in g]
+        rounds += 1
+    return order[:n_samples]
+
+
+def order_for(how: str, targets: list[Target], lengths: list[int], tokenizer, n_samples: int, micro_batch: int,
+              seed: int) -> list[int]:
+    """The batch order ``--batch-order`` asks for. ``length`` groups by prompt + target tokens (least padding,
+    but each arm's targets differ, so arms at one seed see different batches and per-seed differences get
+    noisier); ``prompt`` by prompt tokens alone and ``index`` by nothing: the same batches for every arm."""
+    if how == "length":
+        return batch_order(lengths, n_samples, micro_batch, seed)
+    if how == "index":
+        group_by = [0] * len(targets)
+    else:  # rstrip: on_token_boundary moves a prompt's trailing whitespace depending on the completion
+        group_by = [len(ids) for ids in tokenizer([t.prompt.rstrip() for t in targets]).input_ids]
+    return common_order([t.id for t in targets], group_by, n_samples, micro_batch, seed)
+
+
+def order_digest(targets: list[Target], order: list[int]) -> str:
+    """SHA-256 of the example ids in training order: equal in two runs' train.json = the same batches."""
+    return hashlib.sha256(json.dumps([targets[i].id for i in order]).encode()).hexdigest()
 
 
 def padding_efficiency(lengths: list[int], order: list[int], batch: int) -> float:
@@ -287,6 +334,7 @@ def write_record(run) -> dict:
                      "processes": run.world, "global_batch": global_batch, "precision": run.precision,
                      "base_weights_dtype": base_dtype(config.method, run.precision), "compiled": run.compiled,
                      "device": "cuda" if run.cuda else "cpu", **run.parameters,
+                     "batch_order": config.batch_order, "batch_order_sha256": order_digest(run.targets, run.order),
                      "resumed_from": run.checkpoint.name if run.checkpoint else None},
         "loss": per_step,
         "final_loss": per_step[-1]["loss"] if per_step else None,

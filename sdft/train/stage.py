@@ -131,7 +131,8 @@ def prepare(config: TrainConfig) -> Run:
     world = launched_processes()
     global_batch = config.batch_size * config.grad_accum * world
     steps = train_data.total_steps(len(targets), config.epochs, config.max_steps, global_batch)
-    order = train_data.batch_order(lengths, steps * global_batch, config.batch_size * world, config.seed)
+    order = train_data.order_for(config.batch_order, targets, lengths, tokenizer, steps * global_batch,
+                                 config.batch_size * world, config.seed)
     trainer, progress = make_trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision,
                                      run_key)
     if trainer.accelerator.num_processes != world:

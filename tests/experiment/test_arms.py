@@ -51,3 +51,31 @@ def test_default_arms_are_todays_vanilla_and_sdft():
 def test_bad_arms_get_one_clear_line(names, sections, train, message):
     with pytest.raises(ConfigError, match=message):
         arms.check(names, sections, train)
+
+
+def test_a_run_gives_every_arm_the_batch_order_of_its_train_section(tmp_path):
+    import json
+
+    from sdft.base.config import from_dict, keyed_settings
+    from sdft.experiment.config import RunConfig
+    from sdft.experiment.pipeline import stage_configs
+
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}]))
+    run = {"name": "x", "data": str(data), "arms": ["vanilla", "sdft", "replay"], "replay": {"data": str(data)},
+           "eval": {"tasks": ["gsm8k"]}}
+    train = stage_configs(from_dict(RunConfig, {**run, "train": {"batch_order": "index"}}, "run.yaml"))["train"]
+    assert train.batch_order == "index" and keyed_settings(train)["batch_order"] == "index"
+    # Unset, the setting stays out of the key: earlier runs keep their training folders.
+    assert "batch_order" not in keyed_settings(stage_configs(from_dict(RunConfig, run, "run.yaml"))["train"])
+
+
+def test_format_aware_arms_bring_the_settings_of_their_own_distillation():
+    points = {p.label: p for p in arms.train_points(["vanilla", "sdft-guard", "self-answer"],
+                                                     {"guard": {"min_length_ratio": 0.25}}, [], [])}
+    assert points["sdft-guard"].distill == {"format_guard": True, "guard_min_length_ratio": 0.25,
+                                            "guard_max_length_ratio": 2.0}
+    assert points["self-answer"].distill == {"self_answer": True} and points["vanilla"].distill == {}
+    assert points["sdft-guard"].mix_ratio == points["self-answer"].mix_ratio == 1.0  # they learn the targets
+    assert not points["self-answer"].overrides  # the same train settings as every other arm
+    assert points["self-answer"].params == {"targets": "rewrites", "self_answer": True}

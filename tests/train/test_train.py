@@ -131,6 +131,51 @@ def test_batch_order_groups_lengths_and_covers_each_pass():
     assert grouped > 0.9 > train_data.padding_efficiency(lengths, list(range(64)) * 3, 4)
 
 
+class _Words:
+    """Test double tokenizer: whitespace words."""
+
+    def __call__(self, texts):
+        from types import SimpleNamespace
+        return SimpleNamespace(input_ids=[t.split() for t in texts])
+
+
+def _arm_batches(examples, mix: float, how: str, seed: int = 3) -> list[list[str]]:
+    """The example ids of each micro-batch (4 examples) over three passes for one arm's targets."""
+    pairs, _ = train_data.choose_targets(examples, mix, seed)
+    targets = [train_data.Target(ex.id, f"Question: {ex.instruction}" + " more" * (int(ex.id[1:]) % 5), response,
+                                 rewritten) for ex, response, rewritten in pairs]
+    lengths = [len((t.prompt + " " + t.response).split()) for t in targets]
+    order = train_data.order_for(how, targets, lengths, _Words(), 3 * len(targets), 4, seed)
+    return [[targets[i].id for i in order[s:s + 4]] for s in range(0, len(order), 4)]
+
+
+def test_prompt_and_index_orders_give_vanilla_and_sdft_the_same_batches(tmp_path):
+    from sdft.base.data import load_examples
+
+    rows = [{"id": f"r{i}", "instruction": f"question {i}", "input": "", "output": f"original {i}",
+             "sdft": {"accepted": True, "reason": "accepted", "rewrite": "a long rewrite " * (1 + 7 * (i % 3)),
+                      "original": f"original {i}"}} for i in range(40)]
+    path = tmp_path / "distilled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = load_examples(path)
+    # The default groups by target length: vanilla and SDFT at one seed see different batches.
+    assert _arm_batches(examples, 0.0, "length") != _arm_batches(examples, 1.0, "length")
+    for how in ("prompt", "index"):
+        vanilla = _arm_batches(examples, 0.0, how)
+        assert vanilla == _arm_batches(examples, 1.0, how) == _arm_batches(examples, 0.5, how)
+        flat = [i for batch in vanilla for i in batch]
+        for p in range(3):  # every pass is a permutation of the data, passes reshuffled
+            assert sorted(flat[p * 40:(p + 1) * 40]) == sorted(r["id"] for r in rows)
+        assert flat[:40] != flat[40:80]
+        assert vanilla != _arm_batches(examples, 0.0, how, seed=4)
+    assert _arm_batches(examples, 0.0, "prompt") != _arm_batches(examples, 0.0, "index")
+    # An example one arm lacks (an empty rewrite dropped) leaves the others in the same order.
+    fewer = [ex for ex in examples if ex.id != "r7"]
+    first_pass = [i for batch in _arm_batches(examples, 0.0, "index") for i in batch][:40]
+    assert [i for batch in _arm_batches(fewer, 1.0, "index") for i in batch][:39] == [i for i in first_pass
+                                                                                       if i != "r7"]
+
+
 # ------------------------------------------------------------------------------------- training runs
 
 def test_only_response_tokens_carry_loss(tiny_model, tmp_path):
@@ -204,6 +249,16 @@ def test_distilled_run_records_counts(tiny_model, tmp_path):
     data = result["data"]
     assert data["distilled"] and data["examples"] == 8 and data["mix_ratio"] == 0.5
     assert data["rewritten"] + data["original"] == 8 and data["rewritten"] == round(0.5 * data["accepted"])
+
+
+def test_index_order_is_recorded_and_shared_by_vanilla_and_sdft(tiny_model, tmp_path):
+    data = distilled_file(tmp_path)
+    runs = {mix: train(config(tiny_model, data, tmp_path / f"mix{mix}", max_steps=2, mix_ratio=mix,
+                              batch_order="index"))["training"] for mix in (0.0, 1.0)}
+    assert runs[0.0]["batch_order"] == runs[1.0]["batch_order"] == "index"
+    assert runs[0.0]["batch_order_sha256"] == runs[1.0]["batch_order_sha256"]
+    recorded = json.loads((tmp_path / "mix0.0" / "train.json").read_text())
+    assert recorded["training"]["batch_order_sha256"] == runs[0.0]["batch_order_sha256"]
 
 
 def test_prompts_longer_than_max_length_are_left_out_with_a_warning(tiny_model, tmp_path):
