@@ -30,7 +30,7 @@ from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest, StageRecord
 from sdft.base.store import write_json
 from sdft.distill.config import DistillConfig
-from sdft.experiment import answer_reuse, arms
+from sdft.experiment import answer_reuse, arms, overrides
 from sdft.experiment.config import RunCommand, RunConfig
 from sdft.tasks import task_revisions
 
@@ -46,10 +46,11 @@ def help_epilog() -> str:
     return "\n".join(lines)
 
 
-def load_run_config(path: str | Path, **overrides) -> RunConfig:
-    """Load and fully validate a run config, including every stage section, before any work starts."""
-    data = load_yaml(path)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+def load_run_config(path: str | Path, settings: list[str] = (), **flags) -> RunConfig:
+    """Load and fully validate a run config, including every stage section, before any work starts:
+    the file, then ``settings`` (``section.key=value`` overrides), then ``flags`` that are not None."""
+    data = overrides.apply(load_yaml(path), list(settings))
+    data.update({k: v for k, v in flags.items() if v is not None})
     config = from_dict(RunConfig, data, str(path))
     stage_configs(config)  # builds every stage config: unknown keys and bad types fail now
     return config
@@ -279,11 +280,10 @@ def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> d
 
 
 def run_command(command: RunCommand) -> dict:
-    if not command.config:
-        raise ConfigError("usage: sdft run CONFIG.yaml")
     from sdft.base import runlock
 
-    config = load_run_config(command.config, name=command.name, out_root=command.out_root)
+    path, settings = command.file_and_overrides()
+    config = load_run_config(path, settings, name=command.name, out_root=command.out_root)
     with runlock.claim(config.run_dir, provenance.command_line()):
         run(config)
     return {"name": config.name, "report": str(config.run_dir / layout.REPORT_MD)}
