@@ -287,9 +287,11 @@ def refuse_other_key(where: Path, before: dict | None, key: str, settings: dict)
                           "output folder, or start over")
 
 
-def finish_stage(folder: Path, key: str, settings: dict, result: dict) -> None:
-    """Mark the stage in ``folder`` done: a rerun with the same key returns ``result`` without work."""
-    write_json(Path(folder) / STAGE, {"key": key, "settings": _recordable(settings), "result": result})
+def finish_stage(folder: Path, key: str, settings: dict, result: dict, seconds: float | None = None) -> None:
+    """Mark the stage in ``folder`` done: a rerun with the same key returns ``result`` without work.
+    ``seconds``: the wall time of the session that finished it (``sdft run --dry-run`` estimates from it)."""
+    timing = {} if seconds is None else {"seconds": round(seconds, 2)}
+    write_json(Path(folder) / STAGE, {"key": key, "settings": _recordable(settings), "result": result, **timing})
 
 
 def _recordable(settings: dict) -> dict:

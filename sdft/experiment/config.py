@@ -89,6 +89,8 @@ class RunCommand:
     config: str | None = field(None, "the experiment YAML file (the same as naming it first)")
     name: str | None = field(None, "override the config's name")
     out_root: str | None = field(None, "override the config's out_root")
+    dry_run: bool = field(False, "print the plan: each stage, whether it is done (cached) or to run, and an "
+                                 "estimate of its time from the stages already on disk; load no model, run nothing")
 
     def file_and_overrides(self) -> tuple[str, list[str]]:
         """The config file and the overrides after it."""
