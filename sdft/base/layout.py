@@ -6,7 +6,7 @@ helpers from here. ``sdft run`` lays a run out as::
 
     RUN/config.json  manifest.json  report.md  report.html  plots/
     RUN/distill/distill-KEY/    run.json stats.json distilled.jsonl progress.jsonl stage.json
-    RUN/train/LABEL-KEY/        adapter (or weights) train.json loss.png checkpoints/ stage.json
+    RUN/train/LABEL-KEY/        adapter (or weights) train.json loss.png checkpoints/ tensorboard/ stage.json
     RUN/eval/LABEL-KEY/         results.json generations/TASK.jsonl generations/.cache/ stage.json
     RUN/eval/LABEL-KEY/compare/ answer_shift.json weight_shift.json stage.json
     RUN/eval/seed-KEY/nll/      the seed answers' NLL under each scoring model (sdft.compare.answers's disk cache)
@@ -45,6 +45,7 @@ NLL_SCORES = "nll"                # in the reference eval folder: its answers' N
 RUN_GUARD = "sdft-run.json"       # in checkpoints/: the key a resumed training run must share with the first
 DISTILL, TRAIN, EVAL = "distill", "train", "eval"  # the stage folders of a run
 INTERP, INTERP_RECORD = "interp", "interp.json"  # the interp arm's scaled adapters (sdft.train.interp)
+TENSORBOARD = "tensorboard"       # in a training folder: TensorBoard event files (--report-to tensorboard)
 PLOT_FILES = {"mix_ratio": "mix_ratio.png", "shift_vs_mix": "shift_vs_mix.png", "sample_size": "sample_size.png",
               "similarity": "similarity.png", "loss": LOSS_PLOT, "arms": "arms.png", "interp": "interp.png"}
 

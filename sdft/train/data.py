@@ -248,6 +248,7 @@ def clean(out: Path, checkpoint: Path | None) -> None:
     if checkpoint is None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(out / MERGED, ignore_errors=True)
+        shutil.rmtree(out / layout.TENSORBOARD, ignore_errors=True)  # the earlier run's curves
         for name in _OUTPUTS:
             (out / name).unlink(missing_ok=True)
         for shard in out.glob("model-*-of-*.safetensors"):
