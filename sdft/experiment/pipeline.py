@@ -45,6 +45,7 @@ from sdft.experiment.targets import (  # noqa: F401  (some: names of this module
     stage_done,
     sweep_points,
 )
+from sdft.models import card
 
 
 def help_epilog() -> str:
@@ -167,6 +168,8 @@ def run(config: RunConfig, log=print) -> Manifest:
         compared = run_stage(compare_dir, key, shift, lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f),
                              log, same_settings=True)
         arm.answer_shift, arm.weight_shift = compared["answer_shift"], compared["weight_shift"]
+        # The model card beside the adapter (and merged/) now shows the results, next to the seed's.
+        card.refresh(model.folder, label=arm.label, results=arm.eval.result, baseline=manifest.seed.eval.result)
         manifest.arms[arm.label] = arm
         # A report of the models done so far (a second or two): a run of hours can be read, and cut short.
         manifest.write(run_dir)

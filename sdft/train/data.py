@@ -32,7 +32,7 @@ from sdft.base.templates import DEFAULT_SYSTEM_PROMPT
 MEGABATCH_BATCHES = 16
 # Files a training run writes at the top of ``out`` (what --overwrite removes; nothing else is touched).
 _OUTPUTS = (TRAIN_RECORD, LOSS_PLOT, "adapter_model.safetensors", "adapter_config.json", "model.safetensors",
-            "model.safetensors.index.json", "README.md")
+            "model.safetensors.index.json", layout.MODEL_CARD)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""What `sdft train` shows and leaves besides the weights, the way the HF stack does it: a tqdm progress bar and
-`--report-to` trackers (TensorBoard, offline)."""
+"""What `sdft train` shows and leaves besides the weights, the way the HF stack does it: a tqdm progress bar,
+`--report-to` trackers (TensorBoard, offline), and a Hugging Face model card beside the adapter and merged model."""
 
 from __future__ import annotations
 
@@ -32,12 +32,19 @@ def data(tmp_path) -> Path:
     return path
 
 
-def test_tensorboard_event_files_under_the_output_folder(tiny_model, data, tmp_path):
+def front_matter(path: Path) -> dict:
+    """The card's metadata, read as the hub reads it (huggingface_hub's ModelCard)."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard(path.read_text()).data.to_dict()
+
+
+def test_tensorboard_event_files_and_model_cards_beside_adapter_and_merged_weights(tiny_model, data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     plain = train(_config(tiny_model, data, tmp_path / "plain"))
     out = tmp_path / "logged"
-    logged = train(_config(tiny_model, data, out, report_to="tensorboard"))
+    logged = train(_config(tiny_model, data, out, report_to="tensorboard", merge=True))
     assert [p["loss"] for p in logged["loss"]] == [p["loss"] for p in plain["loss"]]  # logging changes no number
     assert not (tmp_path / "plain" / "tensorboard").exists()
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
@@ -45,6 +52,14 @@ def test_tensorboard_event_files_under_the_output_folder(tiny_model, data, tmp_p
     accumulator = EventAccumulator(str(events[0].parent))
     accumulator.Reload()
     assert [e.step for e in accumulator.Scalars("train/loss")] == [1, 2, 3]
+
+    adapter = front_matter(out / "README.md")
+    assert adapter["library_name"] == "peft" and {"sdft", "vanilla", "lora"} <= set(adapter["tags"])
+    assert adapter["datasets"] == ["qa.json"] and "base_model" not in adapter  # a local folder has no hub id
+    text = (out / "README.md").read_text()
+    assert logged["data"]["sha256"] in text and "learning rate 0.05" in text and "## Evaluation" not in text
+    merged = front_matter(out / "merged" / "README.md")
+    assert merged["library_name"] == "transformers" and "merged" in merged["tags"]
 
 
 def test_report_to_is_not_keyed_and_needs_its_package(monkeypatch):
