@@ -157,8 +157,9 @@ def _summary(config: dict, arm: str, merged: bool, interp: dict | None, note: st
             "interp": "the vanilla fine-tune's LoRA change scaled toward the seed (WiSE-FT interpolation)"}
     kind = ("Full weights (a LoRA adapter merged into" if merged
             else "A LoRA adapter (for" if config.get("method") != "full" else "Full weights (of")
+    core = "vanilla" if arm == "replay" else arm.split("+")[0]  # replay: vanilla plus replayed examples
     text = (f"{kind} `{config.get('model')}`), "
-            f"{what.get(arm.split('+')[0], 'fine-tuned on a mix of rewrites and original responses')}"
+            f"{what.get(core, 'fine-tuned on a mix of rewrites and original responses')}"
             f"{' plus replayed general examples' if '+replay' in arm or arm == 'replay' else ''}; made with "
             f"sdft, the Self-Distillation Fine-Tuning toolkit (arm `{arm}`).")
     if interp:

@@ -35,7 +35,11 @@ def _results(value: float) -> dict:
     ({"replay_examples": 2}, None, "sdft+replay"), ({}, {"alpha": 0.5}, "interp"),
 ])
 def test_the_arm_is_named_as_sdft_run_names_it(data, interp, arm):
-    assert card.arm_name(_record("d/distilled.jsonl", **data), interp) == arm
+    record = _record("d/distilled.jsonl", **data)
+    assert card.arm_name(record, interp) == arm
+    text = card.card_text(record, interp=interp)
+    assert f"(arm `{arm}`)" in text and ("replayed general examples" in text) is ("replay" in arm)
+    assert ("a mix of rewrites" in text) is arm.startswith("mix")
 
 
 def test_a_card_names_the_hub_model_the_data_and_the_results(tmp_path):
