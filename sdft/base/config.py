@@ -31,7 +31,7 @@ IF_SET = "if-set"  # see field(keyed=...)
 
 def field(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
           positional: bool = False, default_factory: Any = dataclasses.MISSING,
-          keyed: bool | str = True) -> Any:
+          keyed: bool | str = True, metavar: str | None = None) -> Any:
     """A dataclass field with help text for the CLI (optionally a custom flag name, or positional).
 
     ``keyed=False`` marks a setting that cannot change a stage's result (where output goes, progress
@@ -45,6 +45,8 @@ def field(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | Non
         meta["flag"] = flag
     if positional:
         meta["positional"] = True
+    if metavar:
+        meta["metavar"] = metavar
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -64,8 +66,9 @@ def _unwrap_optional(tp):
     return tp, False
 
 
-def coerce(value: Any, tp: Any, name: str, source: str) -> Any:
-    """Check (and gently convert) one config value against its annotated type."""
+def coerce(value: Any, tp: Any, name: str, source: str, *, split: bool = True) -> Any:
+    """Check (and gently convert) one config value against its annotated type. A list's text items are split
+    at commas (``--tasks a,b``) unless ``split`` is False (positional arguments, each one value)."""
     inner, optional = _unwrap_optional(tp)
     if value is None:
         if optional:
@@ -81,7 +84,7 @@ def coerce(value: Any, tp: Any, name: str, source: str) -> Any:
         (item_tp, *_) = typing.get_args(inner) or (Any,)
         if isinstance(value, str):
             value = [value]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        if split and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             value = [part.strip() for v in value for part in v.split(",") if part.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{name}' must be a list, got {value!r}")
@@ -152,7 +155,8 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; "
                           f"known keys: {', '.join(sorted(names))}")
-    values = {k: coerce(v, hints[k], k, source) for k, v in data.items()}
+    positional = {f.name for f in dataclasses.fields(cls) if f.metadata.get("positional")}
+    values = {k: coerce(v, hints[k], k, source, split=k not in positional) for k, v in data.items()}
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -285,8 +289,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         target = groups.get(f.name, parser)
         inner, _ = _unwrap_optional(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
-        if f.metadata.get("positional"):
-            target.add_argument(f.name, nargs="?", default=None, help=kwargs["help"])
+        if f.metadata.get("positional"):  # a list takes every remaining argument
+            many = typing.get_origin(inner) in (list, tuple)
+            target.add_argument(f.name, nargs="*" if many else "?", default=None, help=kwargs["help"],
+                                metavar=f.metadata.get("metavar"))
             continue
         if inner is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

@@ -7,12 +7,12 @@ helpers from here. ``sdft run`` lays a run out as::
     RUN/config.json  manifest.json  report.md  report.html  plots/
     RUN/distill/distill-KEY/    run.json stats.json distilled.jsonl progress.jsonl stage.json
                                 self_answers.jsonl (the sdft-guard / self-answer arms' own distillations)
-    RUN/train/LABEL-KEY/        adapter (or weights) train.json loss.png checkpoints/ stage.json
+    RUN/train/LABEL-KEY/        adapter (or weights) README.md train.json loss.png checkpoints/ tensorboard/ stage.json
     RUN/eval/LABEL-KEY/         results.json item_scores/TASK.jsonl generations/TASK.jsonl generations/.cache/
                                 stage.json
     RUN/eval/LABEL-KEY/compare/ answer_shift.json weight_shift.json stage.json
     RUN/eval/seed-KEY/nll/      the seed answers' NLL under each scoring model (sdft.compare.answers's disk cache)
-    RUN/interp/LABEL-KEY/       a scaled copy of vanilla's adapter, interp.json, stage.json (the interp arm)
+    RUN/interp/LABEL-KEY/       a scaled copy of vanilla's adapter, README.md, interp.json, stage.json (the interp arm)
 
 The manifest has one :class:`Arm` per model (the seed and every trained arm, named), so a new kind of
 training arm adds entries, not keys. Manifests written before this module (no ``schema``) are read by
@@ -49,6 +49,8 @@ NLL_SCORES = "nll"                # in the reference eval folder: its answers' N
 RUN_GUARD = "sdft-run.json"       # in checkpoints/: the key a resumed training run must share with the first
 DISTILL, TRAIN, EVAL = "distill", "train", "eval"  # the stage folders of a run
 INTERP, INTERP_RECORD = "interp", "interp.json"  # the interp arm's scaled adapters (sdft.train.interp)
+MODEL_CARD = "README.md"          # beside every adapter and merged model: Hugging Face's model card
+TENSORBOARD = "tensorboard"       # in a training folder: TensorBoard event files (--report-to tensorboard)
 PLOT_FILES = {"mix_ratio": "mix_ratio.png", "shift_vs_mix": "shift_vs_mix.png", "sample_size": "sample_size.png",
               "similarity": "similarity.png", "loss": LOSS_PLOT, "arms": "arms.png", "interp": "interp.png"}
 
@@ -94,8 +96,9 @@ def sibling_answer_caches(eval_dir: Path, tasks: list[str], stamp: dict) -> list
     answers whichever folder it is in. Other files of the cache folder (a judge's verdicts) are left out."""
     eval_dir = Path(eval_dir)
     label = eval_dir.name.rsplit("-", 1)[0]
+    stamp = _without_cards(stamp)
     siblings = [d for d in eval_dir.parent.glob(f"{label}-*")
-                if d != eval_dir and d.name.rsplit("-", 1)[0] == label and _stamp_of(d) == stamp]
+                if d != eval_dir and d.name.rsplit("-", 1)[0] == label and _without_cards(_stamp_of(d)) == stamp]
     siblings.sort(key=lambda d: d.stat().st_mtime, reverse=True)
     return [f for d in siblings for f in sorted(cache_dir(d).glob("*.jsonl")) if _answer_cache_of(f.name, tasks)]
 
@@ -105,6 +108,15 @@ def _stamp_of(eval_dir: Path) -> dict | None:
         return json.loads((cache_dir(eval_dir) / ANSWERS_STAMP).read_text())
     except (OSError, ValueError):
         return None  # a folder from before stamps: its answers are not reused
+
+
+def _without_cards(stamp: dict | None) -> dict | None:
+    """A stamp without the model folders' model cards: stamps written before sdft wrote its own cards hold
+    PEFT's, and ``sdft run`` rewrites the card with the results after each evaluation; neither is a weight."""
+    if not stamp:
+        return stamp
+    return {k: [f for f in v if f[0] != MODEL_CARD] if k in ("model", "adapter") and isinstance(v, list) else v
+            for k, v in stamp.items()}
 
 
 def _answer_cache_of(name: str, tasks: list[str]) -> bool:
@@ -307,9 +319,11 @@ def refuse_other_key(where: Path, before: dict | None, key: str, settings: dict)
                           "output folder, or start over")
 
 
-def finish_stage(folder: Path, key: str, settings: dict, result: dict) -> None:
-    """Mark the stage in ``folder`` done: a rerun with the same key returns ``result`` without work."""
-    write_json(Path(folder) / STAGE, {"key": key, "settings": _recordable(settings), "result": result})
+def finish_stage(folder: Path, key: str, settings: dict, result: dict, seconds: float | None = None) -> None:
+    """Mark the stage in ``folder`` done: a rerun with the same key returns ``result`` without work.
+    ``seconds``: the wall time of the session that finished it (``sdft run --dry-run`` estimates from it)."""
+    timing = {} if seconds is None else {"seconds": round(seconds, 2)}
+    write_json(Path(folder) / STAGE, {"key": key, "settings": _recordable(settings), "result": result, **timing})
 
 
 def _recordable(settings: dict) -> dict:

@@ -27,10 +27,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def folder_stamp(folder: str | Path) -> list[tuple[str, int, int]]:
-    """Each file of a folder (not its subfolders) as (name, size, mtime in ns), sorted: cheap to take, and it
-    changes when a model is converted or saved again in the same place."""
-    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(folder).iterdir() if f.is_file())
+def folder_stamp(folder: str | Path, skip: tuple[str, ...] = ()) -> list[tuple[str, int, int]]:
+    """Each file of a folder (not its subfolders, nor the names in ``skip``) as (name, size, mtime in ns),
+    sorted: cheap to take, and it changes when a model is converted or saved again in the same place."""
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(folder).iterdir()
+                  if f.is_file() and f.name not in skip)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

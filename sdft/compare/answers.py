@@ -308,12 +308,12 @@ def _digest(prompts: Sequence[str], texts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps([list(prompts), list(texts)]).encode()).hexdigest()
 
 
-def _fingerprint(path: str | None):
+def _fingerprint(path: str | None, skip: tuple[str, ...] = ()):
     """A model or adapter folder as its files' names, sizes and times: retrained in place, it scores anew."""
     if not path or not os.path.isdir(path):
         return path
     from sdft.base.provenance import folder_stamp
-    return path, tuple(folder_stamp(path))
+    return path, tuple(folder_stamp(path, skip=skip))
 
 
 def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_results: dict,
@@ -330,7 +330,9 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
     texts = [r.get("completion") or "" for m in matched.values() for r in m.reference]
 
     def score(name: str, lora: str | None) -> dict:
-        key = (_fingerprint(name), _fingerprint(lora), config.batch_size, _digest(prompts, texts))
+        # An adapter's model card is left out: sdft run rewrites it with the results, no weight changes.
+        key = (_fingerprint(name), _fingerprint(lora, skip=(layout.MODEL_CARD,)), config.batch_size,
+               _digest(prompts, texts))
         if key not in _SCORED:
             saved = layout.nll_scores_file(Path(config.reference), _digest([json.dumps(key)], []))
             if saved.is_file():

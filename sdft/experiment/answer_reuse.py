@@ -51,9 +51,11 @@ def answers_stamp(config) -> dict | None:
     except SdftError:
         return None  # the stage itself reports it
     data = [entry.split("=", 1) for entry in config.data if "=" in entry]
+    card = (layout.MODEL_CARD,)  # rewritten with the results after each evaluation; no weight changes with it
     return json.loads(json.dumps({  # JSON-plain, as it reads back from the stamp file
-        "model": folder_stamp(model),
-        "adapter": folder_stamp(config.adapter) if config.adapter and Path(config.adapter).is_dir() else None,
+        "model": folder_stamp(model, skip=card),
+        "adapter": folder_stamp(config.adapter, skip=card) if config.adapter and Path(config.adapter).is_dir()
+        else None,
         "backend_option": sorted(config.backend_option), "batch_size": config.batch_size,
         "revisions": task_revisions(config.tasks),
         "data_folders": {name: folder_stamp(path) for name, path in data if Path(path).is_dir()},

@@ -83,6 +83,22 @@ class RunConfig(Validated):
 
 @dataclass
 class RunCommand:
-    config: str = field(None, "experiment YAML file", positional=True)
+    arguments: list[str] = field(
+        default_factory=list, positional=True, metavar="CONFIG.yaml KEY=VALUE",
+        help="the experiment YAML file (unless --config names it), then settings that override it: "
+             "section.key=value or key=value, values as in YAML (train.learning_rate=1e-4 eval.limit=20 "
+             "arms=[vanilla,sdft])")
+    config: str | None = field(None, "the experiment YAML file (the same as naming it first)")
     name: str | None = field(None, "override the config's name")
     out_root: str | None = field(None, "override the config's out_root")
+    dry_run: bool = field(False, "print the plan: each stage, whether it is done (cached) or to run, and an "
+                                 "estimate of its time from the stages already on disk; load no model, run nothing")
+
+    def file_and_overrides(self) -> tuple[str, list[str]]:
+        """The config file and the overrides after it."""
+        items = list(self.arguments)
+        if self.config:
+            return self.config, items
+        if not items or ("=" in items[0] and not Path(items[0]).is_file()):
+            raise ConfigError("usage: sdft run CONFIG.yaml [section.key=value ...] (or --config CONFIG.yaml)")
+        return items[0], items[1:]

@@ -21,11 +21,12 @@ resumes inside its folder (every stage resumes on its own).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from sdft.base import layout, provenance, seeds
+from sdft.base import layout, provenance
 from sdft.base.config import column_mapping, from_dict, keyed_settings, load_yaml, stage_key, to_dict
 from sdft.base.errors import ConfigError
 from sdft.base.keys import without_old_defaults
@@ -33,9 +34,22 @@ from sdft.base.layout import Arm, Manifest, StageRecord
 from sdft.base.records import looks_local
 from sdft.base.store import write_json
 from sdft.distill.config import DistillConfig
-from sdft.experiment import answer_reuse, arms
+from sdft.experiment import answer_reuse, overrides, plan
 from sdft.experiment.config import RunCommand, RunConfig
-from sdft.tasks import task_revisions
+from sdft.experiment.targets import (  # noqa: F401  (some: names of this module before targets.py)
+    KEY_LENGTH,
+    Model,
+    arm_distillations,
+    compare_target,
+    distill_key,
+    distill_target,
+    eval_stage_key,
+    eval_target,
+    models,
+    stage_done,
+    sweep_points,
+)
+from sdft.models import card
 
 
 def help_epilog() -> str:
@@ -49,10 +63,11 @@ def help_epilog() -> str:
     return "\n".join(lines)
 
 
-def load_run_config(path: str | Path, **overrides) -> RunConfig:
-    """Load and fully validate a run config, including every stage section, before any work starts."""
-    data = load_yaml(path)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+def load_run_config(path: str | Path, settings: list[str] = (), **flags) -> RunConfig:
+    """Load and fully validate a run config, including every stage section, before any work starts:
+    the file, then ``settings`` (``section.key=value`` overrides), then ``flags`` that are not None."""
+    data = overrides.apply(load_yaml(path), list(settings))
+    data.update({k: v for k, v in flags.items() if v is not None})
     config = from_dict(RunConfig, data, str(path))
     stage_configs(config)  # builds every stage config: unknown keys and bad types fail now
     return config
@@ -99,30 +114,22 @@ def _check_data(config: RunConfig) -> None:
         raise ConfigError(f"data file '{config.data}' not found")
 
 
-KEY_LENGTH = 10  # characters of the stage key in a folder name
 def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dict], log=print, *,
               same_settings: bool = False) -> dict:
     """Run ``work(folder)`` unless ``folder`` holds a finished stage (its name carries its key). With
     ``same_settings`` (a folder whose name carries no key of its own: a model's ``compare``), a finished
     stage counts only when it was done with these ``settings``."""
-    done = layout.finished_result(folder)
-    recorded = (layout.read_stage(folder) or {}).get("settings")
-    if done is not None and same_settings and recorded != provenance.recordable(settings):  # as finish_stage wrote
-        done = None
+    done = stage_done(folder, settings, same_settings)
     if done is not None:
         log(f"[skip] {folder} (done)")
         return done
     log(f"[run ] {folder}")
     folder.mkdir(parents=True, exist_ok=True)
+    began = time.time()
     result = work(folder)
     own = layout.read_stage(folder) or {}  # a stage that claims its folder recorded its own key
-    layout.finish_stage(folder, own.get("key", key), settings, result)
+    layout.finish_stage(folder, own.get("key", key), settings, result, seconds=time.time() - began)
     return result
-
-
-def sweep_points(config: RunConfig) -> list[arms.Point]:
-    """Every model to train: each arm, the sdft arm's mix-ratio sweep and the sample sizes."""
-    return arms.train_points(config.arms, config.arm_sections, config.mix_ratios, config.sample_sizes)
 
 
 def run(config: RunConfig, log=print) -> Manifest:
@@ -142,123 +149,58 @@ def run(config: RunConfig, log=print) -> Manifest:
                                                          stage_key(config.model), log))
 
     distill_config = stages["distill"]
-    distill_key = _distill_key(distill_config, run_dir)
-    distill_dir = layout.stage_dir(run_dir, layout.DISTILL, "distill", distill_key[:KEY_LENGTH])
+    distilled_key, distill_dir = distill_target(distill_config, run_dir)
     manifest.distill = StageRecord(str(distill_dir), run_stage(
-        distill_dir, distill_key, keyed_settings(distill_config),
+        distill_dir, distilled_key, keyed_settings(distill_config),
         lambda f: distill(replace(distill_config, out=str(f))), log))
     # The arms with a distillation of their own (sdft-guard, self-answer) get it now, while the engine is warm.
-    distillations = {point.arm: _arm_distillation(point, stages, run_dir, log)
-                     for point in sweep_points(config) if point.distill}
+    own = arm_distillations(config, stages, run_dir)
+    for arm_config, key, folder in own.values():
+        run_stage(folder, key, keyed_settings(arm_config), lambda f, c=arm_config: distill(replace(c, out=str(f))),
+                  log)
 
-    def finish(label: str, recipe: str, params: dict, trained: StageRecord, key: str, seed: int | None) -> None:
-        """Evaluate a trained (or interpolated) model, compare it with the seed, add it to the manifest."""
-        arm = Arm(label, recipe, _evaluate(stages["eval"], run_dir, label, trained.dir, key, log), params=params,
-                  train=trained, seed=seed)
-        compare_dir = Path(arm.eval.dir) / layout.COMPARE
-        # shift_tasks only when set: comparisons recorded before it was a setting stay finished.
-        shift = {"vs": "seed", **({"shift_tasks": sorted(config.shift_tasks)} if config.shift_tasks else {})}
-        compared = run_stage(compare_dir, stage_key(manifest.seed.eval.dir, arm.eval.dir), shift,
-                             lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f), log,
-                             same_settings=True)
+    for model in models(config, stages["train"], distilled_key, run_dir, own):
+        source = model.distilled or distill_dir
+        trained = StageRecord(str(model.folder), run_stage(
+            model.folder, model.key, model.settings,
+            lambda f, m=model, d=str(source / layout.DISTILLED): _build(m, f, d), log))
+        arm = Arm(model.label, model.recipe, _evaluate(stages["eval"], run_dir, model.label, trained.dir, model.key,
+                                                       log), params=model.params, train=trained, seed=model.seed)
+        key, compare_dir, shift = compare_target(manifest.seed.eval.dir, arm.eval.dir, config)
+        compared = run_stage(compare_dir, key, shift, lambda f, a=arm: compare_with_seed(config, manifest.seed, a, f),
+                             log, same_settings=True)
         arm.answer_shift, arm.weight_shift = compared["answer_shift"], compared["weight_shift"]
+        # The model card beside the adapter (and merged/) now shows the results, next to the seed's.
+        card.refresh(model.folder, label=arm.label, results=arm.eval.result, baseline=manifest.seed.eval.result)
         manifest.arms[arm.label] = arm
         # A report of the models done so far (a second or two): a run of hours can be read, and cut short.
         manifest.write(run_dir)
         report.write_report(run_dir)
-        log(f"[report] {run_dir / layout.REPORT_MD} now has {label}")
-
-    primary = stages["train"].seed
-    several = config.training_seeds(primary) != [primary]  # else no seed is recorded ("manifest seed", base.keys)
-    # Seed by seed, the run's own seed first: its models are complete (and reported) before the next seed's.
-    for seed in config.training_seeds(primary):
-        recorded = seed if several else None
-        for point in sweep_points(config):
-            label = seeds.label(point.label, seed, primary)
-            train_config = replace(stages["train"], seed=seed, mix_ratio=point.mix_ratio, limit=point.sample_size,
-                                   **point.overrides)
-            upstream, source = distillations.get(point.arm, (distill_key, distill_dir))
-            key = stage_key(train_config, upstream)
-            folder = layout.stage_dir(run_dir, layout.TRAIN, label, key[:KEY_LENGTH])
-            distilled = str(source / layout.DISTILLED)
-            trained = StageRecord(str(folder), run_stage(
-                folder, key, keyed_settings(train_config),
-                lambda f, c=train_config, d=distilled: _train(replace(c, data=d, out=str(f))), log))
-            # The report finds an arm's own distillation through its params.
-            params = {**point.params, "distill": str(source)} if point.distill else point.params
-            finish(label, point.recipe, params, trained, key, recorded)
-        for interp_label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
-            vanilla = manifest.arms[seeds.label("vanilla", seed, primary)]  # the vanilla of the same seed
-            label = seeds.label(interp_label, seed, primary)
-            key = stage_key({"alpha": alpha}, Path(vanilla.train.dir).name)  # vanilla's folder carries its key
-            finish(label, "interp", {"alpha": alpha, "from": "vanilla"},
-                   _interpolate(vanilla, label, alpha, key, run_dir, log), key, recorded)
+        log(f"[report] {run_dir / layout.REPORT_MD} now has {arm.label}")
     manifest.write(run_dir)
     paths = report.write_report(run_dir)
     log(f"report: {paths['md']}\n        {paths['html']}")
     return manifest
 
 
-def _arm_distillation(point: arms.Point, stages: dict, run_dir: Path, log) -> tuple[str, Path]:
-    """``(key, folder)`` of an arm's own distillation: the run's distill section plus the arm's options, the
-    seed's own answers under the train section's template when it names one (what the arm trains under).
-    The same settings as the run's distillation give its very folder."""
-    from sdft.distill.stage import distill
+def _build(model: Model, folder: Path, distilled: str) -> dict:
+    """Train a training point, or scale vanilla's adapter for the interp arm (WiSE-FT)."""
+    if model.train is not None:
+        return _train(replace(model.train, data=distilled, out=str(folder)))
+    from sdft.train.interp import scale_adapter
 
-    overrides = dict(point.distill)
-    if stages["train"].template and stages["distill"].answer_template is None:
-        overrides["answer_template"] = stages["train"].template
-    config = replace(stages["distill"], **overrides)
-    key = _distill_key(config, run_dir)
-    folder = layout.stage_dir(run_dir, layout.DISTILL, "distill", key[:KEY_LENGTH])
-    run_stage(folder, key, keyed_settings(config), lambda f: distill(replace(config, out=str(f))), log)
-    return key, folder
-
-
-def _distill_key(config: DistillConfig, run_dir: Path) -> str:
-    """The distillation's key, and through it every training and evaluation built on it: its settings and
-    the training file's contents, so an edited file is distilled (and everything after) again instead of
-    being reported from the old one ("distillation data contents" in :mod:`sdft.base.keys`)."""
-    path = Path(config.data)
-    if not path.is_file():  # a hub dataset: no contents here to key
-        return stage_key(config)
-    digest, unkeyed = provenance.file_sha256(path), stage_key(config)
-    earlier = layout.stage_dir(run_dir, layout.DISTILL, "distill", unkeyed[:KEY_LENGTH]) / layout.RUN_RECORD
-    try:
-        if json.loads(earlier.read_text())["data"]["sha256"] == digest:
-            return unkeyed
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return stage_key(config, {"data_sha256": digest})
+    return scale_adapter(model.source, folder, model.alpha)
 
 
 def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream: str, log) -> StageRecord:
     from sdft.evaluate.stage import evaluate
 
-    config = replace(template, adapter=adapter)
-    key = eval_stage_key(config, upstream)
-    folder = layout.stage_dir(run_dir, layout.EVAL, label, key[:KEY_LENGTH])
+    config, key, folder = eval_target(template, run_dir, label, adapter, upstream)
 
     def work(f: Path) -> dict:
         answer_reuse.start_from_siblings(f, config, log)
         return evaluate(replace(config, out=str(f)))
     return StageRecord(str(folder), run_stage(folder, key, keyed_settings(config), work, log))
-
-
-def eval_stage_key(config, upstream: str) -> str:
-    """An evaluation stage's key: its settings, the model's key, and the revisions of its tasks."""
-    revisions = without_old_defaults(
-        "eval stage", {"task_revisions": task_revisions(config.tasks, limited=config.limit is not None)})
-    return stage_key(config, upstream, *([revisions] if revisions else []))
-
-
-def _interpolate(vanilla: Arm, label: str, alpha: float, key: str, run_dir: Path, log) -> StageRecord:
-    """The interp arm at one alpha: the vanilla adapter scaled (WiSE-FT) into ``RUN/interp/LABEL-KEY``."""
-    from sdft.train.interp import scale_adapter
-
-    folder = layout.stage_dir(run_dir, layout.INTERP, label, key[:KEY_LENGTH])
-    return StageRecord(str(folder), run_stage(folder, key, {"alpha": alpha, "from": vanilla.train.dir},
-                                              lambda f: scale_adapter(vanilla.train.dir, f, alpha), log))
 
 
 def _train(config) -> dict:
@@ -293,15 +235,18 @@ def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> d
 
 
 def run_command(command: RunCommand) -> dict:
-    if not command.config:
-        raise ConfigError("usage: sdft run CONFIG.yaml")
     from sdft.base import runlock
 
-    config = load_run_config(command.config, name=command.name, out_root=command.out_root)
+    path, settings = command.file_and_overrides()
+    config = load_run_config(path, settings, name=command.name, out_root=command.out_root)
+    if command.dry_run:  # looks only: no lock, no folder, no model
+        return {"plan": plan.describe(config, plan.plan(config, stage_configs(config)))}
     with runlock.claim(config.run_dir, provenance.command_line()):
         run(config)
     return {"name": config.name, "report": str(config.run_dir / layout.REPORT_MD)}
 
 
 def summarize(result: dict) -> str:
+    if "plan" in result:
+        return result["plan"]
     return f"done: {result['name']} — report at {result['report']}"

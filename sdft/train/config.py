@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,6 +78,10 @@ class TrainConfig(Validated):
     merge: bool = field(False, "also write the LoRA merged into full weights to out/merged")
     logging_steps: int = field(10, "print progress every N steps (the loss is recorded every step)",
                                keyed=False)
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = field(
+        "none", "also send the training logs (loss, learning rate, grad norm, tokens) to an experiment tracker "
+                "through the Trainer's report_to: tensorboard (event files in OUT/tensorboard), wandb or mlflow "
+                "(set up by their own WANDB_* / MLFLOW_* variables)", keyed=False)
     # Arms beyond vanilla / SDFT (README "Arms"): replay mixing and on-policy self-distillation.
     objective: Literal["sft", "onpolicy"] = field(
         "sft", "sft: learn the target responses (vanilla, SDFT, replay); onpolicy: the student answers each "
@@ -145,3 +150,14 @@ class TrainConfig(Validated):
             raise ConfigError("--resume and --overwrite contradict each other; pass one")
         replay.validate(self)
         onpolicy.validate(self)
+        _check_tracker(self.report_to)
+
+
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def _check_tracker(name: str) -> None:
+    """The tracker's package is installed (found, not imported): else the Trainer fails after the model loads."""
+    modules = _TRACKER_PACKAGES.get(name, ())
+    if modules and not any(importlib.util.find_spec(m) for m in modules):
+        raise ConfigError(f"--report-to {name} needs the {modules[0]} package: pip install {modules[0]}")

@@ -33,7 +33,7 @@ from sdft.base.templates import DEFAULT_SYSTEM_PROMPT
 MEGABATCH_BATCHES = 16
 # Files a training run writes at the top of ``out`` (what --overwrite removes; nothing else is touched).
 _OUTPUTS = (TRAIN_RECORD, LOSS_PLOT, "adapter_model.safetensors", "adapter_config.json", "model.safetensors",
-            "model.safetensors.index.json", "README.md")
+            "model.safetensors.index.json", layout.MODEL_CARD)
 
 
 @dataclass
@@ -295,6 +295,7 @@ def clean(out: Path, checkpoint: Path | None) -> None:
     if checkpoint is None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(out / MERGED, ignore_errors=True)
+        shutil.rmtree(out / layout.TENSORBOARD, ignore_errors=True)  # the earlier run's curves
         for name in _OUTPUTS:
             (out / name).unlink(missing_ok=True)
         for shard in out.glob("model-*-of-*.safetensors"):

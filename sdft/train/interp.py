@@ -16,10 +16,12 @@ from pathlib import Path
 
 from sdft.base import layout
 from sdft.base.errors import ConfigError, SdftError
+from sdft.models import card
 
 _ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file name
 # What a training folder holds besides the adapter: records of that run, not part of the scaled adapter.
-_NOT_COPIED = {_ADAPTER_WEIGHTS, layout.STAGE, layout.TRAIN_RECORD, layout.LOSS_PLOT}
+# Its model card is written anew (the scaled adapter is another model).
+_NOT_COPIED = {_ADAPTER_WEIGHTS, layout.STAGE, layout.TRAIN_RECORD, layout.LOSS_PLOT, layout.MODEL_CARD}
 
 
 def check_alphas(alphas: list[float]) -> list[float]:
@@ -66,4 +68,5 @@ def scale_adapter(source: str | Path, target: str | Path, alpha: float) -> dict:
     record = {"method": "wise-ft", "source_adapter": str(source), "alpha": alpha,
               "scaled_tensors": len(scaled), "seconds": round(time.perf_counter() - began, 3)}
     (target / layout.INTERP_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    card.refresh(target)
     return record

@@ -3,39 +3,60 @@ the summary it prints."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 
-def progress_callback(every: int, total: int):
+def progress_callback(every: int, total: int, bar: bool | None = None):
+    """The Trainer callback that shows progress: a tqdm bar on a terminal (steps, loss, tokens/s, ETA), and
+    one line every ``every`` steps where stdout is not a terminal (logs, ``sdft run ... > log``), as before
+    the bar; ``bar`` None: a bar when stderr is a terminal."""
     from transformers import TrainerCallback
 
+    show_bar = sys.stderr.isatty() if bar is None else bar
+    show_lines = not (show_bar and sys.stdout.isatty())  # the bar says it all on a terminal
+
     class Progress(TrainerCallback):
-        """One line every ``every`` steps on the main process, and the wall time of this session's training
-        (for tokens/s); the Trainer's own printer would print every logged step as a dict."""
+        """The wall time of this session's training (for tokens/s), the bar and the progress lines, on the main
+        process only; the Trainer's own printer would print every logged step as a dict."""
 
         def __init__(self):
             self.began = self.ended = None
             self.tokens = 0.0
             self.first_step = 0
+            self.bar = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.began = time.perf_counter()
             self.first_step = state.global_step  # a resumed run starts past 0
+            if show_bar and state.is_world_process_zero:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=state.global_step, desc="training", unit="step",
+                                dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
 
         def on_train_end(self, args, state, control, **kwargs):
             self.ended = time.perf_counter()
+            if self.bar is not None:
+                self.bar.close()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             self.tokens = logs.get("num_tokens", self.tokens)
             if "loss" not in logs or not state.is_world_process_zero:
                 return
-            if state.global_step % every == 0 or state.global_step == total:
-                elapsed = max(time.perf_counter() - self.began, 1e-9)
-                # TRL's SDFTTrainer (the onpolicy arm) logs no token count: show the time per step instead.
-                speed = (f"{self.tokens / elapsed:.0f} tokens/s" if self.tokens
-                         else f"{elapsed / max(state.global_step - self.first_step, 1):.1f} s/step")
+            elapsed = max(time.perf_counter() - self.began, 1e-9)
+            # TRL's SDFTTrainer (the onpolicy arm) logs no token count: show the time per step instead.
+            speed = (f"{self.tokens / elapsed:.0f} tokens/s" if self.tokens
+                     else f"{elapsed / max(state.global_step - self.first_step, 1):.1f} s/step")
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"loss {logs['loss']:.4f}, lr {logs.get('learning_rate', 0):.2e}, {speed}")
+            if show_lines and (state.global_step % every == 0 or state.global_step == total):
                 print(f"step {state.global_step}/{total}  loss {logs['loss']:.4f}  "
                       f"lr {logs.get('learning_rate', 0):.2e}  {speed}", flush=True)
 

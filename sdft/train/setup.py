@@ -115,7 +115,24 @@ def training_args(config: TrainConfig, steps: int, cuda: bool, precision: str) -
         # Every parameter that trains is used in every forward, so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
         logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit, report_to=[], disable_tqdm=True)
+        save_total_limit=config.save_total_limit, disable_tqdm=True,  # sdft.train.output draws the bar
+        **reporting_args(config))
+
+
+def reporting_args(config: TrainConfig) -> dict:
+    """Where the Trainer also sends its logs (``--report-to``): nothing by default; a tracker's run is named
+    after the output folder (``sdft run``'s ``LABEL-KEY``)."""
+    if config.report_to == "none":
+        return {"report_to": []}
+    return {"report_to": [config.report_to], "run_name": Path(config.out).name}
+
+
+def log_tensorboard_in(trainer, out: Path) -> None:
+    """TensorBoard event files in ``out/tensorboard`` (unless TENSORBOARD_LOGGING_DIR says where): the Trainer's
+    default is under its output_dir, ``out/checkpoints``, which goes when training ends."""
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "TensorBoardCallback" and getattr(callback, "logging_dir", None) is None:
+            callback.logging_dir = str(out / layout.TENSORBOARD)
 
 
 def make_trainer(config, model, tokenizer, targets, order, steps, checkpoint, cuda, precision, run_key):
@@ -151,6 +168,7 @@ def make_trainer(config, model, tokenizer, targets, order, steps, checkpoint, cu
         datasets.enable_progress_bars()
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    log_tensorboard_in(trainer, out)
     return trainer, progress
 
 

@@ -25,6 +25,7 @@ from sdft.base import hub, layout
 from sdft.base.config import column_mapping, keyed_settings, stage_key
 from sdft.base.data import seeded_subset
 from sdft.base.errors import SdftError
+from sdft.models import card
 from sdft.train import data as train_data
 from sdft.train import guards as train_guards
 from sdft.train import replay
@@ -182,5 +183,6 @@ def train(config: TrainConfig) -> dict:
         if config.merge:
             result["merged"] = merge(config, trainer.model, trainer.processing_class, out / layout.MERGED)
         result.update(train_data.write_record(run))
+        card.refresh(out)  # README.md beside the adapter (and merged/): what huggingface-cli upload publishes
     trainer.accelerator.wait_for_everyone()  # no process exits while the main one still writes
     return result

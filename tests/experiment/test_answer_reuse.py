@@ -64,3 +64,21 @@ def test_the_stamp_changes_with_batch_size_and_engine_options(tiny_model):
     assert answers_stamp(base) != answers_stamp(EvalConfig(model=str(tiny_model), tasks=["gsm8k"],
                                                            backend_option=["dtype=bfloat16"]))
     assert answers_stamp(EvalConfig(model=str(tiny_model), tasks=["mmlu"]))["revisions"] == {"mmlu": 1}
+
+
+def test_a_rewritten_model_card_does_not_stop_the_reuse(tmp_path, tiny_model):
+    """sdft run rewrites the card beside an adapter with its results after each evaluation; stamps written
+    before sdft wrote cards hold PEFT's README.md. Neither is a weight: the answers are still that model's."""
+    adapter = _adapter(tmp_path)
+    card = adapter / layout.MODEL_CARD
+    card.write_text("---\nlibrary_name: peft\n---\nPEFT's card\n")
+    config = EvalConfig(model=str(tiny_model), adapter=str(adapter), tasks=["gsm8k"])
+    run_eval = tmp_path / "eval"
+    old = _evaluated(run_eval / "vanilla-aaaaaaaaaa", config)
+    stamp = answers_stamp(config)  # as written before: with the card's name, size and time
+    stamp["adapter"] = sorted(stamp["adapter"] + [[card.name, card.stat().st_size, card.stat().st_mtime_ns]])
+    layout.write_answers_stamp(old, stamp)
+    card.write_text("---\nlibrary_name: peft\ntags: [sdft]\n---\nsdft's card, with the results\n")
+    os.utime(card, ns=(2, 2))
+    start_from_siblings(run_eval / "vanilla-bbbbbbbbbb", config, lambda line: None)
+    assert _copied(run_eval / "vanilla-bbbbbbbbbb") == {f"gsm8k-{KEY}.jsonl"}

@@ -192,7 +192,7 @@ def test_an_edited_training_file_is_distilled_again_and_everything_after(tmp_pat
     folder = layout.stage_dir(config.run_dir, layout.DISTILL, "distill", unkeyed[:pipeline.KEY_LENGTH])
     folder.mkdir(parents=True)
     distill(pipeline.replace(pipeline.stage_configs(config)["distill"], out=str(folder)))
-    assert pipeline._distill_key(pipeline.stage_configs(config)["distill"], config.run_dir) == unkeyed
+    assert pipeline.distill_key(pipeline.stage_configs(config)["distill"], config.run_dir) == unkeyed
 
 
 @pytest.mark.slow

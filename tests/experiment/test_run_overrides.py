@@ -1,0 +1,98 @@
+"""`sdft run` settings on the command line: `--config FILE` as the positional form, `section.key=value`
+overrides typed like YAML values and refused in one line when unknown, and recorded in the run's config.json
+and stage keys. The stages are test doubles: only settings, folders and records matter here."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdft.base import layout
+from sdft.base.errors import ConfigError
+from sdft.experiment import pipeline
+from sdft.experiment.pipeline import load_run_config, stage_configs
+
+
+def _config(tmp_path: Path, **extra) -> Path:
+    rows = [{"instruction": f"Call the weather tool for city number {i}.", "input": "",
+             "output": f'weather.get(city="City{i}")'} for i in range(4)]
+    data = tmp_path / "calls.json"
+    data.write_text(json.dumps(rows))
+    config = {"name": "cli", "out_root": str(tmp_path / "runs"), "data": str(data), "task": "function_call",
+              "distill": {"max_new_tokens": 8, "backend": "fake"},
+              "train": {"max_steps": 2, "learning_rate": 1e-3},
+              "eval": {"tasks": ["openfunctions"], "limit": 2, "data": [f"openfunctions={data}"], "backend": "fake"},
+              **extra}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def doubles(monkeypatch):
+    """Every stage of the run replaced by a test double (no model, no engine)."""
+    monkeypatch.setattr("sdft.evaluate.stage.evaluate", lambda config: {"tasks": {}})
+    monkeypatch.setattr("sdft.distill.stage.distill", lambda config: {"examples": 4})
+    monkeypatch.setattr(pipeline, "_train", lambda config: {"training": {"steps": config.max_steps}})
+    monkeypatch.setattr(pipeline, "compare_with_seed", lambda *a: {"answer_shift": None, "weight_shift": None})
+    monkeypatch.setattr("sdft.report.stage.write_report", lambda run_dir: {"md": "r.md", "html": "r.html"})
+
+
+def test_overrides_are_typed_like_yaml_values_and_win_over_the_file(tmp_path):
+    config = load_run_config(_config(tmp_path), [
+        "train.learning_rate=1e-4", "eval.limit=20", "arms=[vanilla]", "mix_ratios=[0, 0.5]", "system_prompt=yes",
+        "eval.tasks=openfunctions,gsm8k", "train.max_steps=", "distill.limit=2", "distill.sample_seed=3"])
+    stages = stage_configs(config)
+    assert stages["train"].learning_rate == 1e-4 and isinstance(config.train["learning_rate"], float)
+    assert stages["train"].max_steps is None  # an empty value is YAML's null
+    assert stages["eval"].limit == 20 and stages["eval"].tasks == ["openfunctions", "gsm8k"]
+    assert config.arms == ["vanilla"] and config.mix_ratios == [0.0, 0.5]
+    assert config.system_prompt == "yes"  # a text setting keeps the text as typed, not YAML's true
+    assert stages["distill"].sample_seed == 3
+    # The same values written into the file give the same stage keys: an override is the file's value.
+    written = load_run_config(_config(tmp_path, system_prompt="yes",
+                                      train={"max_steps": None, "learning_rate": 0.0001}))
+    assert pipeline.stage_key(stage_configs(written)["train"]) == pipeline.stage_key(stages["train"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.learning_rat=1e-4", "override 'train.learning_rat=1e-4': unknown key 'learning_rat' in section "
+                                "'train'; valid keys: batch_order, batch_size, "),
+    ("trian.epochs=1", "unknown section 'trian'; sections: distill, train, eval, replay, onpolicy, interp"),
+    ("colour=blue", "unknown key 'colour'; top-level keys: arms, "),
+    ("train.max_steps=many", "override 'train.max_steps=many': 'max_steps' must be an integer, got 'many'"),
+    ("eval.limit=[1, 2]", "'limit' must be an integer"),
+    ("train={epochs: 1}", "'train' is a section; set its keys one by one (train.KEY=VALUE)"),
+    ("train.lr_scheduler=steep", "'lr_scheduler' must be one of cosine, linear"),
+    ("onpolicy.teacher=oracle", "'teacher' must be one of base, ema, live"),
+    ("eval.model=x", "unknown key 'model' in section 'eval'"),  # the pipeline sets it: not a section key
+    ("train.epochs=[", "is not valid YAML"),
+    ("more.yaml", "'more.yaml' is not an override: write section.key=value"),
+])
+def test_a_bad_override_is_one_line_naming_the_valid_keys(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=None) as caught:
+        load_run_config(_config(tmp_path), [override])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_flag_and_positional_file_are_the_same_run_and_overrides_are_recorded(tmp_path, doubles, capsys):
+    from sdft.cli import main
+
+    path = _config(tmp_path, arms=["vanilla"])
+    assert main(["run", "--config", str(path), "train.learning_rate=2e-3", "eval.limit=1"]) == 0
+    run_dir = tmp_path / "runs" / "cli"
+    recorded = json.loads((run_dir / layout.RUN_CONFIG).read_text())
+    assert recorded["train"]["learning_rate"] == 0.002 and recorded["eval"]["limit"] == 1
+    # config.json is the effective config: run as a file, it names the very same stage folders.
+    folders = sorted(p.name for p in (run_dir / "train").iterdir())
+    config = load_run_config(run_dir / layout.RUN_CONFIG)
+    train = stage_configs(config)["train"]
+    assert config.train["learning_rate"] == 0.002 and len(folders) == 1
+    # The positional form with the same overrides: nothing new to run.
+    capsys.readouterr()
+    assert main(["run", str(path), "train.learning_rate=2e-3", "eval.limit=1"]) == 0
+    assert sorted(p.name for p in (run_dir / "train").iterdir()) == folders and train.learning_rate == 0.002
+    assert main(["run", "train.learning_rate=2e-3"]) == 2
+    assert "usage: sdft run CONFIG.yaml [section.key=value ...]" in capsys.readouterr().err
