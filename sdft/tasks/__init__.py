@@ -20,6 +20,7 @@ checkers used in scoring live in ``sdft.base.answers``, shared with the distilla
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import isfinite  # not `import math`: the submodule sdft.tasks.math would shadow it
 from pathlib import Path
@@ -251,6 +252,17 @@ def _option_problem(spec: Any, value: Any) -> str | None:
             ok = False
         return None if ok else "must be a finite number"
     return None
+
+
+def round_robin(examples: list[dict], key: Callable[[dict], str]) -> list[dict]:
+    """The examples taken one group at a time (groups by ``key``, A-Z; each group in its own order): each
+    group's first, then each one's second, ... so that `--limit N`, which takes the first N, spreads over
+    every group rather than over the first few of a file that lists them group by group."""
+    groups: dict[str, list[dict]] = {}
+    for example in examples:
+        groups.setdefault(key(example), []).append(example)
+    queues = [groups[name] for name in sorted(groups)]
+    return [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
 
 
 def task_revisions(names: list[str], limited: bool = True) -> dict[str, int]:
