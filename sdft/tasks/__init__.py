@@ -126,8 +126,10 @@ class GenerativeTask(Task):
         return templates.render(template, instruction, tokenizer=tokenizer, **{**settings, **overrides})
 
     @abstractmethod
-    def score_with_reason(self, example: dict, completion: str) -> tuple[float, Any]:
-        """``(score, reason)`` for one answer."""
+    def score_with_reason(self, example: dict, completion: str) -> tuple[float | None, Any]:
+        """``(score, reason)`` for one answer. A score of None marks an item the task could not score here
+        (IFBench's POS-tagger instructions without NLTK's tagger data): it is kept out of every mean and
+        paired comparison, and the task's ``aggregate``, which must handle None, reports how many."""
 
     def score(self, example: dict, completion: str) -> float:
         return self.score_with_reason(example, completion)[0]
