@@ -187,6 +187,8 @@ TASKS: dict[str, str] = {
     "advbench-jailbreak": "sdft.tasks.advbench:AdvBenchJailbreak",
     "winrate": "sdft.tasks.winrate:WinRate",
     "alpaca_eval": "sdft.tasks.alpaca_eval:AlpacaEval",
+    "ifeval": "sdft.tasks.ifeval:IFEval",
+    "ifbench": "sdft.tasks.ifeval:IFBench",
     "arc": "sdft.tasks.multiple_choice:ARC",
     "hellaswag": "sdft.tasks.multiple_choice:HellaSwag",
     "winogrande": "sdft.tasks.multiple_choice:Winogrande",
