@@ -95,20 +95,19 @@ class InstructionFollowing(GenerativeTask):
         verdicts = [record["reason"] for record in records]
         complete = [checks for checks in verdicts if not any("unscored" in check for check in checks)]
         scored = [check for checks in verdicts for check in checks if "unscored" not in check]
-        unscored = {check["instruction"]: check["unscored"] for checks in verdicts for check in checks
-                    if "unscored" in check}
-        skipped = sum("unscored" in check for checks in verdicts for check in checks)
-        if skipped:
-            print(f"sdft eval: {self.name}: {skipped} instruction(s) of {len(verdicts) - len(complete)} prompt(s) "
-                  f"unscored, left out of every metric: "
-                  + "; ".join(f"{name}: {why}" for name, why in sorted(unscored.items())), file=sys.stderr)
+        unscored = [check for checks in verdicts for check in checks if "unscored" in check]
         metrics = {f"prompt_level_{mode}_acc": Metric.of_scores([float(all(c[mode] for c in checks))
                                                                  for checks in complete])
                    for mode in ("strict", "loose")}
         metrics |= {f"inst_level_{mode}_acc": Metric.of_scores([float(c[mode]) for c in scored])
                     for mode in ("strict", "loose")}
-        return self.entry(metrics, unscored_instructions=skipped, unscored_prompts=len(verdicts) - len(complete),
-                          unscored=unscored, checker_errors=sum("error" in check for check in scored),
+        why = {check["instruction"]: check["unscored"] for check in unscored}
+        if unscored:
+            print(f"sdft eval: {self.name}: {len(unscored)} instruction(s) of {len(verdicts) - len(complete)} "
+                  "prompt(s) unscored, left out of every metric: "
+                  + "; ".join(f"{name}: {reason}" for name, reason in sorted(why.items())), file=sys.stderr)
+        return self.entry(metrics, unscored_instructions=len(unscored), unscored_prompts=len(verdicts) - len(complete),
+                          unscored=why, checker_errors=sum("error" in check for check in scored),
                           scorer=scorer_versions(), order=ORDER)
 
 
