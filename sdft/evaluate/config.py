@@ -27,7 +27,7 @@ class EvalConfig(EngineSettings, Validated):
     model: str = field(DEFAULT_MODEL, "model: alias, hub id, local folder or .gguf file")
     adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
     tasks: list[str] = field(default_factory=list, help="tasks, comma-separated: gsm8k, multiarith, openfunctions, bfcl, humaneval, advbench, "
-                                 "advbench-jailbreak, winrate, alpaca_eval, arc, hellaswag, winogrande, mmlu, truthfulqa, "
+                                 "advbench-jailbreak, winrate, alpaca_eval, ifeval, ifbench, arc, hellaswag, winogrande, mmlu, truthfulqa, "
                                  "lm_eval:<task>, or a user task (--data and --checker)")
     out: str = field("runs/eval", "output folder (rerun the same command to resume)", keyed=False)
     limit: int | None = field(None, "evaluate only the first N items of each task")

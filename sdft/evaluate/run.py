@@ -110,7 +110,8 @@ def _score(task: GenerativeTask, examples: list[dict], units: list[dict], contex
     records = []
     for unit, (score, reason) in zip(units, scored):
         rec = {"id": unit["id"], "prompt": unit["prompt"], "completion": unit["completion"],
-               "score": float(score), "reason": reason, "finish_reason": unit["finish_reason"],
+               "score": None if score is None else float(score),  # None: the task could not score it here
+               "reason": reason, "finish_reason": unit["finish_reason"],
                "prompt_tokens": unit["prompt_tokens"], "completion_tokens": unit["completion_tokens"]}
         if unit.get("prompt_truncated"):
             rec["prompt_truncated"] = True

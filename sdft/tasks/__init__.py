@@ -21,6 +21,7 @@ checkers used in scoring live in ``sdft.base.answers``, shared with the distilla
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import isfinite  # not `import math`: the submodule sdft.tasks.math would shadow it
 from pathlib import Path
@@ -126,8 +127,10 @@ class GenerativeTask(Task):
         return templates.render(template, instruction, tokenizer=tokenizer, **{**settings, **overrides})
 
     @abstractmethod
-    def score_with_reason(self, example: dict, completion: str) -> tuple[float, Any]:
-        """``(score, reason)`` for one answer."""
+    def score_with_reason(self, example: dict, completion: str) -> tuple[float | None, Any]:
+        """``(score, reason)`` for one answer. A score of None marks an item the task could not score here
+        (IFBench's POS-tagger instructions without NLTK's tagger data): it is kept out of every mean and
+        paired comparison, and the task's ``aggregate``, which must handle None, reports how many."""
 
     def score(self, example: dict, completion: str) -> float:
         return self.score_with_reason(example, completion)[0]
@@ -191,6 +194,8 @@ TASKS: dict[str, str] = {
     "advbench-jailbreak": "sdft.tasks.advbench:AdvBenchJailbreak",
     "winrate": "sdft.tasks.winrate:WinRate",
     "alpaca_eval": "sdft.tasks.alpaca_eval:AlpacaEval",
+    "ifeval": "sdft.tasks.ifeval:IFEval",
+    "ifbench": "sdft.tasks.ifeval:IFBench",
     "arc": "sdft.tasks.multiple_choice:ARC",
     "hellaswag": "sdft.tasks.multiple_choice:HellaSwag",
     "winogrande": "sdft.tasks.multiple_choice:Winogrande",
@@ -258,6 +263,17 @@ def _option_problem(spec: Any, value: Any) -> str | None:
             ok = False
         return None if ok else "must be a finite number"
     return None
+
+
+def round_robin(examples: list[dict], key: Callable[[dict], str]) -> list[dict]:
+    """The examples taken one group at a time (groups by ``key``, A-Z; each group in its own order): each
+    group's first, then each one's second, ... so that `--limit N`, which takes the first N, spreads over
+    every group rather than over the first few of a file that lists them group by group."""
+    groups: dict[str, list[dict]] = {}
+    for example in examples:
+        groups.setdefault(key(example), []).append(example)
+    queues = [groups[name] for name in sorted(groups)]
+    return [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
 
 
 def task_revisions(names: list[str], limited: bool = True) -> dict[str, int]:

