@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml requirements-carriers.txt
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not heavy"
