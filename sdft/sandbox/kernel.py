@@ -146,14 +146,25 @@ def build_root(paths: list[str], tmp_mb: int, uid: int, gid: int, where: str = "
     sources = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)) for p in paths if os.path.lexists(p)]
     devices = [(f"/dev/{d}", os.open(f"/dev/{d}", os.O_PATH | os.O_CLOEXEC)) for d in DEVICES
                if os.path.exists(f"/dev/{d}")]
+    # Top-level entries of /tmp that hold a bound path: each becomes a small tmpfs of its own, read-only once
+    # the binds are in, so the program (which owns /tmp) can neither rename it (a mount point) nor plant an
+    # interpreter of its own where the tests' process will look for one; /tmp is then 0711 so that the tests'
+    # process (another uid when started as root) can reach the interpreter.
+    under_tmp = sorted({"/tmp/" + p.split("/")[2] for p in paths if p.startswith("/tmp/")})
     try:
         mount("tmpfs", where, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4m,mode=0755")
-        for sub, size, mode in (("/tmp", tmp_mb, "0700"), ("/dev/shm", 16, "1777")):
+        tmp_mode = "0711" if under_tmp else "0700"
+        for sub, size, mode in (("/tmp", tmp_mb, tmp_mode), ("/dev/shm", 16, "1777")):
             os.makedirs(where + sub, 0o755, exist_ok=True)
             mount("tmpfs", where + sub, "tmpfs", _MS_NOSUID | _MS_NODEV,
                   f"size={max(int(size), 1)}m,mode={mode},uid={uid},gid={gid}")
+        for top in under_tmp:
+            os.makedirs(where + top, 0o755, exist_ok=True)
+            mount("tmpfs", where + top, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
         for path, fd in sources:
             _bind_read_only(path, fd, where + path)
+        for top in under_tmp:
+            mount(None, where + top, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
         for path, fd in devices:  # the bind keeps the device usable (no nodev on it)
             Path(where + path).touch(0o666)
             mount(f"/proc/self/fd/{fd}", where + path, None, _MS_BIND)

@@ -192,17 +192,25 @@ def test_a_virtualenv_under_tmp_runs_sandboxed():
         (site / "sdft-test.pth").write_text("\n".join(p for p in sys.path if p and os.path.isdir(p)) + "\n")
         code = ("import sys\nprint(sys.prefix)\n"
                 "try:\n    open(sys.prefix + '/pyvenv.cfg', 'a')\nexcept OSError as e:\n    print('read-only', e.errno)\n")
+        top = "/" + "/".join(venv.parts[1:3])  # the folder under /tmp that holds the interpreter
+        code += (f"try:\n    import os; os.rename({top!r}, '/tmp/moved')\nexcept OSError as e:\n"
+                 "    print('kept', e.errno)\n")
         probe = ("import json; from sdft import sandbox\n"
                  f"r = sandbox.run_python({code!r})\n"
-                 "print(json.dumps([r.status, r.stdout, r.detail, r.mechanisms]))")
+                 "c = sandbox.check_program('def f():\\n    return 1\\n', ['assert f() == 1'])\n"
+                 "w = sandbox.check_program('def f():\\n    return 2\\n', ['assert f() == 1'])\n"
+                 "print(json.dumps([r.status, r.stdout, r.detail, r.mechanisms, c.status, c.detail, w.status]))")
         out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
                              timeout=120, cwd=venv.parent)
         assert out.returncode == 0, out.stderr
-        status, stdout, detail, mechanisms = json.loads(out.stdout.splitlines()[-1])
+        status, stdout, detail, mechanisms, checked, checked_detail, wrong = json.loads(out.stdout.splitlines()[-1])
         assert status == "passed", detail
         assert "private_root" in mechanisms
         assert stdout.splitlines()[0] == str(venv)
         assert stdout.splitlines()[1] in ("read-only 13", "read-only 30")  # Landlock (EACCES) or the bind (EROFS)
+        assert stdout.splitlines()[2] in ("kept 16", "kept 13", "kept 30")  # a mount point (EBUSY), or refused
+        # The tests' process (another uid when sdft runs as root) reaches the interpreter too.
+        assert (checked, wrong) == ("passed", "failed"), checked_detail
     finally:
         shutil.rmtree(venv.parent, ignore_errors=True)
 
