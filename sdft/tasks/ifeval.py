@@ -31,6 +31,7 @@ import contextlib
 import functools
 import importlib
 import logging
+import random
 import re
 import sys
 from importlib import metadata
@@ -135,7 +136,7 @@ def check_instruction(benchmark: str, instruction: str, kwargs: dict, prompt: st
     if instruction not in registry:  # if-verifiable skips an unknown one silently; we say so
         return verdict | {"unscored": f"{_PACKAGE} {_version(_PACKAGE)} has no checker for it"}
     try:
-        with _quiet_checkers():
+        with _steady_checker(f"{instruction}\n{prompt}"):
             found, _ = evaluate_instructions(answer, [instruction], [kwargs], prompt, registry)
     except LookupError as exc:  # nltk's "resource not found"
         return verdict | {"unscored": _missing_data(exc)}
@@ -170,15 +171,24 @@ def _registry(benchmark: str) -> dict[str, type]:
 
 
 @contextlib.contextmanager
-def _quiet_checkers():
-    """The reference checkers log through the root logger when an answer has no language to detect
-    ("Unable to detect language"): a verdict (not followed), not news for the user, once per answer."""
-    before = logging.root.manager.disable
+def _steady_checker(seed: str):
+    """Keep two habits of the reference checkers out of the results:
+
+    * A checker given an argument it cannot use picks one at random (IFEval's prompts 1122 and 1129 ask for
+      the "letter" '#' and '!': the reference code then counts a random letter). Seeded by the prompt and
+      instruction, every model and every rerun is judged against the same one, and Python's random state
+      is given back afterwards.
+    * They log through the root logger when an answer has no language to detect: a verdict (not followed),
+      not news for the user, once per answer.
+    """
+    state, quiet = random.getstate(), logging.root.manager.disable
+    random.seed(seed)  # a str seed is hashed with sha512: the same in every process, unlike hash()
     logging.disable(logging.ERROR)
     try:
         yield
     finally:
-        logging.disable(before)
+        random.setstate(state)
+        logging.disable(quiet)
 
 
 def _no_download(*args, **kwargs) -> bool:

@@ -64,6 +64,21 @@ def test_loose_forgives_a_preamble_line_and_markdown_strict_does_not(instruction
     assert (verdict["strict"], verdict["loose"]) == (False, True)
 
 
+def test_a_checker_that_picks_its_argument_at_random_picks_the_same_one_every_time():
+    import random
+
+    # IFEval's prompt 1122 asks for the "letter" '#': the reference checker then counts a random letter. The
+    # answer has half the alphabet four times, so an unseeded pick would pass about half of the time.
+    answer, kwargs = "abcdefghijklm " * 4, {"let_relation": "at least", "letter": "#", "let_frequency": 4}
+    verdicts = {check_instruction("ifeval", "keywords:letter_frequency", kwargs, "Prompt 1122", answer)["strict"]}
+    for seed in range(20):  # (the first call above imported the checkers, which may draw random numbers)
+        random.seed(seed)
+        state = random.getstate()
+        verdicts.add(check_instruction("ifeval", "keywords:letter_frequency", kwargs, "Prompt 1122", answer)["strict"])
+        assert random.getstate() == state  # the caller's random state is left alone
+    assert len(verdicts) == 1
+
+
 def test_prompt_level_needs_every_instruction_and_loose_metrics_are_reported():
     task = get_task("ifeval")
     example = {"id": "x", "prompt": "Q", "instructions": ["punctuation:no_comma", "startend:end_checker"],
