@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -66,3 +67,12 @@ def trained_lora(model_dir, out):
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     (out / "train.json").write_text("{}")  # a training record is not part of the scaled adapter
     return out
+
+
+def gsm8k_file(tmp_path: Path, n: int) -> Path:
+    """GSM8K-shaped records (question, answer ending in #### N), written here: no shared data needed."""
+    rows = [{"question": f"Tom has {a} apples and buys {a + 3} more. How many apples does he have?",
+             "answer": f"{a} + {a + 3} = {2 * a + 3}\n#### {2 * a + 3}"} for a in range(2, 2 + n)]
+    path = tmp_path / "gsm8k.json"
+    path.write_text(json.dumps(rows))
+    return path

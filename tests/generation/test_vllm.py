@@ -22,6 +22,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from tiny_model import gsm8k_file
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,21 +130,12 @@ def test_lora_adapter_matches_hf_with_the_same_adapter(vllm_fp32, adapter, folde
     assert ours != [c.text for c in base.generate(prompts, params)]  # the adapter was applied
 
 
-def _gsm8k(tmp_path: Path, n: int) -> Path:
-    """GSM8K-shaped records (question, answer ending in #### N), written here: no shared data needed."""
-    rows = [{"question": f"Tom has {a} apples and buys {a + 3} more. How many apples does he have?",
-             "answer": f"{a} + {a + 3} = {2 * a + 3}\n#### {2 * a + 3}"} for a in range(2, 2 + n)]
-    path = tmp_path / "gsm8k.json"
-    path.write_text(json.dumps(rows))
-    return path
-
-
 def test_distill_resumes_after_kill_9(tmp_path, vllm_fp32):
     """The acceptance run, smaller: killed mid-job, then rerun; nothing lost or duplicated."""
     from sdft.distill.config import DistillConfig
     from sdft.distill.stage import distill
 
-    data, out = _gsm8k(tmp_path, 24), tmp_path / "killed"
+    data, out = gsm8k_file(tmp_path, 24), tmp_path / "killed"
     flags = ["--backend", "vllm", "--precision", "fp32", "--backend-option", "enforce_eager=true",
              "--backend-option", "request_chunk=4", "--task", "math", "--max-new-tokens", "48", "--no-progress"]
     log = tmp_path / "killed.log"
@@ -230,7 +222,7 @@ def test_eval_through_the_server_then_a_clear_error_when_it_stops(vllm_server, t
     from sdft.cli import main
 
     proc, url = vllm_server
-    data = _gsm8k(tmp_path, 4)
+    data = gsm8k_file(tmp_path, 4)
     argv = ["eval", "--backend", "openai", "--endpoint", url, "--model", MODEL, "--tasks", "gsm8k",
             "--data", f"gsm8k={data}", "--limit", "4", "--max-new-tokens", "32", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "E")]) == 0

@@ -15,7 +15,6 @@ what it recorded and found still alive.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import signal
@@ -26,6 +25,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from tiny_model import gsm8k_file
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,14 +108,6 @@ class Tree:
                 pass
 
 
-def _gsm8k(tmp_path: Path, n: int) -> Path:
-    rows = [{"question": f"Tom has {a} apples and buys {a + 3} more. How many apples does he have?",
-             "answer": f"{a} + {a + 3} = {2 * a + 3}\n#### {2 * a + 3}"} for a in range(2, 2 + n)]
-    path = tmp_path / "gsm8k.json"
-    path.write_text(json.dumps(rows))
-    return path
-
-
 def _lines(pattern: str, folder: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in folder.glob(pattern) if f.is_file())
 
@@ -153,7 +145,7 @@ def _kill_mid_generation(argv: list[str], out: Path, progress_glob: str | None, 
 
 
 def test_sigterm_mid_distillation_stops_the_engine_and_says_so(tmp_path):
-    data, out, log = _gsm8k(tmp_path, 64), tmp_path / "distill", tmp_path / "distill.log"
+    data, out, log = gsm8k_file(tmp_path, 64), tmp_path / "distill", tmp_path / "distill.log"
     argv = ["distill", "--data", str(data), "--out", str(out), "--task", "math", *ENGINE_FLAGS]
     proc, tree, took = _kill_mid_generation(argv, out, "progress.jsonl", signal.SIGTERM, log)
     try:
@@ -175,7 +167,7 @@ def test_sigterm_to_the_process_group_while_the_engine_starts(tmp_path):
     """What ``timeout -s TERM`` does, early: sdft and the starting engine processes all get SIGTERM. vLLM
     swallows a KeyboardInterrupt while it waits for its engine to start, and its EngineCore, told to stop
     while starting, never reports ready: a Ctrl-C-like exception made sdft wait 10 minutes there."""
-    data, out, log = _gsm8k(tmp_path, 8), tmp_path / "distill", tmp_path / "distill.log"
+    data, out, log = gsm8k_file(tmp_path, 8), tmp_path / "distill", tmp_path / "distill.log"
     argv = ["distill", "--data", str(data), "--out", str(out), "--task", "math", *ENGINE_FLAGS]
     proc, tree, took = _kill_mid_generation(argv, out, None, signal.SIGTERM, log, group=True)
     try:
@@ -191,7 +183,7 @@ def test_sigterm_to_the_process_group_while_the_engine_starts(tmp_path):
 
 
 def test_sigkill_mid_evaluation_leaves_no_engine(tmp_path):
-    data, out, log = _gsm8k(tmp_path, 64), tmp_path / "eval", tmp_path / "eval.log"
+    data, out, log = gsm8k_file(tmp_path, 64), tmp_path / "eval", tmp_path / "eval.log"
     argv = ["eval", "--model", MODEL, "--tasks", "gsm8k", "--data", f"gsm8k={data}", "--out", str(out),
             *ENGINE_FLAGS]
     proc, tree, _ = _kill_mid_generation(argv, out, "generations/.cache/*.jsonl", signal.SIGKILL, log)
