@@ -133,17 +133,22 @@ def text_similarity(references: Sequence[str], candidates: Sequence[str], *,
 # ------------------------------------------------------------------ seed likelihood
 
 def seed_likelihood(model, tokenizer, prompts: Sequence[str], texts: Sequence[str],
-                    batch_size: int = 8, progress: str | None = None) -> dict:
-    """Per-token NLL (nats) of ``texts`` given ``prompts`` under a loaded model.
+                    batch_size: int = 8, progress: str | None = None, engine=None) -> dict:
+    """Per-token NLL (nats) of ``texts`` given ``prompts`` under a loaded model (a torch ``model`` and its
+    ``tokenizer``, or a generation ``engine`` with prompt log-probabilities).
 
     ``mean_nll`` averages the per-answer means (each answer counts once); ``token_nll`` pools all tokens
     (long answers weigh more) and ``perplexity`` is its exponential. Empty texts are left out.
     """
-    from sdft.generation.loglik import sequence_logprobs
+    from sdft.generation.loglik import engine_sequence_logprobs, sequence_logprobs
 
-    scored = sequence_logprobs(model, tokenizer, list(zip(prompts, texts)), batch_size=batch_size,
-                               move_space=False,  # the prompt's final newline was given, not generated
-                               progress=progress)
+    pairs = list(zip(prompts, texts))
+    # move_space=False: the prompt's final newline was given, not generated.
+    if engine is not None:
+        scored = engine_sequence_logprobs(engine, pairs, move_space=False, progress=progress)
+    else:
+        scored = sequence_logprobs(model, tokenizer, pairs, batch_size=batch_size, move_space=False,
+                                   progress=progress)
     per_item = [-lp / n if n else math.nan for lp, n in scored]
     tokens = sum(n for _, n in scored)
     token_nll = -sum(lp for lp, _ in scored) / tokens if tokens else None
@@ -319,8 +324,6 @@ def _fingerprint(path: str | None, skip: tuple[str, ...] = ()):
 def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_results: dict,
                            matched: dict, result: dict) -> dict:
     """Seed answers scored under the candidate model and (baseline) under the reference model."""
-    from sdft.models.resolve import load_model_and_tokenizer
-
     model = config.model or _setting(cand_results, "model")
     adapter = config.adapter if (config.model or config.adapter) else _setting(cand_results, "adapter")
     if not model:
@@ -332,15 +335,13 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
     def score(name: str, lora: str | None) -> dict:
         # An adapter's model card is left out: sdft run rewrites it with the results, no weight changes.
         key = (_fingerprint(name), _fingerprint(lora, skip=(layout.MODEL_CARD,)), config.batch_size,
-               _digest(prompts, texts))
+               _digest(prompts, texts), *_scorer_key(config))
         if key not in _SCORED:
             saved = layout.nll_scores_file(Path(config.reference), _digest([json.dumps(key)], []))
             if saved.is_file():
                 _SCORED[key] = json.loads(saved.read_text())
             else:
-                net, tokenizer = load_model_and_tokenizer(name, lora)
-                _SCORED[key] = seed_likelihood(net, tokenizer, prompts, texts, batch_size=config.batch_size,
-                                               progress=f"seed answers NLL under {Path(lora or name).name}")
+                _SCORED[key] = _score_answers(config, name, lora, prompts, texts)
                 write_json(saved, _SCORED[key])
         return _SCORED[key]
 
@@ -360,6 +361,33 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
     elif config.baseline:
         result["notes"].append("no baseline seed likelihood: the reference results.json names no model")
     return out
+
+
+def _scorer_key(config: AnalyzeConfig) -> tuple:
+    """The scorer in the cache key; the torch pass adds nothing (its scores were cached before there was a
+    choice)."""
+    if config.likelihood_backend == "hf":
+        return ()
+    from sdft.generation.auto import generation_precision
+
+    # The precision as resolved: "auto" on CPUs of two kinds must not share scores made in two precisions.
+    return (config.likelihood_backend, generation_precision(config.likelihood_precision, config.likelihood_backend),
+            sorted(config.likelihood_backend_option))
+
+
+def _score_answers(config: AnalyzeConfig, name: str, lora: str | None, prompts: list, texts: list) -> dict:
+    label = f"seed answers NLL under {Path(lora or name).name}"
+    if config.likelihood_backend == "vllm":
+        from sdft.generation import Engine, backend_setup
+
+        setup = backend_setup(Engine(model=name, backend="vllm", precision=config.likelihood_precision,
+                                     backend_option=tuple(config.likelihood_backend_option)))
+        scored = seed_likelihood(None, None, prompts, texts, progress=label, engine=setup.load(lora, progress=False))
+        return scored | {"scorer": {"backend": "vllm", "precision": setup.record["precision"]}}
+    from sdft.models.resolve import load_model_and_tokenizer
+
+    net, tokenizer = load_model_and_tokenizer(name, lora)
+    return seed_likelihood(net, tokenizer, prompts, texts, batch_size=config.batch_size, progress=label)
 
 
 def _split_nll(scored: dict, matched: dict) -> dict:

@@ -28,6 +28,14 @@ class AnalyzeConfig(Validated):
     likelihood: bool = field(True, "compute seed likelihood (loads the candidate model)")
     baseline: bool = field(True, "also score the seed answers under the reference model, for the change")
     batch_size: int = field(8, "sequences per forward pass")
+    likelihood_backend: Literal["hf", "vllm"] = field(
+        "hf", "scorer of the seed answers' NLL: hf (a torch pass, fp32 on a CPU) or vllm (the engine's prompt "
+              "log-probabilities at --likelihood-precision; an engine an evaluation of the same model left "
+              "running in this process is reused)")
+    likelihood_precision: Literal["auto", "fp32", "bf16"] = field("auto", "precision of the vllm scorer (as "
+                                                                          "sdft eval --precision)")
+    likelihood_backend_option: list[str] = field(default_factory=list, help="KEY=VALUE option of the vllm "
+                                                 "scorer (as sdft eval --backend-option)")
 
     def validate(self) -> None:
         if self.batch_size < 1:

@@ -36,6 +36,10 @@ class RunConfig(Validated):
     eval: dict = field(default_factory=dict, help="evaluation settings (sdft eval keys)")
     shift_tasks: list[str] = field(default_factory=list,
                                    help="eval tasks whose answers are compared with the seed's (default: all generative)")
+    shift: dict = field(default_factory=dict, help="answer-shift settings (sdft analyze keys: likelihood_backend, "
+                                                   "likelihood_precision, batch_size, embedding_model, ...); "
+                                                   "likelihood_backend: vllm scores the seed answers' NLL in the "
+                                                   "engine that evaluated the model, at the eval section's precision")
     mix_ratios: list[float] = field(default_factory=lambda: [0.0, 1.0], help="share of rewrites used in training")
     sample_sizes: list[int] = field(default_factory=list, help="training-set sizes to sweep (at mix 0 and 1)")
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS),

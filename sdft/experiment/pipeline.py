@@ -46,6 +46,7 @@ from sdft.experiment.targets import (  # noqa: F401  (some: names of this module
     eval_stage_key,
     eval_target,
     models,
+    shift_settings,
     stage_done,
     sweep_points,
 )
@@ -90,6 +91,9 @@ def stage_configs(config: RunConfig) -> dict:
                       "train section")
     evaluation = from_dict(EvalConfig, {**system, **config.eval, "model": config.model, "out": "-"},
                            "eval section")
+    from sdft.compare.config import AnalyzeConfig
+
+    from_dict(AnalyzeConfig, {**shift_settings(config), "reference": "-", "candidate": "-"}, "shift section")
     not_evaluated = sorted(set(config.shift_tasks) - set(evaluation.tasks))
     if not_evaluated:  # else the shift stage would fail after the first model is trained
         raise ConfigError(f"shift_tasks {', '.join(not_evaluated)} not among the eval section's tasks")
@@ -225,10 +229,11 @@ def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> d
     from sdft.compare.weights import parameter_shift
     from sdft.generation import release_engines
 
-    release_engines()  # scoring loads the model in torch beside it otherwise
-
+    shift = shift_settings(config)
+    if shift.get("likelihood_backend", "hf") == "hf":
+        release_engines()  # scoring loads the model in torch beside it otherwise
     answers = analyze.analyze(analyze.AnalyzeConfig(
-        what="shift", reference=seed.eval.dir, candidate=arm.eval.dir, out=str(folder),
+        **shift, what="shift", reference=seed.eval.dir, candidate=arm.eval.dir, out=str(folder),
         tasks=config.shift_tasks or None, model=config.model, adapter=arm.train.dir))
     weights = parameter_shift(ShiftConfig(model=config.model, adapter=arm.train.dir, out=str(folder)))
     return {"answer_shift": answers, "weight_shift": weights}

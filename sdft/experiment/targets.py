@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sdft.base import layout, provenance, seeds
 from sdft.base.config import keyed_settings, stage_key
+from sdft.base.errors import ConfigError
 from sdft.base.keys import without_old_defaults
 from sdft.distill.config import DistillConfig
 from sdft.experiment import arms
@@ -58,7 +59,26 @@ def compare_target(seed_eval: Path | str, model_eval: Path | str, config: RunCon
     """``(key, folder, settings)`` of a model's comparison with the seed, inside the model's eval folder.
     ``shift_tasks`` is in the settings only when set: comparisons recorded before it existed stay finished."""
     shift = {"vs": "seed", **({"shift_tasks": sorted(config.shift_tasks)} if config.shift_tasks else {})}
+    if config.shift:  # likewise: comparisons made before the section existed stay finished
+        shift["shift"] = shift_settings(config)
     return stage_key(str(seed_eval), str(model_eval)), Path(model_eval) / layout.COMPARE, shift
+
+
+# AnalyzeConfig keys the pipeline sets itself.
+SHIFT_OWNED = {"what", "reference", "candidate", "out", "tasks", "model", "adapter"}
+
+
+def shift_settings(config: RunConfig) -> dict:
+    """The ``shift`` section as the comparison uses it: an engine scorer takes the eval section's precision and
+    backend options unless the section sets its own, so it reuses the engine that evaluated the model."""
+    shift = dict(config.shift)
+    clash = sorted(SHIFT_OWNED & set(shift))
+    if clash:
+        raise ConfigError(f"section 'shift' may not set {', '.join(clash)}: the pipeline sets them")
+    if shift.get("likelihood_backend") == "vllm":
+        shift.setdefault("likelihood_precision", config.eval.get("precision", "auto"))
+        shift.setdefault("likelihood_backend_option", list(config.eval.get("backend_option", [])))
+    return shift
 
 
 def distill_target(config: DistillConfig, run_dir: Path) -> tuple[str, Path]:

@@ -77,6 +77,33 @@ def _forward(model, input_ids, attention_mask, position_ids, keep: int):
     return out.logits[:, -keep:] if keep else out.logits
 
 
+def scoring_rows(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int,
+                 move_space: bool = True) -> list[tuple[list[int], int]]:
+    """Per pair, (window of tokens, number of scored tokens at its end): the same for every scorer."""
+    rows = []
+    for context, continuation in pairs:
+        ctx, cont = encode_pair(tokenizer, context, continuation, move_space)
+        tokens = (ctx + cont)[-(max_len + 1):]
+        rows.append((tokens, min(len(cont), len(tokens) - 1)))
+    return rows
+
+
+def engine_sequence_logprobs(backend, pairs: Sequence[tuple[str, str]], move_space: bool = True,
+                             progress: str | None = None) -> list[tuple[float, int]]:
+    """:func:`sequence_logprobs` through a generation engine's prompt log-probabilities (a backend with
+    ``prompt_logprobs(token lists)``, e.g. vLLM): one prefill per pair in the engine that already holds the
+    model, instead of loading it again in torch. Same tokens, same windows; the numbers differ from a torch
+    pass only by the kernels' rounding at the engine's precision."""
+    rows = scoring_rows(backend.tokenizer, pairs, backend.max_model_len - 1, move_space)
+    scored = [i for i, (_, n) in enumerate(rows) if n > 0]
+    per_token = backend.prompt_logprobs([rows[i][0] for i in scored], progress=progress)
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    for i, logprobs in zip(scored, per_token):
+        n = rows[i][1]
+        results[i] = (math.fsum(logprobs[-n:]), n)
+    return results
+
+
 def sequence_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
                       padding: Padding = "left", move_space: bool = True,
                       progress: str | None = None) -> list[tuple[float, int]]:
@@ -90,12 +117,7 @@ def sequence_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_
     import torch
     from tqdm.auto import tqdm
 
-    max_len = _max_length(model, tokenizer)
-    rows: list[tuple[list[int], int]] = []  # (window of tokens, number of scored tokens at its end)
-    for context, continuation in pairs:
-        ctx, cont = encode_pair(tokenizer, context, continuation, move_space)
-        tokens = (ctx + cont)[-(max_len + 1):]
-        rows.append((tokens, min(len(cont), len(tokens) - 1)))
+    rows = scoring_rows(tokenizer, pairs, _max_length(model, tokenizer), move_space)
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     # Rows whose model input is identical share one forward pass: MMLU's " A".." D" are one token each
     # after the same context, so its four options cost one pass (lm-eval saves the same way).

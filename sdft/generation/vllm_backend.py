@@ -68,9 +68,16 @@ def resolve_lora_mode(mode: str) -> str:
     return mode if mode != "auto" else ("native" if cuda_available() else "merged")
 
 
-def merged_key(folder: str, adapter: Path) -> str:
+# Merged copies are saved in the engine's dtype when it is one of these (a bf16 engine rounds fp32 weights
+# to bf16 as it loads them, the same rounding torch does when saving: the engine holds the same bits), else
+# in fp32, which every engine dtype can be cast from.
+_STORED_DTYPES = ("bfloat16", "float16")
+
+
+def merged_key(folder: str, adapter: Path, dtype: str = "float32") -> str:
     """The merged copy's cache key: the base folder (path, and each file's name, size and mtime, so a base
-    converted or saved again in the same place is merged again) and the adapter's files (bytes)."""
+    converted or saved again in the same place is merged again), the adapter's files (bytes) and the dtype
+    it is stored in (fp32 adds nothing: the copies made before there was a choice were fp32)."""
     import hashlib
 
     from sdft.base.provenance import folder_stamp
@@ -78,20 +85,23 @@ def merged_key(folder: str, adapter: Path) -> str:
     _adapter_config(adapter)
     base = Path(folder).resolve()
     digest = hashlib.sha256(json.dumps([str(base), folder_stamp(base)]).encode())
+    if dtype in _STORED_DTYPES:
+        digest.update(f"\0dtype\0{dtype}".encode())
     for file in sorted(adapter.iterdir()):
         if file.is_file() and file.name.startswith(_ADAPTER_FILES):
             digest.update(f"\0{file.name}\0{file.stat().st_size}\0".encode() + file.read_bytes())
     return digest.hexdigest()[:20]
 
 
-def merged_copy(folder: str, adapter: Path) -> str:
-    """The base model with ``adapter`` folded in, saved once under ``$SDFT_HOME/merged/`` (keyed by
-    :func:`merged_key`) and reused. vLLM's LoRA path on a CPU runs adapters op by op: one step of
+def merged_copy(folder: str, adapter: Path, dtype: str = "float32") -> str:
+    """The base model with ``adapter`` folded in (in fp32), saved once under ``$SDFT_HOME/merged/`` (keyed by
+    :func:`merged_key`) in the engine's ``dtype`` where that gives the engine the same weights (half the
+    bytes to write and read), and reused. vLLM's LoRA path on a CPU runs adapters op by op: one step of
     64 prompts with an r=64 adapter on every linear layer of a 0.5B model ran past vLLM's 300 s step timeout
     here, while merged weights decode at the base model's speed."""
     from sdft.models.resolve import folder_lock, load_model_and_tokenizer, sdft_home, swapped_in
 
-    target = sdft_home() / "merged" / merged_key(folder, adapter)
+    target = sdft_home() / "merged" / merged_key(folder, adapter, dtype)
     if (target / MERGED_MARKER).is_file():
         return str(target)
     with folder_lock(target.parent / f".{target.name}.lock"):  # parallel stages merge once
@@ -99,8 +109,12 @@ def merged_copy(folder: str, adapter: Path) -> str:
             return str(target)
         print(f"sdft: merging the adapter {adapter} into a copy of {folder} for vLLM (once: {target})", flush=True)
         net, tokenizer = load_model_and_tokenizer(folder, adapter=str(adapter), dtype="float32", device="cpu")
+        if dtype in _STORED_DTYPES:
+            import torch
+
+            net = net.to(getattr(torch, dtype))
         with swapped_in(target) as tmp:  # a merge cut short leaves no folder a later run would trust
-            net.save_pretrained(tmp)  # fp32: vLLM casts to the precision it runs in, as it does for the base
+            net.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / MERGED_MARKER).write_text(json.dumps({"base": str(folder), "adapter": str(adapter)}) + "\n")
     return str(target)
@@ -213,15 +227,15 @@ class VLLMBackend:
         folder = resolve_model(model)
         self.lora_request, lora_rank = None, 0
         self.lora_mode = resolve_lora_mode(lora_mode)
+        self.dtype = _vllm_dtype(precision, dtype)
         if adapter and self.lora_mode == "merged":
-            folder, adapter = merged_copy(str(folder), Path(adapter).expanduser().resolve()), None
+            folder, adapter = merged_copy(str(folder), Path(adapter).expanduser().resolve(), self.dtype), None
         if adapter:
             adapter_path = Path(adapter).expanduser().resolve()
             lora_rank = _lora_rank(adapter_path)
             # vLLM caches adapters by integer id: one id per folder, stable within the process.
             self.lora_request = LoRARequest(adapter_path.name or "adapter", _adapter_id(adapter_path),
                                             str(adapter_path))
-        self.dtype = _vllm_dtype(precision, dtype)
         from sdft.generation.auto import cuda_available
         if not cuda_available():
             # On a CPU, compilation makes an engine start take three to four minutes instead of one; eager
@@ -255,6 +269,36 @@ class VLLMBackend:
         outputs = self.llm.generate(requests, sampling, use_tqdm=self.progress, lora_request=self.lora_request)
         return [self._completion(ids, cut, output.outputs[0], params)
                 for ids, cut, output in zip(ids_list, truncated, outputs)]
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.llm.model_config.max_model_len)
+
+    def prompt_logprobs(self, token_lists: list[list[int]], progress: str | None = None) -> list[list[float]]:
+        """Per token list, the log-probability of each token after the first given the tokens before it (a
+        prefill per list, nothing generated that is kept), in chunks of ``request_chunk``."""
+        from tqdm.auto import tqdm
+        from vllm import SamplingParams
+
+        from sdft.generation.auto import cuda_available
+
+        if _ENGINE.get("max_lora_rank") and not cuda_available():
+            # vLLM 0.32's CPU LoRA logits kernel fails on prompt positions and takes the engine down with it.
+            raise SdftError("log-probabilities through vLLM on a CPU need an engine without LoRA slots: use "
+                            "lora_mode=merged (the default on a CPU) or --likelihood-backend hf")
+        # prompt_logprobs=0: only the given token's log-probability at each position, no alternatives.
+        sampling = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        found: list[list[float]] = []
+        with tqdm(total=len(token_lists), desc=progress, unit="seq", disable=progress is None) as bar:
+            for start in range(0, len(token_lists), self.request_chunk):
+                chunk = token_lists[start:start + self.request_chunk]
+                outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in chunk], sampling, use_tqdm=False,
+                                            lora_request=self.lora_request)
+                for ids, output in zip(chunk, outputs):
+                    found.append([position[token].logprob
+                                  for token, position in zip(ids[1:], list(output.prompt_logprobs)[1:])])
+                bar.update(len(chunk))
+        return found
 
     def _completion(self, ids: list[int], cut: bool, result, params: GenerationParams) -> Completion:
         # vLLM reports "stop" for EOS and stop strings, "length" for the budget, "abort" if cancelled.

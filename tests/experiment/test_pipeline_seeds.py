@@ -32,6 +32,14 @@ def _config(tmp_path: Path, tiny_model, **extra) -> Path:
     return path
 
 
+def _run_vanilla(tmp_path, tiny_model, evaluation: dict, **extra):
+    """The vanilla arm's run: (manifest, the "[run ]" lines of the stages that ran)."""
+    logs: list[str] = []
+    config = _config(tmp_path, tiny_model, arms=["vanilla"], interp={}, eval=evaluation, **extra)
+    manifest = run(load_run_config(config), log=logs.append)
+    return manifest, [line for line in logs if line.startswith("[run ]")]
+
+
 @pytest.mark.parametrize("seeds, message", [
     ([], "at least one seed"),
     ([42, 43, 42], "seed 42 more than once"),
@@ -139,10 +147,7 @@ def test_changing_shift_tasks_redoes_the_comparisons_with_the_seed(tmp_path, tin
                   "backend": "fake", "data": [f"openfunctions={tmp_path / 'calls.json'}", f"advbench={advbench}"]}
 
     def run_with(**extra):
-        logs: list[str] = []
-        config = _config(tmp_path, tiny_model, arms=["vanilla"], interp={}, eval=evaluation, **extra)
-        manifest = run(load_run_config(config), log=logs.append)
-        return manifest, [line for line in logs if line.startswith("[run ]")]
+        return _run_vanilla(tmp_path, tiny_model, evaluation, **extra)
 
     before, _ = run_with()
     assert set(before.arms["vanilla"].answer_shift["tasks"]) == {"openfunctions", "advbench"}
@@ -152,3 +157,33 @@ def test_changing_shift_tasks_redoes_the_comparisons_with_the_seed(tmp_path, tin
     assert run_with(shift_tasks=["advbench"])[1] == []
     again, ran = run_with()  # back to every generative task
     assert len(ran) == 1 and set(again.arms["vanilla"].answer_shift["tasks"]) == {"openfunctions", "advbench"}
+
+
+def test_the_shift_section_reaches_the_comparison_and_reruns_only_it(tmp_path, tiny_model):
+    evaluation = {"tasks": ["openfunctions"], "limit": 2, "max_new_tokens": 8, "progress": False,
+                  "backend": "fake", "data": [f"openfunctions={tmp_path / 'calls.json'}"]}
+
+    def run_with(**extra):
+        return _run_vanilla(tmp_path, tiny_model, evaluation, **extra)
+
+    before, _ = run_with()
+    assert "seed_likelihood" in before.arms["vanilla"].answer_shift
+    after, ran = run_with(shift={"likelihood": False})
+    assert ran == [f"[run ] {Path(after.arms['vanilla'].eval.dir) / layout.COMPARE}"]
+    assert "seed_likelihood" not in after.arms["vanilla"].answer_shift
+    assert run_with(shift={"likelihood": False})[1] == []
+
+
+def test_an_engine_scorer_takes_the_eval_sections_precision_and_options(tmp_path, tiny_model):
+    from sdft.experiment.targets import shift_settings
+
+    evaluation = {"tasks": ["advbench"], "backend": "vllm", "precision": "bf16", "backend_option": ["kv_cache_gib=1"]}
+    config = load_run_config(_config(tmp_path, tiny_model, eval=evaluation, shift={"likelihood_backend": "vllm"}))
+    assert shift_settings(config) == {"likelihood_backend": "vllm", "likelihood_precision": "bf16",
+                                      "likelihood_backend_option": ["kv_cache_gib=1"]}
+    own = load_run_config(_config(tmp_path, tiny_model, eval=evaluation,
+                                  shift={"likelihood_backend": "vllm", "likelihood_precision": "fp32"}))
+    assert shift_settings(own)["likelihood_precision"] == "fp32"
+    for bad, named in (({"adapter": "x"}, "adapter"), ({"likelihood_engine": "vllm"}, "likelihood_engine")):
+        with pytest.raises(ConfigError, match=named):
+            load_run_config(_config(tmp_path, tiny_model, shift=bad))

@@ -375,3 +375,49 @@ def test_shared_inputs_are_scored_once(model_and_tokenizer):
     for option, (lp, n) in zip(options, got):
         want_lp, want_n = manual_logprob(model, tok, "Answer:", option)  # " A" is 2 tokens here, same prefix
         assert n == want_n and lp == pytest.approx(want_lp, abs=1e-5)
+
+
+class TorchEngine:
+    """A test double of a generation engine's prompt log-probabilities, computed by one torch pass per list."""
+
+    def __init__(self, model, tokenizer, max_model_len: int = 2048):
+        self.model, self.tokenizer, self.max_model_len = model, tokenizer, max_model_len
+        self.requests: list[list[int]] = []
+
+    def prompt_logprobs(self, token_lists, progress=None):
+        self.requests += token_lists
+        out = []
+        with torch.inference_mode():
+            for ids in token_lists:
+                logits = self.model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+                picked = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
+                out.append(picked.tolist())
+        return out
+
+
+@pytest.mark.parametrize("move_space", [True, False])
+def test_engine_scores_equal_the_torch_pass_on_the_same_windows(model_and_tokenizer, move_space):
+    """Same tokens, same windows, same sums: only the engine's kernels may differ."""
+    model, tok = model_and_tokenizer
+    engine = TorchEngine(model, tok)
+    want = loglik.sequence_logprobs(model, tok, PAIRS, batch_size=3, move_space=move_space)
+    got = loglik.engine_sequence_logprobs(engine, PAIRS, move_space=move_space)
+    assert [n for _, n in got] == [n for _, n in want] and want[-1] == (0.0, 0)
+    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], abs=1e-4)
+    assert len(engine.requests) == len(PAIRS) - 1  # nothing to score: no request
+
+
+def test_engine_scores_keep_the_last_tokens_of_a_long_pair(model_and_tokenizer):
+    """A pair longer than the engine's window keeps its last tokens, as the torch pass does for the model's."""
+    model, tok = model_and_tokenizer
+    pair = [("word " * 40, "and the answer is five")]
+    engine = TorchEngine(model, tok, max_model_len=12)
+    (lp, n), = loglik.engine_sequence_logprobs(engine, pair, move_space=False)
+    assert len(engine.requests[0]) == 12 and n == min(len(loglik.encode_pair(tok, *pair[0], False)[1]), 11)
+    assert lp == pytest.approx(manual_window(model, engine.requests[0], n), abs=1e-4)
+
+
+def manual_window(model, ids: list[int], n: int) -> float:
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    return sum(float(logprobs[t - 1, ids[t]]) for t in range(len(ids) - n, len(ids)))

@@ -310,3 +310,31 @@ def test_merged_adapter_matches_hf_and_is_merged_once(adapter, folder, tmp_path,
     stamp = (copies[0] / "sdft-merged.json").stat().st_mtime_ns
     assert merged_copy(str(folder), Path(adapter)) == str(copies[0])  # reused, not merged again
     assert (copies[0] / "sdft-merged.json").stat().st_mtime_ns == stamp
+
+
+def test_prompt_logprobs_give_the_torch_pass_numbers(hf, adapter, folder):
+    """The seed answers' NLL through the engine (sdft analyze --likelihood-backend vllm) equals a torch pass at
+    the same precision, for the base model and a merged adapter, up to the kernels' rounding. Last in this file:
+    it replaces the module's engine (one with LoRA slots cannot score prompts on a CPU, which is refused)."""
+    from sdft.base.errors import SdftError
+    from sdft.compare.answers import seed_likelihood
+    from sdft.generation import load_backend
+    from sdft.generation.vllm_backend import shutdown_engine
+    from sdft.models.resolve import load_model_and_tokenizer
+
+    prompts = _chat(hf.tokenizer, QUESTIONS[:3])
+    answers = ["Paris is the capital of France.", "Red, green and blue.", "Hola!"]
+    with_slots = load_backend("vllm", folder, adapter, progress=False, lora_mode="native", **FP32)
+    with pytest.raises(SdftError, match="lora_mode=merged"):
+        seed_likelihood(None, None, prompts, answers, engine=with_slots)
+    shutdown_engine()
+    base = seed_likelihood(None, None, prompts, answers,
+                           engine=load_backend("vllm", folder, None, progress=False, **FP32))
+    want = seed_likelihood(hf.model, hf.tokenizer, prompts, answers)
+    assert base["tokens"] == want["tokens"] > 0 and base["values"] == pytest.approx(want["values"], abs=2e-3)
+    tuned, tokenizer = load_model_and_tokenizer(folder, adapter, dtype="float32")
+    merged = seed_likelihood(None, None, prompts, answers,
+                             engine=load_backend("vllm", folder, adapter, progress=False, lora_mode="merged", **FP32))
+    want = seed_likelihood(tuned, tokenizer, prompts, answers)
+    assert merged["values"] == pytest.approx(want["values"], abs=2e-3)
+    assert merged["values"] != pytest.approx(base["values"], abs=1e-3)  # the adapter was applied

@@ -63,6 +63,19 @@ def test_the_copy_is_the_adapter_folded_in_and_is_merged_once(tiny_model, adapte
     assert merged_copy(str(tiny_model), adapter) == copy  # reused
 
 
+def test_a_bf16_engine_gets_a_bf16_copy_holding_the_fp32_merge_rounded(tiny_model, adapter, home):
+    """Half the bytes, the same weights in the engine: the fp32 merge rounded to bf16 as vLLM rounds fp32 weights."""
+    import torch
+
+    fp32, bf16 = merged_copy(str(tiny_model), adapter), merged_copy(str(tiny_model), adapter, "bfloat16")
+    assert fp32 != bf16 and merged_copy(str(tiny_model), adapter, "auto") == fp32
+    assert merged_key(str(tiny_model), adapter, "float32") == merged_key(str(tiny_model), adapter)  # as before
+    wide, narrow = _weights(Path(fp32)), _weights(Path(bf16))
+    assert set(wide) == set(narrow)
+    for name, tensor in narrow.items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, wide[name].to(torch.bfloat16)), name
+
+
 def test_the_key_changes_with_the_adapter_and_with_the_base(tiny_model, adapter, tmp_path):
     other = _rescaled(adapter, tmp_path / "other", 2.0)
     assert merged_key(str(tiny_model), other) != merged_key(str(tiny_model), adapter)
@@ -156,6 +169,14 @@ def test_the_backend_hands_vllm_the_merged_copy_or_the_adapter(mode, tiny_model,
         assert backend.lora_request.lora_path == str(adapter.resolve())
     with pytest.raises(SdftError, match="not a LoRA adapter"):
         vllm_backend.VLLMBackend(str(tiny_model), adapter=str(home), progress=False, lora_mode=mode)
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", "bfloat16"), ("fp32", "float32"), ("auto", "float32")])
+def test_the_backend_merges_in_the_engines_dtype(precision, dtype, tiny_model, adapter, home, engine):
+    vllm_backend.VLLMBackend(str(tiny_model), adapter=str(adapter), progress=False, lora_mode="merged",
+                             precision=precision)
+    assert engine.started["folder"] == merged_copy(str(tiny_model), adapter, dtype)
+    assert len([p for p in (home / "merged").iterdir() if not p.name.startswith(".")]) == 1
 
 
 def _vllm_stage_settings(tiny_model, adapter, mode: str) -> dict:

@@ -1,0 +1,315 @@
+"""What one arm of an experiment costs, end to end: a reduced `sdft run` of the remedy comparison on the Qwen
+seed, timed per stage and per part, in each configuration given, side by side in one run.
+
+The run is the main experiment's shape at a small size: the seed evaluated, the training problems distilled,
+one SDFT arm trained (LoRA r=16 on every linear layer, 1 epoch), evaluated on GSM8K, AdvBench and HumanEval
+(sandboxed), and compared with the seed (answer similarity, the seed answers' NLL, weight shift). Every
+configuration starts from an empty run folder and an empty `$SDFT_HOME` cache (merged copies, replay
+answers), so nothing one configuration made is reused by the next; the model is the one folder for all.
+
+Per part, time is *exclusive* (a part inside another is taken out of it): model load (torch), merged copy,
+engine start and release, generation per task, scoring per task (HumanEval: the sandbox), training steps,
+seed-answer NLL, similarity, weight shift, report; "other" is a stage's wall time not in any part (writing,
+tokenizing, Python). Throughput: generated + prompt tokens per second of generation, training tokens per
+second; MFU against the matmul peak measured now, in the precision the run used. Equal answers: the greedy
+answers and per-item scores of every configuration are compared with the first's.
+
+    .venv/bin/python benchmarks/bench_arm.py [--configs previous,current] [--model qwen2.5-coder-0.5b-instruct]
+        [--train 32] [--items 48] [--out bench-arm]   # prints a table, writes <out>/bench-arm.json
+
+Run it on a quiet machine: two heavy jobs at once slow both about 4x. The CPU's bf16 support is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench_train import matmul_peak  # noqa: E402  (benchmarks/ is the script's folder)
+SHARED = ROOT.parent / "shared" / "data" / "sdft-paper"
+
+# The configurations compared: settings laid over the base run config (section.key: value). "previous" is
+# the experiment as issue 27 found it; "current" is today's defaults.
+CONFIGS = {
+    "previous": {},
+    "current": {},
+}
+
+# (module, attribute, part). A class attribute is "module:Class.method". Parts may nest; time is exclusive.
+PARTS = [
+    ("sdft.models.resolve", "load_model_and_tokenizer", "model load (torch)"),
+    ("sdft.generation.vllm_backend", "merged_copy", "merged copy"),
+    ("sdft.generation.vllm_backend", "_engine", "engine start"),
+    ("sdft.generation.vllm_backend", "shutdown_engine", "engine release"),
+    ("sdft.evaluate.run", "_generate", "generation"),
+    ("sdft.distill.stage", "_generate_pending", "generation"),
+    ("sdft.evaluate.run", "_score", "scoring"),
+    ("transformers", "Trainer.train", "training steps"),
+    ("sdft.compare.answers", "seed_likelihood", "seed-answer NLL"),
+    ("sdft.compare.answers", "text_similarity", "similarity"),
+    ("sdft.compare.weights", "parameter_shift", "weight shift"),
+    ("sdft.report.stage", "write_report", "report"),
+]
+
+
+class Clock:
+    """Exclusive wall time per (stage, part) on the main thread; parts called from worker threads are counted
+    inside the main-thread part that waits for them."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self.stack: list[list] = []  # [label, began, child seconds]
+        self.stage = "setup"
+
+    @contextlib.contextmanager
+    def part(self, label: str):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        frame = [label, time.perf_counter(), 0.0]
+        self.stack.append(frame)
+        try:
+            yield
+        finally:
+            self.stack.pop()
+            spent = time.perf_counter() - frame[1]
+            self.seconds[(self.stage, label)] += spent - frame[2]
+            if self.stack:
+                self.stack[-1][2] += spent
+
+
+CLOCK = Clock()
+
+
+def _task_label(label: str, args: tuple) -> str:
+    """generation / scoring carry the task's name (their first argument) when it is a string."""
+    if label in ("generation", "scoring") and args:
+        name = args[0] if isinstance(args[0], str) else getattr(args[0], "name", None)
+        if isinstance(name, str):
+            return f"{label}: {name}"
+    return label
+
+
+def instrument(clock: Clock) -> None:
+    """Wrap each part's function where it is defined and wherever a module imported it by name."""
+    import importlib
+
+    for module_name, attribute, label in PARTS:
+        module = importlib.import_module(module_name)
+        owner_name, _, method = attribute.rpartition(".")
+        owner = getattr(module, owner_name) if owner_name else module
+        original = getattr(owner, method)
+
+        def timed(*args, __original=original, __label=label, **kwargs):
+            with clock.part(_task_label(__label, args)):
+                return __original(*args, **kwargs)
+
+        setattr(owner, method, timed)
+        if not owner_name:  # `from module import function` copies elsewhere
+            for other in list(sys.modules.values()):
+                if getattr(other, "__name__", "").startswith("sdft") and getattr(other, method, None) is original:
+                    setattr(other, method, timed)
+
+
+def stage_of(folder: Path, run_dir: Path) -> str:
+    """"eval/seed", "distill", "train/sdft", "compare/sdft": the stage kind and the model, without keys."""
+    parts = folder.relative_to(run_dir).parts
+    if not parts:
+        return str(folder)
+    kind = "compare" if "compare" in parts else parts[0]
+    model = parts[1].rsplit("-", 1)[0] if len(parts) > 1 else ""
+    return f"{kind}/{model}" if model and kind != "distill" else kind
+
+
+def run_config(name: str, model: str, args, out_root: Path) -> dict:
+    config = {
+        "name": name, "model": model, "data": str(SHARED / "gsm8k_train.json"), "task": "math",
+        "system_prompt": "model", "out_root": str(out_root),
+        "distill": {"limit": args.train, "batch_size": 64, "max_new_tokens": 384, "backend": "vllm",
+                    "precision": args.precision},
+        "train": {"epochs": 1, "batch_size": 4, "grad_accum": 2, "max_length": 640, "learning_rate": 1e-4,
+                  "lr_scheduler": "cosine", "warmup_ratio": 0.03, "lora_r": 16, "lora_alpha": 32,
+                  "lora_targets": ["all-linear"], "batch_order": "index", "precision": args.precision,
+                  "save_steps": 10**6, "logging_steps": 1},
+        "eval": {"tasks": args.tasks.split(","), "data": [f"gsm8k={SHARED / 'gsm8k_test.json'}"],
+                 "limit": args.items, "max_new_tokens": 384, "batch_size": 64, "backend": "vllm",
+                 "precision": args.precision},
+        "shift_tasks": ["advbench"], "arms": ["sdft"], "mix_ratios": [1.0],
+    }
+    for dotted, value in CONFIGS[name].items():
+        section, _, key = dotted.rpartition(".")
+        (config[section] if section else config)[key] = value
+    return config
+
+
+def measure(name: str, model: str, args, out: Path) -> dict:
+    """One configuration's whole run, in a fresh cache; returns per-stage and per-part seconds."""
+    from sdft.base.config import from_dict
+    from sdft.experiment import pipeline
+    from sdft.experiment.config import RunConfig
+    from sdft.generation import release_engines
+
+    clock = CLOCK
+    clock.seconds.clear()
+    stages: dict[str, float] = {}
+    original_run_stage = pipeline.run_stage
+
+    def run_stage(folder, *a, **k):
+        clock.stage = stage_of(Path(folder), run_dir)
+        began = time.perf_counter()
+        try:
+            return original_run_stage(folder, *a, **k)
+        finally:
+            stages[clock.stage] = stages.get(clock.stage, 0.0) + time.perf_counter() - began
+            clock.stage = "between stages"
+
+    config = from_dict(RunConfig, run_config(name, model, args, out), f"bench config {name}")
+    run_dir = config.run_dir
+    pipeline.run_stage = run_stage
+    began = time.perf_counter()
+    try:
+        pipeline.run(config, log=lambda line: print(f"  [{name}] {line}", flush=True))
+    finally:
+        pipeline.run_stage = original_run_stage
+        release_engines()
+    wall = time.perf_counter() - began
+    return {"wall_s": wall, "stages": stages, "parts": {f"{s} | {p}": v for (s, p), v in clock.seconds.items()},
+            "run_dir": str(run_dir), **throughput(run_dir)}
+
+
+def throughput(run_dir: Path) -> dict:
+    """Tokens generated and trained, read back from what the run wrote."""
+    generated = prompt = 0
+    for path in run_dir.rglob("generations/*.jsonl"):
+        for line in path.open():
+            record = json.loads(line)
+            generated += int(record.get("completion_tokens") or 0)
+            prompt += int(record.get("prompt_tokens") or 0)
+    trained = 0.0
+    for path in run_dir.rglob("train.json"):
+        record = json.loads(path.read_text())
+        trained += (record.get("throughput") or {}).get("tokens_this_session") or 0
+    return {"generated_tokens": generated, "prompt_tokens": prompt, "trained_tokens": trained}
+
+
+def answers(run_dir: Path) -> dict:
+    """Every generated answer and per-item score, by (folder kind, task, id)."""
+    found = {}
+    for path in sorted(run_dir.rglob("generations/*.jsonl")):
+        kind = path.parent.parent.relative_to(run_dir).parts[0]
+        for line in path.open():
+            r = json.loads(line)
+            found[(kind, path.stem, r["id"])] = (r.get("completion"), r.get("score"))
+    return found
+
+
+def compare_answers(first: dict, other: dict) -> str:
+    keys = sorted(set(first) | set(other))
+    text = sum(first.get(k, (None,))[0] != other.get(k, (None,))[0] for k in keys)
+    score = sum(first.get(k, (None, None))[1] != other.get(k, (None, None))[1] for k in keys)
+    return f"{len(keys)} answers: {text} differ in text, {score} in score"
+
+
+def matmul_parameters(folder: str) -> int:
+    """Parameters in matmuls (an untied input embedding is a lookup), read from the safetensors headers."""
+    from safetensors import safe_open
+
+    total, embedding, tied = 0, 0, True
+    for path in Path(folder).glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                total += n
+                if key.endswith("embed_tokens.weight"):
+                    embedding = n
+                if key.endswith("lm_head.weight"):
+                    tied = False
+    return total - (0 if tied else embedding)
+
+
+def print_table(results: dict, params: int, peak: float) -> None:
+    names = list(results)
+    rows = sorted({k for r in results.values() for k in r["parts"]} | {f"{s} | (stage total)" for r in results.values()
+                                                                        for s in r["stages"]})
+    print(f"\n| stage | part | {' | '.join(names)} |")
+    print(f"|---|---|{'---|' * len(names)}")
+    for row in rows:
+        stage, part = row.split(" | ")
+        cells = []
+        for n in names:
+            r = results[n]
+            value = r["stages"].get(stage) if part == "(stage total)" else r["parts"].get(row)
+            cells.append("" if value is None else f"{value:.1f}")
+        print(f"| {stage} | {part} | {' | '.join(cells)} |")
+    walls = " | ".join(f"**{results[n]['wall_s']:.1f}**" for n in names)
+    print(f"| **arm** | **wall** | {walls} |")
+    for n in names:
+        r = results[n]
+        gen_s = sum(v for k, v in r["parts"].items() if "| generation" in k)
+        train_s = sum(v for k, v in r["parts"].items() if "| training steps" in k)
+        tokens = r["generated_tokens"] + r["prompt_tokens"]
+        gen_rate = tokens / gen_s if gen_s else 0
+        train_rate = r["trained_tokens"] / train_s if train_s else 0
+        print(f"{n}: generation {gen_rate:.0f} tok/s (prompt + new; {r['generated_tokens']} new), MFU "
+              f"{gen_rate * 2 * params / peak:.1%}; training {train_rate:.0f} tok/s, MFU {train_rate * 4 * params / peak:.1%}")
+    base = results[names[0]]["wall_s"]
+    for n in names[1:]:
+        print(f"speed-up {n} vs {names[0]}: {base / results[n]['wall_s']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--train", type=int, default=32, help="training problems (distilled, then trained on)")
+    parser.add_argument("--items", type=int, default=48, help="items per evaluation task")
+    parser.add_argument("--tasks", default="gsm8k,advbench,humaneval")
+    parser.add_argument("--precision", default="bf16", help="pinned for every stage (fp32 on a CPU without bf16)")
+    parser.add_argument("--out", default="bench-arm")
+    args = parser.parse_args()
+
+    import torch
+
+    from sdft.base.hardware import cpu_has_native_bf16
+    from sdft.models.resolve import resolve_model
+
+    model = str(resolve_model(args.model))
+    dtype = "bfloat16" if args.precision == "bf16" else "float32"
+    peak = matmul_peak(dtype)
+    params = matmul_parameters(model)
+    print(f"machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, bf16 units: "
+          f"{cpu_has_native_bf16()}; torch {torch.__version__}; matmul peak {dtype} {peak / 1e9:.0f} GFLOP/s; "
+          f"{args.model}: {params / 1e6:.0f}M matmul parameters", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    instrument(CLOCK)
+    results, first = {}, None
+    for name in args.configs.split(","):
+        with tempfile.TemporaryDirectory(dir=out) as home:
+            os.environ["SDFT_HOME"] = home  # merged copies and other caches start empty for each configuration
+            results[name] = measure(name, model, args, Path(home) / "runs")
+            found = answers(Path(results[name]["run_dir"]))
+            first = first or found
+            results[name]["answers"] = compare_answers(first, found)
+            print(f"  [{name}] {results[name]['wall_s']:.0f} s; vs the first configuration: "
+                  f"{results[name]['answers']}", flush=True)
+    (out / "bench-arm.json").write_text(json.dumps({"peak_flops": peak, "parameters": params,
+                                                    "bf16_units": cpu_has_native_bf16(), "results": results},
+                                                   indent=1))
+    print_table(results, params, peak)
+
+
+if __name__ == "__main__":
+    main()
