@@ -6,7 +6,8 @@ flight reach that together), or at once when a request has spent its retries the
 lives. A dropped endpoint gets no new request, and each request that failed there goes to the endpoints left
 without spending its own retries: a dead server costs the run its share of the speed, never a record. The
 last endpoint is never dropped: its failures end the job after the usual retries, as with one server.
-A dropped endpoint is not tried again by this backend (a restarted server is used by the next command).
+A dropped endpoint is not tried again by this backend; the next stage's backend checks every endpoint
+again before any work and stops, in one line, at one still down.
 
 Requests go round-robin over the live endpoints, a retry to the one after where it failed, and at most
 ``per_endpoint`` are in flight on each (the thread pool is sized for all endpoints: once one is dropped the
