@@ -17,12 +17,16 @@ class StubServer:
     HTTP status to fail with, ``"garbage"`` a non-JSON body, ``"empty"`` JSON without choices, a
     ``("redirect", URL)`` a 307 there, ``("huge", N)`` a body of N bytes without a length, ``"short"`` fewer
     bytes than the Content-Length before closing, ``("drip", SECONDS)`` one byte every 0.1 s of the body
-    for SECONDS; when the script runs out, requests succeed."""
+    for SECONDS, ``"die"`` the server's end (as ``kill()``); when the script runs out, requests succeed.
+
+    ``kill()`` is what ``kill -9`` of a server does to its clients: every request in flight, and any that
+    still gets through, is closed without a reply, and then the port refuses connections."""
 
     def __init__(self, model: str = "stub", delay: float = 0.0, script=None):
         self.model, self.delay, self.script = model, delay, list(script or [])
         self.requests: list[dict] = []  # {"path", "headers", "body"} per request
         self.in_flight = self.max_in_flight = 0
+        self.dead = False
         self.lock = threading.Lock()
         stub = self
 
@@ -37,7 +41,10 @@ class StubServer:
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the client gave up waiting (its deadline): nothing to tell it
 
             def _broken(self, kind: str, amount: float):
                 """What a broken or hostile server sends, by hand; stops when the client hangs up."""
@@ -60,6 +67,8 @@ class StubServer:
                     pass  # the client stopped reading: what a capped or timed-out client does
 
             def do_GET(self):
+                if stub.dead:
+                    return self._hang_up()
                 stub._record(self, None)
                 self._reply(200, {"object": "list", "data": [{"id": stub.model, "object": "model"}]})
 
@@ -70,10 +79,18 @@ class StubServer:
                     step = stub.script.pop(0) if stub.script else None
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                if step == "die":
+                    stub.kill()
                 time.sleep(stub.delay)
                 with stub.lock:  # counted down before answering: the client may send its next one at once
                     stub.in_flight -= 1
+                if stub.dead:
+                    return self._hang_up()
                 self._answer(step, body)
+
+            def _hang_up(self):
+                """Closed without a reply: what the kernel does to a killed server's connections."""
+                self.close_connection = True
 
             def _answer(self, step, body):
                 if isinstance(step, int):
@@ -92,6 +109,18 @@ class StubServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def kill(self) -> None:
+        """The server dies: no reply from now on, and the port closes (connections refused) shortly."""
+        with self.lock:
+            if self.dead:
+                return
+            self.dead = True
+        threading.Thread(target=self._close, daemon=True).start()  # shutdown() waits for the serving loop
+
+    def _close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
     def _record(self, handler, body):
         with self.lock:

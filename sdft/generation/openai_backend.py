@@ -3,15 +3,17 @@
 ``--backend openai --endpoint http://host:8000/v1[,http://host2:8000/v1...]``. Every prompt is one
 ``/completions`` request carrying its own seed (the HF backend's ``row_seed``), so a sample does not depend
 on which server or batch it lands on; requests are spread round-robin over the endpoints, at most
-``max_concurrency`` in flight per endpoint (a server batches what is in flight). When the model is a
-local checkpoint (an alias or folder) its tokenizer renders and truncates the prompts here and the server
-gets token ids, exactly what the in-process backends feed their engines; otherwise it gets the text.
+``max_concurrency`` in flight per endpoint (a server batches what is in flight). An endpoint that keeps
+failing mid-run (killed, crashed, hung) is dropped and its requests go to the others, without spending their
+retries (``sdft.generation.fleet``). When the model is a local checkpoint (an alias or folder) its tokenizer
+renders and truncates the prompts here and the server gets token ids, exactly what the in-process backends
+feed their engines; otherwise it gets the text.
 
 Failures: connection errors (a reply cut short among them), timeouts and HTTP 408/429/5xx are retried
 with exponential backoff (on the next endpoint); anything else, a reply over ``max_reply_bytes``, or an
-answer that is not a completion, stops the job with one line. ``timeout`` is each request's deadline
-(connect and every read together: a server that trickles bytes is cut there, not kept waiting). Stages
-write progress after every chunk, so finished records survive. The API key comes only from an
+answer that is not a completion, stops the job with one line naming the endpoint. ``timeout`` is each
+request's deadline (connect and every read together: a server that trickles bytes is cut there, not kept
+waiting). Stages write progress after every chunk, so finished records survive. The API key comes only from an
 environment variable (``SDFT_API_KEY``, else ``OPENAI_API_KEY``, or the one named by ``api_key_env``);
 it is never a config value, so it never reaches a run record. The transport is ``sdft.base.endpoint``'s: with a
 key, plain http only to loopback; redirects never followed (the key would follow them); URLs redacted.
@@ -22,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -39,6 +40,7 @@ from sdft.base.endpoint import (
 )
 from sdft.base.errors import ConfigError, SdftError
 from sdft.generation import Completion, GenerationParams, cut_at_stop
+from sdft.generation.fleet import Fleet
 
 API_KEY_ENVS = ("SDFT_API_KEY", "OPENAI_API_KEY")
 
@@ -91,8 +93,7 @@ class OpenAIBackend:
             raise ConfigError("the openai backend's timeout must be a positive number of seconds and "
                               "max_reply_bytes at least 1")
         self.request_chunk = int(request_chunk or 4 * self.max_concurrency * len(self.endpoints))
-        self._next = 0
-        self._lock = threading.Lock()
+        self.fleet = Fleet(self.endpoints, self.max_concurrency)
         self.tokenizer = self._tokenizer(tokenizer or model)
         self.model = None
         for url in self.endpoints:
@@ -139,19 +140,25 @@ class OpenAIBackend:
                               f"'{self.model_name}': start it with --served-model-name, or pass "
                               "--backend-option served_model=NAME")
 
-    def _with_retries(self, body: dict) -> dict:
-        with self._lock:  # round-robin start; a retry moves on to the next endpoint
-            first, self._next = self._next, self._next + 1
-        error = ""
-        for attempt in range(self.retries + 1):
-            url = with_path(self.endpoints[(first + attempt) % len(self.endpoints)], "/completions")
-            try:
-                return self._call(url, body)
-            except Transient as exc:
-                error = str(exc)
-            if attempt < self.retries:  # full jitter: many clients retrying at once do not collide
-                time.sleep(random.uniform(0, self.backoff * 2 ** attempt))
-        raise EndpointError(f"request failed after {self.retries + 1} attempt(s); the last: {error}")
+    def _with_retries(self, body: dict) -> tuple[str, dict]:
+        """The endpoint that answered and its reply; a retry moves on to the next live endpoint."""
+        attempt, base = 0, None
+        while True:
+            with self.fleet.slot(after=base) as base:
+                try:
+                    reply = self._call(with_path(base, "/completions"), body)
+                    self.fleet.succeeded(base)
+                    return base, reply
+                except Transient as exc:
+                    error = str(exc)
+                    if self.fleet.failed(base, error, retries_spent=attempt >= self.retries):
+                        continue  # a dropped endpoint's failure is not this request's: no retry spent
+            if attempt >= self.retries:
+                raise EndpointError(f"request failed after {attempt + 1} attempt(s); the last: "
+                                    f"{error}{self.fleet.dropped_note()}")
+            time.sleep(random.uniform(0, self.backoff * 2 ** attempt))  # full jitter: retrying clients spread
+            if not self.fleet.was_dropped(base):
+                attempt += 1
 
     # ------------------------------------------------------------------------------------ generation
     def _body(self, prompt, seed: int, params: GenerationParams) -> dict:
@@ -168,15 +175,17 @@ class OpenAIBackend:
         return body
 
     def _one(self, prompt, seed: int, params: GenerationParams, prompt_len: int | None, cut: bool) -> Completion:
-        reply = self._with_retries(self._body(prompt, seed, params))
+        base, reply = self._with_retries(self._body(prompt, seed, params))
+        shown = redact(with_path(base, "/completions"))
         try:
             choice = reply["choices"][0]
             text, reason, usage = choice["text"], choice.get("finish_reason"), reply.get("usage") or {}
             completion_tokens = int(usage["completion_tokens"])
         except (KeyError, IndexError, TypeError, ValueError):
-            raise EndpointError(f"endpoint answered something that is not a completion: {str(reply)[:160]}") from None
+            raise EndpointError(f"endpoint {shown} answered something that is not a completion: "
+                                f"{str(reply)[:160]}") from None
         if reason not in ("stop", "length"):
-            raise EndpointError(f"endpoint ended a completion with finish_reason {reason!r}")
+            raise EndpointError(f"endpoint {shown} ended a completion with finish_reason {reason!r}")
         if self.tokenizer is not None and isinstance(choice.get("token_ids"), list):
             # Decoded as the in-process backends do (a character cut by the budget becomes U+FFFD there).
             text = cut_at_stop(self.tokenizer.decode(choice["token_ids"], skip_special_tokens=True), params.stop)[0]
@@ -212,4 +221,5 @@ class OpenAIBackend:
                     raise future.exception()
                 results[futures[future]] = future.result()
                 bar.update(1)
+        self.fleet.report_moved()
         return results  # type: ignore[return-value]
