@@ -48,13 +48,15 @@ def _mentions(tokenizer, messages: list[dict], tools, name: str) -> bool:
 
 
 def messages_for(template: Template, turns: list[dict], tools, tokenizer, *, system: str | None,
-                 system_prompt: str) -> tuple[list[dict], list[dict] | None]:
+                 system_prompt: str, reference: str | None = None) -> tuple[list[dict], list[dict] | None]:
     """``(messages, tools)`` to hand to the chat template: the system slot (as ``templates.render`` fills it),
-    the turns with the prompt template applied to the last user turn, and the tool fallbacks above."""
-    slot, _ = _system_slot(template, system_prompt, system, "chat")
+    the turns with the template applied to the last user turn (a distillation template's reference and moved
+    system text included), and the tool fallbacks above."""
+    slot, preamble = _system_slot(template, system_prompt, system, "chat")
     last_user = max(i for i, t in enumerate(turns) if t["role"] == "user")
-    turns = [{**t, "content": _fill(template.user, t["content"], None)} if i == last_user else t
-             for i, t in enumerate(turns)]
+    user = _fill(template.user, turns[last_user]["content"], reference)
+    user = f"{preamble}\n\n{user}" if preamble else user
+    turns = [{**t, "content": user} if i == last_user else t for i, t in enumerate(turns)]
     writes_tools, writes_calls = tool_support(tokenizer)
     if not writes_calls:
         turns = [{"role": "assistant", "content": turn_text(t)} if t.get("tool_calls") else t for t in turns]
@@ -79,8 +81,11 @@ def render_messages(tokenizer, messages: list[dict], tools, *, add_generation_pr
 
 
 def render_context(template: Template, turns: list[dict], tools, tokenizer, *, system: str | None,
-                   system_prompt: str) -> str:
+                   system_prompt: str, reference: str | None = None) -> str:
     """The generation prompt after ``turns`` (which end with a user or tool turn): where the next assistant
     turn begins. Distillation and evaluation of tool-using conversations render through this."""
-    messages, tools = messages_for(template, turns, tools, tokenizer, system=system, system_prompt=system_prompt)
+    if template.uses_reference and reference is None:
+        raise ValueError(f"template '{template.name}' needs a reference answer")
+    messages, tools = messages_for(template, turns, tools, tokenizer, system=system, system_prompt=system_prompt,
+                                   reference=reference)
     return render_messages(tokenizer, messages, tools, add_generation_prompt=True) + template.assistant_prefix

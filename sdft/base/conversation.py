@@ -20,6 +20,7 @@ System messages are not turns: they become the example's system text.
 from __future__ import annotations
 
 import json
+import re
 
 from sdft.base.records import kind
 
@@ -199,3 +200,28 @@ def assistant_indices(turns: list[dict]) -> list[int]:
 def pairs(turns: list[dict]) -> list[tuple[str, str]]:
     """Earlier (user, assistant) pairs of a conversation without tool turns, before its last user turn."""
     return [(turns[j]["content"], turns[j + 1]["content"]) for j in range(0, len(turns) - 2, 2)]
+
+
+_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+def calls_in_text(text: str) -> list[tuple[str, dict]] | None:
+    """``(name, arguments)`` of each ``<tool_call>`` block in a model's text, or None if a block is not a JSON
+    ``{name, arguments}`` (arguments given as JSON text are read too)."""
+    found = []
+    for block in _CALL_BLOCK.findall(text):
+        try:
+            call = json.loads(block)
+            arguments = call.get("arguments", {})
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(call.get("name"), str) or not isinstance(arguments, dict):
+            return None
+        found.append((call["name"], arguments))
+    return found
+
+
+def same_calls(text: str, calls: list[dict]) -> bool:
+    """Whether ``text`` makes exactly ``calls`` (names and argument values, in order)."""
+    return calls_in_text(text) == [(c["function"]["name"], c["function"]["arguments"]) for c in calls]

@@ -234,6 +234,13 @@ def _check_distilled(meta) -> None:
     if meta["accepted"] and meta["rewrite"] is None:
         # An empty text is allowed: the reference filter accepts one and training skips it (counted).
         raise _Bad("an accepted rewrite must be text", f"{DISTILL_KEY}.rewrite")
+    turns = meta.get("turns", [])  # earlier assistant turns' rewrites (sdft.distill.turns)
+    if not isinstance(turns, list):
+        raise _Bad(f"expected a list of turn rewrites, got {kind(turns)}", f"{DISTILL_KEY}.turns")
+    for i, turn in enumerate(turns):
+        for key, types in (("turn", int), ("accepted", bool), ("rewrite", (str, type(None)))):
+            if not isinstance(turn, dict) or not isinstance(turn.get(key), types):
+                raise _Bad("missing or wrong type", f"{DISTILL_KEY}.turns[{i}].{key}")
 
 
 def _text(rec: dict, key: str, *, required: bool) -> str:
@@ -272,6 +279,8 @@ def _ids(records: list[dict], id_key: str, parsed: list) -> list[str]:
 def with_response(example: Example, text: str) -> dict:
     """A copy of the example's original record with only its response replaced."""
     record = copy.deepcopy(example.source)
+    if example.turns is not None and example.turns[-1].get("tool_calls"):
+        return record  # a rewritten call is accepted only when it makes the same calls: the record's stand
     if example.shape in CHAT_SHAPES or (example.shape == PROMPT_COMPLETION and example.turns is not None):
         turns = record[CHAT_SHAPES.get(example.shape, "completion")]
         last = turns[-1]
@@ -286,6 +295,12 @@ def with_response(example: Example, text: str) -> dict:
 def is_distilled(example: Example) -> bool:
     """Whether the example comes from a ``distilled.jsonl`` (carries the ``sdft`` record)."""
     return isinstance(example.source.get(DISTILL_KEY), dict)
+
+
+def turn_rewrites(example: Example) -> dict[int, str]:
+    """A distilled conversation's accepted rewrites of earlier assistant turns: turn index -> text."""
+    meta = example.source.get(DISTILL_KEY) if is_distilled(example) else None
+    return {t["turn"]: t["rewrite"] for t in (meta or {}).get("turns", []) if t["accepted"] and t["rewrite"]}
 
 
 def offers_new_target(meta: dict) -> bool:

@@ -126,7 +126,8 @@ def build_targets(pairs: list, template, tokenizer, mode: str, system_prompt: st
     targets, moved = [], 0
     for ex, response, rewritten in pairs:
         if turns.needs_turns(ex, loss_on, mode):
-            text, spans = turns.conversation_target(ex, response, template, tokenizer, system_prompt, loss_on)
+            text, spans = turns.conversation_target(ex, response, template, tokenizer, system_prompt, loss_on,
+                                                    rewritten)
             stripped = strip_duplicate_bos(text, tokenizer)
             text, cut = stripped, len(text) - len(stripped)
             spans = [(start - cut, end - cut) for start, end in spans]

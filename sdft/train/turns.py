@@ -13,6 +13,7 @@ checking it is a prefix of the whole tokenization (as ``data.on_token_boundary``
 
 from __future__ import annotations
 
+from sdft.base import conversation
 from sdft.base.chat import messages_for, render_messages
 from sdft.base.errors import SdftError
 
@@ -30,14 +31,21 @@ def needs_turns(example, loss_on: str, mode: str) -> bool:
     return loss_on == "all_turns" and mode == "chat" and example.assistant_turns() > 1
 
 
-def conversation_target(example, response: str, template, tokenizer, system_prompt: str, loss_on: str):
+def conversation_target(example, response: str, template, tokenizer, system_prompt: str, loss_on: str,
+                        rewritten: bool = False):
     """``(text, [(start, end)] character spans learned)`` of one conversation (``token_mask`` makes its tokens).
 
-    ``response`` replaces the last assistant turn when it differs from the example's own (a distilled target).
+    ``response`` replaces the last assistant turn when it differs from the example's own (a distilled target);
+    ``rewritten``: earlier turns take their accepted rewrites too (``sdft distill --rewrite-turns all_turns``).
+    A tool-call turn keeps its calls: a rewrite of one was accepted only if it made the same calls.
     """
+    from sdft.base.data import turn_rewrites
+
     turns = [dict(t) for t in example.conversation()]
-    if response != example.response:
-        turns[-1] = {"role": "assistant", "content": response}
+    new = {**(turn_rewrites(example) if rewritten else {}), len(turns) - 1: response}
+    for k, text in new.items():
+        if text != conversation.turn_text(turns[k]) and not turns[k].get("tool_calls"):
+            turns[k] = {"role": "assistant", "content": text}
     if template.assistant_prefix:
         raise SdftError(f"{example.location}: a prompt template with an assistant prefix cannot train a whole "
                         "conversation (the prefix would sit before one turn only)")
