@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 
 from sdft.base.conversation import turn_text
-from sdft.base.errors import ConfigError
-from sdft.base.templates import Template, _fill, _system_slot, model_default_system
+from sdft.base.errors import ConfigError, SdftError
+from sdft.base.templates import Template, _fill, _system_slot, model_default_system, render
 
 _PROBE_TOOL = "sdft_probe_tool"
 _PROBE_CALL = "sdft_probe_call"
@@ -89,3 +89,18 @@ def render_context(template: Template, turns: list[dict], tools, tokenizer, *, s
     messages, tools = messages_for(template, turns, tools, tokenizer, system=system, system_prompt=system_prompt,
                                    reference=reference)
     return render_messages(tokenizer, messages, tools, add_generation_prompt=True) + template.assistant_prefix
+
+
+def render_prompt(template: Template, example, tokenizer, mode: str, system_prompt: str, *,
+                  reference: str | None = None, system: str | None = None) -> str:
+    """The prompt of an example's last assistant turn: ``templates.render`` with its history pairs (``system``:
+    the record's system text where the caller passes it on), or, for a conversation with tools, the chat
+    template over every turn before it (its own system text included)."""
+    if not example.uses_tools:
+        return render(template, example.instruction, reference=reference, tokenizer=tokenizer, mode=mode,
+                      history=example.history or None, system=system, system_prompt=system_prompt)
+    if mode != "chat":
+        raise SdftError(f"{example.location}: a conversation with tool calls needs the chat template "
+                        "(--template-mode chat or auto with a chat model), not plain text")
+    return render_context(template, example.turns[:-1], example.tools, tokenizer, system=example.system,
+                          system_prompt=system_prompt, reference=reference)

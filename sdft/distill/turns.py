@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sdft.base import chat, conversation, templates
+from sdft.base import chat, conversation
 from sdft.base.data import Example
 
 TURNS = ("all_turns", "last_turn")
@@ -39,16 +39,9 @@ def _unit(example: Example, turns: list[dict], k: int) -> Example:
 
 
 def prompt(unit: Example, template, tokenizer, mode: str, system_prompt: str) -> str:
-    """The distillation prompt of one turn: the conversation before it, its user turn holding the reference."""
-    if not unit.uses_tools:  # as sdft always rendered it (no record system text here either)
-        return templates.render(template, unit.instruction, reference=unit.response, tokenizer=tokenizer, mode=mode,
-                                history=unit.history, system_prompt=system_prompt)
-    if mode != "chat":
-        from sdft.base.errors import SdftError
-        raise SdftError(f"{unit.location}: a conversation with tool calls needs the chat template "
-                        "(--template-mode chat or auto with a chat model), not plain text")
-    return chat.render_context(template, unit.turns[:-1], unit.tools, tokenizer, system=unit.system,
-                               system_prompt=system_prompt, reference=unit.response)
+    """The distillation prompt of one turn: the conversation before it, its user turn holding the reference
+    (without tools: rendered as sdft always rendered it, the record's system text not passed on)."""
+    return chat.render_prompt(template, unit, tokenizer, mode, system_prompt, reference=unit.response)
 
 
 def checking_calls(accept):
