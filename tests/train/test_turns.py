@@ -146,3 +146,14 @@ def test_train_json_records_the_turns_learned(tiny_model, tmp_path):
     record = json.loads((tmp_path / "out" / "train.json").read_text())
     assert record["config"]["loss_on"] == "all_turns" and result["data"]["loss_on"] == "all_turns"
     assert result["data"]["conversations"] == 4 and result["data"]["assistant_turns_trained"] == 10
+
+
+def test_turn_options_keyed_only_when_set(tmp_path):
+    """Every earlier run keeps its stage key: the options join it only at last_turn."""
+    from sdft.base.config import keyed_settings
+    from sdft.distill.config import DistillConfig
+
+    assert "loss_on" not in keyed_settings(config("m", "d.json", tmp_path))
+    assert keyed_settings(config("m", "d.json", tmp_path, loss_on="last_turn"))["loss_on"] == "last_turn"
+    assert "rewrite_turns" not in keyed_settings(DistillConfig(data="d.json"))
+    assert keyed_settings(DistillConfig(data="d.json", rewrite_turns="last_turn"))["rewrite_turns"] == "last_turn"
