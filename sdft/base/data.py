@@ -8,7 +8,11 @@ Shapes (detected per file from the first record, or forced with ``shape=``):
 * ``gsm8k``: ``question``, ``answer``.  ``advbench``: ``goal``, ``target`` (AdvBench's CSV).
 * ``sharegpt``: ``conversations`` of ``{from, value}``.  ``messages``: OpenAI ``{role, content}``.
   In both, the last message is the assistant's response and the user turn before it the instruction;
-  earlier pairs become ``history``. Turns may use either key naming (datasets mix them).
+  earlier pairs become ``history``. Turns may use either key naming (datasets mix them). Both may hold
+  tool calls and tool turns and a ``tools`` list (:mod:`sdft.base.conversation`); every turn is kept in
+  ``Example.turns``.
+* ``prompt_completion``: TRL's ``prompt`` / ``completion``, texts (the prompt is the instruction) or
+  message lists (read as ``messages``).
 
 ``columns`` maps roles (id, instruction, input, response, system, history) to other column names for
 the flat shapes. Every record is validated before anything is returned, so bad input stops a run before
@@ -26,6 +30,8 @@ import json
 import random
 from dataclasses import dataclass, field
 
+from sdft.base import conversation
+from sdft.base.conversation import BadTurn as _Bad
 from sdft.base.errors import ConfigError, DataError
 from sdft.base.records import kind, load_records, location, names, read_source
 
@@ -51,6 +57,25 @@ class Example:
     location: str = ""  # "file, line N" for error messages
     # Flat shapes: role -> column actually used (after `columns=`), so with_response writes the right key.
     columns: dict[str, str] = field(default_factory=dict)
+    # Chat shapes: every turn after the system messages, canonical (sdft.base.conversation), the last one the
+    # response; and the record's tool list. None for flat shapes (history + instruction + response say it all).
+    turns: list[dict] | None = None
+    tools: list[dict] | None = None
+
+    @property
+    def uses_tools(self) -> bool:
+        """Tool calls, tool turns or a tool list: only a chat template can render it (``history`` cannot)."""
+        return conversation.uses_tools(self.turns, self.tools)
+
+    def conversation(self) -> list[dict]:
+        """Every turn, canonical, ending with the assistant's response (built from history for flat shapes)."""
+        if self.turns is not None:
+            return self.turns
+        turns = [{"role": r, "content": t} for u, a in self.history for r, t in (("user", u), ("assistant", a))]
+        return [*turns, {"role": "user", "content": self.instruction}, {"role": "assistant", "content": self.response}]
+
+    def assistant_turns(self) -> int:
+        return len(conversation.assistant_indices(self.conversation()))
 
 
 FLAT_SHAPES = {
@@ -60,24 +85,15 @@ FLAT_SHAPES = {
     "advbench": {"instruction": "goal", "response": "target"},
 }
 CHAT_SHAPES = {"messages": "messages", "sharegpt": "conversations"}  # shape -> list key
-SHAPES = (*FLAT_SHAPES, *CHAT_SHAPES)
+PROMPT_COMPLETION = "prompt_completion"  # TRL's prompt / completion: texts, or message lists
+SHAPES = (*FLAT_SHAPES, *CHAT_SHAPES, PROMPT_COMPLETION)
 ROLES = ("id", "instruction", "input", "response", "system", "history")
 DISTILL_KEY = "sdft"
 DISTILL_KEY_ID = "id"  # optional in the distillation record: the example's id at distillation time
 _SHAPE_HELP = ("alpaca (instruction, output[, input, history, system]), gsm8k (question, answer), "
-               "advbench (goal, target), sharegpt (conversations), messages (messages); "
+               "advbench (goal, target), sharegpt (conversations), messages (messages), prompt_completion "
+               "(prompt, completion); "
                "map other names with columns={'instruction': ..., 'response': ...}")
-_ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "human": "user",
-               "assistant": "assistant", "gpt": "assistant", "model": "assistant",
-               "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
-
-
-class _Bad(Exception):
-    """A problem with one record; turned into a DataError once the record's location is known."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.message, self.field = message, field
 
 
 # ------------------------------------------------------------------------------------------- examples
@@ -97,7 +113,7 @@ def load_examples(path, *, shape: str = "auto", columns: dict[str, str] | None =
     unknown = set(columns or {}) - set(ROLES)
     if unknown:
         raise ConfigError(f"unknown column role(s) {names(unknown)}; accepted: {', '.join(ROLES)}")
-    if columns and shape in CHAT_SHAPES:
+    if columns and (shape in CHAT_SHAPES or shape == PROMPT_COMPLETION):
         raise ConfigError(f"columns= applies to flat shapes ({', '.join(FLAT_SHAPES)}), not '{shape}'")
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be 0 or more, got {limit}")
@@ -121,8 +137,8 @@ def load_examples(path, *, shape: str = "auto", columns: dict[str, str] | None =
         raise DataError(label, bad.message + more, field=bad.field, **where)
     ids = _ids([rec for _, rec in rows], cols.get("id", "id"), parsed)
     examples = [Example(id=i, instruction=ins, response=resp, history=hist, system=system, source=rec,
-                        shape=shape, location=location(label, where), columns=dict(cols))
-                for i, (where, rec), (ins, resp, hist, system) in zip(ids, rows, parsed)]
+                        shape=shape, location=location(label, where), columns=dict(cols), turns=turns, tools=tools)
+                for i, (where, rec), (ins, resp, hist, system, turns, tools) in zip(ids, rows, parsed)]
     return examples if limit is None else examples[:limit]
 
 
@@ -136,6 +152,8 @@ def _detect(rec: dict, columns: dict | None) -> str | None:
         for name, key in CHAT_SHAPES.items():
             if key in keys:
                 return name
+        if {"prompt", "completion"} <= keys:
+            return PROMPT_COMPLETION
     candidates = {name: {**cols, **(columns or {})} for name, cols in FLAT_SHAPES.items()}
     # Prefer a shape whose instruction and response are both present; else the first whose instruction
     # is, so that e.g. {"instruction", "response"} reports "missing field 'output'" with a hint.
@@ -146,15 +164,18 @@ def _detect(rec: dict, columns: dict | None) -> str | None:
     return None
 
 
-def _parse(rec: dict, shape: str, cols: dict,
-           input_separator: str = "\n\n") -> tuple[str, str, list[tuple[str, str]], str | None]:
-    """(instruction, response, history, system) of one record, or raise _Bad."""
+def _parse(rec: dict, shape: str, cols: dict, input_separator: str = "\n\n") -> tuple:
+    """(instruction, response, history, system, turns, tools) of one record, or raise _Bad."""
     if DISTILL_KEY in rec:
         _check_distilled(rec[DISTILL_KEY])
     # A distilled record's response is its accepted rewrite, which may be empty (reference filter rules).
     empty_ok = DISTILL_KEY in rec and rec[DISTILL_KEY]["accepted"]
     if shape in CHAT_SHAPES:
         return _parse_chat(rec, CHAT_SHAPES[shape], empty_ok)
+    if shape == PROMPT_COMPLETION:
+        if not isinstance(rec.get("prompt"), str):
+            return _parse_prompt_completion(rec, empty_ok)
+        cols = {"instruction": "prompt", "response": "completion"}
     instruction = _text(rec, cols["instruction"], required=True)
     if not instruction.strip():
         raise _Bad("empty instruction", cols["instruction"])
@@ -174,45 +195,33 @@ def _parse(rec: dict, shape: str, cols: dict,
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
                 raise _Bad(f"expected a [user, assistant] pair of texts, got {kind(pair)}", f"{hist_key}[{i}]")
             history.append((pair[0], pair[1]))
-    return instruction, response, history, system or None
+    return instruction, response, history, system or None, None, None
 
 
-def _parse_chat(rec: dict, key: str, empty_ok: bool = False) -> tuple[str, str, list[tuple[str, str]], str | None]:
-    turns = rec.get(key)
-    if not isinstance(turns, list):
-        raise _Bad(f"expected a list of messages, got {kind(turns)}", key)
-    parsed = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise _Bad(f"expected a message object, got {kind(turn)}", f"{key}[{i}]")
-        role_key = "role" if "role" in turn else "from"
-        role = _ROLE_NAMES.get(str(turn.get(role_key)).lower())
-        if role is None:
-            raise _Bad(f"unknown role {turn.get(role_key)!r}; accepted: {', '.join(_ROLE_NAMES)}",
-                       f"{key}[{i}].{role_key}")
-        text_key = "content" if "content" in turn else "value"
-        text = turn.get(text_key)
-        if isinstance(text, list):  # OpenAI content parts: [{"type": "text", "text": ...}, ...]
-            text = "".join(p.get("text", "") for p in text if isinstance(p, dict) and p.get("type") == "text")
-        if not isinstance(text, str):
-            raise _Bad(f"expected text, got {kind(text)}", f"{key}[{i}].{text_key}")
-        parsed.append((role, text, f"{key}[{i}].{text_key}"))
-    system = [text for role, text, _ in parsed if role == "system"]
-    rest = parsed[len(system):]
+def _parse_chat(rec: dict, key: str, empty_ok: bool = False) -> tuple:
+    system, turns, wheres = conversation.parse_turns(rec.get(key), key)
+    conversation.check_order(turns, wheres, key, empty_ok=empty_ok)
+    return _from_turns(rec, system, turns)
+
+
+def _parse_prompt_completion(rec: dict, empty_ok: bool) -> tuple:
+    """TRL's conversational prompt / completion: the two message lists make one conversation."""
+    system, turns, wheres = conversation.parse_turns(rec.get("prompt"), "prompt")
+    more_system, more, more_wheres = conversation.parse_turns(rec.get("completion"), "completion")
+    if more_system:
+        raise _Bad("a system message belongs in the prompt", "completion")
+    conversation.check_order(turns + more, wheres + more_wheres, "completion", empty_ok=empty_ok)
+    return _from_turns(rec, system, turns + more)
+
+
+def _from_turns(rec: dict, system: list[str], turns: list[dict]) -> tuple:
+    tools = conversation.parse_tools(rec.get(conversation.TOOLS_KEY))
     top_system = _text(rec, "system", required=False)  # sharegpt files may put it at top level
-    for j, (role, _, where) in enumerate(rest):
-        expected = "user" if j % 2 == 0 else "assistant"
-        if role != expected:
-            raise _Bad(f"expected a '{expected}' message here, found '{role}' (after any system "
-                       "messages, turns alternate user, assistant, ...)", where.rsplit(".", 1)[0])
-    if not rest or rest[-1][0] != "assistant":
-        raise _Bad("the last message must be the assistant's response", key)
-    if not rest[-1][1].strip() and not empty_ok:
-        raise _Bad("empty response", rest[-1][2])
-    if not rest[-2][1].strip():
-        raise _Bad("empty instruction (the last user message)", rest[-2][2])
-    history = [(rest[j][1], rest[j + 1][1]) for j in range(0, len(rest) - 2, 2)]
-    return rest[-2][1], rest[-1][1], history, "\n\n".join([top_system] * bool(top_system) + system) or None
+    last_user = max(i for i, t in enumerate(turns) if t["role"] == "user")
+    # Without tools the turns alternate, so earlier pairs say it all (as they always have).
+    history = [] if conversation.uses_tools(turns, tools) else conversation.pairs(turns)
+    return (turns[last_user]["content"], conversation.turn_text(turns[-1]), history,
+            "\n\n".join([top_system] * bool(top_system) + system) or None, turns, tools)
 
 
 def _check_distilled(meta) -> None:
@@ -225,6 +234,13 @@ def _check_distilled(meta) -> None:
     if meta["accepted"] and meta["rewrite"] is None:
         # An empty text is allowed: the reference filter accepts one and training skips it (counted).
         raise _Bad("an accepted rewrite must be text", f"{DISTILL_KEY}.rewrite")
+    turns = meta.get("turns", [])  # earlier assistant turns' rewrites (sdft.distill.turns)
+    if not isinstance(turns, list):
+        raise _Bad(f"expected a list of turn rewrites, got {kind(turns)}", f"{DISTILL_KEY}.turns")
+    for i, turn in enumerate(turns):
+        for key, types in (("turn", int), ("accepted", bool), ("rewrite", (str, type(None)))):
+            if not isinstance(turn, dict) or not isinstance(turn.get(key), types):
+                raise _Bad("missing or wrong type", f"{DISTILL_KEY}.turns[{i}].{key}")
 
 
 def _text(rec: dict, key: str, *, required: bool) -> str:
@@ -249,8 +265,11 @@ def _ids(records: list[dict], id_key: str, parsed: list) -> list[str]:
     # Record number + hash of the prompt side (not the response): stable across runs, distinct for
     # duplicate records, and the same for a record and its distilled copy (whose response changed).
     ids = []
-    for n, (instruction, _, history, system) in enumerate(parsed, 1):
-        digest = hashlib.sha1(json.dumps([system, history, instruction], ensure_ascii=False).encode())
+    for n, (instruction, _, history, system, turns, tools) in enumerate(parsed, 1):
+        prompt_side = [system, history, instruction]
+        if conversation.uses_tools(turns, tools):  # history holds no tool turns: the turns before the response do
+            prompt_side += [turns[:-1], tools]
+        digest = hashlib.sha1(json.dumps(prompt_side, ensure_ascii=False).encode())
         ids.append(f"{n:06d}-{digest.hexdigest()[:8]}")
     return ids
 
@@ -260,9 +279,14 @@ def _ids(records: list[dict], id_key: str, parsed: list) -> list[str]:
 def with_response(example: Example, text: str) -> dict:
     """A copy of the example's original record with only its response replaced."""
     record = copy.deepcopy(example.source)
-    if example.shape in CHAT_SHAPES:
-        last = record[CHAT_SHAPES[example.shape]][-1]
+    if example.turns is not None and example.turns[-1].get("tool_calls"):
+        return record  # a rewritten call is accepted only when it makes the same calls: the record's stand
+    if example.shape in CHAT_SHAPES or (example.shape == PROMPT_COMPLETION and example.turns is not None):
+        turns = record[CHAT_SHAPES.get(example.shape, "completion")]
+        last = turns[-1]
         last["content" if "content" in last else "value"] = text
+    elif example.shape == PROMPT_COMPLETION:
+        record["completion"] = text
     else:
         record[(example.columns or FLAT_SHAPES[example.shape])["response"]] = text
     return record
@@ -271,6 +295,12 @@ def with_response(example: Example, text: str) -> dict:
 def is_distilled(example: Example) -> bool:
     """Whether the example comes from a ``distilled.jsonl`` (carries the ``sdft`` record)."""
     return isinstance(example.source.get(DISTILL_KEY), dict)
+
+
+def turn_rewrites(example: Example) -> dict[int, str]:
+    """A distilled conversation's accepted rewrites of earlier assistant turns: turn index -> text."""
+    meta = example.source.get(DISTILL_KEY) if is_distilled(example) else None
+    return {t["turn"]: t["rewrite"] for t in (meta or {}).get("turns", []) if t["accepted"] and t["rewrite"]}
 
 
 def offers_new_target(meta: dict) -> bool:

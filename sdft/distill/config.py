@@ -33,7 +33,11 @@ class DistillConfig(EngineSettings, Validated):
     system_prompt: str = field(templates.DEFAULT_SYSTEM_PROMPT, templates.SYSTEM_PROMPT_HELP)
     filter: str | None = field(None, "filter kind, or a user filter 'module:function' (default: the task's)")
     filter_mode: Literal["default", "paper"] = field("default", "'paper' reproduces the reference code's rules")
-    shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages")
+    shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages, prompt_completion")
+    rewrite_turns: Literal["all_turns", "last_turn"] = field(
+        "all_turns", "conversations with several assistant turns: rewrite each one with the conversation before "
+                     "it in context (all_turns) or the last one only (last_turn); single-turn data is the same "
+                     "either way", keyed=IF_SET)
     columns: list[str] = field(default_factory=list, help="column mapping, e.g. instruction=prompt,response=answer")
     limit: int | None = field(None, "distil only the first N examples (with sample_seed: a seeded random N)")
     sample_seed: int | None = field(None, "with limit: a seeded random subset of N, kept in file order, instead "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from sdft.base import templates
+from sdft.base import chat, templates
 from sdft.base.config import to_dict
 from sdft.base.openings import opening
 from sdft.distill.filters import Decision
@@ -40,8 +40,7 @@ def answer_template(config) -> templates.Template:
 def prompts(examples, template, tokenizer, mode: str, system_prompt: str, pending) -> dict[str, str]:
     """The task's prompt for every example ``pending(id)`` says is not answered yet, rendered as ``sdft train``
     renders its prompts (a record's own system text wins), so a self answer is trained where it was written."""
-    return {ex.id: templates.render(template, ex.instruction, tokenizer=tokenizer, mode=mode,
-                                    history=ex.history or None, system=ex.system, system_prompt=system_prompt)
+    return {ex.id: chat.render_prompt(template, ex, tokenizer, mode, system_prompt, system=ex.system)
             for ex in examples if pending(ex.id)}
 
 

@@ -33,6 +33,7 @@ from sdft.base.data import seeded_subset
 from sdft.base.errors import ConfigError
 from sdft.base.store import ProgressFile, write_json, write_jsonl
 from sdft.distill import formats
+from sdft.distill import turns as distill_turns
 from sdft.distill.config import DistillConfig, generation_params
 from sdft.generation import engine_key
 
@@ -98,7 +99,7 @@ def distill(config: DistillConfig) -> dict:
     if config.sample_seed is not None:
         examples = seeded_subset(examples, config.limit, config.sample_seed)
     template = templates.load_template(config.template or templates.DEFAULT_DISTILL[config.task], "distill")
-    accept = make_filter(config.filter or config.task, mode=config.filter_mode)
+    accept = distill_turns.checking_calls(make_filter(config.filter or config.task, mode=config.filter_mode))
     out = Path(config.out)
     setup = backend_setup(config)
     backend = setup.load(config.adapter, progress=False)  # we draw the bar
@@ -112,10 +113,11 @@ def distill(config: DistillConfig) -> dict:
     write_json(out / layout.RUN_RECORD, run)
 
     progress = ProgressFile(out / layout.DISTILL_PROGRESS)
-    prompts = {ex.id: templates.render(template, ex.instruction, reference=ex.response, tokenizer=tokenizer,
-                                       mode=mode, history=ex.history, system_prompt=config.system_prompt)
-               for ex in examples if not progress.done(ex.id)}
-    _generate_pending(examples, prompts, backend, progress, config, "distill",
+    # Every assistant turn to rewrite is a unit of its own (an example's last turn keeps its id).
+    work = [unit for ex in examples for unit in distill_turns.units(ex, config.rewrite_turns)]
+    prompts = {unit.id: distill_turns.prompt(unit, template, tokenizer, mode, config.system_prompt)
+               for unit in work if not progress.done(unit.id)}
+    _generate_pending(work, prompts, backend, progress, config, "distill",
                       lambda ex, completion, prompt, seconds: _progress_record(ex, completion, prompt, accept, seconds))
     own = None
     if answer is not None:  # the second pass: the seed's own answers to the task's prompts
@@ -168,7 +170,7 @@ def _progress_record(example, completion, prompt: str, accept, seconds: float, o
 def _finish(examples, progress: ProgressFile, own: ProgressFile | None, out: Path, config) -> dict:
     from sdft.base.data import with_response
 
-    records, done = [], []
+    records, done, done_turns = [], [], []
     for ex in examples:
         p, mine = progress.records[ex.id], own.records[ex.id] if own is not None else None
         verdict = formats.decide(p, mine, config)
@@ -177,6 +179,10 @@ def _finish(examples, progress: ProgressFile, own: ProgressFile | None, out: Pat
         record["sdft"] = {"id": ex.id, "accepted": verdict["accepted"], "reason": verdict["reason"],
                           "rewrite": p["rewrite"], "original": ex.response,
                           "finish_reason": p["finish_reason"]}
+        earlier = distill_turns.units(ex, config.rewrite_turns)[:-1]
+        if earlier:  # only then: distilled files of single-turn data stay as they were
+            record["sdft"]["turns"] = [distill_turns.turn_record(u, progress.records[u.id]) for u in earlier]
+            done_turns += [progress.records[u.id] for u in earlier]
         if mine is not None:  # only then: distilled files without own answers stay as they were
             record["sdft"].update(detail=verdict["detail"], self_answer=mine["answer"],
                                   self_answer_reason=mine["reason"])
@@ -186,6 +192,9 @@ def _finish(examples, progress: ProgressFile, own: ProgressFile | None, out: Pat
         done.append({**p, **verdict})
     write_jsonl(out / layout.DISTILLED, records)
     stats = _stats(done)
+    if done_turns:  # earlier assistant turns: counted apart, so that the counts above stay per example
+        stats["earlier_turns"] = {"rewritten": len(done_turns), "accepted": sum(r["accepted"] for r in done_turns),
+                                  "reasons": dict(Counter(r["reason"] for r in done_turns).most_common())}
     if own is not None:
         stats.update(formats.counts(done, [own.records[ex.id] for ex in examples], config))
     stats["output"] = str(out / layout.DISTILLED)

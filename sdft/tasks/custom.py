@@ -2,8 +2,9 @@
 
     sdft eval --tasks mytask --data mytask=file.jsonl --checker mytask=mypkg.checks:is_correct
 
-The file is read by ``sdft.base.data.load_examples`` (alpaca, gsm8k, advbench, sharegpt or messages shape;
-every record needs a prompt side and a response/reference side). The checker is called as
+The file is read by ``sdft.base.data.load_examples`` (alpaca, gsm8k, advbench, sharegpt, messages or
+prompt_completion shape; every record needs a prompt side and a response/reference side). A conversation is
+asked its last assistant turn with every turn before it in the prompt (tool calls and results included). The checker is called as
 ``checker(record, completion)`` with the record exactly as read, and returns ``True``/``False`` or a
 score in [0, 1]; the metric is the mean with a 95% interval. Options (``--option mytask.KEY=VALUE``):
 ``template`` (a prompt preset, default ``alpaca``, or a template file), ``shape`` (force a data shape),
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
-from sdft.base import templates
+from sdft.base import chat, templates
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.plugins import import_target
 from sdft.tasks import GenerativeTask
@@ -54,12 +55,23 @@ class CustomTask(GenerativeTask):
         loaded = load_examples(self.data_path, shape=self.shape, columns=self.columns or None)
         path = Path(self.data_path)
         self.source = f"{path} (sha256 {file_sha256(path)})" if path.is_file() else str(path)
+        # A conversation with tools keeps the turns before its last answer (tool calls and results among them):
+        # history pairs cannot hold them. Other conversations keep their history pairs, as they always have.
         return [{"id": ex.id, "instruction": ex.instruction, "history": ex.history, "system": ex.system,
-                 "record": ex.source, "location": ex.location} for ex in loaded]
+                 "record": ex.source, "location": ex.location,
+                 **({"turns": ex.turns[:-1], "tools": ex.tools} if ex.uses_tools else {})} for ex in loaded]
 
     def prompt(self, example: dict, tokenizer) -> str:
-        return self.render(self.template, example["instruction"], tokenizer, history=example["history"],
-                           system=example["system"])
+        if "turns" not in example:
+            return self.render(self.template, example["instruction"], tokenizer, history=example["history"],
+                               system=example["system"])
+        mode = templates.resolve_mode(self.options.get("template_mode", "auto"), tokenizer) if tokenizer else "plain"
+        if mode != "chat":
+            raise SdftError(f"{example['location']}: a conversation with tool calls needs the chat template "
+                            "(--option template_mode=chat or auto with a chat model), not plain text")
+        return chat.render_context(self.template, example["turns"], example["tools"], tokenizer,
+                                   system=example["system"],
+                                   system_prompt=self.options.get("system_prompt", templates.DEFAULT_SYSTEM_PROMPT))
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str | None]:
         try:

@@ -51,8 +51,12 @@ class TrainConfig(Validated):
     template: str | None = field(None, "prompt template preset (alpaca, math) or YAML/JSON file")
     template_mode: Mode = field("auto", "render through the chat template (chat) or as plain text")
     system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP)
-    shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages")
+    shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages, prompt_completion")
     columns: list[str] = field(default_factory=list, help="column mapping, e.g. instruction=prompt,response=answer")
+    loss_on: Literal["all_turns", "last_turn"] = field(
+        "all_turns", "conversations with several assistant turns: learn every assistant turn (all_turns; chat "
+                     "mode) or the last one only (last_turn); single-turn data trains the same either way",
+        keyed=IF_SET)
     input_separator: str = field("\n\n", "joins an alpaca instruction and its input (reference code: one newline)")
     lora_r: int = field(8, "LoRA rank")
     lora_alpha: int = field(16, "LoRA alpha (scale = alpha / r)")

@@ -46,6 +46,11 @@ class Target:
     rewritten: bool
     replay: bool = False  # a replay example mixed in (sdft.train.replay), not one of the task's
     messages: list | None = None  # the prompt as chat messages (chat mode), for trainers that render it
+    # A whole conversation (sdft.train.turns): its token ids and the mask of the assistant turns learned
+    # (prompt + response is its text, the response starting at the first turn learned). None: one turn.
+    input_ids: list[int] | None = None
+    mask: list[int] | None = None
+    turns_trained: int = 1
 
 
 def rewrite_ids(accepted_ids: list[str], mix_ratio: float, seed: int) -> set[str]:
@@ -105,18 +110,31 @@ def strip_duplicate_bos(prompt: str, tokenizer) -> str:
 
 
 def build_targets(pairs: list, template, tokenizer, mode: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                  replay: bool = False) -> tuple[list[Target], int]:
+                  replay: bool = False, loss_on: str = "all_turns") -> tuple[list[Target], int]:
     """Render each prompt with the task's training template; the completion is the response plus EOS.
 
     EOS is appended here, not left to TRL, so that the model learns to stop whatever the template mode.
     A record's own system text (alpaca ``system``, a sharegpt system turn) wins over ``system_prompt``.
+    A conversation with several assistant turns (``loss_on`` all_turns, chat mode) or with tools is a
+    whole-conversation target instead (:mod:`sdft.train.turns`); single-turn data never is.
     Returns the targets and how many prompts had to be moved to a token boundary (see ``on_token_boundary``).
     """
     from sdft.base.templates import prompt_messages, render
+    from sdft.train import turns
 
     eos = tokenizer.eos_token or ""
     targets, moved = [], 0
     for ex, response, rewritten in pairs:
+        if turns.needs_turns(ex, loss_on, mode):
+            text, spans = turns.conversation_target(ex, response, template, tokenizer, system_prompt, loss_on,
+                                                    rewritten)
+            stripped = strip_duplicate_bos(text, tokenizer)
+            text, cut = stripped, len(text) - len(stripped)
+            spans = [(start - cut, end - cut) for start, end in spans]
+            ids, mask = turns.token_mask(text, spans, tokenizer, ex.location)
+            targets.append(Target(f"replay:{ex.id}" if replay else ex.id, text[:spans[0][0]], text[spans[0][0]:],
+                                  rewritten, replay, None, ids, mask, len(spans)))
+            continue
         prompt = render(template, ex.instruction, tokenizer=tokenizer, mode=mode,
                         history=ex.history or None, system=ex.system, system_prompt=system_prompt)
         prompt, completion, shifted = on_token_boundary(strip_duplicate_bos(prompt, tokenizer), response + eos,
@@ -153,10 +171,12 @@ def on_token_boundary(prompt: str, completion: str, tokenizer) -> tuple[str, str
 
 
 def token_lengths(targets: list[Target], tokenizer, max_length: int) -> tuple[list[int], list[int]]:
-    """(prompt lengths, total lengths capped at max_length), tokenized the way TRL will tokenize them."""
+    """(prompt lengths, total lengths capped at max_length), tokenized the way TRL will tokenize them; for a
+    whole conversation the prompt is what comes before its first learned token."""
     prompts = tokenizer([t.prompt for t in targets]).input_ids
     full = tokenizer([t.prompt + t.response for t in targets]).input_ids
-    return [len(p) for p in prompts], [min(len(f), max_length) for f in full]
+    prompt_lens = [t.mask.index(1) if t.mask else len(p) for t, p in zip(targets, prompts)]
+    return prompt_lens, [min(len(t.input_ids) if t.input_ids else len(f), max_length) for t, f in zip(targets, full)]
 
 
 def total_steps(n_examples: int, epochs: float, max_steps: int | None, global_batch: int) -> int:

@@ -77,7 +77,7 @@ def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]
     progress = ProgressFile(cache)
     pending = [ex for ex in examples if not progress.done(ex.id)]
     if pending:
-        from sdft.base.templates import render
+        from sdft.base.chat import render_prompt
 
         print(f"sdft train: the seed answers {len(pending)} replay instruction(s) (cached in {cache})", flush=True)
         backend = setup.load(None, progress=False)
@@ -85,8 +85,7 @@ def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]
                                   batch_size=config.batch_size * 4)
         for start in range(0, len(pending), params.batch_size):
             batch = pending[start:start + params.batch_size]
-            prompts = [render(template, ex.instruction, tokenizer=backend.tokenizer, mode=mode,
-                              history=ex.history or None, system=ex.system, system_prompt=config.system_prompt)
+            prompts = [render_prompt(template, ex, backend.tokenizer, mode, config.system_prompt, system=ex.system)
                        for ex in batch]
             done = backend.generate(prompts, params)
             progress.append({"id": ex.id, "text": c.text.strip(), "finish_reason": c.finish_reason}

@@ -176,10 +176,29 @@ def sft_trainer(config, model, tokenizer, ordered: list, args: dict, callbacks: 
     import datasets
     from trl import SFTConfig
 
-    dataset = datasets.Dataset.from_dict({"prompt": [t.prompt for t in ordered],
-                                          "completion": [t.response for t in ordered]})
+    dataset = datasets.Dataset.from_dict(sft_columns(ordered, tokenizer))
     sft_args = SFTConfig(**args, max_length=config.max_length, completion_only_loss=True,
                          train_sampling_strategy="sequential")
     return sft_trainer_class(config.response_only_logits)(
         model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=lora_config(config), callbacks=callbacks)
+
+
+def sft_columns(ordered: list, tokenizer) -> dict:
+    """The dataset TRL's SFTTrainer reads: prompt / completion texts (it tokenizes them and learns the completion),
+    or, when whole conversations are among the targets, token ids with a ``completion_mask`` (1 on the tokens
+    learned), which TRL turns into labels under ``completion_only_loss``. Single-turn targets are then tokenized
+    as TRL would: the prompt's tokens a prefix of the whole (``data.on_token_boundary`` put it on a boundary)."""
+    if not any(t.input_ids for t in ordered):
+        return {"prompt": [t.prompt for t in ordered], "completion": [t.response for t in ordered]}
+    ids, masks = [], []
+    for t in ordered:
+        if t.input_ids is None:
+            whole, prompt = tokenizer(t.prompt + t.response).input_ids, tokenizer(t.prompt).input_ids
+            start = next((i for i, (a, b) in enumerate(zip(prompt, whole)) if a != b), min(len(prompt), len(whole)))
+            ids.append(whole)
+            masks.append([0] * start + [1] * (len(whole) - start))
+        else:
+            ids.append(t.input_ids)
+            masks.append(t.mask)
+    return {"input_ids": ids, "completion_mask": masks}

@@ -104,11 +104,13 @@ def prepare(config: TrainConfig) -> Run:
 
     train_guards.check_lora_targets(config)  # before the weights load
     model, tokenizer = load_model(config, precision)
-    targets, moved = train_data.build_targets(pairs, template, tokenizer, mode, config.system_prompt)
+    loss_on = turns_learned(config, pairs, mode)
+    targets, moved = train_data.build_targets(pairs, template, tokenizer, mode, config.system_prompt,
+                                              loss_on=loss_on)
     if replayed:
         replay_template = load_template(DEFAULT_PROMPT["general"], "prompt")
         more, moved_too = train_data.build_targets(replayed, replay_template, tokenizer, mode, config.system_prompt,
-                                                   replay=True)
+                                                   replay=True, loss_on=loss_on)
         targets, moved = targets + more, moved + moved_too
     counts["prompt_end_moved_to_token_boundary"] = moved
     prompt_lens, lengths = train_data.token_lengths(targets, tokenizer, config.max_length)
@@ -125,6 +127,8 @@ def prepare(config: TrainConfig) -> Run:
     targets = [targets[i] for i in keep]
     lengths = [lengths[i] for i in keep]
     task = [t for t in targets if not t.replay]
+    counts.update(loss_on=loss_on, conversations=sum(t.input_ids is not None for t in targets),
+                  assistant_turns_trained=sum(t.turns_trained for t in targets))
     counts.update(examples=len(targets), dropped_too_long=len(prompt_lens) - len(keep), task_examples=len(task),
                   replay_examples=len(targets) - len(task), rewritten=sum(t.rewritten for t in task),
                   original=sum(not t.rewritten for t in task))
@@ -149,6 +153,22 @@ def prepare(config: TrainConfig) -> Run:
     return Run(config, trainer, progress, targets, lengths, order, steps, counts, checkpoint, data_sha,
                template.name, mode, precision, cuda, started, parameters, compiled,
                describe_system(config.system_prompt, tokenizer, mode, template))
+
+
+def turns_learned(config: TrainConfig, pairs: list, mode: str) -> str:
+    """Which assistant turns learn: ``--loss-on``, except where only the last can (on-policy distillation
+    answers the last prompt; plain text marks no turns), said once when that leaves turns out."""
+    several = sum(ex.assistant_turns() > 1 for ex, _, _ in pairs)
+    if config.objective == "onpolicy":
+        if any(ex.uses_tools for ex, _, _ in pairs):
+            raise SdftError("--objective onpolicy does not take conversations with tool calls; use --objective sft")
+        return "last_turn"
+    if config.loss_on == "all_turns" and mode != "chat" and several:
+        warnings.warn(f"{several} conversation(s) have several assistant turns, but plain-text prompts mark no "
+                      "turns: only each one's last assistant turn is learned (--template-mode chat learns all)",
+                      stacklevel=2)
+        return "last_turn"
+    return config.loss_on
 
 
 def _sha256(path: str | None) -> str | None:

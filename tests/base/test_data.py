@@ -284,9 +284,10 @@ def test_bad_history_and_chat_structure(tmp_path):
 
 
 def test_unknown_shape_lists_fields_and_shapes(tmp_path):
-    message = error_of(write(tmp_path / "u.jsonl", [{"prompt": "a", "completion": "b"}]))
-    assert "line 1" in message and "fields found: prompt, completion" in message
-    assert all(name in message for name in ("alpaca", "gsm8k", "sharegpt", "messages", "columns="))
+    message = error_of(write(tmp_path / "u.jsonl", [{"query": "a", "reply": "b"}]))
+    assert "line 1" in message and "fields found: query, reply" in message
+    assert all(name in message for name in ("alpaca", "gsm8k", "sharegpt", "messages", "prompt_completion",
+                                            "columns="))
 
 
 def test_all_records_validated_and_counted(tmp_path):

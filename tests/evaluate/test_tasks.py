@@ -330,6 +330,30 @@ def test_custom_task_checker(tmp_path):
         get_task("capitals", data, checker="test_tasks:half_credit", colour="red")
 
 
+def test_custom_task_asks_a_conversation_with_its_history_and_tool_turns(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    data = write_json(tmp_path / "c.json", [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                      {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]},
+        {"messages": [{"role": "user", "content": "Weather in Paris?"}, call, {"role": "tool", "content": "21"},
+                      {"role": "assistant", "content": "21 degrees"}], "tools": tools}])
+    task = get_task("chats", data, checker="test_tasks:half_credit")
+    plain, tooled = (task.prompt(ex, tok) for ex in task.examples())
+    assert plain == ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+                     "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n")
+    assert '"name": "get_weather"' in tooled.split("<|im_end|>")[0]  # the tool list, in the system turn
+    assert tooled.endswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+                           "<|im_end|>\n<|im_start|>tool\n21<|im_end|>\n<|im_start|>assistant\n")
+    assert "21 degrees" not in tooled
+    with pytest.raises(SdftError, match="record 2.*chat template"):
+        task.prompt(task.examples()[1], None)
+
+
 def test_winrate_endpoint_judge_speaks_openai_chat_completions(monkeypatch):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
