@@ -125,6 +125,52 @@ def test_engine_flags_keep_their_names(command):
     assert [a.dest for a in engine._group_actions] == ["backend", "precision", "endpoint", "backend_option"]
 
 
+# The settings several stages share, each declared once (a mixin with its own --help heading): which
+# commands list them under that heading, in what order.
+SHARED_SECTIONS = {
+    "distill": {"generation engine": ["backend", "precision", "endpoint", "backend_option"],
+                "decoding": ["max_new_tokens", "max_prompt_tokens", "truncation_side", "batch_size", "temperature",
+                             "top_p", "top_k", "seed"],
+                "system prompt": ["system_prompt"]},
+    "train": {"system prompt": ["system_prompt"], "LoRA": ["lora_r", "lora_alpha", "lora_dropout", "lora_targets"],
+              "replay": ["replay_data", "replay_ratio", "replay_source", "replay_max_new_tokens", "replay_backend",
+                         "replay_precision"]},
+}
+SHARED_SECTIONS["eval"] = {name: SHARED_SECTIONS["distill"][name] for name in SHARED_SECTIONS["distill"]}
+
+
+@pytest.mark.parametrize("command", sorted(SHARED_SECTIONS))
+def test_shared_settings_are_listed_under_their_own_heading(command):
+    from sdft.cli import build_parser
+
+    sub = build_parser(command)._subparsers._group_actions[0].choices[command]
+    sections = [(g.title, [a.dest for a in g._group_actions]) for g in sub._action_groups
+                if g.title not in ("positional arguments", "options") and g._group_actions]
+    assert sections == list(SHARED_SECTIONS[command].items())
+
+
+@pytest.mark.parametrize(("cls", "bad", "message"), [
+    (DistillConfig, {"system_prompt": " "}, "'system_prompt' must be"),
+    (EvalConfig, {"system_prompt": ""}, "'system_prompt' must be"),
+    (TrainConfig, {"system_prompt": "\n"}, "'system_prompt' must be"),
+    (DistillConfig, {"top_k": -1}, "top_k >= 0"),
+    (EvalConfig, {"max_prompt_tokens": 0}, "'max_prompt_tokens' must be at least 1"),
+    (TrainConfig, {"lora_r": 0}, "'lora_r' must be at least 1, got 0"),
+    (TrainConfig, {"lora_alpha": 0}, "'lora_alpha' must be positive, got 0"),
+    (TrainConfig, {"lora_dropout": 1.5}, "'lora_dropout' must be between 0 and 1, got 1.5"),
+    (TrainConfig, {"lora_targets": []}, "'lora_targets' needs at least one module"),
+    (TrainConfig, {"weight_decay": -0.1}, "'weight_decay' must be >= 0, got -0.1"),
+    (TrainConfig, {"replay_source": "seed"}, "need --replay-data"),
+    (TrainConfig, {"replay_data": "g.jsonl"}, "'replay_ratio' must be above 0"),
+], ids=lambda v: v.__name__ if isinstance(v, type) else None)
+def test_a_shared_groups_checks_run_in_every_config_that_takes_it(cls, bad, message):
+    from sdft.base.config import from_dict
+
+    base = {DistillConfig: {"data": "d"}, EvalConfig: {"tasks": ["gsm8k"]}, TrainConfig: {"data": "d", "out": "o"}}
+    with pytest.raises(ConfigError, match=message):
+        from_dict(cls, {**base[cls], **bad})
+
+
 @pytest.mark.parametrize("build", [
     lambda: dataclasses.replace(EvalConfig(tasks=["gsm8k"]), top_p=2.0),
     lambda: dataclasses.replace(DistillConfig(data="d"), temperature=-1.0),

@@ -52,6 +52,21 @@ def field(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | Non
     return dataclasses.field(default=default, metadata=meta)
 
 
+def override(group: type, name: str, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:
+    """The setting ``name`` of a settings group (a mixin such as ``sdft.generation.DecodingSettings``) with
+    another default or help text, for a config whose stage needs them: ``max_prompt_tokens: int =
+    override(DecodingSettings, "max_prompt_tokens", 2048)`` in the config's class body. The key rule and flag
+    stay the group's, and so does the place in ``--help`` of a config that mixes the group in (a dataclass keeps
+    a redeclared field where its base declared it)."""
+    shared = {f.name: f for f in dataclasses.fields(group)}[name]
+    meta = shared.metadata
+    factory = shared.default_factory if default is dataclasses.MISSING else dataclasses.MISSING
+    return field(shared.default if default is dataclasses.MISSING else default,
+                 meta["help"] if help is None else help, flag=meta.get("flag"),
+                 positional=meta.get("positional", False), default_factory=factory, keyed=meta["keyed"],
+                 metavar=meta.get("metavar"))
+
+
 def _type_hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -272,12 +287,14 @@ def flag_name(f: dataclasses.Field) -> str:
 def _argument_groups(parser: argparse.ArgumentParser, cls) -> dict[str, Any]:
     """Where each field's flag is listed: a field a config inherits from a settings mixin (e.g.
     ``sdft.generation.EngineSettings``) goes in a section headed by the mixin's ``section``, after the
-    config's own flags (a dataclass puts inherited fields first, which would open ``--help`` with them)."""
+    config's own flags (a dataclass puts inherited fields first, which would open ``--help`` with them).
+    Sections follow the order in which the config's class statement names its mixins."""
     where: dict[str, Any] = {}
-    for base in reversed(cls.__mro__[1:]):
+    for base in cls.__mro__[1:]:
         if dataclasses.is_dataclass(base):
             group = parser.add_argument_group(getattr(base, "section", base.__name__))
-            where.update({f.name: group for f in dataclasses.fields(base)})
+            for f in dataclasses.fields(base):  # a mixin built on another lists the other's fields too
+                where.setdefault(f.name, group)
     return where
 
 

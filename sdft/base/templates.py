@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from sdft.base import userfiles
+from sdft.base.config import field
 from sdft.base.errors import ConfigError
 
 _USING = ("Below are an instruction that describes a task along with a reference answer. "
@@ -167,6 +168,20 @@ def check_system_prompt(value: str, where: str = "system_prompt") -> None:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"'{where}' must be {', '.join(SYSTEM_PROMPTS)} or your own text; "
                           "for no system text use 'none'")
+
+
+@dataclass
+class SystemPromptSettings:
+    """``--system-prompt``, declared once for every stage that renders prompts (distill, train, eval) and
+    mixed into their configs as ``sdft.generation.EngineSettings`` is; a run's top-level ``system_prompt`` is
+    this setting too (``sdft.base.config.override``: its own help text)."""
+
+    section: ClassVar[str] = "system prompt"
+    system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP)
+
+    def check_system_prompt_settings(self) -> None:
+        """Called by the stages' ``validate``."""
+        check_system_prompt(self.system_prompt)
 
 
 def render(template: Template, instruction: str, *, reference: str | None = None, tokenizer=None,

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sdft.base import templates
-from sdft.base.config import DEFAULT_MODEL, IF_SET, TaskKind, Validated, column_mapping, field
+from sdft.base.config import DEFAULT_MODEL, IF_SET, TaskKind, Validated, column_mapping, field, override
 from sdft.base.errors import ConfigError
-from sdft.generation import EngineSettings, GenerationParams
+from sdft.base.templates import SystemPromptSettings
+from sdft.generation import DecodingSettings, EngineSettings
 
 # The reference code never sets decoding values; these are the defaults it inherited (paper-method §4).
 PRESETS = {
@@ -22,7 +23,7 @@ GUARD_LENGTH_RATIOS = (0.5, 2.0)
 
 
 @dataclass
-class DistillConfig(EngineSettings, Validated):
+class DistillConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Validated):
     data: str = field(None, "dataset file (JSON, JSONL, CSV, Parquet) or hub dataset name")
     out: str = field("runs/distill", "output folder (rerun the same command to resume)", keyed=False)
     model: str = field(DEFAULT_MODEL, "seed model: alias, hub id, local folder or .gguf file")
@@ -30,7 +31,6 @@ class DistillConfig(EngineSettings, Validated):
     task: TaskKind = field("general", "task kind: picks the template and the filter")
     template: str | None = field(None, "distillation template preset (using, refer, math) or YAML/JSON file")
     template_mode: templates.Mode = field("auto", "render through the chat template (chat) or as plain text")
-    system_prompt: str = field(templates.DEFAULT_SYSTEM_PROMPT, templates.SYSTEM_PROMPT_HELP)
     filter: str | None = field(None, "filter kind, or a user filter 'module:function' (default: the task's)")
     filter_mode: Literal["default", "paper"] = field("default", "'paper' reproduces the reference code's rules")
     shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages, prompt_completion")
@@ -43,16 +43,11 @@ class DistillConfig(EngineSettings, Validated):
     sample_seed: int | None = field(None, "with limit: a seeded random subset of N, kept in file order, instead "
                                           "of the first N (a file sorted by source would bias the first N)",
                                     keyed=IF_SET)
-    batch_size: int = field(8, "prompts per generation batch")
-    max_new_tokens: int = field(512, "generation budget per rewrite")
-    max_prompt_tokens: int = field(1024, "longer prompts are cut (and reported)")
-    truncation_side: Literal["left", "right"] = field(
-        "left", "which end of a too-long prompt is cut (right: the reference code's, loses '### Response:')")
     input_separator: str = field("\n\n", "joins an alpaca instruction and its input (reference code: one newline)")
-    temperature: float = field(0.0, "0 = greedy decoding (our default); the paper sampled at 0.95")
-    top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
-    top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
-    seed: int = field(42, "random seed for sampling")
+    # Decoding (DecodingSettings) with distillation's own budget and help.
+    max_new_tokens: int = override(DecodingSettings, "max_new_tokens", 512, "generation budget per rewrite")
+    temperature: float = override(DecodingSettings, "temperature",
+                                  help="0 = greedy decoding (our default); the paper sampled at 0.95")
     progress: bool = field(True, "show a progress bar", keyed=False)
     # Format-aware distillation, beyond the paper (docs/arms.md): both need the seed's own answer to each
     # prompt under the task's prompt, one more generation pass. Keyed only when set: earlier keys stay.
@@ -80,9 +75,9 @@ class DistillConfig(EngineSettings, Validated):
             raise ConfigError("'limit' must be at least 1")
         if self.sample_seed is not None and self.limit is None:
             raise ConfigError("'sample_seed' picks a random subset of 'limit' examples: set 'limit' too")
-        generation_params(self)  # decoding values are checked where they are defined
+        self.check_decoding_settings()
         column_mapping(self.columns)
-        templates.check_system_prompt(self.system_prompt)
+        self.check_system_prompt_settings()
         self.check_engine_settings()  # a backend option no backend takes: refused before any model loads
         self._check_self_answers()
 
@@ -97,10 +92,3 @@ class DistillConfig(EngineSettings, Validated):
         if self.answer_template is not None and not self.needs_self_answers:
             raise ConfigError("'answer_template' renders the seed's own answers: set 'format_guard' or "
                               "'self_answer' too")
-
-
-def generation_params(config) -> GenerationParams:
-    return GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                            top_p=config.top_p, top_k=config.top_k, seed=config.seed,
-                            batch_size=config.batch_size, max_prompt_tokens=config.max_prompt_tokens,
-                            truncation_side=config.truncation_side)

@@ -34,7 +34,7 @@ from sdft.base.errors import ConfigError
 from sdft.base.store import ProgressFile, write_json, write_jsonl
 from sdft.distill import formats
 from sdft.distill import turns as distill_turns
-from sdft.distill.config import DistillConfig, generation_params
+from sdft.distill.config import DistillConfig
 from sdft.generation import engine_key
 
 
@@ -50,7 +50,7 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
         "template": to_dict(template),
         "template_mode": mode,
         "system_prompt": templates.describe_system(config.system_prompt, tokenizer, mode, template),
-        "decoding": generation_params(config).record(),
+        "decoding": config.generation_params().record(),
         "filter": {"kind": config.filter or config.task, "mode": config.filter_mode},
         "limit": config.limit, "sample_seed": config.sample_seed, "columns": config.columns, "shape": config.shape,
         "generation": generation,
@@ -138,7 +138,7 @@ def _generate_pending(examples, prompts, backend, progress: ProgressFile, config
     ``progress`` keeps of each."""
     from tqdm.auto import tqdm
 
-    params = generation_params(config)
+    params = config.generation_params()
     # Longest-first across the whole job: batches hold similar lengths (little padding) and the
     # slowest batches come first, so the ETA only improves.
     pending = sorted((ex for ex in examples if ex.id in prompts), key=lambda ex: -len(prompts[ex.id]))

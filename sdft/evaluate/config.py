@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from sdft.base import templates
-from sdft.base.config import DEFAULT_MODEL, Validated, field
+from sdft.base.config import DEFAULT_MODEL, Validated, field, override
 from sdft.base.errors import ConfigError
-from sdft.generation import EngineSettings
+from sdft.base.templates import SystemPromptSettings
+from sdft.generation import DecodingSettings, EngineSettings
 
 PRESETS = {
     # The reference code's evaluation: its do_predict runs pass no decoding flags, so they sample with the
@@ -23,7 +23,7 @@ PRESETS = {
 
 
 @dataclass
-class EvalConfig(EngineSettings, Validated):
+class EvalConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Validated):
     model: str = field(DEFAULT_MODEL, "model: alias, hub id, local folder or .gguf file")
     adapter: str | None = field(None, "optional LoRA adapter folder on top of the model")
     tasks: list[str] = field(default_factory=list, help="tasks, comma-separated: gsm8k, multiarith, openfunctions, bfcl, humaneval, advbench, "
@@ -31,23 +31,16 @@ class EvalConfig(EngineSettings, Validated):
                                  "lm_eval:<task>, or a user task (--data and --checker)")
     out: str = field("runs/eval", "output folder (rerun the same command to resume)", keyed=False)
     limit: int | None = field(None, "evaluate only the first N items of each task")
-    max_new_tokens: int | None = field(None, "generation budget per answer (default: each task's own)")
-    max_prompt_tokens: int = field(2048, "longer prompts are cut (and reported)")
-    truncation_side: Literal["left", "right"] = field(
-        "left", "which end of a too-long prompt is cut (right: the reference code's, loses '### Response:')")
-    batch_size: int = field(8, "prompts per generation batch")
     data: list[str] = field(default_factory=list, help="TASK=PATH: a task's data file or hub name (repeatable)")
     checker: list[str] = field(default_factory=list, help="TASK=module:function for a user task (with --data)")
     option: list[str] = field(default_factory=list, help="TASK.KEY=VALUE task option, e.g. openfunctions.rule=paper")
     template_mode: templates.Mode = field("auto", "chat template (chat), plain text (plain), or auto")
-    system_prompt: str = field(templates.DEFAULT_SYSTEM_PROMPT, templates.SYSTEM_PROMPT_HELP)
-    temperature: float = field(0.0, "0 = greedy decoding")
     greedy_tasks: list[str] = field(default_factory=list, help="tasks decoded greedily whatever --temperature "
                                     "(the paper preset: humaneval, as the reference's bigcode harness did)")
-    top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
-    top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
     n_samples: int = field(1, "samples per item (needs temperature > 0); HumanEval reports pass@k from them")
-    seed: int = field(42, "random seed for sampling (sample j uses seed + j)")
+    # Decoding (DecodingSettings) with evaluation's own prompt budget and help.
+    max_prompt_tokens: int = override(DecodingSettings, "max_prompt_tokens", 2048)
+    seed: int = override(DecodingSettings, "seed", help="random seed for sampling (sample j uses seed + j)")
     judge: str | None = field(None, "winrate judge: a model our backends load, or an OpenAI-compatible URL")
     judge_model: str | None = field(None, "model name to request from a judge endpoint URL")
     judge_backend: str | None = field(None, "backend that loads a local judge (default: --backend)")
@@ -84,7 +77,7 @@ class EvalConfig(EngineSettings, Validated):
                 raise ConfigError(f"'{name}' must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("'limit' must be at least 1")
-        self.decoding()  # decoding values are checked where they are defined
+        self.check_decoding_settings()
         if self.n_samples > 1 and self.temperature <= 0:
             raise ConfigError("--n-samples above 1 needs --temperature above 0 (greedy samples are identical)")
         if "winrate" in self.tasks and not self.judge:
@@ -92,18 +85,14 @@ class EvalConfig(EngineSettings, Validated):
         if self.judge and self.judge.startswith(("http://", "https://")):
             from sdft.base.endpoint import api_key, check_url
             check_url(self.judge, has_key=bool(api_key()))  # before anything is written or loaded
-        templates.check_system_prompt(self.system_prompt)
+        self.check_system_prompt_settings()
         self.check_engine_settings()  # a backend option no backend takes: refused before any model loads
 
     def decoding(self, task: str | None = None, task_budget: int = 256, stop: tuple[str, ...] = ()):
         """The :class:`GenerationParams` of a task: its own answer budget unless --max-new-tokens is set,
         greedy when it is one of --greedy-tasks."""
-        from sdft.generation import GenerationParams
-        return GenerationParams(
-            max_new_tokens=task_budget if self.max_new_tokens is None else self.max_new_tokens,
-            temperature=0.0 if task in self.greedy_tasks else self.temperature, top_p=self.top_p, top_k=self.top_k,
-            seed=self.seed, batch_size=self.batch_size, max_prompt_tokens=self.max_prompt_tokens,
-            truncation_side=self.truncation_side, stop=stop)
+        greedy = {"temperature": 0.0} if task in self.greedy_tasks else {}
+        return self.generation_params(task_budget, stop=stop, **greedy)
 
     def data_paths(self) -> dict[str, str]:
         return _pairs(self.data, "--data", "TASK=PATH")

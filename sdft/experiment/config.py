@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdft.base import seeds
-from sdft.base.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field
+from sdft.base.config import DEFAULT_MODEL, TaskKind, Validated, column_mapping, field, override
 from sdft.base.errors import ConfigError
-from sdft.base.templates import DEFAULT_SYSTEM_PROMPT
+from sdft.base.templates import SystemPromptSettings
 from sdft.experiment import arms
 from sdft.experiment.arms import ARMS, DEFAULT_ARMS
 
@@ -26,8 +26,10 @@ class RunConfig(Validated):
     data: str = field(None, "training dataset (file or hub name)")
     task: TaskKind = field("general", "task kind of the training data (picks templates and filter)")
     model: str = field(DEFAULT_MODEL, "seed model")
-    system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, "system text for every stage unless a section sets its "
-                               "own: model (the chat template's default), none, template, or your own text")
+    # The stages' shared setting (not mixed in: a run has no flags, and its keys keep their order in config.json).
+    system_prompt: str = override(SystemPromptSettings, "system_prompt", help="system text for every stage unless a "
+                                  "section sets its own: model (the chat template's default), none, template, or "
+                                  "your own text")
     shape: str = field("auto", "data shape")
     columns: list[str] = field(default_factory=list, help="column mapping, field=column")
     out_root: str = field("runs", "parent folder of the run")

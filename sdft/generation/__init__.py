@@ -83,6 +83,39 @@ class GenerationParams:
         return without_old_defaults("decoding", asdict(self))
 
 
+@dataclass
+class DecodingSettings:
+    """Decoding: the :class:`GenerationParams` settings every generating stage (distill, eval) takes, declared
+    once and mixed in as :class:`EngineSettings` is (flat keys and flags, their own heading in ``--help``). A
+    stage that needs another default or help text redeclares the field with ``sdft.base.config.override``
+    (distill's budget per rewrite, eval's longer prompts); its key rule stays the group's."""
+
+    section: ClassVar[str] = "decoding"
+    max_new_tokens: int | None = field(None, "generation budget per answer (default: each task's own)")
+    max_prompt_tokens: int = field(1024, "longer prompts are cut (and reported)")
+    truncation_side: Literal["left", "right"] = field(
+        "left", "which end of a too-long prompt is cut (right: the reference code's, loses '### Response:')")
+    batch_size: int = field(8, "prompts per generation batch")
+    temperature: float = field(0.0, "0 = greedy decoding")
+    top_p: float = field(1.0, "nucleus sampling threshold (sampling only)")
+    top_k: int = field(0, "top-k sampling (0 = off; sampling only)")
+    seed: int = field(42, "random seed for sampling")
+
+    def generation_params(self, budget: int = 256, **changes: Any) -> GenerationParams:
+        """These settings as :class:`GenerationParams`: ``budget`` is the answer budget when
+        ``max_new_tokens`` is None (eval: each task's own); ``changes`` are one call's own values (a task's
+        stop strings, greedy decoding)."""
+        values = {"max_new_tokens": budget if self.max_new_tokens is None else self.max_new_tokens,
+                  "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
+                  "batch_size": self.batch_size, "max_prompt_tokens": self.max_prompt_tokens,
+                  "truncation_side": self.truncation_side}
+        return GenerationParams(**{**values, **changes})
+
+    def check_decoding_settings(self) -> None:
+        """Called by the stages' ``validate``: decoding values are checked once, by :class:`GenerationParams`."""
+        self.generation_params()
+
+
 @dataclass(frozen=True)
 class Engine:
     """The engine settings of a generating step that is not a stage of its own (a local judge, replay's seed

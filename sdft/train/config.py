@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from sdft.base.config import DEFAULT_MODEL, IF_SET, TaskKind, Validated, column_mapping, field
 from sdft.base.errors import ConfigError
-from sdft.base.templates import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP, Mode, check_system_prompt
-from sdft.train import onpolicy, replay
+from sdft.base.templates import Mode, SystemPromptSettings
+from sdft.train import onpolicy
+from sdft.train.replay import ReplaySettings
 
 # Reference values of the paper's runs (paper-method §4). Epochs: 2 for general data, 5 for GSM8K and
 # OpenFunctions (pass --epochs 5 there).
@@ -23,7 +24,31 @@ PRESETS = {
 
 
 @dataclass
-class TrainConfig(Validated):
+class LoraSettings:
+    """The adapter's shape (``--method lora`` and ``qlora``), with its checks; a mixin of ``TrainConfig``
+    like ``sdft.generation.EngineSettings`` of the generating stages (flat keys, own heading in ``--help``)."""
+
+    section: ClassVar[str] = "LoRA"
+    lora_r: int = field(8, "LoRA rank")
+    lora_alpha: int = field(16, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = field(0.0, "LoRA dropout")
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
+                                    help="modules that get LoRA adapters, or all-linear")
+
+    def check_lora_settings(self) -> None:
+        """Called by ``TrainConfig.validate``."""
+        if self.lora_r < 1:
+            raise ConfigError(f"'lora_r' must be at least 1, got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"'lora_alpha' must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout <= 1:
+            raise ConfigError(f"'lora_dropout' must be between 0 and 1, got {self.lora_dropout}")
+        if not self.lora_targets:
+            raise ConfigError("'lora_targets' needs at least one module name (e.g. q_proj,v_proj)")
+
+
+@dataclass
+class TrainConfig(SystemPromptSettings, LoraSettings, ReplaySettings, Validated):
     data: str | None = field(None, "dataset file (original data) or a distilled.jsonl from 'sdft distill'")
     out: str | None = field(None, "output folder: adapter or weights, train.json, loss.png, checkpoints/",
                             keyed=False)
@@ -50,7 +75,6 @@ class TrainConfig(Validated):
     task: TaskKind = field("general", "task kind: picks the prompt template (math preset for math)")
     template: str | None = field(None, "prompt template preset (alpaca, math) or YAML/JSON file")
     template_mode: Mode = field("auto", "render through the chat template (chat) or as plain text")
-    system_prompt: str = field(DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT_HELP)
     shape: str = field("auto", "data shape: auto, alpaca, gsm8k, sharegpt, messages, prompt_completion")
     columns: list[str] = field(default_factory=list, help="column mapping, e.g. instruction=prompt,response=answer")
     loss_on: Literal["all_turns", "last_turn"] = field(
@@ -58,11 +82,6 @@ class TrainConfig(Validated):
                      "mode) or the last one only (last_turn); single-turn data trains the same either way",
         keyed=IF_SET)
     input_separator: str = field("\n\n", "joins an alpaca instruction and its input (reference code: one newline)")
-    lora_r: int = field(8, "LoRA rank")
-    lora_alpha: int = field(16, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = field(0.0, "LoRA dropout")
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
-                                    help="modules that get LoRA adapters, or all-linear")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         "auto", "auto: bf16 (or fp16) mixed precision on a GPU, bf16 on CPUs with bf16 matrix units (AVX512-BF16, "
                 "AMX), else fp32; with LoRA, bf16 also stores the frozen base in bf16")
@@ -86,22 +105,11 @@ class TrainConfig(Validated):
         "none", "also send the training logs (loss, learning rate, grad norm, tokens) to an experiment tracker "
                 "through the Trainer's report_to: tensorboard (event files in OUT/tensorboard), wandb or mlflow "
                 "(set up by their own WANDB_* / MLFLOW_* variables)", keyed=False)
-    # Arms beyond vanilla / SDFT (README "Arms"): replay mixing and on-policy self-distillation.
+    # Arms beyond vanilla / SDFT (README "Arms"): on-policy self-distillation (replay: ReplaySettings).
     objective: Literal["sft", "onpolicy"] = field(
         "sft", "sft: learn the target responses (vanilla, SDFT, replay); onpolicy: the student answers each "
                "prompt and the same model shown the target response teaches it token by token (Shenfeld et "
                "al. 2026, through TRL's experimental SDFTTrainer)")
-    replay_data: str | None = field(None, "general dataset (any shape) whose examples are mixed into the "
-                                          "training data: replay against forgetting")
-    replay_ratio: float | None = field(None, "replay examples per task example (0.25 = one for every four)")
-    replay_source: Literal["data", "seed"] = field(
-        "data", "replay targets: the file's own responses, or the seed model's greedy answers to its "
-                "instructions (generated once, cached in $SDFT_HOME/replay)")
-    replay_max_new_tokens: int = field(256, "token budget of the seed's replay answers (answers cut by it are dropped)")
-    replay_backend: str = field("hf", "backend generating the seed's replay answers (as --backend: auto, hf, vllm, "
-                                "or 'module:Class')", keyed=IF_SET)
-    replay_precision: Literal["auto", "fp32", "bf16"] = field(
-        "auto", "precision of the seed's replay answers (as --precision)", keyed=IF_SET)
     onpolicy_teacher: Literal["base", "ema", "live"] = field(
         "base", "onpolicy teacher: the frozen seed (base), an EMA of the student (ema, the authors' code) or "
                 "the student itself (live)")
@@ -127,8 +135,7 @@ class TrainConfig(Validated):
             raise ConfigError("train needs --data (a dataset file or a distilled.jsonl)")
         if not self.out:
             raise ConfigError("train needs --out (the folder for the adapter or weights and train.json)")
-        for name in ("batch_size", "grad_accum", "max_length", "save_steps", "save_total_limit",
-                     "logging_steps", "lora_r"):
+        for name in ("batch_size", "grad_accum", "max_length", "save_steps", "save_total_limit", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"'{name}' must be at least 1, got {getattr(self, name)}")
         if self.max_length < 8:
@@ -139,20 +146,19 @@ class TrainConfig(Validated):
             raise ConfigError(f"'limit' must be at least 1, got {self.limit}")
         if self.epochs <= 0 or self.learning_rate <= 0:
             raise ConfigError("'epochs' and 'learning_rate' must be positive")
-        for name in ("warmup_ratio", "lora_dropout") + (("mix_ratio",) if self.mix_ratio is not None else ()):
+        for name in ("warmup_ratio",) + (("mix_ratio",) if self.mix_ratio is not None else ()):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"'{name}' must be between 0 and 1, got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.lora_alpha <= 0:
-            raise ConfigError("'weight_decay' must be >= 0 and 'lora_alpha' positive")
+        if self.weight_decay < 0:
+            raise ConfigError(f"'weight_decay' must be >= 0, got {self.weight_decay}")
         column_mapping(self.columns)
-        if not self.lora_targets:
-            raise ConfigError("'lora_targets' needs at least one module name (e.g. q_proj,v_proj)")
+        self.check_lora_settings()
         if self.merge and self.method == "full":
             raise ConfigError("--merge applies to LoRA/QLoRA; full fine-tuning already writes full weights")
-        check_system_prompt(self.system_prompt)
+        self.check_system_prompt_settings()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one")
-        replay.validate(self)
+        self.check_replay_settings()
         onpolicy.validate(self)
         _check_tracker(self.report_to)
 

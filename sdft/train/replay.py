@@ -17,8 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from sdft.base.config import IF_SET, field
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.keys import without_old_defaults
 from sdft.base.provenance import file_sha256
@@ -27,18 +30,38 @@ from sdft.base.provenance import file_sha256
 _DROP_FINISH = "length"
 
 
-def validate(config) -> None:
-    """The replay options of a ``TrainConfig``: one clear line for each contradiction."""
-    if config.replay_data is None:
-        if config.replay_ratio is not None or config.replay_source != "data":
-            raise ConfigError("--replay-ratio and --replay-source need --replay-data (the general dataset to replay)")
-        return
-    ratio = config.replay_ratio
-    if ratio is None or not 0 < ratio <= 10:
-        raise ConfigError(f"'replay_ratio' must be above 0 and at most 10 (replay examples per task example, "
-                          f"e.g. 0.25), got {ratio}")
-    if config.replay_max_new_tokens < 1:
-        raise ConfigError("'replay_max_new_tokens' must be at least 1")
+@dataclass
+class ReplaySettings:
+    """The replay settings of ``sdft train`` (and of ``sdft run``'s replay arms, through its train config),
+    declared once with their checks; mixed into ``TrainConfig`` as ``sdft.generation.EngineSettings`` is
+    into the generating stages (flat keys and flags, their own heading in ``--help``)."""
+
+    section: ClassVar[str] = "replay"
+    replay_data: str | None = field(None, "general dataset (any shape) whose examples are mixed into the "
+                                          "training data: replay against forgetting")
+    replay_ratio: float | None = field(None, "replay examples per task example (0.25 = one for every four)")
+    replay_source: Literal["data", "seed"] = field(
+        "data", "replay targets: the file's own responses, or the seed model's greedy answers to its "
+                "instructions (generated once, cached in $SDFT_HOME/replay)")
+    replay_max_new_tokens: int = field(256, "token budget of the seed's replay answers (answers cut by it are dropped)")
+    replay_backend: str = field("hf", "backend generating the seed's replay answers (as --backend: auto, hf, vllm, "
+                                "or 'module:Class')", keyed=IF_SET)
+    replay_precision: Literal["auto", "fp32", "bf16"] = field(
+        "auto", "precision of the seed's replay answers (as --precision)", keyed=IF_SET)
+
+    def check_replay_settings(self) -> None:
+        """Called by ``TrainConfig.validate``: one clear line for each contradiction."""
+        if self.replay_data is None:
+            if self.replay_ratio is not None or self.replay_source != "data":
+                raise ConfigError("--replay-ratio and --replay-source need --replay-data (the general dataset to "
+                                  "replay)")
+            return
+        ratio = self.replay_ratio
+        if ratio is None or not 0 < ratio <= 10:
+            raise ConfigError(f"'replay_ratio' must be above 0 and at most 10 (replay examples per task example, "
+                              f"e.g. 0.25), got {ratio}")
+        if self.replay_max_new_tokens < 1:
+            raise ConfigError("'replay_max_new_tokens' must be at least 1")
 
 
 def load(config) -> list:

@@ -1,11 +1,13 @@
 """Dataclass configs: validation, YAML < preset < flags precedence, and CLI error output."""
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
-from sdft.base.config import add_arguments, field, from_dict, resolve
+from sdft.base.config import IF_SET, add_arguments, field, from_dict, keyed_settings, override, resolve
 from sdft.base.errors import ConfigError
 
 
@@ -58,3 +60,44 @@ def test_bad_yaml_names_the_file_and_line(tmp_path):
         resolve(Example, parser.parse_args([]), str(tmp_path / "none.yaml"))
     with pytest.raises(ConfigError, match="unknown preset"):
         resolve(Example, parser.parse_args([]), presets={"p": {}}, preset="q")
+
+
+@dataclass
+class Sampling:
+    section: ClassVar[str] = "sampling"
+    budget: int = field(64, "tokens per answer", keyed=IF_SET)
+    heat: float = field(0.0, "temperature")
+
+
+@dataclass
+class Scoring:
+    section: ClassVar[str] = "scoring"
+    judge: str | None = field(None, "judge model")
+
+
+@dataclass
+class Stage(Sampling, Scoring):
+    name: str = field("x", "the stage's own setting")
+    budget: int = override(Sampling, "budget", 512, "tokens per rewrite")
+
+
+def _sections(cls) -> list[tuple[str, list[str]]]:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, cls)
+    return [(g.title, [a.dest for a in g._group_actions]) for g in parser._action_groups if g._group_actions]
+
+
+def test_a_shared_group_is_listed_under_its_heading_in_the_order_the_class_names_it():
+    assert _sections(Stage) == [("options", ["help", "name"]), ("sampling", ["budget", "heat"]),
+                                ("scoring", ["judge"])]
+
+
+def test_override_changes_the_default_or_help_and_keeps_the_groups_key_rule():
+    fields = {f.name: f for f in dataclasses.fields(Stage)}
+    assert (fields["budget"].default, fields["budget"].metadata["help"]) == (512, "tokens per rewrite")
+    assert fields["budget"].metadata["keyed"] == IF_SET  # the group's: keyed only away from the stage's default
+    assert keyed_settings(Stage()) == {"heat": 0.0, "judge": None, "name": "x"}
+    assert keyed_settings(Stage(budget=64))["budget"] == 64
+    assert [f.name for f in dataclasses.fields(Stage)] == ["judge", "budget", "heat", "name"]  # in place
+    same = override(Sampling, "heat")  # neither given: the group's own declaration
+    assert (same.default, same.metadata) == (0.0, {"help": "temperature", "keyed": True})

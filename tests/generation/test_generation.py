@@ -155,3 +155,14 @@ def test_vllm_backend_is_lazy_and_explains_when_missing():
     if __import__("importlib").util.find_spec("vllm") is None:
         with pytest.raises(SdftError, match="vllm"):
             load_backend("vllm", model="smollm2-135m-instruct")
+
+
+def test_decoding_settings_give_one_calls_generation_params():
+    from sdft.generation import DecodingSettings
+
+    shared = DecodingSettings(temperature=0.7, seed=3)
+    assert shared.generation_params(96) == GenerationParams(max_new_tokens=96, temperature=0.7, seed=3)
+    assert shared.generation_params(96, temperature=0.0, stop=("\n",)).greedy  # one call's own values
+    assert DecodingSettings(max_new_tokens=8).generation_params(96).max_new_tokens == 8  # the setting wins
+    with pytest.raises(ConfigError, match="top_p"):
+        DecodingSettings(top_p=0.0).check_decoding_settings()
