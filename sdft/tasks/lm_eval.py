@@ -2,11 +2,12 @@
 
 The model is passed as lm-eval's ``hf`` model with ``pretrained=<local folder>`` (our aliases and GGUF files
 resolved first, so lm-eval never needs the hub for the weights), ``peft=<adapter>`` and the dtype
-``--precision`` gives the log-likelihood tasks. The prompt goes through the model's chat template
-(lm-eval's ``apply_chat_template``) when the task's template mode resolves to chat (``auto``: the tokenizer
-has one), with the ``--system-prompt`` choice as lm-eval's ``system_instruction``. Tasks named in
-``sdft.tasks.lm_eval_local`` (``sdft_arc_easy``, ...) read the offline carriers' data through a task file
-written into the eval folder; any other name is lm-eval's own task (its data from the hub).
+``--precision`` names (``auto``: fp32 on a CPU, the model's own on a GPU; see :func:`_dtype`). The prompt goes
+through the model's chat template (lm-eval's ``apply_chat_template``) when the task's template mode resolves
+to chat (``auto``: the tokenizer has one), with the ``--system-prompt`` choice as lm-eval's
+``system_instruction``. Tasks named in ``sdft.tasks.lm_eval_local`` (``sdft_arc_easy``, ...) read the offline
+carriers' data through a task file written into the eval folder; any other name is lm-eval's own task (its
+data from the hub).
 
 The metrics come back in the shape of :meth:`Task.aggregate` (``metric``, ``value``, ``ci95``, ``n``) plus
 lm-eval's raw numbers; lm-eval's per-item samples (``log_samples``) come back as ``records`` in the shape
@@ -39,8 +40,9 @@ class LMEvalTask(ExternalTask):
     ``lm_eval:sdft_arc_easy`` (and the other :data:`sdft.tasks.lm_eval_local.LOCAL_TASKS`).
 
     Options: ``num_fewshot`` (lm-eval's default when unset), ``dtype`` (e.g. ``float32``; default: from
-    ``--precision``), ``metric`` (the headline metric, e.g. ``acc``: the paper reports lm-eval's ``acc`` for
-    ARC and TruthfulQA), ``template_mode`` and ``system_prompt`` (the eval-wide ones, for this task alone).
+    ``--precision``, see :func:`_dtype`), ``metric`` (the headline metric, e.g. ``acc``: the paper reports
+    lm-eval's ``acc`` for ARC and TruthfulQA), ``template_mode`` and ``system_prompt`` (the eval-wide ones,
+    for this task alone).
     """
 
     metric = "lm_eval"
@@ -150,11 +152,14 @@ class LMEvalTask(ExternalTask):
 
 
 def _dtype(config: Any) -> str | None:
-    """The dtype our own log-likelihood tasks use for ``--precision`` (fp32 on a CPU unless asked)."""
+    """``--precision`` as lm-eval's dtype. ``auto`` on a GPU: None, lm-eval's own ``auto`` (the model's
+    dtype, fp16 for Llama-2-7b-chat), which is what the reference code's ``lm_eval --model hf`` ran; on a CPU
+    fp32, as our own log-likelihood tasks (a bf16 model config would otherwise be scored slowly in bf16)."""
+    from sdft.generation.auto import cuda_available, generation_precision
+
     precision = getattr(config, "precision", None)
-    if precision is None:
+    if precision is None or (precision == "auto" and cuda_available()):
         return None
-    from sdft.generation.auto import generation_precision
     return _DTYPES.get(generation_precision(precision, "hf"))
 
 

@@ -47,7 +47,7 @@ def _lm_eval_records(out: Path) -> list[dict]:
     """lm-eval's per-item records, checked against the per-item scores file written beside them."""
     records = _jsonl(out / "generations" / f"{TASK}.jsonl")
     lines = _jsonl(out / "item_scores" / f"{TASK}.jsonl")
-    assert [(l["id"], l["choice"], l["score"]) for l in lines] == [(r["id"], r["chosen"], r["acc_norm"])
+    assert [(x["id"], x["choice"], x["score"]) for x in lines] == [(r["id"], r["chosen"], r["acc_norm"])
                                                                    for r in records]
     return records
 
@@ -119,6 +119,35 @@ def test_lm_eval_on_carrier_data_agrees_with_our_scorer(lm_eval_and_carrier, tin
     for result in (plain, chat):
         assert result["acc_choice_agree"] == result["acc_norm_agree"] == N, result
         assert result["max_logprob_gap"] < 1e-3, result
+
+
+# Our built-in task holding the same items as each local lm-eval task.
+BUILTIN = {"sdft_arc_easy": ("arc", {"subset": "easy"}), "sdft_arc_challenge": ("arc", {"subset": "challenge"}),
+           "sdft_hellaswag": ("hellaswag", {}), "sdft_winogrande": ("winogrande", {})}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_local_task_files_give_our_builtin_tasks_items(lm_eval_and_carrier, name, tmp_path):
+    """Each task file loads in lm-eval from the carrier, and its first items are our built-in task's: the same
+    prompt, options (lm-eval puts its " " delimiter before them) and answer, in the same order."""
+    from lm_eval.tasks import TaskManager
+
+    from sdft.tasks import lm_eval_local
+
+    folder, _ = lm_eval_local.write_task_file(name, tmp_path)
+    task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
+    docs = list(task.eval_docs)
+    builtin, options = BUILTIN[name]
+    examples = get_task(builtin, **options).examples()
+    assert len(docs) == len(examples)
+    for doc, example in zip(docs[:N], examples[:N]):
+        text, choices, target = task.doc_to_text(doc), task.doc_to_choice(doc), task.doc_to_target(doc)
+        if name == "sdft_winogrande":  # partial scoring: the options fill the context, the rest is scored
+            theirs = (choices, [" " + target] * len(choices), text)
+        else:
+            theirs = (text, [" " + c for c in choices], target)
+        assert theirs == (example["context"], example["continuations"], example["gold"])
 
 
 @pytest.mark.heavy
@@ -195,3 +224,16 @@ def test_local_tasks_refuse_few_shot_from_their_only_split():
         get_task(TASK, num_fewshot="5")
     assert get_task(TASK, num_fewshot="0").task_name == "sdft_arc_easy"
     assert get_task("lm_eval:arc_easy", num_fewshot="5").task_name == "arc_easy"  # the hub task has a train split
+
+
+@pytest.mark.parametrize("gpu, precision, dtype", [(False, "auto", "float32"), (True, "auto", None),
+                                                   (True, "fp32", "float32"), (False, "bf16", "bfloat16")])
+def test_dtype_follows_precision_and_leaves_the_models_own_on_a_gpu(monkeypatch, gpu, precision, dtype):
+    """auto on a GPU: lm-eval's own auto (the model's dtype), what the reference's `lm_eval --model hf` ran."""
+    from types import SimpleNamespace
+
+    from sdft.generation import auto
+
+    monkeypatch.setattr(auto, "cuda_available", lambda: gpu)
+    config = SimpleNamespace(precision=precision, batch_size=1, limit=None, device="cpu")
+    assert get_task(TASK).build_arguments("/m", None, config)["model_args"].get("dtype") == dtype
