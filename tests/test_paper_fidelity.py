@@ -193,6 +193,27 @@ def test_lm_eval_acc_of_a_tag_is_the_size_weighted_mean_of_its_members():
         assert {"lm_eval:ai2_arc.metric=acc", "lm_eval:truthfulqa.metric=acc"} <= options
 
 
+@pytest.mark.parametrize("name", LLAMA2_PRESETS + ["llama3-openfunctions.yaml", "llama3-alpaca.yaml"])
+def test_paper_presets_give_lm_eval_plain_text_zero_shot_as_the_reference_did(name, tiny_model):
+    """The reference's eval_general_knowledge.py ran lm-eval without a chat template or system text; our
+    lm_eval tasks follow the template mode, which the presets set to plain (a chat tokenizer here)."""
+    from sdft.evaluate.config import EvalConfig
+    from sdft.models.resolve import load_tokenizer
+
+    section = paper_config(name)["eval"]
+    config = from_dict(EvalConfig, {k: v for k, v in section.items() if k in ("tasks", "option", "template_mode",
+                                                                            "system_prompt")})
+    tokenizer = load_tokenizer(str(tiny_model))
+    names = [t for t in config.tasks if t.startswith("lm_eval:")]
+    assert len(names) >= 4
+    for task_name in names:
+        options = {"template_mode": config.template_mode, "system_prompt": config.system_prompt,
+                   **config.task_options().get(task_name, {})}  # as sdft.evaluate.stage builds them
+        args = get_task(task_name, **options).build_arguments("/m", None, config, tokenizer)
+        assert args["apply_chat_template"] is False and "system_instruction" not in args, task_name
+        assert "num_fewshot" not in args  # lm-eval's default for these tasks: 0-shot
+
+
 # ------------------------------------------------------------------------------ 7. what we lacked
 
 def test_alpaca_eval_export_in_the_cli_format(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from sdft.base import item_scores, layout
 from sdft.base.config import stage_key, to_dict
 from sdft.base.keys import without_old_defaults
 from sdft.base.store import ProgressFile, write_jsonl
-from sdft.tasks import GenerativeTask, LoglikelihoodTask, TaskContext
+from sdft.tasks import ExternalTask, GenerativeTask, LoglikelihoodTask, TaskContext
 
 
 def task_settings(name: str, task, config, params=None, precision: str = "fp32", lora_mode: str | None = None,
@@ -147,6 +147,19 @@ def run_loglik(name: str, task: LoglikelihoodTask, examples: list[dict], session
     _write_item_scores(entry, out, name, item_scores.loglik(records))
     entry["generations"] = layout.generations_file(out, name).relative_to(out).as_posix()
     entry["settings"] = settings
+    return entry
+
+
+def run_external(name: str, task: ExternalTask, config, out: Path) -> dict:
+    """A task that runs itself (lm-eval); the per-item records it hands back (``records``) are written as
+    the generations and per-item scores of a log-likelihood task are."""
+    entry = dict(task.run(config.model, config.adapter, config))
+    entry.setdefault("settings", {"model": config.model, "adapter": config.adapter})
+    records = entry.pop("records", None)
+    if records:
+        write_jsonl(layout.generations_file(out, name), records)
+        _write_item_scores(entry, out, name, item_scores.loglik(records))
+        entry["generations"] = layout.generations_file(out, name).relative_to(out).as_posix()
     return entry
 
 

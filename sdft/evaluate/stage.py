@@ -8,7 +8,7 @@ Writes, in ``out``:
   completion, score, finish_reason and the scorer's reason;
 * ``item_scores/<task>.jsonl``: the same lines without any text of the prompt or answer: id, score,
   verdict where the task's reason is a label, answer length and opening format (``sdft.base.item_scores``),
-  for every task that scores items (generative, judged, log-likelihood; not an external harness).
+  for every task that scores items (generative, judged, log-likelihood, and lm-eval's per-item samples).
 
 Model outputs are cached per task in ``generations/.cache/<task>-<stage key>.jsonl`` (``sdft.evaluate.run``),
 one batch at a time: a rerun after a crash generates only the missing items, and a rerun with identical
@@ -93,7 +93,7 @@ class ModelSession:
 def evaluate(config: EvalConfig) -> dict:
     """Run (or resume) every task; returns the dict also written to ``out/results.json``."""
     from sdft.base import provenance
-    from sdft.evaluate.run import run_generate, run_loglik
+    from sdft.evaluate.run import run_external, run_generate, run_loglik
     from sdft.tasks import get_task
 
     out = Path(config.out)
@@ -130,8 +130,7 @@ def evaluate(config: EvalConfig) -> dict:
         if isinstance(task, GenerativeTask):
             entry = run_generate(name, task, examples[name], session, config, out, judge)
         elif isinstance(task, ExternalTask):
-            entry = dict(task.run(config.model, config.adapter, config))
-            entry.setdefault("settings", {"model": config.model, "adapter": config.adapter})
+            entry = run_external(name, task, config, out)
         else:
             entry = run_loglik(name, task, examples[name], session, config, out)
         entry["seconds"] = round(time.perf_counter() - began, 2)

@@ -181,7 +181,8 @@ class ExternalTask(Task):
 
     @abstractmethod
     def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
-        """The results entry (see :meth:`Task.entry`)."""
+        """The results entry (see :meth:`Task.entry`), with the per-item records, if the harness gives
+        them, under ``records`` (log-likelihood records: id, score, chosen; the driver writes them out)."""
 
 
 TASKS: dict[str, str] = {

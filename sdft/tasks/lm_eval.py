@@ -1,10 +1,17 @@
-"""``lm_eval:<task>``: hand a benchmark over to EleutherAI's lm-evaluation-harness when it is installed.
+"""``lm_eval:<task>``: hand a benchmark over to EleutherAI's lm-evaluation-harness (the ``lm-eval`` extra).
 
-lm-eval is deliberately not a dependency (it pins many packages and downloads its datasets from the hub),
-so this task checks for it at run time and says how to install it. The model is passed as lm-eval's
-``hf`` model with ``pretrained=<local folder>`` (our aliases and GGUF files resolved first, so lm-eval
-never needs the hub for the weights) and ``peft=<adapter>``; the metrics come back in the shape of
-:meth:`Task.aggregate` (``metric``, ``value``, ``ci95``, ``n``) plus lm-eval's raw numbers.
+The model is passed as lm-eval's ``hf`` model with ``pretrained=<local folder>`` (our aliases and GGUF files
+resolved first, so lm-eval never needs the hub for the weights), ``peft=<adapter>`` and the dtype
+``--precision`` names (``auto``: fp32 on a CPU, the model's own on a GPU; see :func:`_dtype`). The prompt goes
+through the model's chat template (lm-eval's ``apply_chat_template``) when the task's template mode resolves
+to chat (``auto``: the tokenizer has one), with the ``--system-prompt`` choice as lm-eval's
+``system_instruction``. Tasks named in ``sdft.tasks.lm_eval_local`` (``sdft_arc_easy``, ...) read the offline
+carriers' data through a task file written into the eval folder; any other name is lm-eval's own task (its
+data from the hub).
+
+The metrics come back in the shape of :meth:`Task.aggregate` (``metric``, ``value``, ``ci95``, ``n``) plus
+lm-eval's raw numbers; lm-eval's per-item samples (``log_samples``) come back as ``records`` in the shape
+of our log-likelihood records, which the evaluation stage writes as the generations and per-item scores.
 """
 
 from __future__ import annotations
@@ -15,12 +22,13 @@ from typing import Any
 
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.stats import Metric
-from sdft.tasks import ExternalTask
+from sdft.tasks import ExternalTask, lm_eval_local
 
-INSTALL_HINT = "pip install lm-eval"
+INSTALL_HINT = "pip install -e '.[lm-eval]'"  # what make setup installs
 # Which of lm-eval's metrics is the headline one, first present wins (acc_norm where lm-eval reports it,
 # as leaderboards quote it for ARC and HellaSwag).
 _HEADLINE = ("acc_norm", "acc", "exact_match", "pass@1", "f1", "mc2", "bleu", "word_perplexity")
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def lm_eval_available() -> bool:
@@ -28,14 +36,18 @@ def lm_eval_available() -> bool:
 
 
 class LMEvalTask(ExternalTask):
-    """Any lm-eval task (or group) by name, e.g. ``lm_eval:hellaswag`` or ``lm_eval:mmlu``.
+    """Any lm-eval task (or group) by name, e.g. ``lm_eval:hellaswag`` or ``lm_eval:mmlu``; offline,
+    ``lm_eval:sdft_arc_easy`` (and the other :data:`sdft.tasks.lm_eval_local.LOCAL_TASKS`).
 
-    Options: ``num_fewshot`` (lm-eval's default when unset), ``dtype`` (e.g. ``float32``), ``metric``
-    (the headline metric, e.g. ``acc``: the paper reports lm-eval's ``acc`` for ARC and TruthfulQA).
+    Options: ``num_fewshot`` (lm-eval's default when unset), ``dtype`` (e.g. ``float32``; default: from
+    ``--precision``, see :func:`_dtype`), ``metric`` (the headline metric, e.g. ``acc``: the paper reports
+    lm-eval's ``acc`` for ARC and TruthfulQA), ``template_mode`` and ``system_prompt`` (the eval-wide ones,
+    for this task alone).
     """
 
     metric = "lm_eval"
-    option_spec = {"num_fewshot": int, "dtype": None, "metric": None}
+    option_spec = {"num_fewshot": int, "dtype": None, "metric": None,
+                   "template_mode": ("auto", "chat", "plain"), "system_prompt": None}
 
     def __init__(self, data_path: str | None = None, task_name: str = "", **options: Any):
         super().__init__(data_path, **options)
@@ -45,16 +57,20 @@ class LMEvalTask(ExternalTask):
             raise ConfigError(f"lm_eval:{task_name} reads its data through lm-eval; --data does not apply")
         self.task_name = task_name
         self.name = f"lm_eval:{task_name}"
+        fewshot = options.get("num_fewshot")
+        lm_eval_local.check_fewshot(task_name, int(fewshot) if fewshot is not None else None)
 
-    def build_arguments(self, model_path: str, adapter: str | None, config: Any = None) -> dict:
-        """Keyword arguments for ``lm_eval.simple_evaluate`` (kept separate so they can be checked)."""
+    def build_arguments(self, model_path: str, adapter: str | None, config: Any = None,
+                        tokenizer: Any = None) -> dict:
+        """Keyword arguments for ``lm_eval.simple_evaluate`` (kept separate so they can be checked);
+        ``tokenizer``: the model's, to decide on the chat template (None: plain text)."""
         model_args: dict[str, Any] = {"pretrained": str(model_path)}
         if adapter:
             model_args["peft"] = str(adapter)
             if (Path(adapter) / "tokenizer_config.json").is_file():
                 # Training saves the tokenizer beside the adapter; use it, as sdft.models.resolve does.
                 model_args["tokenizer"] = str(adapter)
-        dtype = self.options.get("dtype") or getattr(config, "dtype", None)
+        dtype = self.options.get("dtype") or _dtype(config)
         if dtype:
             model_args["dtype"] = str(dtype)
         args: dict[str, Any] = {
@@ -63,15 +79,35 @@ class LMEvalTask(ExternalTask):
             "model_args": model_args,
             "tasks": [self.task_name],
             "batch_size": getattr(config, "batch_size", None) or 8,
-            "log_samples": False,
+            "log_samples": True,  # per-item results: our generations and item_scores files
+            **self._chat_arguments(tokenizer),
         }
-        for key in ("limit", "device"):
-            value = getattr(config, key, None)
-            if value is not None:
-                args[key] = value
+        if getattr(config, "limit", None) is not None:
+            args["limit"] = config.limit
+        # lm-eval's own default is "cuda", which fails on a machine without one.
+        args["device"] = getattr(config, "device", None) or _device()
         if self.options.get("num_fewshot") is not None:
             args["num_fewshot"] = int(self.options["num_fewshot"])
         return args
+
+    def _chat_arguments(self, tokenizer) -> dict:
+        """lm-eval's ``apply_chat_template`` and ``system_instruction`` from our template mode and system
+        prompt choice (``model`` and ``template``: the chat template's own default, as lm-eval's tasks have no
+        system text of their own; ``none``: refused where the template writes a default, since lm-eval drops an
+        empty system message and the default would appear)."""
+        from sdft.base import templates
+
+        mode = self.options.get("template_mode", "auto")
+        if tokenizer is None or templates.resolve_mode(mode, tokenizer) == "plain":
+            return {"apply_chat_template": False}  # lm-eval would prepend a system text as plain text: none
+        choice = self.options.get("system_prompt", templates.DEFAULT_SYSTEM_PROMPT)
+        if choice == "none" and templates.model_default_system(tokenizer):
+            raise ConfigError(f"{self.name}: system_prompt none cannot reach lm-eval (it drops an empty system "
+                              f"message, so the chat template writes its default); use --option "
+                              f"{self.name}.system_prompt=model or {self.name}.template_mode=plain")
+        if choice in ("model", "template", "none"):
+            return {"apply_chat_template": True}
+        return {"apply_chat_template": True, "system_instruction": choice}
 
     def check_ready(self) -> None:
         """Called before any model loads, so a long run does not stop hours in for a missing package."""
@@ -82,18 +118,99 @@ class LMEvalTask(ExternalTask):
 
     def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
         self.check_ready()
-        from sdft.models.resolve import resolve_model
+        from sdft.models.resolve import load_tokenizer, resolve_model
 
-        args = self.build_arguments(resolve_model(model), adapter, config)
+        model_path = resolve_model(model)
+        args = self.build_arguments(model_path, adapter, config, load_tokenizer(model_path, adapter=adapter))
+        manager, source = self._task_manager(config)
         import lm_eval
         try:
-            output = lm_eval.simple_evaluate(**args)
+            output = lm_eval.simple_evaluate(**args, task_manager=manager)
         except Exception as exc:  # lm-eval's own failures (unknown task, dataset download): user's to fix
+            hint = ("" if lm_eval_local.is_local(self.task_name) else
+                    f" (offline, tasks on local data: {', '.join(lm_eval_local.LOCAL_TASKS)})")
             raise SdftError(f"lm-eval failed on '{self.task_name}': {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}") from None
         if not output:  # simple_evaluate returns None on non-zero ranks of a distributed run
             raise SdftError(f"lm-eval returned no results for '{self.task_name}'")
-        return metrics_from_output(output, self.task_name, self.options.get("metric")) | {"settings": args}
+        entry = metrics_from_output(output, self.task_name, self.options.get("metric"))
+        settings = {**args, "lm_eval_version": _version(), **({"data": source} if source else {})}
+        return entry | {"settings": settings, "records": sample_records(output.get("samples") or {},
+                                                                        entry["metric"])}
+
+    def _task_manager(self, config: Any):
+        """lm-eval's TaskManager: for our local tasks, only the task file written into the eval folder
+        (indexing lm-eval's thousands of task files takes seconds and is not needed)."""
+        from lm_eval.tasks import TaskManager
+
+        if not lm_eval_local.is_local(self.task_name):
+            return TaskManager(), None
+        if getattr(config, "out", None) is None:
+            raise ConfigError(f"{self.name}: needs an eval folder (--out) for its task file")
+        folder, source = lm_eval_local.write_task_file(self.task_name, Path(config.out))
+        return TaskManager(include_path=str(folder), include_defaults=False), source
+
+
+def _dtype(config: Any) -> str | None:
+    """``--precision`` as lm-eval's dtype. ``auto`` on a GPU: None, lm-eval's own ``auto`` (the model's
+    dtype, fp16 for Llama-2-7b-chat), which is what the reference code's ``lm_eval --model hf`` ran; on a CPU
+    fp32, as our own log-likelihood tasks (a bf16 model config would otherwise be scored slowly in bf16)."""
+    from sdft.generation.auto import cuda_available, generation_precision
+
+    precision = getattr(config, "precision", None)
+    if precision is None or (precision == "auto" and cuda_available()):
+        return None
+    return _DTYPES.get(generation_precision(precision, "hf"))
+
+
+def _device() -> str:
+    from sdft.generation.auto import cuda_available
+    return "cuda" if cuda_available() else "cpu"
+
+
+def _version() -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version("lm_eval")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def sample_records(samples: dict[str, list[dict]], metric: str) -> list[dict]:
+    """lm-eval's per-item samples as our log-likelihood records (``sdft.generation.loglik``'s shape: id,
+    prompt, options, summed log-likelihoods, ``chosen`` = their argmax, acc / acc_norm, ``score`` = the
+    headline metric), in document order. Ids: the record's own ``id`` where each is unique, else lm-eval's
+    ``doc_id``; prefixed with the subtask's name when a group ran several."""
+    records = []
+    for subtask, rows in samples.items():
+        rows = sorted(rows, key=lambda s: s["doc_id"])
+        own = [str(s.get("doc", {}).get("id", "")) for s in rows]
+        unique = all(own) and len(set(own)) == len(own)
+        for s, item in zip(rows, own):
+            item = item if unique else str(s["doc_id"])
+            records.append(_record(s, f"{subtask}/{item}" if len(samples) > 1 else item, metric))
+    return records
+
+
+def _record(sample: dict, item: str, metric: str) -> dict:
+    pairs = [tuple(a) for a in sample.get("arguments", [])]
+    responses = sample.get("filtered_resps", [])
+    scores = [float(r[0]) for r in responses if isinstance(r, (list, tuple)) and r]
+    rec: dict[str, Any] = {"id": item, "doc_id": sample["doc_id"]}
+    if scores and len(scores) == len(pairs):  # a multiple-choice item: one (context, option) per choice
+        contexts = [c for c, _ in pairs]
+        chosen = max(range(len(scores)), key=lambda i: scores[i])  # first maximum, like numpy.argmax
+        rec.update(prompt=contexts[0] if len(set(contexts)) == 1 else contexts,
+                   continuations=[c for _, c in pairs], completion=pairs[chosen][1], gold=sample.get("target"),
+                   logprobs=scores, chosen=chosen)
+    elif responses:  # a generated answer
+        rec.update(prompt=pairs[0][0] if pairs else None, completion=str(responses[0]))
+    for key in ("acc", "acc_norm"):
+        if isinstance(sample.get(key), (int, float)):
+            rec[key] = float(sample[key])
+    value = sample.get(metric)
+    rec["score"] = float(value) if isinstance(value, (int, float)) else None
+    return rec
 
 
 def metrics_from_output(output: dict, task_name: str, metric: str | None = None) -> dict:
@@ -115,15 +232,21 @@ def metrics_from_output(output: dict, task_name: str, metric: str | None = None)
     if headline is None:
         raise SdftError(f"lm-eval reported no {metric or 'numeric'} metric for '{task_name}'")
     metric, filt = headline.split(",", 1)
-    value = float(values[headline])
-    stderr = values.get(f"{metric}_stderr,{filt}")
-    ci95 = ([value - 1.96 * stderr, value + 1.96 * stderr] if isinstance(stderr, (int, float))
-            else [None, None])
     n_samples = output.get("n-samples", {}).get(task_name, {})
     n = (n_samples.get("effective") if isinstance(n_samples, dict) else None) or values.pop("n,group", None)
     values.pop("n,group", None)
-    headline = Metric(value, ci95, n).to_json()
-    return {"metric": metric, **headline, "lm_eval": values, "metrics": {metric: headline}}
+    # The headline first, then lm-eval's other metrics of the same filter (acc beside acc_norm), as our own
+    # multiple-choice tasks report them.
+    others = [k.split(",")[0] for k in values if k.endswith(f",{filt}") and "_stderr" not in k and k != headline]
+    metrics = {name: _metric(values, name, filt, n) for name in [metric, *others]}
+    return {"metric": metric, **metrics[metric], "lm_eval": values, "metrics": metrics}
+
+
+def _metric(values: dict, name: str, filt: str, n: int | None) -> dict:
+    value, stderr = float(values[f"{name},{filt}"]), values.get(f"{name}_stderr,{filt}")
+    ci95 = ([value - 1.96 * stderr, value + 1.96 * stderr] if isinstance(stderr, (int, float))
+            else [None, None])
+    return Metric(value, ci95, n).to_json()
 
 
 def _group_mean(output: dict, group: str, metric: str) -> dict:

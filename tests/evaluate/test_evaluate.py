@@ -356,7 +356,7 @@ def test_a_typo_in_a_task_option_stops_eval_at_once_naming_the_valid_keys(tmp_pa
     (["gsm8k"], "gsm8k.template_mode=chatt", "option template_mode must be one of auto, chat, plain"),
     (["openfunctions"], "openfunctions.rules=paper", "valid options: rule, system_prompt, template_mode$"),
     (["lm_eval:hellaswag"], "lm_eval:hellaswag.num_fewshot=five", "num_fewshot must be an integer"),
-    (["lm_eval:hellaswag"], "lm_eval:hellaswag.fewshot=5", "valid options: dtype, metric, num_fewshot$"),
+    (["lm_eval:hellaswag"], "lm_eval:hellaswag.fewshot=5", "valid options: dtype, metric, num_fewshot, system_prompt, template_mode$"),
 ])
 def test_task_option_typos_are_refused_when_the_config_is_built(tasks, option, message):
     with pytest.raises(ConfigError, match=message):

@@ -321,7 +321,7 @@ def test_lm_eval_missing_says_how_to_install(monkeypatch):
     monkeypatch.setattr(lm_eval_task, "lm_eval_available", lambda: False)
     task = get_task("lm_eval:hellaswag")
     assert isinstance(task, ExternalTask) and task.task_name == "hellaswag"
-    with pytest.raises(SdftError, match="pip install lm-eval"):
+    with pytest.raises(SdftError, match=r"pip install -e '\.\[lm-eval\]'"):
         task.run("smollm2-135m-instruct", None, SimpleNamespace(limit=2, batch_size=1))
     with pytest.raises(ConfigError, match="--data does not apply"):
         get_task("lm_eval:hellaswag", "file.jsonl")
@@ -338,8 +338,8 @@ def test_lm_eval_arguments_and_metrics(monkeypatch, tiny_model, tmp_path):
     args = task.build_arguments("/models/seed, v2", "/runs/adapter", config)
     assert args == {"model": "hf", "model_args": {"pretrained": "/models/seed, v2", "peft": "/runs/adapter",
                                                   "dtype": "float32"},
-                    "tasks": ["arc_easy"], "batch_size": 2, "log_samples": False, "limit": 4, "device": "cpu",
-                    "num_fewshot": 0}
+                    "tasks": ["arc_easy"], "batch_size": 2, "log_samples": True, "apply_chat_template": False,
+                    "limit": 4, "device": "cpu", "num_fewshot": 0}
     assert "peft" not in task.build_arguments("/m", None, None)["model_args"]
     (tmp_path / "tokenizer_config.json").write_text("{}")
     assert task.build_arguments("/m", str(tmp_path), None)["model_args"]["tokenizer"] == str(tmp_path)
@@ -353,6 +353,7 @@ def test_lm_eval_arguments_and_metrics(monkeypatch, tiny_model, tmp_path):
                 "n-samples": {"arc_easy": {"original": 2376, "effective": 4}}}
 
     monkeypatch.setattr(lm_eval_task, "lm_eval_available", lambda: True)
+    monkeypatch.setattr(lm_eval_task.LMEvalTask, "_task_manager", lambda self, config: (None, None))
     monkeypatch.setitem(sys.modules, "lm_eval", SimpleNamespace(simple_evaluate=simple_evaluate))
     metrics = task.run(str(tiny_model), None, config)
     assert seen["model_args"]["pretrained"] == str(tiny_model) and seen["tasks"] == ["arc_easy"]
