@@ -35,14 +35,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench_train import matmul_peak  # noqa: E402  (benchmarks/ is the script's folder)
+from bench_train import matmul_peak
+
 SHARED = ROOT.parent / "shared" / "data" / "sdft-paper"
 
-# The configurations compared: settings laid over the base run config (section.key: value). "previous" is
-# the experiment as issue 27 found it; "current" is today's defaults.
+# The configurations compared: settings laid over the base run config ("section.key": value) and module
+# attributes set for the run ("module:attribute": value). "previous" is the experiment as issue 27 found it
+# (merged copies in fp32, the seed answers' NLL by a torch pass in fp32); "current" is what the remedy run uses.
 CONFIGS = {
-    "previous": {},
-    "current": {},
+    "previous": {"sdft.generation.vllm_backend:_STORED_DTYPES": ()},
+    "current": {"shift.likelihood_backend": "vllm"},
 }
 
 # (module, attribute, part). A class attribute is "module:Class.method". Parts may nest; time is exclusive.
@@ -147,9 +149,29 @@ def run_config(name: str, model: str, args, out_root: Path) -> dict:
         "shift_tasks": ["advbench"], "arms": ["sdft"], "mix_ratios": [1.0],
     }
     for dotted, value in CONFIGS[name].items():
-        section, _, key = dotted.rpartition(".")
-        (config[section] if section else config)[key] = value
+        if ":" not in dotted:
+            section, _, key = dotted.rpartition(".")
+            (config.setdefault(section, {}) if section else config)[key] = value
     return config
+
+
+@contextlib.contextmanager
+def patched(name: str):
+    """The configuration's module attributes set for the duration of its run."""
+    import importlib
+
+    saved = []
+    for target, value in CONFIGS[name].items():
+        if ":" in target:
+            module_name, attribute = target.split(":")
+            module = importlib.import_module(module_name)
+            saved.append((module, attribute, getattr(module, attribute)))
+            setattr(module, attribute, value)
+    try:
+        yield
+    finally:
+        for module, attribute, value in saved:
+            setattr(module, attribute, value)
 
 
 def measure(name: str, model: str, args, out: Path) -> dict:
@@ -178,13 +200,23 @@ def measure(name: str, model: str, args, out: Path) -> dict:
     pipeline.run_stage = run_stage
     began = time.perf_counter()
     try:
-        pipeline.run(config, log=lambda line: print(f"  [{name}] {line}", flush=True))
+        with patched(name):
+            pipeline.run(config, log=lambda line: print(f"  [{name}] {line}", flush=True))
     finally:
         pipeline.run_stage = original_run_stage
         release_engines()
     wall = time.perf_counter() - began
     return {"wall_s": wall, "stages": stages, "parts": {f"{s} | {p}": v for (s, p), v in clock.seconds.items()},
-            "run_dir": str(run_dir), **throughput(run_dir)}
+            "run_dir": str(run_dir), "seed_nll": seed_nll(run_dir), **throughput(run_dir)}
+
+
+def seed_nll(run_dir: Path) -> dict:
+    """The seed answers' mean NLL under the trained model and under the seed, as the comparison scored them."""
+    for path in run_dir.rglob("compare/answer_shift.json"):
+        scored = json.loads(path.read_text()).get("seed_likelihood") or {}
+        return {"model": scored.get("mean_nll"), "seed": (scored.get("reference") or {}).get("mean_nll"),
+                "scorer": scored.get("scorer", {"backend": "hf"})}
+    return {}
 
 
 def throughput(run_dir: Path) -> dict:
@@ -304,7 +336,7 @@ def main() -> None:
             first = first or found
             results[name]["answers"] = compare_answers(first, found)
             print(f"  [{name}] {results[name]['wall_s']:.0f} s; vs the first configuration: "
-                  f"{results[name]['answers']}", flush=True)
+                  f"{results[name]['answers']}; seed answers' mean NLL {results[name]['seed_nll']}", flush=True)
     (out / "bench-arm.json").write_text(json.dumps({"peak_flops": peak, "parameters": params,
                                                     "bf16_units": cpu_has_native_bf16(), "results": results},
                                                    indent=1))

@@ -6,7 +6,9 @@ base stored in bf16; logits and loss on response positions only; decoder layers 
 the same GSM8K examples in the same order for the same steps; the first step of each is a warm-up and not
 timed. Per seed it prints train tokens/s (real tokens, prompt included, padding not) in wall and CPU time,
 the speed-up, both loss curves, and MFU: model FLOPs (4 x matmul parameters per token for LoRA: forward
-plus the input gradients; 6 x for --method full; attention scores not counted) over the bf16 matmul peak measured on this machine in the same run.
+plus the input gradients; 6 x for --method full; attention scores not counted) over the matmul peak of the
+precision the setup ran in, measured on this machine in the same run. "current" runs twice: the two runs'
+ratio says how far one configuration's figure moves between runs (the speed-ups mean little beyond it).
 
     .venv/bin/python benchmarks/bench_train.py [--models smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct
         --steps 3 --batch-size 4 --max-length 256 --data ../shared/data/sdft-paper/gsm8k_train.json]
@@ -28,7 +30,8 @@ DATA = ROOT.parent / "shared" / "data" / "sdft-paper" / "gsm8k_train.json"
 # "current-fp32" is "current" forced to fp32: current / current-fp32 is what bf16 alone buys (issue 9).
 SETUPS = {"previous": {"precision": "fp32", "response_only_logits": False, "compile": "off"},
           "current": {"compile": "on"},
-          "current-fp32": {"compile": "on", "precision": "fp32"}}
+          "current-fp32": {"compile": "on", "precision": "fp32"},
+          "current-again": {"compile": "on"}}
 
 
 def timer_callback():
@@ -94,7 +97,7 @@ def measure(config) -> dict:
             "losses": [h["loss"] for h in history if "loss" in h and "step" in h], "parameters": params}
 
 
-def bench_model(model: str, args, peak: float) -> None:
+def bench_model(model: str, args, peaks: dict) -> None:
     from sdft.base.errors import SdftError
     from sdft.models.resolve import resolve_model
     from sdft.train.config import TrainConfig
@@ -116,7 +119,9 @@ def bench_model(model: str, args, peak: float) -> None:
     print(f"\n{model} ({results['current']['parameters'] / 1e6:.0f}M matmul parameters), {args.method}, "
           f"{args.steps} steps x batch {args.batch_size} x <= {args.max_length} tokens (first step not timed)")
     for name, r in results.items():
-        mfu = r["tokens_per_s"] * flops_per_token / peak
+        # Against the peak of the precision the run used: a CPU without bf16 units emulates bf16 slowly, and
+        # dividing an fp32 run by that peak gave MFUs above 100% (issue 27).
+        mfu = r["tokens_per_s"] * flops_per_token / peaks[r["precision"]]
         print(f"  {name:>12} ({r['precision']}): {r['tokens_per_s']:7.1f} train tokens/s, "
               f"{r['tokens_per_cpu_s']:7.1f} per CPU-second, MFU {mfu:.1%}; "
               f"loss {' '.join(f'{x:.4f}' for x in r['losses'])}", flush=True)
@@ -125,6 +130,9 @@ def bench_model(model: str, args, peak: float) -> None:
     print(f"  largest loss difference per step: {gap:.4f}")
     print(f"  speedup (CPU time): {after['tokens_per_cpu_s'] / before['tokens_per_cpu_s']:.2f}")
     print(f"  speedup: {after['tokens_per_s'] / before['tokens_per_s']:.2f}", flush=True)
+    again = results["current-again"]["tokens_per_s"] / after["tokens_per_s"]
+    print(f"  repeatability (current run twice): {again:.2f}{'' if abs(again - 1) <= 0.1 else ' -- more than 10% apart: raise --steps'}",
+          flush=True)
     fp32 = results["current-fp32"]
     print(f"  bf16 alone (current / current-fp32, {after['precision']} vs {fp32['precision']}): "
           f"{after['tokens_per_s'] / fp32['tokens_per_s']:.2f} wall, "
@@ -137,18 +145,21 @@ def main() -> None:
                         help="comma-separated aliases or folders")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
-    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per setup (the first is not timed)")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per setup (the first is not timed)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     args = parser.parse_args()
 
     import torch
 
-    peak = matmul_peak("bfloat16")
-    print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}; measured matmul peak "
-          f"bf16 {peak / 1e9:.0f} GFLOP/s, fp32 {matmul_peak('float32') / 1e9:.0f} GFLOP/s", flush=True)
+    from sdft.base.hardware import cpu_has_native_bf16
+
+    peaks = {"bf16": matmul_peak("bfloat16"), "fp32": matmul_peak("float32")}
+    print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}, bf16 units: "
+          f"{cpu_has_native_bf16()}; measured matmul peak bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, fp32 "
+          f"{peaks['fp32'] / 1e9:.0f} GFLOP/s", flush=True)
     for model in args.models.split(","):
-        bench_model(model.strip(), args, peak)
+        bench_model(model.strip(), args, peaks)
 
 
 if __name__ == "__main__":

@@ -329,21 +329,10 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
     if not model:
         return {"skipped": "no candidate model: give --model (and --adapter), or compare eval folders "
                            "whose results.json records the model"}
-    prompts = [r["prompt"] for m in matched.values() for r in m.reference]
-    texts = [r.get("completion") or "" for m in matched.values() for r in m.reference]
+    answers = _answers(matched)
 
     def score(name: str, lora: str | None) -> dict:
-        # An adapter's model card is left out: sdft run rewrites it with the results, no weight changes.
-        key = (_fingerprint(name), _fingerprint(lora, skip=(layout.MODEL_CARD,)), config.batch_size,
-               _digest(prompts, texts), *_scorer_key(config))
-        if key not in _SCORED:
-            saved = layout.nll_scores_file(Path(config.reference), _digest([json.dumps(key)], []))
-            if saved.is_file():
-                _SCORED[key] = json.loads(saved.read_text())
-            else:
-                _SCORED[key] = _score_answers(config, name, lora, prompts, texts)
-                write_json(saved, _SCORED[key])
-        return _SCORED[key]
+        return _scored(config, name, lora, *answers)
 
     cand = score(model, adapter)
     out = {"model": model, "adapter": adapter, **_split_nll(cand, matched)}
@@ -363,6 +352,41 @@ def _seed_likelihood_stage(config: AnalyzeConfig, ref_results: dict, cand_result
     return out
 
 
+def _answers(matched: dict) -> tuple[list[str], list[str]]:
+    """(prompts, answers) of the reference's matched items, in task then item order."""
+    return ([r["prompt"] for m in matched.values() for r in m.reference],
+            [r.get("completion") or "" for m in matched.values() for r in m.reference])
+
+
+def _scored(config: AnalyzeConfig, name: str, lora: str | None, prompts: list, texts: list) -> dict:
+    """The answers scored under one model: from this process, from the reference folder's disk cache, or now."""
+    # An adapter's model card is left out: sdft run rewrites it with the results, no weight changes.
+    key = (_fingerprint(name), _fingerprint(lora, skip=(layout.MODEL_CARD,)), config.batch_size,
+           _digest(prompts, texts), *_scorer_key(config))
+    if key not in _SCORED:
+        saved = layout.nll_scores_file(Path(config.reference), _digest([json.dumps(key)], []))
+        if saved.is_file():
+            _SCORED[key] = json.loads(saved.read_text())
+        else:
+            _SCORED[key] = _score_answers(config, name, lora, prompts, texts)
+            write_json(saved, _SCORED[key])
+    return _SCORED[key]
+
+
+def score_baseline(config: AnalyzeConfig) -> dict | None:
+    """The reference's answers scored under the reference model (its results.json's, else ``config.model``):
+    the baseline of every later comparison with that reference, cached beside its answers. ``sdft run`` calls
+    it right after the seed's evaluation, while an engine scorer's engine still holds the seed."""
+    reference = _eval_dir(config.reference, "reference")
+    results = _results(reference)
+    tasks, _ = _choose_tasks(reference, reference, config.tasks)
+    model = _setting(results, "model") or config.model
+    if not model or not tasks:
+        return None
+    matched = {task: match(reference, reference, task) for task in tasks}
+    return _scored(config, model, _setting(results, "adapter"), *_answers(matched))
+
+
 def _scorer_key(config: AnalyzeConfig) -> tuple:
     """The scorer in the cache key; the torch pass adds nothing (its scores were cached before there was a
     choice)."""
@@ -372,7 +396,7 @@ def _scorer_key(config: AnalyzeConfig) -> tuple:
 
     # The precision as resolved: "auto" on CPUs of two kinds must not share scores made in two precisions.
     return (config.likelihood_backend, generation_precision(config.likelihood_precision, config.likelihood_backend),
-            sorted(config.likelihood_backend_option))
+            tuple(sorted(config.likelihood_backend_option)))
 
 
 def _score_answers(config: AnalyzeConfig, name: str, lora: str | None, prompts: list, texts: list) -> dict:

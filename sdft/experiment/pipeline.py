@@ -152,6 +152,8 @@ def run(config: RunConfig, log=print) -> Manifest:
     manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
                                                          stage_key(config.model), log))
 
+    _score_seed_answers(config, manifest.seed)
+
     distill_config = stages["distill"]
     distilled_key, distill_dir = distill_target(distill_config, run_dir)
     manifest.distill = StageRecord(str(distill_dir), run_stage(
@@ -219,6 +221,19 @@ def _train(config) -> dict:
     if finished.is_file() and not (out / layout.CHECKPOINTS).is_dir():
         return json.loads(finished.read_text())
     return train(replace(config, resume=(out / layout.CHECKPOINTS).is_dir()))
+
+
+def _score_seed_answers(config: RunConfig, seed: Arm) -> None:
+    """With an engine scorer, the seed's answers are scored under the seed now, in the engine that has just
+    evaluated it (every comparison's baseline), rather than in an engine started for it at the first comparison."""
+    shift = shift_settings(config)
+    if shift.get("likelihood_backend") != "vllm" or not shift.get("likelihood", True) or not shift.get("baseline", True):
+        return
+    from sdft.compare import answers
+    from sdft.compare.config import AnalyzeConfig
+
+    answers.score_baseline(AnalyzeConfig(**shift, reference=seed.eval.dir, candidate=seed.eval.dir,
+                                         tasks=config.shift_tasks or None, model=config.model))
 
 
 def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> dict:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import typing
 
 import pytest
+from torch_engine import TorchEngine
 
 from sdft.base import layout
 from sdft.base.errors import SdftError
@@ -165,3 +167,39 @@ def test_seed_likelihood_scores_are_kept_beside_the_answers_for_the_next_process
     other = write_eval(tmp_path / "seed2", str(tiny_model), [s + " more" for s in SEED])
     analyze.analyze(analyze.AnalyzeConfig(reference=str(other), candidate=str(cand)))
     assert loads == [str(tiny_model)] * 2
+
+
+def test_an_engine_scorer_gives_the_torch_numbers_and_keys_its_cache_apart(tmp_path, tiny_model, monkeypatch):
+    """--likelihood-backend vllm: the engine the resolver hands over scores the seed answers (here a test double
+    computing prompt log-probabilities with the same model in torch); its scores are cached under their own key."""
+    from sdft import generation
+    from sdft.models.resolve import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(tiny_model))
+    loads = []
+
+    class Setup:
+        record: typing.ClassVar[dict] = {"precision": "fp32"}
+
+        def load(self, adapter, **extra):
+            loads.append(adapter)
+            return TorchEngine(model, tok)
+
+    monkeypatch.setattr(generation, "backend_setup", lambda engine: Setup())
+    seed = write_eval(tmp_path / "seed", str(tiny_model), SEED)
+    cand = write_eval(tmp_path / "cand", str(tiny_model), SEED[:2], ids=["advbench-000", "advbench-001"],
+                      prompts=PROMPTS[:2])
+
+    def nll(**options):
+        config = analyze.AnalyzeConfig(reference=str(seed), candidate=str(cand), embedding_model="none", **options)
+        return analyze.analyze(config)["seed_likelihood"]
+
+    torch_pass = nll()
+    analyze._SCORED.clear()
+    engine = nll(likelihood_backend="vllm", likelihood_precision="fp32", likelihood_backend_option=["kv_cache_gib=1"])
+    assert engine["values"] == pytest.approx(torch_pass["values"], abs=1e-4) and loads == [None]
+    assert engine["scorer"] == {"backend": "vllm", "precision": "fp32"} and "scorer" not in torch_pass
+    analyze._SCORED.clear()
+    assert nll(likelihood_backend="vllm", likelihood_precision="fp32",
+               likelihood_backend_option=["kv_cache_gib=1"])["values"] == engine["values"] and loads == [None]  # disk
+    assert len(list((seed / "nll").glob("*.json"))) == 2  # one per scorer

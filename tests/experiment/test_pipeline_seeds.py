@@ -2,10 +2,12 @@
 added later reusing every finished stage of the first."""
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from torch_engine import TorchEngine
 
 from sdft.base import layout
 from sdft.base.errors import ConfigError
@@ -187,3 +189,37 @@ def test_an_engine_scorer_takes_the_eval_sections_precision_and_options(tmp_path
     for bad, named in (({"adapter": "x"}, "adapter"), ({"likelihood_engine": "vllm"}, "likelihood_engine")):
         with pytest.raises(ConfigError, match=named):
             load_run_config(_config(tmp_path, tiny_model, shift=bad))
+
+
+def test_an_engine_scorer_scores_the_seed_answers_while_the_seed_is_loaded(tmp_path, tiny_model, monkeypatch):
+    """shift.likelihood_backend vllm: the baseline (seed answers under the seed) is scored right after the seed's
+    evaluation, once; each comparison then scores only its own model (here a torch double of the engine)."""
+    from sdft import generation
+    from sdft.models.resolve import load_model_and_tokenizer
+
+    events: list[str] = []
+
+    class Setup:
+        record: typing.ClassVar[dict] = {"precision": "fp32"}
+
+        def __init__(self, engine):
+            self.model = engine.model
+
+        def load(self, adapter, **extra):
+            events.append(f"load {'adapter' if adapter else 'seed'}")
+            return TorchEngine(*load_model_and_tokenizer(self.model, adapter))
+
+    original = generation.backend_setup
+    monkeypatch.setattr(generation, "backend_setup",
+                        lambda c: Setup(c) if isinstance(c, generation.Engine) and c.backend == "vllm" else original(c))
+    evaluation = {"tasks": ["openfunctions"], "limit": 2, "max_new_tokens": 8, "progress": False,
+                  "backend": "fake", "data": [f"openfunctions={tmp_path / 'calls.json'}"]}
+    config = _config(tmp_path, tiny_model, arms=["vanilla"], interp={}, eval=evaluation,
+                     shift={"likelihood_backend": "vllm"})
+    manifest = run(load_run_config(config),
+                   log=lambda line: events.append(line.split(" ", 2)[2]) if line.startswith("[run ]") else None)
+    stages = [e if e.startswith("load") else Path(e).relative_to(tmp_path / "runs" / "seeds").parts[0] for e in events]
+    assert stages[:3] == ["eval", "load seed", "distill"] and stages.count("load seed") == 1
+    assert stages[-1] == "load adapter"
+    shift = manifest.arms["vanilla"].answer_shift["seed_likelihood"]
+    assert shift["scorer"]["backend"] == "vllm" and shift["reference"]["mean_nll"] > 0

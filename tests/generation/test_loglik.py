@@ -10,6 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_engine import TorchEngine  # noqa: E402
+
 from sdft.generation import loglik  # noqa: E402
 from sdft.tasks import ExternalTask, LoglikelihoodTask  # noqa: E402
 
@@ -376,24 +378,6 @@ def test_shared_inputs_are_scored_once(model_and_tokenizer):
     for option, (lp, n) in zip(options, got):
         want_lp, want_n = manual_logprob(model, tok, "Answer:", option)  # " A" is 2 tokens here, same prefix
         assert n == want_n and lp == pytest.approx(want_lp, abs=1e-5)
-
-
-class TorchEngine:
-    """A test double of a generation engine's prompt log-probabilities, computed by one torch pass per list."""
-
-    def __init__(self, model, tokenizer, max_model_len: int = 2048):
-        self.model, self.tokenizer, self.max_model_len = model, tokenizer, max_model_len
-        self.requests: list[list[int]] = []
-
-    def prompt_logprobs(self, token_lists, progress=None):
-        self.requests += token_lists
-        out = []
-        with torch.inference_mode():
-            for ids in token_lists:
-                logits = self.model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-                picked = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
-                out.append(picked.tolist())
-        return out
 
 
 @pytest.mark.parametrize("move_space", [True, False])
