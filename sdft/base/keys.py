@@ -31,6 +31,7 @@ OMISSIONS = (
     Omission("answer cache", "precision", "fp32", "1870048, 2026-12-01"),
     Omission("run config", "train_seeds", None, "2a15804, 2026-12-01"),
     Omission("run config", "guard", {}, "sdft-guard arm, 2026-12-06"),
+    Omission("run config", "shift", {}, "the engine scorer of seed answers, 2026-12-06"),
     Omission("eval stage", "task_revisions", {}, "5a5e71d, 2026-12-02"),
     Omission("replay cache", "system_prompt", "template", "5e9de66, 2026-12-01"),
     Omission("replay cache", "engine", {"backend": "hf", "precision": "fp32"}, "the layout change, 2026-12-06"),
@@ -41,6 +42,10 @@ OMISSIONS = (
     Omission("config:DistillConfig", "self_answer", False, "format-aware distillation, 2026-12-06"),
     Omission("config:DistillConfig", "answer_template", None, "format-aware distillation, 2026-12-06"),
     Omission("config:TrainConfig", "batch_order", "length", "common batch order, 2026-12-06"),
+    # For single-turn data (all runs before) every turn is the last one. Folders made from multi-turn data before
+    # these settings learned and rewrote the last turn only, and are reused as done (docs/training.md says so).
+    Omission("config:TrainConfig", "loss_on", "all_turns", "multi-turn data, 2026-12-06"),
+    Omission("config:DistillConfig", "rewrite_turns", "all_turns", "multi-turn data, 2026-12-06"),
     Omission("config:TrainConfig", "replay_backend", "hf", "the layout change, 2026-12-06"),
     Omission("config:TrainConfig", "replay_precision", "auto", "the layout change, 2026-12-06"),
 )
