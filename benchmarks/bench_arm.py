@@ -26,8 +26,8 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -235,10 +235,11 @@ def throughput(run_dir: Path) -> dict:
 
 
 def answers(run_dir: Path) -> dict:
-    """Every generated answer and per-item score, by (folder kind, task, id)."""
+    """Every generated answer and per-item score, by (stage folder without its key, task, id): the keys of the
+    trained model's folders name the run folder they lie in, which differs between configurations."""
     found = {}
     for path in sorted(run_dir.rglob("generations/*.jsonl")):
-        kind = path.parent.parent.relative_to(run_dir).parts[0]
+        kind = stage_of(path.parent.parent, run_dir)
         for line in path.open():
             r = json.loads(line)
             found[(kind, path.stem, r["id"])] = (r.get("completion"), r.get("score"))
@@ -246,10 +247,17 @@ def answers(run_dir: Path) -> dict:
 
 
 def compare_answers(first: dict, other: dict) -> str:
+    """How many answers differ in text and in score, per stage folder and task."""
     keys = sorted(set(first) | set(other))
-    text = sum(first.get(k, (None,))[0] != other.get(k, (None,))[0] for k in keys)
-    score = sum(first.get(k, (None, None))[1] != other.get(k, (None, None))[1] for k in keys)
-    return f"{len(keys)} answers: {text} differ in text, {score} in score"
+    differ = defaultdict(lambda: [0, 0, 0])
+    for key in keys:
+        a, b = first.get(key, (None, None)), other.get(key, (None, None))
+        counts = differ[f"{key[0]} {key[1]}"]
+        counts[0] += 1
+        counts[1] += a[0] != b[0]
+        counts[2] += a[1] != b[1]
+    parts = [f"{where}: {n} answers, {text} differ in text, {score} in score" for where, (n, text, score) in differ.items()]
+    return "; ".join(parts)
 
 
 def matmul_parameters(folder: str) -> int:
@@ -329,14 +337,17 @@ def main() -> None:
     instrument(CLOCK)
     results, first = {}, None
     for name in args.configs.split(","):
-        with tempfile.TemporaryDirectory(dir=out) as home:
-            os.environ["SDFT_HOME"] = home  # merged copies and other caches start empty for each configuration
-            results[name] = measure(name, model, args, Path(home) / "runs")
-            found = answers(Path(results[name]["run_dir"]))
-            first = first or found
-            results[name]["answers"] = compare_answers(first, found)
-            print(f"  [{name}] {results[name]['wall_s']:.0f} s; vs the first configuration: "
-                  f"{results[name]['answers']}; seed answers' mean NLL {results[name]['seed_nll']}", flush=True)
+        home = out / name  # the run folder stays, to be read; its caches (merged copies) are removed after
+        if home.exists():
+            shutil.rmtree(home)
+        os.environ["SDFT_HOME"] = str(home / "sdft-home")  # caches start empty for each configuration
+        results[name] = measure(name, model, args, home / "runs")
+        shutil.rmtree(home / "sdft-home", ignore_errors=True)
+        found = answers(Path(results[name]["run_dir"]))
+        first = first or found
+        results[name]["answers"] = compare_answers(first, found)
+        print(f"  [{name}] {results[name]['wall_s']:.0f} s; vs the first configuration: "
+              f"{results[name]['answers']}; seed answers' mean NLL {results[name]['seed_nll']}", flush=True)
     (out / "bench-arm.json").write_text(json.dumps({"peak_flops": peak, "parameters": params,
                                                     "bf16_units": cpu_has_native_bf16(), "results": results},
                                                    indent=1))

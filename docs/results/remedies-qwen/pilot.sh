@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Issue 23 pilot: does a gentler vanilla LoRA on more GSM8K problems raise the target on the Qwen seed?
+# Usage: pilot.sh [PILOT...]   (default: every pilot; a finished training or evaluation is not redone)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-# run at commit 7d63995 (the code before the layout change; same stage keys)
-S=.venv/bin/sdft
+# pilot 1 ran at commit 7d63995 (before the layout change), pilot 2 at f77362c: the stage keys are the same
+S=${SDFT:-.venv/bin/sdft}
 M=qwen2.5-coder-0.5b-instruct
 P=runs/pilot23  # results: docs/results/remedies-qwen/pilot_scores.py runs/pilot23
 EV="--tasks gsm8k,advbench --data gsm8k=../shared/data/sdft-paper/gsm8k_test.json --limit 200 --max-new-tokens 384 --batch-size 64 --system-prompt model --backend vllm --precision bf16 --offline"
-$S setup --model $M --offline
-$S eval --model $M $EV --out $P/seed-eval
+evaluate() {  # out folder, then flags
+  local out=$1; shift
+  [ -f "$out/results.json" ] || $S eval --model $M $EV --out "$out" "$@"
+}
 train() {  # name, then flags
   local name=$1; shift
+  [ -f "$P/$name/adapter_model.safetensors" ] || \
   $S train --model $M --data ../shared/data/sdft-paper/gsm8k_train.json --task math --system-prompt model \
     --seed 42 --batch-size 4 --grad-accum 2 --max-length 640 --lr-scheduler cosine --warmup-ratio 0.03 \
     --lora-targets all-linear --precision bf16 --save-steps 25 --logging-steps 5 --resume --offline \
     --out $P/$name "$@"
-  $S eval --model $M --adapter $P/$name $EV --out $P/$name-eval
+  evaluate $P/$name-eval --adapter $P/$name
 }
-train A-n1000-e1-lr1e-4-r16 --limit 1000 --epochs 1 --learning-rate 1e-4 --lora-r 16 --lora-alpha 32
+pilot1() { train A-n1000-e1-lr1e-4-r16 --limit 1000 --epochs 1 --learning-rate 1e-4 --lora-r 16 --lora-alpha 32; }
+# pilot 2: twice the problems at twice the learning rate, in the main run's common batch order
+pilot2() { train B-n2000-e1-lr2e-4-r16 --limit 2000 --epochs 1 --learning-rate 2e-4 --lora-r 16 --lora-alpha 32 \
+  --batch-order index; }
+$S setup --model $M --offline
+evaluate $P/seed-eval
+for p in ${@:-pilot1 pilot2}; do "$p"; done
