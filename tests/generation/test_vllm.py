@@ -312,10 +312,11 @@ def test_merged_adapter_matches_hf_and_is_merged_once(adapter, folder, tmp_path,
     assert (copies[0] / "sdft-merged.json").stat().st_mtime_ns == stamp
 
 
-def test_prompt_logprobs_give_the_torch_pass_numbers(hf, adapter, folder):
+def test_prompt_logprobs_give_the_torch_pass_numbers(hf, adapter, folder, tmp_path, monkeypatch):
     """The seed answers' NLL through the engine (sdft analyze --likelihood-backend vllm) equals a torch pass at
-    the same precision, for the base model and a merged adapter, up to the kernels' rounding. Last in this file:
-    it replaces the module's engine (one with LoRA slots cannot score prompts on a CPU, which is refused)."""
+    the same precision (a merged adapter: a plain model to the engine, as the base is), up to the kernels'
+    rounding. Last in this file: it replaces the module's engine (one with LoRA slots cannot score prompts on
+    a CPU, which is refused)."""
     from sdft.base.errors import SdftError
     from sdft.compare.answers import seed_likelihood
     from sdft.generation import load_backend
@@ -327,14 +328,12 @@ def test_prompt_logprobs_give_the_torch_pass_numbers(hf, adapter, folder):
     with_slots = load_backend("vllm", folder, adapter, progress=False, lora_mode="native", **FP32)
     with pytest.raises(SdftError, match="lora_mode=merged"):
         seed_likelihood(None, None, prompts, answers, engine=with_slots)
-    shutdown_engine()
-    base = seed_likelihood(None, None, prompts, answers,
-                           engine=load_backend("vllm", folder, None, progress=False, **FP32))
-    want = seed_likelihood(hf.model, hf.tokenizer, prompts, answers)
-    assert base["tokens"] == want["tokens"] > 0 and base["values"] == pytest.approx(want["values"], abs=2e-3)
+    shutdown_engine()  # one engine start more: the merged copy is a plain model, as the base is
+    monkeypatch.setenv("SDFT_HOME", str(tmp_path / "home"))  # the merged copy is made there, not in the user's cache
     tuned, tokenizer = load_model_and_tokenizer(folder, adapter, dtype="float32")
     merged = seed_likelihood(None, None, prompts, answers,
                              engine=load_backend("vllm", folder, adapter, progress=False, lora_mode="merged", **FP32))
     want = seed_likelihood(tuned, tokenizer, prompts, answers)
-    assert merged["values"] == pytest.approx(want["values"], abs=2e-3)
+    assert merged["tokens"] == want["tokens"] > 0 and merged["values"] == pytest.approx(want["values"], abs=2e-3)
+    base = seed_likelihood(hf.model, hf.tokenizer, prompts, answers)
     assert merged["values"] != pytest.approx(base["values"], abs=1e-3)  # the adapter was applied
