@@ -11,7 +11,7 @@ helpers from here. ``sdft run`` lays a run out as::
     RUN/eval/LABEL-KEY/         results.json item_scores/TASK.jsonl generations/TASK.jsonl generations/.cache/
                                 stage.json
     RUN/eval/LABEL-KEY/compare/ answer_shift.json weight_shift.json stage.json
-    RUN/eval/seed-KEY/nll/      the seed answers' NLL under each scoring model (sdft.compare.answers's disk cache)
+    RUN/eval/seed-KEY/nll/      the seed answers' NLL under each scoring model (sdft.compare.likelihood's disk cache)
     RUN/interp/LABEL-KEY/       a scaled copy of vanilla's adapter, README.md, interp.json, stage.json (the interp arm)
 
 The manifest has one :class:`Arm` per model (the seed and every trained arm, named), so a new kind of

@@ -13,6 +13,7 @@ from torch_engine import TorchEngine
 from sdft.base import layout
 from sdft.base.errors import SdftError
 from sdft.compare import answers as analyze
+from sdft.compare import common, likelihood
 
 SEED = ["The answer is 5.", "def add(a, b):\n    return a + b\n", "I cannot help with that request."]
 PROMPTS = ["### Instruction:\nWhat is 2 + 3?\n\n### Response:\n", "### Instruction:\nWrite add.\n\n### Response:\n",
@@ -43,7 +44,7 @@ def test_disjoint_texts_score_about_zero():
 
 
 def test_distribution_summary():
-    dist = analyze.distribution([0.0, 0.5, 1.0, float("nan")], bounds=(0.0, 1.0), bins=4)
+    dist = common.distribution([0.0, 0.5, 1.0, float("nan")], bounds=(0.0, 1.0), bins=4)
     assert dist["n"] == 3 and dist["mean"] == pytest.approx(0.5)
     assert dist["quantiles"]["p0"] == 0.0 and dist["quantiles"]["p50"] == 0.5 and dist["quantiles"]["p100"] == 1.0
     assert dist["histogram"]["counts"] == [1, 0, 1, 1] and dist["values"][3] is None
@@ -132,7 +133,7 @@ def counted_loads(monkeypatch) -> list[str]:
     loads: list[str] = []
     real = sdft.models.resolve.load_model_and_tokenizer
     monkeypatch.setattr(sdft.models.resolve, "load_model_and_tokenizer", lambda name, *a, **k: (loads.append(name), real(name, *a, **k))[1])
-    monkeypatch.setattr(analyze, "_SCORED", {})
+    monkeypatch.setattr(likelihood, "_SCORED", {})
     return loads
 
 
@@ -161,7 +162,7 @@ def test_seed_likelihood_scores_are_kept_beside_the_answers_for_the_next_process
     cand = write_eval(tmp_path / "a", str(tiny_model), SEED[:2], ids=["advbench-000", "advbench-001"], prompts=PROMPTS[:2])
     first = analyze.analyze(analyze.AnalyzeConfig(reference=str(seed), candidate=str(cand)))["seed_likelihood"]
     assert loads == [str(tiny_model)] and len(list((seed / layout.NLL_SCORES).glob("*.json"))) == 1
-    monkeypatch.setattr(analyze, "_SCORED", {})  # "the next process"
+    monkeypatch.setattr(likelihood, "_SCORED", {})  # "the next process"
     again = analyze.analyze(analyze.AnalyzeConfig(reference=str(seed), candidate=str(cand)))["seed_likelihood"]
     assert loads == [str(tiny_model)] and again["values"] == first["values"]
     other = write_eval(tmp_path / "seed2", str(tiny_model), [s + " more" for s in SEED])
@@ -195,11 +196,11 @@ def test_an_engine_scorer_gives_the_torch_numbers_and_keys_its_cache_apart(tmp_p
         return analyze.analyze(config)["seed_likelihood"]
 
     torch_pass = nll()
-    analyze._SCORED.clear()
+    likelihood._SCORED.clear()
     engine = nll(likelihood_backend="vllm", likelihood_precision="fp32", likelihood_backend_option=["kv_cache_gib=1"])
     assert engine["values"] == pytest.approx(torch_pass["values"], abs=1e-4) and loads == [None]
     assert engine["scorer"] == {"backend": "vllm", "precision": "fp32"} and "scorer" not in torch_pass
-    analyze._SCORED.clear()
+    likelihood._SCORED.clear()
     assert nll(likelihood_backend="vllm", likelihood_precision="fp32",
                likelihood_backend_option=["kv_cache_gib=1"])["values"] == engine["values"] and loads == [None]  # disk
     assert len(list((seed / "nll").glob("*.json"))) == 2  # one per scorer

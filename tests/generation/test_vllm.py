@@ -318,7 +318,7 @@ def test_prompt_logprobs_give_the_torch_pass_numbers(hf, adapter, folder, tmp_pa
     rounding. Last in this file: it replaces the module's engine (one with LoRA slots cannot score prompts on
     a CPU, which is refused)."""
     from sdft.base.errors import SdftError
-    from sdft.compare.answers import seed_likelihood
+    from sdft.compare.likelihood import seed_likelihood
     from sdft.generation import load_backend
     from sdft.generation.vllm_backend import shutdown_engine
     from sdft.models.resolve import load_model_and_tokenizer
