@@ -181,10 +181,13 @@ def _bound_under_tmp() -> set[str]:
 
 
 @pytest.mark.skipif("private_root" not in ISO, reason="no private root on this machine")
-def test_a_virtualenv_under_tmp_runs_sandboxed():
-    """A checkout or virtualenv in the system temp folder (where notebooks and CI put their work): the
-    sandbox's own /tmp must not hide the interpreter, and it stays read-only inside."""
-    venv = Path(tempfile.mkdtemp(prefix="sdft-venv-", dir="/tmp")) / "venv"
+@pytest.mark.parametrize("where", ["/tmp", "/var/tmp", "home", "read-only"])
+def test_a_virtualenv_under_tmp_runs_sandboxed(where):
+    """A checkout or virtualenv in the system temp folder (where notebooks and CI put their work), the other
+    temp folder, a home folder, or one whose files nobody may write (a read-only site-packages): the sandbox's
+    own /tmp must not hide the interpreter, and it stays read-only inside."""
+    folder = str(Path.home()) if where in ("home", "read-only") else where
+    venv = Path(tempfile.mkdtemp(prefix="sdft-venv-", dir=folder)) / "venv"
     try:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         site = next(venv.glob("lib/python*/site-packages"))
@@ -192,7 +195,7 @@ def test_a_virtualenv_under_tmp_runs_sandboxed():
         (site / "sdft-test.pth").write_text("\n".join(p for p in sys.path if p and os.path.isdir(p)) + "\n")
         code = ("import sys\nprint(sys.prefix)\n"
                 "try:\n    open(sys.prefix + '/pyvenv.cfg', 'a')\nexcept OSError as e:\n    print('read-only', e.errno)\n")
-        top = "/" + "/".join(venv.parts[1:3])  # the folder under /tmp that holds the interpreter
+        top = str(venv.parent)  # the folder that holds the interpreter (under /tmp: a mount point of its own)
         code += (f"try:\n    import os; os.rename({top!r}, '/tmp/moved')\nexcept OSError as e:\n"
                  "    print('kept', e.errno)\n")
         probe = ("import json; from sdft import sandbox\n"
@@ -200,6 +203,8 @@ def test_a_virtualenv_under_tmp_runs_sandboxed():
                  "c = sandbox.check_program('def f():\\n    return 1\\n', ['assert f() == 1'])\n"
                  "w = sandbox.check_program('def f():\\n    return 2\\n', ['assert f() == 1'])\n"
                  "print(json.dumps([r.status, r.stdout, r.detail, r.mechanisms, c.status, c.detail, w.status]))")
+        if where == "read-only":
+            subprocess.run(["chmod", "-R", "a-w", str(site)], check=True)
         out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
                              timeout=120, cwd=venv.parent)
         assert out.returncode == 0, out.stderr
@@ -208,10 +213,12 @@ def test_a_virtualenv_under_tmp_runs_sandboxed():
         assert "private_root" in mechanisms
         assert stdout.splitlines()[0] == str(venv)
         assert stdout.splitlines()[1] in ("read-only 13", "read-only 30")  # Landlock (EACCES) or the bind (EROFS)
-        assert stdout.splitlines()[2] in ("kept 16", "kept 13", "kept 30")  # a mount point (EBUSY), or refused
+        # A mount point (EBUSY), refused (EACCES, EROFS), or outside the program's writable /tmp (EXDEV).
+        assert stdout.splitlines()[2] in ("kept 16", "kept 13", "kept 30", "kept 18")
         # The tests' process (another uid when sdft runs as root) reaches the interpreter too.
         assert (checked, wrong) == ("passed", "failed"), checked_detail
     finally:
+        subprocess.run(["chmod", "-R", "u+w", str(venv.parent)], check=False)
         shutil.rmtree(venv.parent, ignore_errors=True)
 
 
