@@ -15,7 +15,8 @@ from sdft.experiment.arms import ARMS, DEFAULT_ARMS
 # Keys the pipeline sets itself; a config section may not override them.
 _OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns"},
           "train": {"model", "data", "out", "mix_ratio", "limit", "task", "resume", "shape", "columns"},
-          "eval": {"model", "adapter", "out"}}
+          "eval": {"model", "adapter", "out"},
+          "shift": {"what", "reference", "candidate", "out", "tasks", "model", "adapter"}}
 
 
 @dataclass

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from sdft.base import layout, provenance, seeds
 from sdft.base.config import keyed_settings, stage_key
-from sdft.base.errors import ConfigError
 from sdft.base.keys import without_old_defaults
 from sdft.distill.config import DistillConfig
 from sdft.experiment import arms
@@ -64,17 +63,10 @@ def compare_target(seed_eval: Path | str, model_eval: Path | str, config: RunCon
     return stage_key(str(seed_eval), str(model_eval)), Path(model_eval) / layout.COMPARE, shift
 
 
-# AnalyzeConfig keys the pipeline sets itself.
-SHIFT_OWNED = {"what", "reference", "candidate", "out", "tasks", "model", "adapter"}
-
-
 def shift_settings(config: RunConfig) -> dict:
     """The ``shift`` section as the comparison uses it: an engine scorer takes the eval section's precision and
     backend options unless the section sets its own, so it reuses the engine that evaluated the model."""
     shift = dict(config.shift)
-    clash = sorted(SHIFT_OWNED & set(shift))
-    if clash:
-        raise ConfigError(f"section 'shift' may not set {', '.join(clash)}: the pipeline sets them")
     if shift.get("likelihood_backend") == "vllm":
         shift.setdefault("likelihood_precision", config.eval.get("precision", "auto"))
         shift.setdefault("likelihood_backend_option", list(config.eval.get("backend_option", [])))
