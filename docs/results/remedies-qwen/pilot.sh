@@ -3,7 +3,8 @@
 # Usage: pilot.sh [PILOT...]   (default: every pilot; a finished training or evaluation is not redone)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-# pilot 1 ran at commit 7d63995 (before the layout change), pilot 2 at f77362c: the stage keys are the same
+# pilot 1 ran at commit 7d63995 (before the layout change), pilot 2 at f77362c, pilot 3 at 59d1c81: the stage keys
+# are the same
 S=${SDFT:-.venv/bin/sdft}
 M=qwen2.5-coder-0.5b-instruct
 P=runs/pilot23  # results: docs/results/remedies-qwen/pilot_scores.py runs/pilot23
@@ -25,6 +26,9 @@ pilot1() { train A-n1000-e1-lr1e-4-r16 --limit 1000 --epochs 1 --learning-rate 1
 # pilot 2: twice the problems at twice the learning rate, in the main run's common batch order
 pilot2() { train B-n2000-e1-lr2e-4-r16 --limit 2000 --epochs 1 --learning-rate 2e-4 --lora-r 16 --lora-alpha 32 \
   --batch-order index; }
+# pilot 3: the paper's LoRA (r=8, alpha 16, q_proj and v_proj only, lr 1e-4), two epochs of pilot 1's problems
+pilot3() { train C-n1000-e2-lr1e-4-r8qv --limit 1000 --epochs 2 --learning-rate 1e-4 --lora-r 8 --lora-alpha 16 \
+  --lora-targets q_proj,v_proj --batch-order index; }
 $S setup --model $M --offline
 evaluate $P/seed-eval
-for p in ${@:-pilot1 pilot2}; do "$p"; done
+for p in ${@:-pilot1 pilot2 pilot3}; do "$p"; done
