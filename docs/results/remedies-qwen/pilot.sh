@@ -18,7 +18,7 @@ train() {  # name, then flags
   [ -f "$P/$name/adapter_model.safetensors" ] || \
   $S train --model $M --data ../shared/data/sdft-paper/gsm8k_train.json --task math --system-prompt model \
     --seed 42 --batch-size 4 --grad-accum 2 --max-length 640 --lr-scheduler cosine --warmup-ratio 0.03 \
-    --lora-targets all-linear --precision bf16 --save-steps 25 --logging-steps 5 --resume --offline \
+    --lora-targets "${LORA_TARGETS:-all-linear}" --precision bf16 --save-steps 25 --logging-steps 5 --resume --offline \
     --out $P/$name "$@"
   evaluate $P/$name-eval --adapter $P/$name
 }
@@ -27,8 +27,8 @@ pilot1() { train A-n1000-e1-lr1e-4-r16 --limit 1000 --epochs 1 --learning-rate 1
 pilot2() { train B-n2000-e1-lr2e-4-r16 --limit 2000 --epochs 1 --learning-rate 2e-4 --lora-r 16 --lora-alpha 32 \
   --batch-order index; }
 # pilot 3: the paper's LoRA (r=8, alpha 16, q_proj and v_proj only, lr 1e-4), two epochs of pilot 1's problems
-pilot3() { train C-n1000-e2-lr1e-4-r8qv --limit 1000 --epochs 2 --learning-rate 1e-4 --lora-r 8 --lora-alpha 16 \
-  --lora-targets q_proj,v_proj --batch-order index; }
+pilot3() { LORA_TARGETS=q_proj,v_proj train C-n1000-e2-lr1e-4-r8qv --limit 1000 --epochs 2 --learning-rate 1e-4 \
+  --lora-r 8 --lora-alpha 16 --batch-order index; }
 $S setup --model $M --offline
 evaluate $P/seed-eval
 for p in ${@:-pilot1 pilot2 pilot3}; do "$p"; done
