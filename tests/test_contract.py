@@ -157,6 +157,7 @@ def test_shared_settings_are_listed_under_their_own_heading(command):
     (EvalConfig, {"max_prompt_tokens": 0}, "'max_prompt_tokens' must be at least 1"),
     (TrainConfig, {"lora_r": 0}, "'lora_r' must be at least 1, got 0"),
     (TrainConfig, {"lora_alpha": 0}, "'lora_alpha' must be positive, got 0"),
+    (TrainConfig, {"lora_targets": ["all-linear", "q_proj"]}, "all-linear already means every linear layer"),
     (TrainConfig, {"lora_dropout": 1.5}, "'lora_dropout' must be between 0 and 1, got 1.5"),
     (TrainConfig, {"lora_targets": []}, "'lora_targets' needs at least one module"),
     (TrainConfig, {"weight_decay": -0.1}, "'weight_decay' must be >= 0, got -0.1"),

@@ -88,6 +88,15 @@ class Point:
         return {"targets": "rewrites" if self.mix_ratio else "originals", **self.overrides, **self.distill}
 
 
+_SECTION_USERS = {"replay": lambda arm: "replay" in arm, "onpolicy": lambda arm: "onpolicy" in arm,
+                  "interp": lambda arm: arm == "interp", "guard": lambda arm: arm == "sdft-guard"}
+
+
+def unused_sections(arms: list[str], sections: dict) -> list[str]:
+    """The arm sections that are set but that no arm in ``arms`` reads."""
+    return [name for name, uses in _SECTION_USERS.items() if sections.get(name) and not any(map(uses, arms))]
+
+
 def check(arms: list[str], sections: dict, train_section: dict, distill_section: dict | None = None) -> None:
     """Refuse unknown or contradictory arms and unused sections, and build every arm's train settings now."""
     unknown = [a for a in arms if a not in ARMS]
@@ -99,13 +108,10 @@ def check(arms: list[str], sections: dict, train_section: dict, distill_section:
         raise ConfigError("the interp arm scales the vanilla adapter: add vanilla to 'arms'")
     if "interp" in arms and train_section.get("method") == "full":
         raise ConfigError("the interp arm scales a LoRA adapter; with train method full it is not available")
-    users = {"replay": [a for a in arms if "replay" in a], "onpolicy": [a for a in arms if "onpolicy" in a],
-             "interp": [a for a in arms if a == "interp"], "guard": [a for a in arms if a == "sdft-guard"]}
-    for name, used_by in users.items():
-        if sections.get(name) and not used_by:
-            raise ConfigError(f"section '{name}' is set but no arm uses it (arms: {', '.join(arms)})")
+    for name in unused_sections(arms, sections):
+        raise ConfigError(f"section '{name}' is set but no arm uses it (arms: {', '.join(arms)})")
     replay = replay_section(sections)
-    if users["replay"] and not replay.data:
+    if any("replay" in a for a in arms) and not replay.data:
         raise ConfigError("the replay arms need 'replay: {data: FILE}' (a general dataset to replay)")
     interp_section(sections)
     from sdft.distill.config import DistillConfig

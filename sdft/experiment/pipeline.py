@@ -21,6 +21,7 @@ resumes inside its folder (every stage resumes on its own).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from sdft.base.records import looks_local
 from sdft.base.store import write_json
 from sdft.distill.config import DistillConfig
 from sdft.experiment import answer_reuse, overrides, plan
+from sdft.experiment import arms as arm_list
 from sdft.experiment.config import RunCommand, RunConfig
 from sdft.experiment.targets import (  # noqa: F401  (some: names of this module before targets.py)
     KEY_LENGTH,
@@ -68,6 +70,13 @@ def load_run_config(path: str | Path, settings: list[str] = (), **flags) -> RunC
     """Load and fully validate a run config, including every stage section, before any work starts:
     the file, then ``settings`` (``section.key=value`` overrides), then ``flags`` that are not None."""
     data = overrides.apply(load_yaml(path), list(settings))
+    if any(item.startswith("arms=") for item in settings):
+        # Narrowing the arms on the command line runs part of a config; the sections of the arms left out
+        # are meant for a later run of the same file, so they are set aside rather than refused.
+        for name in arm_list.unused_sections(data.get("arms") or [], data):
+            print(f"sdft run: section '{name}' is not used by arms={data['arms']}: set aside for this run",
+                  file=sys.stderr)
+            data.pop(name)
     data.update({k: v for k, v in flags.items() if v is not None})
     config = from_dict(RunConfig, data, str(path))
     stage_configs(config)  # builds every stage config: unknown keys and bad types fail now

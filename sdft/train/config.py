@@ -45,6 +45,10 @@ class LoraSettings:
             raise ConfigError(f"'lora_dropout' must be between 0 and 1, got {self.lora_dropout}")
         if not self.lora_targets:
             raise ConfigError("'lora_targets' needs at least one module name (e.g. q_proj,v_proj)")
+        if "all-linear" in self.lora_targets and len(self.lora_targets) > 1:
+            # a repeated list flag adds to the one before it, so this is how an override goes wrong
+            raise ConfigError(f"'lora_targets': all-linear already means every linear layer; give it alone or "
+                              f"name modules instead (got {', '.join(self.lora_targets)})")
 
 
 @dataclass

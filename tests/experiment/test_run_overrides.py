@@ -96,3 +96,23 @@ def test_config_flag_and_positional_file_are_the_same_run_and_overrides_are_reco
     assert sorted(p.name for p in (run_dir / "train").iterdir()) == folders and train.learning_rate == 0.002
     assert main(["run", "train.learning_rate=2e-3"]) == 2
     assert "usage: sdft run CONFIG.yaml [section.key=value ...]" in capsys.readouterr().err
+
+
+def test_narrowing_the_arms_on_the_command_line_sets_aside_the_left_out_arms_sections(tmp_path, capsys):
+    path = _config(tmp_path, arms=["vanilla", "replay", "interp"], interp={"alphas": [0.5]},
+                   replay={"data": str(tmp_path / "calls.json"), "ratio": 0.5})
+    full = load_run_config(path)
+    narrowed = load_run_config(path, ["arms=[vanilla]"])
+    assert narrowed.arms == ["vanilla"] and full.replay and full.interp
+    assert not narrowed.replay and not narrowed.interp
+    assert "section 'replay' is not used by arms=['vanilla']: set aside" in capsys.readouterr().err
+    # the same stage keys for the arm both runs share
+    assert stage_configs(narrowed)["train"] == stage_configs(full)["train"]
+
+
+def test_a_file_whose_own_arms_leave_a_section_unused_is_still_refused(tmp_path):
+    path = _config(tmp_path, arms=["vanilla"], interp={"alphas": [0.5]})
+    with pytest.raises(ConfigError, match="section 'interp' is set but no arm uses it"):
+        load_run_config(path)
+    with pytest.raises(ConfigError, match="section 'interp' is set but no arm uses it"):
+        load_run_config(path, ["train.learning_rate=1e-4"])
