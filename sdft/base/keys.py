@@ -28,6 +28,7 @@ class Omission:
 
 OMISSIONS = (
     Omission("decoding", "truncation_side", "left", "3ab1e4f, 2026-12-01"),
+    Omission("decoding", "logit_bias", (), "decoding probes, 2026-12-06"),
     Omission("answer cache", "precision", "fp32", "1870048, 2026-12-01"),
     Omission("run config", "train_seeds", None, "2a15804, 2026-12-01"),
     Omission("run config", "guard", {}, "sdft-guard arm, 2026-12-06"),
@@ -42,6 +43,8 @@ OMISSIONS = (
     Omission("config:DistillConfig", "self_answer", False, "format-aware distillation, 2026-12-06"),
     Omission("config:DistillConfig", "answer_template", None, "format-aware distillation, 2026-12-06"),
     Omission("config:TrainConfig", "batch_order", "length", "common batch order, 2026-12-06"),
+    Omission("config:EvalConfig", "answer_prefix", None, "decoding probes, 2026-12-06"),
+    Omission("config:EvalConfig", "forbid_opening", None, "decoding probes, 2026-12-06"),
     # For single-turn data (all runs before) every turn is the last one. Folders made from multi-turn data before
     # these settings learned and rewrote the last turn only, and are reused as done (docs/training.md says so).
     Omission("config:TrainConfig", "loss_on", "all_turns", "multi-turn data, 2026-12-06"),

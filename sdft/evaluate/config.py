@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sdft.base import templates
-from sdft.base.config import DEFAULT_MODEL, Validated, field, override
+from sdft.base.config import DEFAULT_MODEL, IF_SET, Validated, field, override
 from sdft.base.errors import ConfigError
 from sdft.base.templates import SystemPromptSettings
 from sdft.generation import DecodingSettings, EngineSettings
@@ -41,6 +42,12 @@ class EvalConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Validat
     # Decoding (DecodingSettings) with evaluation's own prompt budget and help.
     max_prompt_tokens: int = override(DecodingSettings, "max_prompt_tokens", 2048)
     seed: int = override(DecodingSettings, "seed", help="random seed for sampling (sample j uses seed + j)")
+    answer_prefix: str | None = field(None, "decoding probe: every answer starts with this text (written after the "
+                                      "generation prompt; the model continues it; scored with it), e.g. '1.'",
+                                      keyed=IF_SET)
+    forbid_opening: str | None = field(None, "decoding probe: the answer's first visible token may not match this "
+                                       "regular expression (greedy over the others, then decoding as usual), "
+                                       r"e.g. '\d' for no numbered-list opening", keyed=IF_SET)
     judge: str | None = field(None, "winrate judge: a model our backends load, or an OpenAI-compatible URL")
     judge_model: str | None = field(None, "model name to request from a judge endpoint URL")
     judge_backend: str | None = field(None, "backend that loads a local judge (default: --backend)")
@@ -85,8 +92,25 @@ class EvalConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Validat
         if self.judge and self.judge.startswith(("http://", "https://")):
             from sdft.base.endpoint import api_key, check_url
             check_url(self.judge, has_key=bool(api_key()))  # before anything is written or loaded
+        self.check_opening_probe()
         self.check_system_prompt_settings()
         self.check_engine_settings()  # a backend option no backend takes: refused before any model loads
+
+    def check_opening_probe(self) -> None:
+        if self.answer_prefix is not None and not self.answer_prefix:
+            raise ConfigError("'answer_prefix' must not be empty (leave it out for no prefix)")
+        if self.forbid_opening is not None:
+            try:
+                re.compile(self.forbid_opening)
+            except re.error as exc:
+                raise ConfigError(f"'forbid_opening' {self.forbid_opening!r} is not a regular expression: {exc}") from None
+        if (self.answer_prefix or self.forbid_opening) and self.n_samples > 1:
+            raise ConfigError("the decoding probes (answer_prefix, forbid_opening) are greedy probes: use n_samples 1")
+
+    def opening(self) -> dict | None:
+        """The probe's settings as keyed with each task's answers (None without a probe: keys as before)."""
+        probe = {"answer_prefix": self.answer_prefix, "forbid_opening": self.forbid_opening}
+        return {k: v for k, v in probe.items() if v is not None} or None
 
     def decoding(self, task: str | None = None, task_budget: int = 256, stop: tuple[str, ...] = ()):
         """The :class:`GenerationParams` of a task: its own answer budget unless --max-new-tokens is set,

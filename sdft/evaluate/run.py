@@ -15,14 +15,16 @@ from sdft.base import item_scores, layout
 from sdft.base.config import stage_key, to_dict
 from sdft.base.keys import without_old_defaults
 from sdft.base.store import ProgressFile, write_jsonl
+from sdft.evaluate import opening
 from sdft.tasks import ExternalTask, GenerativeTask, LoglikelihoodTask, TaskContext
 
 
 def task_settings(name: str, task, config, params=None, precision: str = "fp32", lora_mode: str | None = None,
-                  backend: str | None = None) -> dict:
+                  backend: str | None = None, probe: dict | None = None) -> dict:
     """Everything that changes a task's outputs; its hash names the generation cache. ``backend`` and
     ``precision`` are the resolved ones (``sdft.generation.backend_setup``; the config keeps what was asked);
-    ``lora_mode`` is set when it is keyed (``engine_key``)."""
+    ``lora_mode`` is set when it is keyed (``engine_key``); ``probe``: a decoding probe's settings
+    (``EvalConfig.opening``), generative tasks only."""
     from sdft.base.provenance import package_versions
 
     template = task.template
@@ -35,6 +37,8 @@ def task_settings(name: str, task, config, params=None, precision: str = "fp32",
     }
     if lora_mode:
         settings["lora_mode"] = lora_mode
+    if probe:
+        settings["opening"] = probe
     if task.revision:
         settings["revision"] = task.revision
     # Not in the key: limit (a larger limit reuses the items already done), a revision of the selection only
@@ -56,7 +60,8 @@ def run_generate(name: str, task: GenerativeTask, examples: list[dict], session,
     from sdft.generation import engine_key
 
     engine = engine_key(session.setup.record, config.adapter)
-    settings = task_settings(name, task, config, params, engine["precision"], engine.get("lora_mode"), engine["backend"])
+    settings = task_settings(name, task, config, params, engine["precision"], engine.get("lora_mode"), engine["backend"],
+                             config.opening())
     context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge, out)
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]), key="key")
     # One cache unit per (item, sample); the plain id when there is one sample per item.
@@ -93,7 +98,8 @@ def _generate(name, task: GenerativeTask, session, config, params, pending, prog
         chunk = max(config.batch_size, getattr(session.backend, "request_chunk", 0) or 0)
         for start in range(0, len(todo), chunk):
             batch = todo[start:start + chunk]
-            completions = session.backend.generate([prompts[ex["id"]] for ex, _, _ in batch], sample_params)
+            completions = opening.generate(session.backend, [prompts[ex["id"]] for ex, _, _ in batch], sample_params,
+                                           config.answer_prefix, config.forbid_opening)
             progress.append({
                 "key": key, "id": ex["id"], "sample": j, "prompt": prompts[ex["id"]], "completion": c.text,
                 "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,

@@ -63,6 +63,9 @@ class GenerationParams:
     # Which end of a too-long prompt is cut: "left" keeps the instruction's end and the generation
     # prompt (ours); "right" keeps the start, as the reference code did (paper presets).
     truncation_side: Literal["left", "right"] = "left"
+    # (token id, bias) pairs added to those tokens' logits at every step, as OpenAI's logit_bias; -100 bans a
+    # token. Set by one pass of a decoding probe (sdft.evaluate.opening), never by a stage's settings.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         # The one check of decoding values, whichever stage or config builds them.

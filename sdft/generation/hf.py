@@ -114,7 +114,8 @@ class HFBackend:
             attention[row, width - len(ids):] = 1
         config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False,
                                   bos_token_id=self.bos_id, eos_token_id=self.eos_ids,
-                                  pad_token_id=self.pad_id, stop_strings=list(params.stop) or None)
+                                  pad_token_id=self.pad_id, stop_strings=list(params.stop) or None,
+                                  sequence_bias={(token,): bias for token, bias in params.logit_bias} or None)
         processors = LogitsProcessorList()
         if not params.greedy:
             generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]

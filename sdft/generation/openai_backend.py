@@ -170,6 +170,8 @@ class OpenAIBackend:
                 body["top_k"] = params.top_k  # an extension (vLLM, SGLang, llama.cpp); OpenAI proper has none
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
         if self.tokenizer is not None:
             body["return_token_ids"] = True  # a vLLM extension: the text is then decoded as in-process
         return body

@@ -263,7 +263,7 @@ class VLLMBackend:
             temperature=0.0 if params.greedy else params.temperature,
             top_p=1.0 if params.greedy else params.top_p,
             top_k=params.top_k if params.top_k > 0 and not params.greedy else -1,  # -1: no top-k limit
-            seed=seed) for seed in row_seeds(list(prompts), params.seed)]
+            logit_bias=dict(params.logit_bias) or None, seed=seed) for seed in row_seeds(list(prompts), params.seed)]
         requests = [{"prompt_token_ids": ids} for ids in ids_list]
         # vLLM schedules the whole list itself (continuous batching): params.batch_size does not apply.
         outputs = self.llm.generate(requests, sampling, use_tqdm=self.progress, lora_request=self.lora_request)

@@ -30,6 +30,15 @@ def test_order_seeds_and_bounded_concurrency():
     assert 1 < server.max_in_flight <= 3
 
 
+def test_logit_bias_is_sent_as_openai_names_it_and_only_when_set():
+    with StubServer() as server:
+        backend = _backend(server.url)
+        backend.generate(["a"], GenerationParams(max_new_tokens=1, logit_bias=((15, -100.0), (7, 2.5))))
+        backend.generate(["b"], GenerationParams(max_new_tokens=1))
+    bodies = {r["body"]["prompt"]: r["body"] for r in server.posts()}
+    assert bodies["a"]["logit_bias"] == {"15": -100.0, "7": 2.5} and "logit_bias" not in bodies["b"]
+
+
 def test_finish_reasons_and_token_counts():
     with StubServer() as server:
         out = _backend(server.url).generate(["a", "b"], GenerationParams(max_new_tokens=2))
