@@ -43,6 +43,7 @@ OMISSIONS = (
     Omission("config:DistillConfig", "self_answer", False, "format-aware distillation, 2026-12-06"),
     Omission("config:DistillConfig", "answer_template", None, "format-aware distillation, 2026-12-06"),
     Omission("config:TrainConfig", "batch_order", "length", "common batch order, 2026-12-06"),
+    Omission("config:TrainConfig", "prose_targets", False, "the sdft-prose arm, 2026-12-06"),
     Omission("config:EvalConfig", "answer_prefix", None, "decoding probes, 2026-12-06"),
     Omission("config:EvalConfig", "forbid_opening", None, "decoding probes, 2026-12-06"),
     # For single-turn data (all runs before) every turn is the last one. Folders made from multi-turn data before

@@ -12,6 +12,8 @@
                    paper): rewrites that open or run unlike the seed's own answers keep the original
 ``self-answer``    the seed's own answer where it passes the filter, else the accepted rewrite, else the
                    original (``sdft distill --self-answer``; beyond the paper)
+``sdft-prose``     SDFT's rewrites with their list enumeration removed (``sdft train --prose-targets``): the
+                   same words as prose, a training ablation of the rewrites' format (beyond the paper)
 =================  =====================================================================================
 
 Every arm trains on the same examples (the distilled file: the rewrite arms read its rewrites, the others
@@ -32,10 +34,10 @@ from sdft.base.config import field, from_dict
 from sdft.base.errors import ConfigError
 
 ARMS = ("vanilla", "sdft", "onpolicy", "replay", "interp", "sdft+replay", "onpolicy+replay", "sdft-guard",
-        "self-answer")
+        "self-answer", "sdft-prose")
 DEFAULT_ARMS = ["vanilla", "sdft"]
 # Arms that learn from the distillation's targets, and their mix ratio.
-_REWRITES = {"sdft": 1.0, "sdft+replay": 1.0, "sdft-guard": 1.0, "self-answer": 1.0}
+_REWRITES = {"sdft": 1.0, "sdft+replay": 1.0, "sdft-guard": 1.0, "self-answer": 1.0, "sdft-prose": 1.0}
 
 
 @dataclass
@@ -154,6 +156,8 @@ def _overrides(arm: str, sections: dict) -> dict:
     if "onpolicy" in arm:
         out["objective"] = "onpolicy"
         out.update({f"onpolicy_{k}": v for k, v in (sections.get("onpolicy") or {}).items()})
+    if arm == "sdft-prose":
+        out["prose_targets"] = True
     if "replay" in arm:
         replay = replay_section(sections)
         out.update(replay_data=replay.data, replay_ratio=replay.ratio, replay_source=replay.source,

@@ -76,6 +76,9 @@ class TrainConfig(SystemPromptSettings, LoraSettings, ReplaySettings, Validated)
                   "in each micro-batch whatever its targets", keyed=IF_SET)
     mix_ratio: float | None = field(None, "distilled data: share of accepted rewrites used as targets "
                                           "(1 = SDFT, the default; 0 = vanilla on the same records)")
+    prose_targets: bool = field(False, "remove list enumeration from the training targets (each run of list items "
+                                       "becomes one paragraph, every word kept): the sdft-prose arm's format "
+                                       "ablation", keyed=IF_SET)
     task: TaskKind = field("general", "task kind: picks the prompt template (math preset for math)")
     template: str | None = field(None, "prompt template preset (alpaca, math) or YAML/JSON file")
     template_mode: Mode = field("auto", "render through the chat template (chat) or as plain text")

@@ -28,7 +28,7 @@ from sdft.base.errors import SdftError
 from sdft.models import card
 from sdft.train import data as train_data
 from sdft.train import guards as train_guards
-from sdft.train import replay
+from sdft.train import prose, replay
 from sdft.train.config import TrainConfig
 from sdft.train.guards import interrupted  # noqa: F401  (the CLI's note after Ctrl-C)
 from sdft.train.output import merge, summarize  # noqa: F401  (summarize: the CLI's)
@@ -96,6 +96,8 @@ def prepare(config: TrainConfig) -> Run:
     # On-policy distillation learns from the demonstrations themselves: on a distilled file, the originals.
     mix = 0.0 if config.objective == "onpolicy" and examples and is_distilled(examples[0]) else config.mix_ratio
     pairs, counts = train_data.choose_targets(examples, mix, config.seed)
+    if config.prose_targets:
+        pairs, counts["made_prose"] = prose.prose_pairs(pairs)
 
     template = load_template(config.template or DEFAULT_PROMPT[config.task], "prompt")
     mode = resolve_mode(config.template_mode, load_tokenizer(config.model))

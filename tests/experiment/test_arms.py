@@ -79,3 +79,10 @@ def test_format_aware_arms_bring_the_settings_of_their_own_distillation():
     assert points["sdft-guard"].mix_ratio == points["self-answer"].mix_ratio == 1.0  # they learn the targets
     assert not points["self-answer"].overrides  # the same train settings as every other arm
     assert points["self-answer"].params == {"targets": "rewrites", "self_answer": True}
+
+
+def test_the_prose_arm_trains_on_the_runs_rewrites_with_prose_targets():
+    points = {p.label: p for p in arms.train_points(["vanilla", "sdft", "sdft-prose"], {}, [], [])}
+    prose = points["sdft-prose"]
+    assert prose.overrides == {"prose_targets": True} and prose.distill == {} and prose.mix_ratio == 1.0
+    assert prose.params == {"targets": "rewrites", "prose_targets": True}
