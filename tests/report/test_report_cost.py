@@ -171,3 +171,4 @@ def test_evaluation_seconds_per_task_and_the_machine_in_the_caption(report):
 def test_the_html_report_has_the_cost_table(tmp_path, report):
     html = (tmp_path / layout.REPORT_HTML).read_text()
     assert "<th>total (s)</th>" in html and "<td>shared by sdft, sdft+replay</td>" in html
+    assert "<th>advbench</th>" in html  # the seconds per task: a table of its own
