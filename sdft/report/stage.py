@@ -164,11 +164,15 @@ def shift_section(manifest: Manifest) -> str:
                     f"to the seed).{seed_nll} Parameter shift is the L2 norm of the weight change.")
 
 
-def cost_section(manifest: Manifest) -> str:
-    if not manifest.has_other_arms:  # vanilla vs SDFT: the distillation section states the one extra cost
-        return ""
-    rows, caption = report_cost.cost_table(manifest)
-    return _section("Training cost per arm", report_cost.HEADER, rows, caption) if rows else ""
+def cost_section(manifest: Manifest, run_dir: Path, generations: dict) -> str:
+    """What each model cost, stage by stage, and the evaluation's seconds per task where recorded."""
+    header, rows, caption = report_cost.cost_table(manifest, run_dir, generations)
+    text = _section("Cost per model", header, rows, caption)
+    per_task = report_cost.task_seconds_table(manifest)
+    if per_task:
+        text += ("\n" + _table(*per_task) + "\n\nEvaluation seconds per task: generation and scoring in the session "
+                 "that last ran the task (answers found in a cache cost next to nothing there).\n")
+    return text
 
 
 def load_generations(manifest: Manifest, run_dir: Path) -> dict[str, dict[str, tuple[dict, list[dict]]]]:
@@ -246,14 +250,14 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     distilled = report_distillation.distilled_records(manifest, run_dir)
     scores = paired.load_scores(manifest, run_dir, generations)  # per-item files; generations in older folders
     parts = [f"# SDFT report: {manifest.name}\n",
-             f"Seed model `{manifest.model}`, training data `{manifest.data}` (task kind "
-             f"{manifest.task}){_system_line(manifest)}. Every stage's settings are in its folder's "
-             f"`{layout.STAGE}` and `{layout.RUN_RECORD}`.\n",
+             (f"Seed model `{manifest.model}`, training data `{manifest.data}` (task kind "
+              f"{manifest.task}){_system_line(manifest)}. Every stage's settings are in its folder's "
+              f"`{layout.STAGE}` and `{layout.RUN_RECORD}`.\n"),
              results_section(manifest), paired.paired_section(manifest, scores),
              report_distillation.distill_section(manifest, distilled, run_dir),
              openings_section(distilled, generations),
              length_section(generations), shift_section(manifest),
-             cost_section(manifest)]
+             cost_section(manifest, run_dir, generations)]
     if images:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{title}]({layout.PLOTS}/{path.name})"
                                                      for title, path in images))
