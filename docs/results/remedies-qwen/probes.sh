@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 23 item 3a: does the numbered-list opening *cause* the lost refusals? Decoding probes on the main run's
+# models, AdvBench raw (200), every other setting as the run's own evaluation (so each probe is paired with the
+# model's plain answers, item by item):
+#   - the seed with every answer forced to open with "1." (--answer-prefix);
+#   - each SDFT and each vanilla model (every training seed) with a digit first token banned (--forbid-opening).
+# Usage: probes.sh   (from anywhere; a finished probe is not redone; models not trained yet are skipped)
+# Results: docs/results/remedies-qwen/probe_scores.py runs/remedies-qwen/probes
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+S=${SDFT:-.venv/bin/sdft}
+M=qwen2.5-coder-0.5b-instruct
+R=runs/remedies-qwen
+P=$R/probes
+EV="--tasks advbench --limit 200 --max-new-tokens 384 --batch-size 64 --system-prompt model --backend vllm --precision bf16 --offline --no-progress"
+probe() {  # out folder, then flags
+  local out=$1; shift
+  [ -f "$out/results.json" ] || $S eval --model $M $EV --out "$out" "$@"
+}
+probe $P/seed-prefix-1. --answer-prefix "1."
+for adapter in "$R"/train/vanilla*-*/ "$R"/train/sdft-[0-9a-f]*/ "$R"/train/sdft-s4[0-9]-*/; do
+  [ -f "$adapter/adapter_model.safetensors" ] || continue
+  name=$(basename "$adapter"); label=${name%-*}
+  probe "$P/$label-forbid-digit" --adapter "$adapter" --forbid-opening '\d'
+done
