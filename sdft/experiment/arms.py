@@ -27,11 +27,13 @@ nothing of folders.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
 from sdft.base.config import field, from_dict
 from sdft.base.errors import ConfigError
+from sdft.train.replay import ReplaySettings
 
 ARMS = ("vanilla", "sdft", "onpolicy", "replay", "interp", "sdft+replay", "onpolicy+replay", "sdft-guard",
         "self-answer", "sdft-prose")
@@ -40,14 +42,21 @@ DEFAULT_ARMS = ["vanilla", "sdft"]
 _REWRITES = {"sdft": 1.0, "sdft+replay": 1.0, "sdft-guard": 1.0, "self-answer": 1.0, "sdft-prose": 1.0}
 
 
-@dataclass
-class ReplaySection:
-    """The ``replay`` section of a run config (the ``--replay-*`` options of ``sdft train``)."""
+def _section_of(group: type, prefix: str, **defaults) -> type:
+    """A run-config section declared by a stage's settings group: its ``prefix``-ed fields without the prefix
+    (``replay_data`` -> ``data``), their types, help and key rules, with the section's own ``defaults``."""
+    hints = typing.get_type_hints(group)
+    fields = []
+    for f in dataclasses.fields(group):
+        name = f.name.removeprefix(prefix)
+        default = defaults.get(name, f.default)
+        fields.append((name, hints[f.name], dataclasses.field(default=default, metadata=f.metadata)))
+    return dataclasses.make_dataclass(f"{prefix.strip('_').title()}Section", fields)
 
-    data: str | None = field(None, "general dataset to replay (any shape sdft reads)")
-    ratio: float = field(0.25, "replay examples per task example")
-    source: Literal["data", "seed"] = field("data", "the file's responses, or the seed's greedy answers")
-    max_new_tokens: int = field(256, "token budget of the seed's answers (source seed)")
+
+# The ``replay`` section takes ``sdft train``'s --replay-* settings without the prefix (data, ratio, source,
+# max_new_tokens, backend, precision); a replay arm replays one general example per four by default.
+ReplaySection = _section_of(ReplaySettings, "replay_", ratio=0.25)
 
 
 @dataclass
@@ -160,8 +169,11 @@ def _overrides(arm: str, sections: dict) -> dict:
         out["prose_targets"] = True
     if "replay" in arm:
         replay = replay_section(sections)
-        out.update(replay_data=replay.data, replay_ratio=replay.ratio, replay_source=replay.source,
-                   replay_max_new_tokens=replay.max_new_tokens)
+        given = sections.get("replay") or {}
+        # The engine's settings only when the section sets them: the arm's params (its manifest entry) and
+        # keys stay as they were for runs that never set them.
+        out.update({f"replay_{f.name}": getattr(replay, f.name) for f in dataclasses.fields(replay)
+                    if f.name not in ("backend", "precision") or f.name in given})
     return out
 
 

@@ -47,7 +47,8 @@ class RunConfig(Validated):
     sample_sizes: list[int] = field(default_factory=list, help="training-set sizes to sweep (at mix 0 and 1)")
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS),
                             help=f"arms to train and compare: {', '.join(ARMS)} (docs/arms.md)")
-    replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens")
+    replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens, backend, precision "
+                                                         "(sdft train --replay-* keys without the prefix)")
     onpolicy: dict = field(default_factory=dict, help="onpolicy arms: sdft train --onpolicy-* keys without the prefix")
     interp: dict = field(default_factory=dict, help="interp arm: alphas (0 = seed, 1 = vanilla)")
     guard: dict = field(default_factory=dict, help="sdft-guard arm: min_length_ratio, max_length_ratio (sdft "

@@ -86,3 +86,18 @@ def test_the_prose_arm_trains_on_the_runs_rewrites_with_prose_targets():
     prose = points["sdft-prose"]
     assert prose.overrides == {"prose_targets": True} and prose.distill == {} and prose.mix_ratio == 1.0
     assert prose.params == {"targets": "rewrites", "prose_targets": True}
+
+
+def test_the_replay_section_takes_train_replay_settings_and_pins_the_answers_engine_only_when_set():
+    from sdft.base.config import from_dict, keyed_settings
+    from sdft.train.config import TrainConfig
+
+    plain = arms._overrides("replay", {"replay": {"data": "g.json", "source": "seed"}})
+    pinned = arms._overrides("replay", {"replay": {"data": "g.json", "source": "seed", "backend": "vllm",
+                                                   "precision": "bf16"}})
+    assert "replay_backend" not in plain and pinned["replay_backend"] == "vllm" and pinned["replay_precision"] == "bf16"
+    train = {"data": "-", "out": "-"}
+    assert keyed_settings(from_dict(TrainConfig, {**train, **plain}))["replay_source"] == "seed"
+    assert keyed_settings(from_dict(TrainConfig, {**train, **pinned}))["replay_backend"] == "vllm"
+    with pytest.raises(ConfigError, match=r"replay section: unknown key\(s\) colour; known keys: backend, data"):
+        arms.replay_section({"replay": {"data": "g.json", "colour": "blue"}})
