@@ -16,7 +16,9 @@ import signal
 import sys
 import threading
 
-from sdft.base import hub
+from sdft import __version__
+from sdft.base import hub, provenance, runlock
+from sdft.base.config import add_arguments, resolve
 from sdft.base.errors import SdftError, environment_problem, path_problem
 
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -45,9 +47,6 @@ def _presets(config_cls: type) -> dict | None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    from sdft import __version__
-    from sdft.base.config import add_arguments
-
     parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning toolkit")
     parser.add_argument("--version", action="version", version=f"sdft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -94,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from sdft.base.config import resolve
-
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(command)
@@ -150,8 +147,6 @@ def _release_engines() -> None:
 
 def _out_claimed(config):
     """The run folder (``out``) checked and locked for this process before the stage starts."""
-    from sdft.base import provenance, runlock
-
     out = getattr(config, "out", None)
     if not isinstance(out, str) or out in ("", "-"):
         return contextlib.nullcontext()

@@ -11,7 +11,9 @@ import importlib.util
 from importlib import metadata
 from pathlib import Path
 
-from sdft.base.errors import SdftError
+from sdft.base.errors import DataError, SdftError
+from sdft.base.provenance import file_sha256
+from sdft.base.records import load_records
 
 # import name -> (distribution name, pinned version): what to tell the user to install.
 CARRIERS: dict[str, tuple[str, str]] = {
@@ -89,9 +91,6 @@ def user_records(path: str) -> tuple[list[tuple[str, dict]], str]:
     Loading and error reporting (file, line, field) come from ``sdft.base.records``; a file's sha256 is recorded so
     that results can be traced to the exact data.
     """
-    from sdft.base.provenance import file_sha256
-    from sdft.base.records import load_records
-
     records = load_records(path)
     source = f"{path} (sha256 {file_sha256(path)})" if Path(path).is_file() else f"{path}"
     return records, source
@@ -110,8 +109,6 @@ def hub_records(name: str, config: str | None, split: str) -> tuple[list[tuple[s
 
 def pick(record: dict, names: tuple[str, ...], location: str) -> str:
     """The first present, non-empty text field among ``names``; a DataError naming them otherwise."""
-    from sdft.base.errors import DataError
-
     for name in names:
         value = record.get(name)
         if value is not None and str(value).strip():

@@ -25,6 +25,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdft.base import userfiles
+from sdft.base.config import changed_settings
+from sdft.base.errors import ConfigError, DataError
+from sdft.base.provenance import recordable
 from sdft.base.stats import Metric
 from sdft.base.store import write_json
 
@@ -276,9 +280,6 @@ class Manifest:
     @classmethod
     def read(cls, run_dir: Path) -> "Manifest":
         """A damaged manifest (cut short by a full disk, edited by hand) is one DataError naming it."""
-        from sdft.base import userfiles
-        from sdft.base.errors import DataError
-
         path = Path(run_dir) / MANIFEST
         userfiles.check_regular(path)
         try:
@@ -309,9 +310,6 @@ def claim_stage(folder: Path, key: str, settings: dict, *, overwrite: bool = Fal
 
 def refuse_other_key(where: Path, before: dict | None, key: str, settings: dict) -> None:
     """The resume check shared by every stage: work recorded under another key is never continued."""
-    from sdft.base.config import changed_settings
-    from sdft.base.errors import ConfigError
-
     if before and before.get("key") not in (None, key):
         changed = changed_settings(before.get("settings", {}), settings) or ["inputs"]
         raise ConfigError(f"{where.parent} holds work done with different settings; these differ: "
@@ -330,7 +328,6 @@ def _recordable(settings: dict) -> dict:
     """Settings as a stage folder records them: a URL's query values and user info hidden (a judge
     ``https://...?api-key=...`` is a keyed setting; its key must not reach a file). The key is hashed from
     the settings as given, so two URLs that differ only there still get different keys."""
-    from sdft.base.provenance import recordable
     return recordable(settings)
 
 

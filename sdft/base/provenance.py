@@ -10,6 +10,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from sdft.base.endpoint import hide_query, redact
+
 _URL_USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
 _URL_QUERY = re.compile(r"(https?://[^\s?#]*)\?([^\s#]*)", re.IGNORECASE)
 # A secret typed as an option value (``--backend-option api_key=...``, refused later) never reaches a record.
@@ -45,8 +47,6 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 def command_line() -> str:
     """The command as typed, with any ``user:password@`` and query values in URLs and ``...key=VALUE`` values
     masked: it goes into run records and the lock file."""
-    from sdft.base.endpoint import hide_query
-
     program = Path(sys.argv[0]).name
     if program == "__main__.py":  # started as `python -m sdft`
         program = "python -m sdft"
@@ -58,8 +58,6 @@ def command_line() -> str:
 def recordable(value):
     """``value`` with every http(s) URL's query values and user info hidden (an Azure-style
     ``?api-key=...`` endpoint must not reach a run record); other values unchanged."""
-    from sdft.base.endpoint import redact
-
     if isinstance(value, dict):
         return {k: recordable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

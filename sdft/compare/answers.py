@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sdft.base import layout
+from sdft.base.carriers import has_carrier, install_hint, package_dir
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.store import write_json
 from sdft.compare.common import choose_tasks, distribution, eval_dir, match, read_results, temperatures
@@ -48,7 +49,6 @@ def _embedder(name: str):
     """A SentenceTransformer, from the offline carrier package for all-MiniLM-L6-v2 when installed."""
     if name in _EMBEDDERS:
         return _EMBEDDERS[name]
-    from sdft.base.carriers import has_carrier, install_hint, package_dir
 
     source = name
     if Path(name).expanduser().is_dir():

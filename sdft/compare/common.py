@@ -10,7 +10,10 @@ from typing import NamedTuple, Sequence
 
 from sdft.base import layout
 from sdft.base.errors import ConfigError, DataError, SdftError
+from sdft.base.plugins import import_target
+from sdft.base.stats import mean_interval
 from sdft.base.store import read_jsonl
+from sdft.tasks import TASK_PREFIXES, TASKS, GenerativeTask
 
 _QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
@@ -21,8 +24,6 @@ def distribution(values: Sequence[float], *, bounds: tuple[float, float] | None 
                  bins: int = 20) -> dict:
     """Mean, 95% interval, spread, quantiles, a histogram and the values themselves (NaN left out)."""
     import numpy as np
-
-    from sdft.base.stats import mean_interval
 
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     out: dict = {"n": len(finite), "values": [None if v is None or not math.isfinite(v) else float(v)
@@ -77,8 +78,6 @@ def read_records(folder: Path, task: str) -> dict[str, dict]:
 
 def answers_text(name: str) -> bool:
     """Whether a task's records hold written answers (a generative task, or a user task: always generative)."""
-    from sdft.base.plugins import import_target
-    from sdft.tasks import TASK_PREFIXES, TASKS, GenerativeTask
     if name.startswith(tuple(TASK_PREFIXES)):
         return False
     try:

@@ -11,10 +11,15 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from sdft import generation
 from sdft.base import layout
+from sdft.base.provenance import folder_stamp
 from sdft.base.store import write_json
 from sdft.compare.common import choose_tasks, distribution, eval_dir, match, read_results, setting
 from sdft.compare.config import AnalyzeConfig
+from sdft.generation import auto
+from sdft.generation.loglik import engine_sequence_logprobs, sequence_logprobs
+from sdft.models import resolve
 
 
 def seed_likelihood(model, tokenizer, prompts: Sequence[str], texts: Sequence[str],
@@ -25,8 +30,6 @@ def seed_likelihood(model, tokenizer, prompts: Sequence[str], texts: Sequence[st
     ``mean_nll`` averages the per-answer means (each answer counts once); ``token_nll`` pools all tokens
     (long answers weigh more) and ``perplexity`` is its exponential. Empty texts are left out.
     """
-    from sdft.generation.loglik import engine_sequence_logprobs, sequence_logprobs
-
     pairs = list(zip(prompts, texts))
     # move_space=False: the prompt's final newline was given, not generated.
     if engine is not None:
@@ -59,7 +62,6 @@ def _fingerprint(path: str | None, skip: tuple[str, ...] = ()):
     """A model or adapter folder as its files' names, sizes and times: retrained in place, it scores anew."""
     if not path or not os.path.isdir(path):
         return path
-    from sdft.base.provenance import folder_stamp
     return path, tuple(folder_stamp(path, skip=skip))
 
 
@@ -134,25 +136,21 @@ def _scorer_key(config: AnalyzeConfig) -> tuple:
     choice)."""
     if config.likelihood_backend == "hf":
         return ()
-    from sdft.generation.auto import generation_precision
 
     # The precision as resolved: "auto" on CPUs of two kinds must not share scores made in two precisions.
-    return (config.likelihood_backend, generation_precision(config.likelihood_precision, config.likelihood_backend),
-            tuple(sorted(config.likelihood_backend_option)))
+    precision = auto.generation_precision(config.likelihood_precision, config.likelihood_backend)
+    return config.likelihood_backend, precision, tuple(sorted(config.likelihood_backend_option))
 
 
 def _score_answers(config: AnalyzeConfig, name: str, lora: str | None, prompts: list, texts: list) -> dict:
     label = f"seed answers NLL under {Path(lora or name).name}"
     if config.likelihood_backend == "vllm":
-        from sdft.generation import Engine, backend_setup
-
-        setup = backend_setup(Engine(model=name, backend="vllm", precision=config.likelihood_precision,
-                                     backend_option=tuple(config.likelihood_backend_option)))
+        engine = generation.Engine(model=name, backend="vllm", precision=config.likelihood_precision,
+                                   backend_option=tuple(config.likelihood_backend_option))
+        setup = generation.backend_setup(engine)
         scored = seed_likelihood(None, None, prompts, texts, progress=label, engine=setup.load(lora, progress=False))
         return scored | {"scorer": {"backend": "vllm", "precision": setup.record["precision"]}}
-    from sdft.models.resolve import load_model_and_tokenizer
-
-    net, tokenizer = load_model_and_tokenizer(name, lora)
+    net, tokenizer = resolve.load_model_and_tokenizer(name, lora)
     return seed_likelihood(net, tokenizer, prompts, texts, batch_size=config.batch_size, progress=label)
 
 

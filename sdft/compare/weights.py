@@ -10,22 +10,20 @@ from collections import defaultdict
 from pathlib import Path
 
 from sdft.base import layout
+from sdft.base.store import write_json
 from sdft.compare.config import ShiftConfig
+from sdft.models import resolve
 from sdft.models.adapters import full_shift, lora_shift, total_norm
 
 
 def parameter_shift(config: ShiftConfig) -> dict:
     """Compute the shift for ``--adapter`` or ``--tuned``, save ``weight_shift.json``, return the result."""
-    from sdft.base.store import write_json
-
     config.validate()
     if config.adapter:
         result = lora_shift(config.adapter)
         folder = Path(config.adapter)
     else:
-        from sdft.models.resolve import resolve_model
-
-        result = full_shift(resolve_model(config.model), config.tuned)
+        result = full_shift(resolve.resolve_model(config.model), config.tuned)
         folder = Path(config.tuned)
     out = Path(config.out) if config.out else folder
     result["model"] = config.model

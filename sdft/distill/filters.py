@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sdft import sandbox
 from sdft.base import answers
 from sdft.base.data import Example
 from sdft.base.errors import ConfigError, SdftError
@@ -177,9 +178,8 @@ def _code_check(paper: bool, run_tests: bool, timeout_s: float, memory_mb: int) 
         entry, prefix = tests.get("entry_point"), example.source.get("prompt")
         if entry and prefix and not re.search(rf"\bdef\s+{re.escape(entry)}\s*\(", code):
             code = prefix + code  # a HumanEval-style body without its signature: complete it
-        from sdft.sandbox import check_program  # imported here: only code filters need the sandbox
         context = prefix if entry and prefix else ""  # a HumanEval prompt: trusted helpers for the tests
-        result = check_program(code, **tests, context=context, timeout_s=timeout_s, memory_mb=memory_mb)
+        result = sandbox.check_program(code, **tests, context=context, timeout_s=timeout_s, memory_mb=memory_mb)
         return None if result.passed else Decision(False, "code_failed", f"{result.status}: {result.detail}"[:300])
     return check
 
@@ -218,8 +218,6 @@ def make_filter(kind: str = "general", mode: str = "default", **options) -> Filt
         check = _call_check(paper, options.pop("signatures", None))
     elif kind == "code":
         if not paper and options.get("run_tests", True):
-            from sdft import sandbox
-
             sandbox.require()  # refuse before any model is loaded, not on the first rewrite
         check = _code_check(paper, bool(options.pop("run_tests", True)), float(options.pop("timeout_s", 10)),
                             int(options.pop("memory_mb", 512)))

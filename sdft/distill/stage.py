@@ -27,20 +27,22 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sdft.base import layout, templates
+from sdft import generation, sandbox
+from sdft.base import layout, provenance, templates
 from sdft.base.config import column_mapping, keyed_settings, stage_key, to_dict
-from sdft.base.data import seeded_subset
+from sdft.base.data import load_examples, seeded_subset, with_response
 from sdft.base.errors import ConfigError
 from sdft.base.store import ProgressFile, write_json, write_jsonl
 from sdft.distill import formats
 from sdft.distill import turns as distill_turns
 from sdft.distill.config import DistillConfig
+from sdft.distill.filters import make_filter
 from sdft.generation import engine_key
+from sdft.models import resolve
 
 
 def _run_record(config: DistillConfig, template: templates.Template, mode: str, model_path: str,
                 tokenizer, generation: dict, answer: templates.Template | None = None) -> dict:
-    from sdft.base import provenance
     data_path = Path(config.data)
     record = {
         "model": {"name": config.model, "path": model_path, "source": _model_source(model_path)},
@@ -66,16 +68,13 @@ def _run_record(config: DistillConfig, template: templates.Template, mode: str, 
         inputs.append(record["answer_template"])
     record["settings_key"] = stage_key(config, *inputs)
     if (config.filter or config.task) == "code":  # where rewrites' code ran (not part of the key)
-        from sdft import sandbox
-
         record["sandbox"] = sandbox.record()
     return provenance.run_record(to_dict(config), **record)
 
 
 def _model_source(model_path: str) -> dict | None:
     """The embedded model records where it came from (GGUF file and checksum)."""
-    from sdft.models.resolve import SOURCE_FILE
-    source = Path(model_path) / SOURCE_FILE
+    source = Path(model_path) / resolve.SOURCE_FILE
     return json.loads(source.read_text()) if source.is_file() else None
 
 
@@ -88,10 +87,6 @@ def _refuse_unkeyed_progress(out: Path) -> None:
 
 def distill(config: DistillConfig) -> dict:
     """Run (or resume) distillation; returns the statistics also written to ``stats.json``."""
-    from sdft.base.data import load_examples
-    from sdft.distill.filters import make_filter
-    from sdft.generation import backend_setup
-
     # Everything that can fail on bad input fails here, before the model is loaded.
     examples = load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns),
                              limit=config.limit if config.sample_seed is None else None,
@@ -101,7 +96,7 @@ def distill(config: DistillConfig) -> dict:
     template = templates.load_template(config.template or templates.DEFAULT_DISTILL[config.task], "distill")
     accept = distill_turns.checking_calls(make_filter(config.filter or config.task, mode=config.filter_mode))
     out = Path(config.out)
-    setup = backend_setup(config)
+    setup = generation.backend_setup(config)
     backend = setup.load(config.adapter, progress=False)  # we draw the bar
     tokenizer = backend.tokenizer  # declared by every backend (None: plain prompts)
     mode = templates.resolve_mode(config.template_mode, tokenizer) if tokenizer is not None else "plain"
@@ -168,8 +163,6 @@ def _progress_record(example, completion, prompt: str, accept, seconds: float, o
 
 
 def _finish(examples, progress: ProgressFile, own: ProgressFile | None, out: Path, config) -> dict:
-    from sdft.base.data import with_response
-
     records, done, done_turns = [], [], []
     for ex in examples:
         p, mine = progress.records[ex.id], own.records[ex.id] if own is not None else None

@@ -15,6 +15,7 @@ import dataclasses
 
 from sdft.base import chat, conversation
 from sdft.base.data import Example
+from sdft.distill.filters import Decision
 
 TURNS = ("all_turns", "last_turn")
 SEPARATOR = "#"
@@ -46,8 +47,6 @@ def prompt(unit: Example, template, tokenizer, mode: str, system_prompt: str) ->
 
 def checking_calls(accept):
     """The filter, with a tool-call turn's rewrite refused unless it makes the original's calls exactly."""
-    from sdft.distill.filters import Decision
-
     def check(unit: Example, completion, prompt_text: str):
         turn = unit.conversation()[-1]
         if turn.get("tool_calls") and not conversation.same_calls(completion.text, turn["tool_calls"]):

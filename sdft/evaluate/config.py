@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from sdft.base import templates
 from sdft.base.config import DEFAULT_MODEL, IF_SET, Validated, field, override
+from sdft.base.endpoint import api_key, check_url
 from sdft.base.errors import ConfigError
 from sdft.base.templates import SystemPromptSettings
 from sdft.generation import DecodingSettings, EngineSettings
+from sdft.tasks import TASK_PREFIXES, TASKS, task_class
 
 PRESETS = {
     # The reference code's evaluation: its do_predict runs pass no decoding flags, so they sample with the
@@ -54,8 +56,6 @@ class EvalConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Validat
     progress: bool = field(True, "show a progress bar", keyed=False)
 
     def validate(self) -> None:
-        from sdft.tasks import TASK_PREFIXES, TASKS, task_class
-
         if not self.tasks:
             raise ConfigError("eval needs --tasks, e.g. --tasks gsm8k,advbench")
         if len(set(self.tasks)) != len(self.tasks):
@@ -90,7 +90,6 @@ class EvalConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Validat
         if "winrate" in self.tasks and not self.judge:
             raise ConfigError("task winrate needs --judge (a model, or an OpenAI-compatible endpoint URL)")
         if self.judge and self.judge.startswith(("http://", "https://")):
-            from sdft.base.endpoint import api_key, check_url
             check_url(self.judge, has_key=bool(api_key()))  # before anything is written or loaded
         self.check_opening_probe()
         self.check_system_prompt_settings()

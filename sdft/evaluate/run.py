@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from sdft import generation
 from sdft.base import item_scores, layout
 from sdft.base.config import stage_key, to_dict
 from sdft.base.keys import without_old_defaults
+from sdft.base.provenance import package_versions
 from sdft.base.store import ProgressFile, write_jsonl
 from sdft.evaluate import opening
+from sdft.generation.loglik import score_multiple_choice
 from sdft.tasks import ExternalTask, GenerativeTask, LoglikelihoodTask, TaskContext
 
 
@@ -25,8 +28,6 @@ def task_settings(name: str, task, config, params=None, precision: str = "fp32",
     ``precision`` are the resolved ones (``sdft.generation.backend_setup``; the config keeps what was asked);
     ``lora_mode`` is set when it is keyed (``engine_key``); ``probe``: a decoding probe's settings
     (``EvalConfig.opening``), generative tasks only."""
-    from sdft.base.provenance import package_versions
-
     template = task.template
     settings = {
         "task": name, "model": config.model, "adapter": config.adapter, "backend": backend or config.backend,
@@ -57,9 +58,7 @@ def task_settings(name: str, task, config, params=None, precision: str = "fp32",
 def run_generate(name: str, task: GenerativeTask, examples: list[dict], session, config, out: Path,
                  judge=None) -> dict:
     params = config.decoding(name, task.max_new_tokens, tuple(task.stop))
-    from sdft.generation import engine_key
-
-    engine = engine_key(session.setup.record, config.adapter)
+    engine = generation.engine_key(session.setup.record, config.adapter)
     settings = task_settings(name, task, config, params, engine["precision"], engine.get("lora_mode"), engine["backend"],
                              config.opening())
     context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge, out)
@@ -128,10 +127,6 @@ def _score(task: GenerativeTask, examples: list[dict], units: list[dict], contex
 
 
 def run_loglik(name: str, task: LoglikelihoodTask, examples: list[dict], session, config, out: Path) -> dict:
-    try:
-        from sdft.generation.loglik import score_multiple_choice
-    except ImportError as exc:
-        return {"metric": task.metric, "skipped": f"log-likelihood scoring unavailable ({exc})"}
     # The dtype the scoring model is loaded in (fp32 on a CPU unless bf16 is asked for by name).
     settings = task_settings(name, task, config, precision=session.loglik_precision, backend=session.setup.name)
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]))

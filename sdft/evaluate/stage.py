@@ -25,12 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-from sdft.base import layout, templates
+from sdft import generation
+from sdft.base import layout, provenance, templates
 from sdft.base.config import to_dict
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.store import write_json
 from sdft.evaluate.config import EvalConfig
-from sdft.tasks import ExternalTask, GenerativeTask, JudgedTask
+from sdft.evaluate.run import run_external, run_generate, run_loglik
+from sdft.generation import auto
+from sdft.models import resolve
+from sdft.tasks import ExternalTask, GenerativeTask, JudgedTask, get_task
+from sdft.tasks.winrate import make_judge
 
 
 class ModelSession:
@@ -38,8 +43,7 @@ class ModelSession:
 
     def __init__(self, config: EvalConfig, setup):
         self.config, self.setup = config, setup  # setup: the resolved sdft.generation.BackendSetup
-        from sdft.generation import loads_hf_weights
-        self.hf_like = loads_hf_weights(setup.name)
+        self.hf_like = generation.loads_hf_weights(setup.name)
         self._backend = self._tokenizer = self._hf = None
 
     @property
@@ -58,8 +62,7 @@ class ModelSession:
         """For rendering prompts; a bare tokenizer load is cheap, so the model waits until it generates."""
         if self._tokenizer is None:
             if self._backend is None and self.hf_like:
-                from sdft.models.resolve import load_tokenizer
-                self._tokenizer = load_tokenizer(self.model_path, adapter=self.config.adapter)
+                self._tokenizer = resolve.load_tokenizer(self.model_path, adapter=self.config.adapter)
             else:
                 self._tokenizer = self.backend.tokenizer
         return self._tokenizer
@@ -71,8 +74,7 @@ class ModelSession:
         generation (auto: fp32 on a CPU, where HF bf16 was not faster; bf16 on a GPU)."""
         if self.setup.name == "hf":
             return self.setup.record["precision"]
-        from sdft.generation.auto import generation_precision
-        return generation_precision(self.config.precision, "hf")
+        return auto.generation_precision(self.config.precision, "hf")
 
     def hf_model_and_tokenizer(self):
         """Raw HF model + tokenizer for log-likelihood tasks, in :attr:`loglik_precision`, shared with the HF
@@ -83,19 +85,14 @@ class ModelSession:
             if backend is not None and backend.model is not None:  # declared: a torch module, or None
                 self._hf = (backend.model, backend.tokenizer)
             else:
-                from sdft.models.resolve import load_model_and_tokenizer
                 # Loaded in the recorded dtype by name: a bare default would be bf16/fp16 on a GPU.
-                self._hf = load_model_and_tokenizer(self.config.model if not self.hf_like else self.model_path,
-                                                    self.config.adapter, dtype=self.loglik_precision)
+                model = self.config.model if not self.hf_like else self.model_path
+                self._hf = resolve.load_model_and_tokenizer(model, self.config.adapter, dtype=self.loglik_precision)
         return self._hf
 
 
 def evaluate(config: EvalConfig) -> dict:
     """Run (or resume) every task; returns the dict also written to ``out/results.json``."""
-    from sdft.base import provenance
-    from sdft.evaluate.run import run_external, run_generate, run_loglik
-    from sdft.tasks import get_task
-
     out = Path(config.out)
     data, checkers, options = config.data_paths(), config.checkers(), config.task_options()
     # Build every task first: bad names, options and data files fail before any model is loaded.
@@ -109,14 +106,13 @@ def evaluate(config: EvalConfig) -> dict:
         tasks[name].check_ready()  # e.g. lm_eval: a missing package fails now, not hours in
     judge = None
     if any(isinstance(t, JudgedTask) for t in tasks.values()):
-        from sdft.tasks.winrate import make_judge  # the judge loads on first use, like the model
+        # The judge loads on first use, like the model.
         # The judge's engine is resolved as the model's is; it shares the run's precision unless it has its own backend.
         judge = make_judge(config.judge, model_name=config.judge_model, backend=config.judge_backend or config.backend,
                            precision=config.precision if not config.judge_backend else "auto",
                            batch_size=config.batch_size, template_mode=config.template_mode)
     examples, skipped = _load_examples(tasks, data, config)
-    from sdft.generation import backend_setup
-    setup = backend_setup(config)
+    setup = generation.backend_setup(config)
     session = ModelSession(config, setup)
     results = _previous_results(out, config)
     results.update({"model": config.model, "adapter": config.adapter, "backend": setup.name,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from sdft.base import layout
 from sdft.base.errors import SdftError
+from sdft.base.provenance import folder_stamp
+from sdft.models import resolve
 from sdft.tasks import task_revisions
 
 
@@ -41,13 +43,10 @@ def answers_stamp(config) -> dict | None:
     the adapter (a name or path can point to new weights: a re-provisioned alias, a retrained adapter), the
     engine's options, the batch size (batched padding can change greedy answers), the tasks' revisions and
     data folders. None (no reuse) for a remote server, whose weights cannot be seen from here."""
-    from sdft.base.provenance import folder_stamp
-    from sdft.models.resolve import resolve_model
-
     if config.endpoint or config.backend == "openai":
         return None
     try:
-        model = resolve_model(config.model)
+        model = resolve.resolve_model(config.model)
     except SdftError:
         return None  # the stage itself reports it
     data = [entry.split("=", 1) for entry in config.data if "=" in entry]

@@ -33,6 +33,9 @@ from typing import Literal
 
 from sdft.base.config import field, from_dict
 from sdft.base.errors import ConfigError
+from sdft.distill.config import DistillConfig
+from sdft.train.config import TrainConfig
+from sdft.train.interp import check_alphas
 from sdft.train.replay import ReplaySettings
 
 ARMS = ("vanilla", "sdft", "onpolicy", "replay", "interp", "sdft+replay", "onpolicy+replay", "sdft-guard",
@@ -125,8 +128,6 @@ def check(arms: list[str], sections: dict, train_section: dict, distill_section:
     if any("replay" in a for a in arms) and not replay.data:
         raise ConfigError("the replay arms need 'replay: {data: FILE}' (a general dataset to replay)")
     interp_section(sections)
-    from sdft.distill.config import DistillConfig
-    from sdft.train.config import TrainConfig
 
     for point in train_points(arms, sections, mix_ratios=[], sample_sizes=[]):
         from_dict(TrainConfig, {**train_section, "data": "-", "out": "-", **point.overrides},
@@ -144,8 +145,6 @@ def replay_section(sections: dict) -> ReplaySection:
 
 
 def interp_section(sections: dict) -> InterpSection:
-    from sdft.train.interp import check_alphas
-
     section = from_dict(InterpSection, sections.get("interp") or {}, "interp section")
     return InterpSection(check_alphas(section.alphas))
 

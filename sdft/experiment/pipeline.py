@@ -27,14 +27,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from sdft.base import layout, provenance
+from sdft.base import layout, provenance, runlock
 from sdft.base.config import column_mapping, from_dict, keyed_settings, load_yaml, stage_key, to_dict
+from sdft.base.data import load_examples
 from sdft.base.errors import ConfigError
 from sdft.base.keys import without_old_defaults
 from sdft.base.layout import Arm, Manifest, StageRecord
 from sdft.base.records import looks_local
 from sdft.base.store import write_json
+from sdft.compare import answers as analyze
+from sdft.compare.config import AnalyzeConfig, ShiftConfig
+from sdft.compare.weights import parameter_shift
+from sdft.distill import stage as distill_stage
 from sdft.distill.config import DistillConfig
+from sdft.evaluate import stage as evaluate_stage
+from sdft.evaluate.config import EvalConfig
 from sdft.experiment import answer_reuse, overrides, plan
 from sdft.experiment import arms as arm_list
 from sdft.experiment.config import RunCommand, RunConfig
@@ -52,7 +59,11 @@ from sdft.experiment.targets import (  # noqa: F401  (some: names of this module
     stage_done,
     sweep_points,
 )
+from sdft.generation import release_engines
 from sdft.models import card
+from sdft.train import stage as train_stage
+from sdft.train.config import TrainConfig
+from sdft.train.interp import scale_adapter
 
 
 def help_epilog() -> str:
@@ -85,9 +96,6 @@ def load_run_config(path: str | Path, settings: list[str] = (), **flags) -> RunC
 
 def stage_configs(config: RunConfig) -> dict:
     """The distill, train and eval configs this run will use (templates for each sweep point)."""
-    from sdft.evaluate.config import EvalConfig
-    from sdft.train.config import TrainConfig
-
     _check_data(config)
     # One system text for all stages by default (the model must be trained and tested under the same one).
     system = {"system_prompt": config.system_prompt}
@@ -100,8 +108,6 @@ def stage_configs(config: RunConfig) -> dict:
                       "train section")
     evaluation = from_dict(EvalConfig, {**system, **config.eval, "model": config.model, "out": "-"},
                            "eval section")
-    from sdft.compare.config import AnalyzeConfig
-
     from_dict(AnalyzeConfig, {**shift_settings(config), "reference": "-", "candidate": "-"}, "shift section")
     not_evaluated = sorted(set(config.shift_tasks) - set(evaluation.tasks))
     if not_evaluated:  # else the shift stage would fail after the first model is trained
@@ -118,8 +124,6 @@ def stage_configs(config: RunConfig) -> dict:
 
 def _check_data(config: RunConfig) -> None:
     """Local training data is read and validated now, so bad records stop the run before any work."""
-    from sdft.base.data import load_examples
-
     path = Path(config.data)
     if path.exists():
         load_examples(config.data, shape=config.shape, columns=column_mapping(config.columns))
@@ -147,7 +151,7 @@ def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dic
 
 def run(config: RunConfig, log=print) -> Manifest:
     """Run (or resume) the experiment; returns the manifest also saved as ``manifest.json``."""
-    from sdft.distill.stage import distill
+    # here: the report's seed statistics import numpy and scipy, a second that `sdft run --help` need not wait
     from sdft.report import stage as report
 
     stages = stage_configs(config)
@@ -167,12 +171,12 @@ def run(config: RunConfig, log=print) -> Manifest:
     distilled_key, distill_dir = distill_target(distill_config, run_dir)
     manifest.distill = StageRecord(str(distill_dir), run_stage(
         distill_dir, distilled_key, keyed_settings(distill_config),
-        lambda f: distill(replace(distill_config, out=str(f))), log))
+        lambda f: distill_stage.distill(replace(distill_config, out=str(f))), log))
     # The arms with a distillation of their own (sdft-guard, self-answer) get it now, while the engine is warm.
     own = arm_distillations(config, stages, run_dir)
     for arm_config, key, folder in own.values():
-        run_stage(folder, key, keyed_settings(arm_config), lambda f, c=arm_config: distill(replace(c, out=str(f))),
-                  log)
+        run_stage(folder, key, keyed_settings(arm_config),
+                  lambda f, c=arm_config: distill_stage.distill(replace(c, out=str(f))), log)
 
     for model in models(config, stages["train"], distilled_key, run_dir, own):
         source = model.distilled or distill_dir
@@ -202,34 +206,27 @@ def _build(model: Model, folder: Path, distilled: str) -> dict:
     """Train a training point, or scale vanilla's adapter for the interp arm (WiSE-FT)."""
     if model.train is not None:
         return _train(replace(model.train, data=distilled, out=str(folder)))
-    from sdft.train.interp import scale_adapter
-
     return scale_adapter(model.source, folder, model.alpha)
 
 
 def _evaluate(template, run_dir: Path, label: str, adapter: str | None, upstream: str, log) -> StageRecord:
-    from sdft.evaluate.stage import evaluate
-
     config, key, folder = eval_target(template, run_dir, label, adapter, upstream)
 
     def work(f: Path) -> dict:
         answer_reuse.start_from_siblings(f, config, log)
-        return evaluate(replace(config, out=str(f)))
+        return evaluate_stage.evaluate(replace(config, out=str(f)))
     return StageRecord(str(folder), run_stage(folder, key, keyed_settings(config), work, log))
 
 
 def _train(config) -> dict:
     """Train (resuming from checkpoints when a crash left some), unless a crash came after training
     finished but before the stage was marked done."""
-    from sdft.generation import release_engines
-    from sdft.train.stage import train
-
     release_engines()  # the engine that distilled or evaluated would sit on the memory and cores training needs
     out = Path(config.out)
     finished = out / layout.TRAIN_RECORD
     if finished.is_file() and not (out / layout.CHECKPOINTS).is_dir():
         return json.loads(finished.read_text())
-    return train(replace(config, resume=(out / layout.CHECKPOINTS).is_dir()))
+    return train_stage.train(replace(config, resume=(out / layout.CHECKPOINTS).is_dir()))
 
 
 def _score_seed_answers(config: RunConfig, seed: Arm) -> None:
@@ -238,21 +235,13 @@ def _score_seed_answers(config: RunConfig, seed: Arm) -> None:
     shift = shift_settings(config)
     if shift.get("likelihood_backend") != "vllm" or not shift.get("likelihood", True) or not shift.get("baseline", True):
         return
-    from sdft.compare import answers
-    from sdft.compare.config import AnalyzeConfig
-
-    answers.score_baseline(AnalyzeConfig(**shift, reference=seed.eval.dir, candidate=seed.eval.dir,
+    analyze.score_baseline(AnalyzeConfig(**shift, reference=seed.eval.dir, candidate=seed.eval.dir,
                                          tasks=config.shift_tasks or None, model=config.model))
 
 
 def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> dict:
     """How far one trained model moved from the seed: its answers (text similarity, seed likelihood) and
     its weights."""
-    from sdft.compare import answers as analyze
-    from sdft.compare.config import ShiftConfig
-    from sdft.compare.weights import parameter_shift
-    from sdft.generation import release_engines
-
     shift = shift_settings(config)
     if shift.get("likelihood_backend", "hf") == "hf":
         release_engines()  # scoring loads the model in torch beside it otherwise
@@ -264,8 +253,6 @@ def compare_with_seed(config: RunConfig, seed: Arm, arm: Arm, folder: Path) -> d
 
 
 def run_command(command: RunCommand) -> dict:
-    from sdft.base import runlock
-
     path, settings = command.file_and_overrides()
     config = load_run_config(path, settings, name=command.name, out_root=command.out_root)
     if command.dry_run:  # looks only: no lock, no folder, no model

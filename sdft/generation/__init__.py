@@ -19,6 +19,9 @@ from sdft.base.config import field
 from sdft.base.errors import ConfigError
 from sdft.base.keys import without_old_defaults
 from sdft.base.plugins import import_target
+from sdft.base.provenance import recordable
+from sdft.generation import auto
+from sdft.models import resolve
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -188,8 +191,7 @@ def model_for_backend(name: str, model: str) -> str:
     ``.gguf`` files and hub ids resolved and cached), the name as given for others (test doubles,
     remote endpoints)."""
     if loads_hf_weights(name):
-        from sdft.models.resolve import resolve_model
-        return resolve_model(model)
+        return resolve.resolve_model(model)
     return model
 
 
@@ -217,9 +219,7 @@ def backend_options(cls: type) -> tuple[dict, Any]:
 def check_backend_options(backend: str, endpoints: list[str], items: list[str]) -> dict:
     """Parse ``--backend-option`` items and refuse, in one line listing the valid ones, a key that the
     backend (``auto``: any backend it may choose) does not take, or a value of the wrong type for it."""
-    from sdft.generation.auto import parse_options, vllm_installed
-
-    options = parse_options(items)
+    options = auto.parse_options(items)
     if not options:
         return options
     for key in options:
@@ -228,7 +228,7 @@ def check_backend_options(backend: str, endpoints: list[str], items: list[str]) 
     if backend != "auto":
         names = [backend]
     else:
-        names = ["openai"] if endpoints else ["hf", "vllm"] if vllm_installed() else ["hf"]
+        names = ["openai"] if endpoints else ["hf", "vllm"] if auto.vllm_installed() else ["hf"]
     cls = backend_class(names[0]) if len(names) == 1 else None
     if hasattr(cls, "check_options"):  # the backend's own refusals first (an API key given as a setting)
         cls.check_options({**options, "endpoint": endpoints or None})
@@ -322,8 +322,6 @@ def _takes(cls: type, name: str) -> bool:
 
 def backend_setup(config: EngineSettings) -> BackendSetup:
     """Resolve a stage config's :class:`EngineSettings` for its ``model`` (auto choices printed)."""
-    from sdft.generation.auto import choose
-
     requested, endpoints = config.backend, list(config.endpoint)
     if requested == "auto" and endpoints:
         requested = "openai"  # naming servers is choosing them
@@ -331,9 +329,8 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
         raise ConfigError(f"--endpoint applies to --backend openai, not '{requested}'")
     folder = None
     if requested == "auto":
-        from sdft.models.resolve import resolve_model
-        folder = resolve_model(config.model)
-    choice = choose(requested, config.precision, folder)
+        folder = resolve.resolve_model(config.model)
+    choice = auto.choose(requested, config.precision, folder)
     cls = backend_class(choice.backend)
     # Checked once more for the backend chosen: under auto, a key only the other one takes stops here.
     options = check_backend_options(choice.backend, endpoints, list(config.backend_option))
@@ -342,14 +339,13 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
     if endpoints:
         options["endpoint"] = endpoints
     if choice.backend == "vllm":
-        from sdft.generation.vllm_backend import resolve_lora_mode
+        from sdft.generation.vllm_backend import resolve_lora_mode  # here: vllm_backend imports this package (cycle)
         # Resolved here so that the run records say how an adapter was applied (it changes the numerics).
         options["lora_mode"] = resolve_lora_mode(options.get("lora_mode", "auto"))
     if hasattr(cls, "check_options"):  # before the options reach any record: a stage may never load the backend
         cls.check_options(options)
     path = folder or model_for_backend(choice.backend, config.model)
-    from sdft.base.provenance import recordable  # endpoint URLs may carry a key in their query string
-
+    # recordable: endpoint URLs may carry a key in their query string
     record = {**choice.record(), "options": recordable({k: v for k, v in options.items() if k != "precision"})}
     return BackendSetup(choice.backend, path, options, record)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdft.base.errors import ConfigError
+from sdft.base.hardware import cpu_has_native_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -39,7 +40,6 @@ class Choice:
 
 def cpu_bf16_support() -> bool:
     """Whether this CPU has bf16 matrix units (AMX or AVX512-BF16): one test for training and generation."""
-    from sdft.base.hardware import cpu_has_native_bf16
     return cpu_has_native_bf16()
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 from sdft.base.errors import ConfigError
 from sdft.generation import Completion, GenerationParams
+from sdft.models import resolve
 
 Respond = Callable[[str], "str | Completion"] | Mapping[str, str]
 
 
 def _local_model(model: str) -> bool:
     """A name whose tokenizer loads offline (a folder or an embedded alias); fake names are fine too."""
-    from sdft.models.resolve import ALIASES
-    return model in ALIASES or Path(model).is_dir()
+    return model in resolve.ALIASES or Path(model).is_dir()
 
 
 def _default_respond(prompt: str) -> str:
@@ -44,8 +44,7 @@ class FakeBackend:
         self.respond, self.default = respond or _default_respond, default
         self.calls: list[tuple[list[str], GenerationParams]] = []
         if isinstance(tokenizer, (str, Path)) or (tokenizer is None and model and _local_model(model)):
-            from sdft.models.resolve import load_tokenizer
-            tokenizer = load_tokenizer(str(tokenizer or model))
+            tokenizer = resolve.load_tokenizer(str(tokenizer or model))
         self.tokenizer = tokenizer
         self.model = None
 

@@ -14,6 +14,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from sdft.generation import Completion, GenerationParams, cut_at_stop
 from sdft.generation.prompts import encode_prompts, row_seeds, warn_truncated
+from sdft.models import resolve
 
 
 class SeededSampler(LogitsProcessor):
@@ -64,11 +65,9 @@ class HFBackend:
 
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
                  progress: bool = True, precision: str | None = None):
-        from sdft.models.resolve import load_model_and_tokenizer
-
         if dtype is None and precision in ("fp32", "bf16", "fp16"):
             dtype = precision
-        self.model, self.tokenizer = load_model_and_tokenizer(model, adapter, dtype=dtype, device=device)
+        self.model, self.tokenizer = resolve.load_model_and_tokenizer(model, adapter, dtype=dtype, device=device)
         self.tokenizer.padding_side = "left"
         self.progress = progress
         tok, config = self.tokenizer, self.model.generation_config

@@ -41,6 +41,8 @@ from sdft.base.endpoint import (
 from sdft.base.errors import ConfigError, SdftError
 from sdft.generation import Completion, GenerationParams, cut_at_stop
 from sdft.generation.fleet import Fleet
+from sdft.generation.prompts import encode_prompts, row_seeds, warn_truncated
+from sdft.models import resolve
 
 API_KEY_ENVS = ("SDFT_API_KEY", "OPENAI_API_KEY")
 
@@ -115,9 +117,8 @@ class OpenAIBackend:
 
     @staticmethod
     def _tokenizer(name: str):
-        from sdft.models.resolve import ALIASES, load_tokenizer
-        if name in ALIASES or Path(name).expanduser().is_dir():
-            return load_tokenizer(name)
+        if name in resolve.ALIASES or Path(name).expanduser().is_dir():
+            return resolve.load_tokenizer(name)
         return None  # a remote-only model: the server tokenizes the text
 
     # ------------------------------------------------------------------------------------------ HTTP
@@ -197,8 +198,6 @@ class OpenAIBackend:
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
         from tqdm.auto import tqdm
-
-        from sdft.generation.prompts import encode_prompts, row_seeds, warn_truncated
 
         if not prompts:
             return []

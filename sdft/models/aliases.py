@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdft.base.carriers import package_dir
 from sdft.base.config import DEFAULT_MODEL
 from sdft.base.errors import SdftError
 from sdft.base.provenance import file_sha256
@@ -71,8 +72,6 @@ ALIASES: dict[str, EmbeddedModel] = {
 
 def part_files(alias: str) -> list[Path]:
     """The alias's part files in order; one error naming every missing package and how to install it."""
-    from sdft.base.carriers import package_dir
-
     info = ALIASES[alias]
     files, missing = [], []
     for part in info.parts:

@@ -54,6 +54,8 @@ from pathlib import Path
 from typing import Literal
 
 from sdft.base.errors import ConfigError, SdftError
+from sdft.sandbox.kernel import SYSTEM_PATHS, Cgroup, python_paths
+from sdft.sandbox.verdict import Output, classify, collect
 
 __all__ = ["SandboxResult", "run_python", "check_program", "isolation", "require", "record", "stop_all", "resume"]
 
@@ -173,8 +175,6 @@ def _spec(program: str, workers: list[dict], *, timeout_s: float, memory_mb: int
           python: str | None, strict: bool | None = None) -> dict:
     import importlib.util
 
-    from sdft.sandbox.kernel import SYSTEM_PATHS, python_paths
-
     python = python or sys.executable
     found = importlib.util.find_spec("pyseccomp")
     prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
@@ -214,8 +214,6 @@ class _Outcome:
             self.timed_out = True
 
     def result(self, main: str) -> SandboxResult:
-        from sdft.sandbox.verdict import classify
-
         worker = self.workers.get(main, {})
         status, returncode, detail = classify(self, main)
         return SandboxResult(status, returncode, self.stdout, self.stderr, worker.get("wall_s", self.elapsed_s),
@@ -243,8 +241,6 @@ def resume() -> None:
 
 
 def _launch(spec: dict, timeout_s: float, max_output_bytes: int) -> _Outcome:
-    from sdft.sandbox.verdict import Output, collect
-
     outcome, start = _Outcome(), time.monotonic()
     if _STOPPING.is_set():
         outcome.problems.append("sandbox stopped: the run was interrupted")
@@ -305,7 +301,5 @@ def _stop_host(host: subprocess.Popen, run_id: str) -> None:
     for stream in (host.stdout, host.stderr):
         stream.close()
     if host.returncode != 0:
-        from sdft.sandbox.kernel import Cgroup
-
         with contextlib.suppress(OSError):  # a clean-up that fails changes no verdict; the next run sweeps
             Cgroup.remove_left(host.pid, run_id)

@@ -27,6 +27,7 @@ from math import isfinite  # not `import math`: the submodule sdft.tasks.math wo
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from sdft.base import templates
 from sdft.base.errors import ConfigError
 from sdft.base.plugins import import_target
 from sdft.base.stats import Metric
@@ -121,7 +122,6 @@ class GenerativeTask(Task):
 
     def render(self, template, instruction: str, tokenizer, **overrides) -> str:
         """``templates.render`` with this task's template mode and system-prompt choice (eval options)."""
-        from sdft.base import templates
         settings = {"mode": self.options.get("template_mode", "auto"),
                     "system_prompt": self.options.get("system_prompt", templates.DEFAULT_SYSTEM_PROMPT)}
         return templates.render(template, instruction, tokenizer=tokenizer, **{**settings, **overrides})

@@ -17,8 +17,10 @@ import numbers
 from pathlib import Path
 
 from sdft.base import chat, templates
+from sdft.base.data import load_examples
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.plugins import import_target
+from sdft.base.provenance import file_sha256
 from sdft.tasks import GenerativeTask
 
 
@@ -49,9 +51,6 @@ class CustomTask(GenerativeTask):
                               "known: template, shape, column.ROLE, metric")
 
     def examples(self) -> list[dict]:
-        from sdft.base.data import load_examples
-        from sdft.base.provenance import file_sha256
-
         loaded = load_examples(self.data_path, shape=self.shape, columns=self.columns or None)
         path = Path(self.data_path)
         self.source = f"{path} (sha256 {file_sha256(path)})" if path.is_file() else str(path)

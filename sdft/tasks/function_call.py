@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdft.base import carriers, templates
+from sdft.base import answers, carriers, templates
 from sdft.base.errors import ConfigError, DataError
+from sdft.base.records import load_records
 from sdft.tasks import GenerativeTask
 
 
@@ -60,8 +61,6 @@ class OpenFunctions(GenerativeTask):
         return self.render(self.template, example["instruction"], tokenizer)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
-        from sdft.base import answers
-
         if self.rule == "paper":
             ok = answers.paper_call_match(completion, example["reference"])
             return float(ok), "paper_rule_match" if ok else "paper_rule_mismatch"
@@ -80,8 +79,6 @@ def paper_half_credit_score(candidate: str, reference: str) -> float:
     """The ``reproduce`` branch's ``check_openfunction``: 1 for the exact rule, else 0.5 for its positional
     fallback, else 0 (flaws kept: the first "(" to the first ")" of the answer, values matched as
     substrings, a value containing a comma never matches)."""
-    from sdft.base import answers
-
     if answers.paper_call_match(candidate, reference):
         return 1.0
     match = answers._PAPER_CALL.match(answers._paper_standardize(reference))
@@ -128,13 +125,11 @@ class BFCL(GenerativeTask):
             records, self.source = carriers.user_records(self.data_path)
             answers_path = Path(self.data_path).parent / "possible_answer" / Path(self.data_path).name
         else:
-            from sdft.base.records import load_records
             records = load_records(carriers.carrier_file(*_BFCL))
             answers_path = carriers.carrier_file(*_BFCL_ANSWERS)
             self.source = carriers.describe(*_BFCL)
         truth = {}
         if answers_path.is_file():
-            from sdft.base.records import load_records
             truth = {str(rec.get("id")): rec.get("ground_truth") for _, rec in load_records(answers_path)}
         return [self._example(loc, rec, truth) for loc, rec in records]
 
@@ -168,12 +163,10 @@ class BFCL(GenerativeTask):
 
 def bfcl_match(text: str, function: dict, ground_truth: dict) -> tuple[bool, str]:
     """BFCL simple-category check of a free-text answer against ``{name: {arg: [acceptable values]}}``."""
-    from sdft.base.answers import parse_calls
-
     (name, acceptable), = ground_truth.items()
-    calls = [c for c in parse_calls(text) if c.name == name]
+    calls = [c for c in answers.parse_calls(text) if c.name == name]
     if not calls:
-        return False, "no_call" if not parse_calls(text) else "wrong_function"
+        return False, "no_call" if not answers.parse_calls(text) else "wrong_function"
     # A call repeated verbatim (a code block, then prose) is one call; two different ones are not.
     distinct = {repr((c.args, sorted(c.kwargs.items(), key=lambda kv: kv[0]))) for c in calls}
     if len(distinct) > 1:
@@ -209,9 +202,7 @@ def _standardize(text: str) -> str:
 
 def _norm(value, declared: str | None = None):
     """A value in the form BFCL compares: strings standardized, tuples as lists, int -> float for floats."""
-    from sdft.base.answers import Expr
-
-    if isinstance(value, Expr):
+    if isinstance(value, answers.Expr):
         return ("expr", _standardize(value.source))  # a variable name: equal only to the same text
     if isinstance(value, str):
         return _standardize(value)

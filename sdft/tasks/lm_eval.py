@@ -20,8 +20,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from sdft.base import templates
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.stats import Metric
+from sdft.generation import auto
+from sdft.models import resolve
 from sdft.tasks import ExternalTask, lm_eval_local
 
 INSTALL_HINT = "pip install -e '.[lm-eval]'"  # what make setup installs
@@ -95,8 +98,6 @@ class LMEvalTask(ExternalTask):
         prompt choice (``model`` and ``template``: the chat template's own default, as lm-eval's tasks have no
         system text of their own; ``none``: refused where the template writes a default, since lm-eval drops an
         empty system message and the default would appear)."""
-        from sdft.base import templates
-
         mode = self.options.get("template_mode", "auto")
         if tokenizer is None or templates.resolve_mode(mode, tokenizer) == "plain":
             return {"apply_chat_template": False}  # lm-eval would prepend a system text as plain text: none
@@ -118,10 +119,8 @@ class LMEvalTask(ExternalTask):
 
     def run(self, model: str, adapter: str | None, config: Any = None) -> dict:
         self.check_ready()
-        from sdft.models.resolve import load_tokenizer, resolve_model
-
-        model_path = resolve_model(model)
-        args = self.build_arguments(model_path, adapter, config, load_tokenizer(model_path, adapter=adapter))
+        model_path = resolve.resolve_model(model)
+        args = self.build_arguments(model_path, adapter, config, resolve.load_tokenizer(model_path, adapter=adapter))
         manager, source = self._task_manager(config)
         import lm_eval
         try:
@@ -155,17 +154,14 @@ def _dtype(config: Any) -> str | None:
     """``--precision`` as lm-eval's dtype. ``auto`` on a GPU: None, lm-eval's own ``auto`` (the model's
     dtype, fp16 for Llama-2-7b-chat), which is what the reference code's ``lm_eval --model hf`` ran; on a CPU
     fp32, as our own log-likelihood tasks (a bf16 model config would otherwise be scored slowly in bf16)."""
-    from sdft.generation.auto import cuda_available, generation_precision
-
     precision = getattr(config, "precision", None)
-    if precision is None or (precision == "auto" and cuda_available()):
+    if precision is None or (precision == "auto" and auto.cuda_available()):
         return None
-    return _DTYPES.get(generation_precision(precision, "hf"))
+    return _DTYPES.get(auto.generation_precision(precision, "hf"))
 
 
 def _device() -> str:
-    from sdft.generation.auto import cuda_available
-    return "cuda" if cuda_available() else "cpu"
+    return "cuda" if auto.cuda_available() else "cpu"
 
 
 def _version() -> str | None:

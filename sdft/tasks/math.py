@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 
-from sdft.base import carriers, templates
+from sdft.base import answers, carriers, templates
 from sdft.base.errors import ConfigError, DataError
 from sdft.tasks import GenerativeTask
 
@@ -63,8 +63,7 @@ class MathTask(GenerativeTask):
         if extra and str(extra).strip() and "instruction" in record:
             question = f"{question}\n\n{extra}"  # alpaca shape: input belongs to the question
         reference = carriers.pick(record, _ANSWER, location)
-        from sdft.base.answers import final_number
-        if final_number(reference) is None:
+        if answers.final_number(reference) is None:
             raise DataError(location, "reference answer holds no number", field="answer")
         return {"id": str(record.get("id", f"{self.name}-{index:05d}")), "question": question,
                 "reference": reference}
@@ -73,7 +72,6 @@ class MathTask(GenerativeTask):
         return self.render(self.template, example["question"], tokenizer)
 
     def score_with_reason(self, example: dict, completion: str) -> tuple[float, str]:
-        from sdft.base import answers
         if self.rule == "paper":
             ok = answers.paper_math_match(completion, example["reference"])
             return float(ok), "paper_rule_match" if ok else "paper_rule_mismatch"

@@ -19,7 +19,11 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
+from sdft.base import carriers
 from sdft.base.errors import ConfigError, DataError
+from sdft.base.provenance import file_sha256
+from sdft.base.records import load_records
+from sdft.base.stats import Metric
 from sdft.tasks import LoglikelihoodTask, round_robin
 
 
@@ -36,8 +40,7 @@ def read_rows(path: str | Path) -> list[tuple[str, dict]]:
                 raise DataError(p, "folder holds neither a saved dataset nor .arrow shards")
             rows = [row for shard in shards for row in _read_arrow(shard)]
         return [(f"{p}, record {i + 1}", row) for i, row in enumerate(rows)]
-    from sdft.base.records import load_records  # JSON / JSONL / CSV / Parquet (and hub names), with line numbers
-    return load_records(p)
+    return load_records(p)  # JSON / JSONL / CSV / Parquet (and hub names), with line numbers
 
 
 def _read_arrow(path: Path) -> list[dict]:
@@ -84,11 +87,9 @@ class MultipleChoiceTask(LoglikelihoodTask):
         return self._examples
 
     def _rows(self) -> list[tuple[str, dict]]:
-        from sdft.base import carriers
         if self.data_path:
             path = Path(self.data_path)
             if path.is_dir() or path.suffix.lower() == ".arrow":
-                from sdft.base.provenance import file_sha256
                 self.source = f"{path} (sha256 {file_sha256(path)})" if path.is_file() else str(path)
                 return read_rows(path)
             rows, self.source = carriers.user_records(self.data_path)
@@ -118,8 +119,6 @@ class MultipleChoiceTask(LoglikelihoodTask):
         return 1.0 if int(output) == example["gold"] else 0.0
 
     def aggregate(self, scores: list[float], records: list[dict], context=None) -> dict:
-        from sdft.base.stats import Metric
-
         metrics = {self.metric: Metric.of_scores(scores)}
         for key in self.reported:
             values = [float(r[key]) for r in records if key in r]

@@ -27,8 +27,11 @@ from __future__ import annotations
 import hashlib
 import re
 
+from sdft import generation
 from sdft.base import carriers, templates
+from sdft.base.endpoint import api_key, check_url, post_json, redact, with_path
 from sdft.base.errors import ConfigError, SdftError
+from sdft.base.stats import Metric
 from sdft.base.store import ProgressFile
 from sdft.tasks import JudgedTask, TaskContext
 from sdft.tasks.instructions import read_instructions
@@ -124,8 +127,6 @@ class WinRate(JudgedTask):
         return "/".join(reason.get(k) or "-" for k in ("verdict_model_first", "verdict_reference_first"))
 
     def aggregate(self, scores: list[float], records: list[dict], context: TaskContext | None = None) -> dict:
-        from sdft.base.stats import Metric
-
         consistent = [float(s in (0.0, 1.0)) for s in scores]  # both orders agreed on the winner
         unparsed = sum(v is None for r in records for v in (r.get("reason") or {}).values())
         judge = context.judge if context else None
@@ -157,10 +158,8 @@ class LocalJudge:
         self._backend = None
 
     def ask(self, prompts: list[str]) -> list[str]:
-        from sdft.generation import Engine, GenerationParams, backend_setup
-
         if self._backend is None:
-            self.setup = backend_setup(Engine(self.model, self.backend_name, self.precision))
+            self.setup = generation.backend_setup(generation.Engine(self.model, self.backend_name, self.precision))
             self._backend = self.setup.load(None)
         tokenizer = self._backend.tokenizer
         chat = tokenizer is not None and templates.resolve_mode(self.mode, tokenizer) == "chat"
@@ -170,8 +169,8 @@ class LocalJudge:
                                                    {"role": "user", "content": p}],
                                                   tokenize=False, add_generation_prompt=True)
                     if chat else f"{JUDGE_SYSTEM}\n\n{p}\n\n" for p in prompts]
-        params = GenerationParams(max_new_tokens=JUDGE_MAX_TOKENS, temperature=0.0, batch_size=self.batch_size,
-                                  max_prompt_tokens=4096)
+        params = generation.GenerationParams(max_new_tokens=JUDGE_MAX_TOKENS, temperature=0.0,
+                                             batch_size=self.batch_size, max_prompt_tokens=4096)
         return [c.text for c in self._backend.generate(rendered, params)]
 
 
@@ -179,8 +178,6 @@ class EndpointJudge:
     """An OpenAI-compatible ``/chat/completions`` endpoint (see :mod:`sdft.base.endpoint` for the key's safety)."""
 
     def __init__(self, url: str, model: str, batch_size: int, timeout: float = 120.0, retries: int = 4):
-        from sdft.base.endpoint import api_key, check_url, redact, with_path
-
         self.url = with_path(url, "/chat/completions")  # before a query string, not after it
         self.api_key = api_key()
         check_url(self.url, has_key=bool(self.api_key))  # before any model loads or any file is written
@@ -192,8 +189,6 @@ class EndpointJudge:
         return [self._one(p) for p in prompts]
 
     def _one(self, prompt: str) -> str:
-        from sdft.base.endpoint import post_json, redact
-
         reply = post_json(self.url, {"model": self.model, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS,
                                      "messages": [{"role": "system", "content": JUDGE_SYSTEM},
                                                   {"role": "user", "content": prompt}]},

@@ -23,10 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdft.base import layout
+from sdft.base.config import to_dict
+from sdft.base.data import is_distilled, offers_new_target, pick_response
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.layout import CHECKPOINTS, LOSS_PLOT, MERGED, RUN_GUARD, TRAIN_RECORD
 from sdft.base.plotting import loss_plot
-from sdft.base.templates import DEFAULT_SYSTEM_PROMPT
+from sdft.base.provenance import run_record
+from sdft.base.store import write_json
+from sdft.base.templates import DEFAULT_SYSTEM_PROMPT, prompt_messages, render
+from sdft.models.adapters import lora_shift
+from sdft.train import turns
+from sdft.train.onpolicy import cost
+from sdft.train.speed import base_dtype
 
 # A mega-batch is this many global micro-batches; lengths are sorted inside it. Big enough that batches
 # hold similar lengths (little padding), small enough that the order stays random across the data.
@@ -71,8 +79,6 @@ def choose_targets(examples: list, mix_ratio: float | None, seed: int) -> tuple[
     records whose rewrite was accepted, a seeded share ``mix_ratio`` (default 1 = SDFT) learns the rewrite and
     the rest the original response (0 = vanilla fine-tuning on the same records).
     """
-    from sdft.base.data import is_distilled, offers_new_target, pick_response
-
     distilled = [is_distilled(ex) for ex in examples]
     if any(distilled) and not all(distilled):
         raise ConfigError("the data mixes distilled records (with an 'sdft' block) and plain records; "
@@ -119,9 +125,6 @@ def build_targets(pairs: list, template, tokenizer, mode: str, system_prompt: st
     whole-conversation target instead (:mod:`sdft.train.turns`); single-turn data never is.
     Returns the targets and how many prompts had to be moved to a token boundary (see ``on_token_boundary``).
     """
-    from sdft.base.templates import prompt_messages, render
-    from sdft.train import turns
-
     eos = tokenizer.eos_token or ""
     targets, moved = [], 0
     for ex, response, rewritten in pairs:
@@ -334,11 +337,6 @@ def write_record(run) -> dict:
     ``run`` is the ``sdft.train.stage.Run`` that trained."""
     import time
 
-    from sdft.base.config import to_dict
-    from sdft.base.provenance import run_record
-    from sdft.base.store import write_json
-    from sdft.train.speed import base_dtype
-
     config, state = run.config, run.trainer.state
     out = Path(config.out)
     per_step = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
@@ -364,12 +362,8 @@ def write_record(run) -> dict:
                        "padding_efficiency": round(padding_efficiency(run.lengths, run.order, config.batch_size), 4)},
     }
     if config.objective == "onpolicy":
-        from sdft.train.onpolicy import cost
-
         summary["onpolicy"] = cost(state.log_history, config, global_batch)
     if config.method != "full":
-        from sdft.models.adapters import lora_shift
-
         summary["parameter_shift_l2"] = lora_shift(out)["total"]
     summary["wall_time_s"] = round(time.time() - run.started, 2)
     summary["outputs"] = {"weights": str(out), "loss_plot": str(out / LOSS_PLOT),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdft.base.errors import ConfigError, SdftError
+from sdft.models import resolve
 from sdft.train import data as train_data
 
 
@@ -37,10 +38,8 @@ def _skeleton(model_name: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from sdft.models.resolve import resolve_model
-
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model(model_name)))
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve.resolve_model(model_name)))
 
 
 def check_finite(model, config) -> None:

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from sdft.models import resolve
+
 
 def progress_callback(every: int, total: int, bar: bool | None = None):
     """The Trainer callback that shows progress: a tqdm bar on a terminal (steps, loss, tokens/s, ETA), and
@@ -68,16 +70,14 @@ def merge(config, trained, tokenizer, target: Path) -> str:
     import torch
     from transformers import AutoConfig
 
-    from sdft.models.resolve import load_model_and_tokenizer, resolve_model
-
     if config.method == "qlora" or trained.get_base_model().dtype != torch.float32:
         # A 4-bit or bf16 base would be merged lossily: fold the saved adapter into a full-precision copy instead.
         from peft import PeftModel
 
-        base, _ = load_model_and_tokenizer(config.model, dtype="float32", device="cpu")
+        base, _ = resolve.load_model_and_tokenizer(config.model, dtype="float32", device="cpu")
         trained = PeftModel.from_pretrained(base, config.out)
     merged = trained.merge_and_unload()
-    declared = getattr(AutoConfig.from_pretrained(resolve_model(config.model)), "dtype", None)
+    declared = getattr(AutoConfig.from_pretrained(resolve.resolve_model(config.model)), "dtype", None)
     declared = getattr(torch, declared) if isinstance(declared, str) else declared
     if declared in (torch.bfloat16, torch.float16):  # trained in fp32; saved as compact as the base
         merged = merged.to(declared)

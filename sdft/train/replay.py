@@ -21,10 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from sdft.base.config import IF_SET, field
+from sdft import generation
+from sdft.base.chat import render_prompt
+from sdft.base.config import IF_SET, field, to_dict
+from sdft.base.data import is_distilled, load_examples
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.keys import without_old_defaults
 from sdft.base.provenance import file_sha256
+from sdft.base.store import ProgressFile
+from sdft.base.templates import DEFAULT_PROMPT, load_template
+from sdft.models import resolve
 
 # A replay answer cut at the token budget teaches the model to stop mid-sentence: dropped, and counted.
 _DROP_FINISH = "length"
@@ -66,8 +72,6 @@ class ReplaySettings:
 
 def load(config) -> list:
     """The replay file's examples, every record validated now (before any model is loaded)."""
-    from sdft.base.data import is_distilled, load_examples
-
     examples = load_examples(config.replay_data, input_separator=config.input_separator)
     if any(is_distilled(ex) for ex in examples):
         raise ConfigError(f"{config.replay_data}: a distilled file cannot be the replay source; "
@@ -90,22 +94,17 @@ def choose(examples: list, n_task: int, ratio: float, seed: int) -> tuple[list, 
 
 def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]:
     """``{example id: {text, finish_reason}}``: the seed's greedy answers, from the cache or generated now."""
-    from sdft.base.store import ProgressFile
-    from sdft.generation import Engine, GenerationParams, backend_setup
-
     # The one resolver of every generating step; by default the transformers backend (any machine).
-    setup = backend_setup(Engine(config.model, config.replay_backend, config.replay_precision))
+    setup = generation.backend_setup(generation.Engine(config.model, config.replay_backend, config.replay_precision))
     model_path = setup.model_path
     cache = cache_file(config, model_path, template, mode, setup.record)
     progress = ProgressFile(cache)
     pending = [ex for ex in examples if not progress.done(ex.id)]
     if pending:
-        from sdft.base.chat import render_prompt
-
         print(f"sdft train: the seed answers {len(pending)} replay instruction(s) (cached in {cache})", flush=True)
         backend = setup.load(None, progress=False)
-        params = GenerationParams(max_new_tokens=config.replay_max_new_tokens, temperature=0.0,
-                                  batch_size=config.batch_size * 4)
+        params = generation.GenerationParams(max_new_tokens=config.replay_max_new_tokens, temperature=0.0,
+                                             batch_size=config.batch_size * 4)
         for start in range(0, len(pending), params.batch_size):
             batch = pending[start:start + params.batch_size]
             prompts = [render_prompt(template, ex, backend.tokenizer, mode, config.system_prompt, system=ex.system)
@@ -120,9 +119,6 @@ def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]
 def cache_file(config, model_path: str, template, mode: str, engine: dict | None = None) -> Path:
     """One cache per seed model, replay file contents, prompt template, system prompt, decoding budget and
     engine (backend and precision as resolved)."""
-    from sdft.base.config import to_dict
-    from sdft.models.resolve import sdft_home
-
     data = Path(config.replay_data)
     weights = Path(model_path) / "model.safetensors"
     key = {"model": str(model_path), "weights": _stamp(weights), "data": file_sha256(data) if data.is_file()
@@ -132,7 +128,7 @@ def cache_file(config, model_path: str, template, mode: str, engine: dict | None
     key["engine"] = {k: (engine or {}).get(k) for k in ("backend", "precision")}
     key = without_old_defaults("replay cache", key)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    folder = sdft_home() / "replay"
+    folder = resolve.sdft_home() / "replay"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{digest}.key.json").write_text(json.dumps(key, indent=2) + "\n")
     return folder / f"{digest}.jsonl"
@@ -160,10 +156,8 @@ def replay_pairs(config, n_task: int, template, mode: str) -> tuple[list, dict]:
         return pairs, info
     from accelerate import PartialState
 
-    from sdft.models.resolve import default_device
-
     # cpu=True on CPUs: a bare PartialState() there sets up no process group under a multi-process launch.
-    state = PartialState(cpu=default_device() == "cpu")
+    state = PartialState(cpu=resolve.default_device() == "cpu")
     with state.main_process_first():  # the main process generates; the others read its cache
         answers = seed_answers(config, chosen, template, mode)
     pairs = [(ex, answers[ex.id]["text"]) for ex in chosen
@@ -181,7 +175,6 @@ def train_pairs(config, n_task: int, mode: str) -> tuple[list, dict | None]:
     ``train.json`` record (none without ``--replay-data``)."""
     if not config.replay_data:
         return [], None
-    from sdft.base.templates import DEFAULT_PROMPT, load_template
 
     pairs, info = replay_pairs(config, n_task, load_template(DEFAULT_PROMPT["general"], "prompt"), mode)
     return [(ex, response, False) for ex, response in pairs], info

@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING
 
 from sdft.base import layout
 from sdft.base.errors import ConfigError, SdftError
+from sdft.base.store import write_json
+from sdft.models import resolve
 from sdft.train import data as train_data
+from sdft.train import onpolicy
 from sdft.train.output import progress_callback
 from sdft.train.speed import auto_precision, base_dtype, sft_trainer_class
 
@@ -42,14 +45,12 @@ def device(config: TrainConfig) -> tuple[bool, str]:
 
 
 def load_model(config: TrainConfig, precision: str):
-    from sdft.models.resolve import load_model_and_tokenizer, load_tokenizer, resolve_model
-
     if config.method != "qlora":
         # Trainable weights are fp32 whatever the checkpoint's dtype (bf16/fp16 runs are the Trainer's autocast),
         # so optimizer updates are never lost to low-precision rounding; a frozen LoRA base may be bf16
         # (sdft.train.speed.base_dtype). Loaded on the CPU: the Trainer moves it to each process's own device.
-        model, tokenizer = load_model_and_tokenizer(config.model, dtype=base_dtype(config.method, precision),
-                                                    device="cpu", for_training=True)
+        model, tokenizer = resolve.load_model_and_tokenizer(config.model, dtype=base_dtype(config.method, precision),
+                                                            device="cpu", for_training=True)
         if config.method == "full":
             model.requires_grad_(True)
         return model, tokenizer
@@ -57,14 +58,14 @@ def load_model(config: TrainConfig, precision: str):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    path = resolve_model(config.model)
+    path = resolve.resolve_model(config.model)
     compute = torch.bfloat16 if precision == "bf16" else torch.float16
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=compute)
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=compute,
                                                  device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    return model, load_tokenizer(config.model, padding_side="right")
+    return model, resolve.load_tokenizer(config.model, padding_side="right")
 
 
 def lora_config(config: TrainConfig):
@@ -142,8 +143,6 @@ def make_trainer(config, model, tokenizer, targets, order, steps, checkpoint, cu
     from accelerate import PartialState
     from transformers import PrinterCallback, ProgressCallback
 
-    from sdft.base.store import write_json
-
     out = Path(config.out)
     # cpu=True on CPUs: a bare PartialState() under `accelerate launch --multi_gpu` without a GPU sets up no
     # process group, so every rank thinks it is the main one and they race on the folder below.
@@ -158,8 +157,6 @@ def make_trainer(config, model, tokenizer, targets, order, steps, checkpoint, cu
     datasets.disable_progress_bars()  # tokenizing a few thousand rows needs no progress bars
     try:
         if config.objective == "onpolicy":
-            from sdft.train import onpolicy
-
             trainer = onpolicy.build_trainer(config, model, tokenizer, [targets[i] for i in order], args,
                                              lora_config(config), [progress])
         else:

@@ -23,9 +23,11 @@ from pathlib import Path
 
 from sdft.base import hub, layout
 from sdft.base.config import column_mapping, keyed_settings, stage_key
-from sdft.base.data import seeded_subset
+from sdft.base.data import is_distilled, load_examples, seeded_subset
 from sdft.base.errors import SdftError
-from sdft.models import card
+from sdft.base.provenance import file_sha256
+from sdft.base.templates import DEFAULT_PROMPT, describe_system, load_template, resolve_mode
+from sdft.models import card, resolve
 from sdft.train import data as train_data
 from sdft.train import guards as train_guards
 from sdft.train import prose, replay
@@ -81,9 +83,6 @@ def prepare(config: TrainConfig) -> Run:
     config.validate()
     hub.configure()  # TRL's trainer pings the hub unless telemetry is off
     out = Path(config.out)
-    from sdft.base.data import is_distilled, load_examples
-    from sdft.base.templates import DEFAULT_PROMPT, describe_system, load_template, resolve_mode
-    from sdft.models.resolve import load_tokenizer
 
     data_sha = _sha256(config.data)
     run_key = resume_key(config, data_sha)
@@ -100,7 +99,7 @@ def prepare(config: TrainConfig) -> Run:
         pairs, counts["made_prose"] = prose.prose_pairs(pairs)
 
     template = load_template(config.template or DEFAULT_PROMPT[config.task], "prompt")
-    mode = resolve_mode(config.template_mode, load_tokenizer(config.model))
+    mode = resolve_mode(config.template_mode, resolve.load_tokenizer(config.model))
     # Before the training model loads: the seed may have to answer the replay instructions first.
     replayed, counts["replay"] = replay.train_pairs(config, len(pairs), mode)
 
@@ -174,7 +173,6 @@ def turns_learned(config: TrainConfig, pairs: list, mode: str) -> str:
 
 
 def _sha256(path: str | None) -> str | None:
-    from sdft.base.provenance import file_sha256
     return file_sha256(Path(path)) if path and Path(path).is_file() else None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from sdft.base import conversation
 from sdft.base.chat import messages_for, render_messages
+from sdft.base.data import turn_rewrites
 from sdft.base.errors import SdftError
 
 LOSS_ON = ("all_turns", "last_turn")
@@ -39,8 +40,6 @@ def conversation_target(example, response: str, template, tokenizer, system_prom
     ``rewritten``: earlier turns take their accepted rewrites too (``sdft distill --rewrite-turns all_turns``).
     A tool-call turn keeps its calls: a rewrite of one was accepted only if it made the same calls.
     """
-    from sdft.base.data import turn_rewrites
-
     turns = [dict(t) for t in example.conversation()]
     new = {**(turn_rewrites(example) if rewritten else {}), len(turns) - 1: response}
     for k, text in new.items():
