@@ -36,7 +36,6 @@ from sdft.base.errors import ConfigError
 from sdft.distill.config import DistillConfig
 from sdft.train.config import TrainConfig
 from sdft.train.interp import check_alphas
-from sdft.train.replay import ReplaySettings
 
 ARMS = ("vanilla", "sdft", "onpolicy", "replay", "interp", "sdft+replay", "onpolicy+replay", "sdft-guard",
         "self-answer", "sdft-prose")
@@ -45,21 +44,23 @@ DEFAULT_ARMS = ["vanilla", "sdft"]
 _REWRITES = {"sdft": 1.0, "sdft+replay": 1.0, "sdft-guard": 1.0, "self-answer": 1.0, "sdft-prose": 1.0}
 
 
-def _section_of(group: type, prefix: str, **defaults) -> type:
-    """A run-config section declared by a stage's settings group: its ``prefix``-ed fields without the prefix
+def _section_of(config: type, prefix: str, **defaults) -> type:
+    """A run-config section declared by a stage config's ``prefix``-ed settings: those fields without the prefix
     (``replay_data`` -> ``data``), their types, help and key rules, with the section's own ``defaults``."""
-    hints = typing.get_type_hints(group)
+    hints = typing.get_type_hints(config)
     fields = []
-    for f in dataclasses.fields(group):
-        name = f.name.removeprefix(prefix)
-        default = defaults.get(name, f.default)
-        fields.append((name, hints[f.name], dataclasses.field(default=default, metadata=f.metadata)))
+    for f in dataclasses.fields(config):
+        if f.name.startswith(prefix):
+            name = f.name.removeprefix(prefix)
+            default = defaults.get(name, f.default)
+            fields.append((name, hints[f.name], dataclasses.field(default=default, metadata=f.metadata)))
     return dataclasses.make_dataclass(f"{prefix.strip('_').title()}Section", fields)
 
 
-# The ``replay`` section takes ``sdft train``'s --replay-* settings without the prefix (data, ratio, source,
-# max_new_tokens, backend, precision); a replay arm replays one general example per four by default.
-ReplaySection = _section_of(ReplaySettings, "replay_", ratio=0.25)
+# The ``replay`` section takes ``sdft train``'s --replay-* settings (``ReplaySettings``) without the prefix
+# (data, ratio, source, max_new_tokens, backend, precision); a replay arm replays one general example per four by
+# default.
+ReplaySection = _section_of(TrainConfig, "replay_", ratio=0.25)
 
 
 @dataclass
