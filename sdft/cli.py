@@ -139,7 +139,7 @@ def _main(argv: list[str] | None) -> int:
 
 def _release_engines() -> None:
     """Stop a warm vLLM engine now, while this process can still wait for it (its processes also end by
-    themselves when this one does: ``vllm_backend.engine_processes_die_with_us``)."""
+    themselves when this one does: ``generation.engine_processes``)."""
     if "sdft.generation" in sys.modules:
         with contextlib.suppress(Exception):  # an engine broken by the interruption: it ends with us anyway
             sys.modules["sdft.generation"].release_engines()

@@ -177,7 +177,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def vllm_server(folder, tmp_path_factory):
     """A real vLLM server on 127.0.0.1 (fp32, eager: the same numbers as the in-process engine)."""
-    from sdft.generation.vllm_backend import serve_command
+    from sdft.generation.engine_processes import serve_command
 
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"

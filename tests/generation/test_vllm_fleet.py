@@ -47,7 +47,7 @@ class Server:
     """One ``vllm serve`` from ``serve_command`` (it dies with this test process, whatever kills that)."""
 
     def __init__(self, folder: str, log: Path):
-        from sdft.generation.vllm_backend import serve_command
+        from sdft.generation.engine_processes import serve_command
 
         self.port, self.log = _free_port(), log
         self.url = f"http://127.0.0.1:{self.port}/v1"

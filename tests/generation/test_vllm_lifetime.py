@@ -135,7 +135,7 @@ def test_sigkill_mid_evaluation_leaves_no_engine(tmp_path):
 
 SERVER_PARENT = """
 import subprocess, sys, time
-from sdft.generation.vllm_backend import serve_command
+from sdft.generation.engine_processes import serve_command
 from sdft.models.resolve import resolve_model
 command = serve_command(str(resolve_model(sys.argv[1])), int(sys.argv[2]), sys.argv[1], dtype="float32", eager=True)
 subprocess.Popen(command + ["--max-model-len", "1024"])
@@ -181,7 +181,7 @@ def test_a_server_from_serve_command_dies_with_the_process_that_started_it(tmp_p
 
 GUARDED_PARENT = """
 import multiprocessing as mp, sys, time
-from sdft.generation.vllm_backend import engine_processes_die_with_us
+from sdft.generation.engine_processes import engine_processes_die_with_us
 
 def sleeper():
     time.sleep(600)
