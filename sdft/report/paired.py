@@ -9,6 +9,7 @@ seeds adds a seed-level row and an item-replication test (:mod:`sdft.base.seed_s
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,34 @@ def stats(config: StatsConfig) -> dict:
     run_dir = Path(config.run_dir)
     manifest = Manifest.read(run_dir)
     text = paired_section(manifest, load_scores(manifest, run_dir))
-    return {"markdown": text or "No paired comparisons: no model of this run was trained against vanilla.\n"}
+    result = {"markdown": text or "No paired comparisons: no model of this run was trained against vanilla.\n"}
+    if config.export:
+        result["exported"] = export_scores(manifest, run_dir, Path(config.export))
+    return result
+
+
+def export_scores(manifest: Manifest, run_dir: Path, dest: Path) -> int:
+    """Copy the manifest and every evaluation's per-item files into ``dest`` at the same relative places, so
+    ``sdft stats dest`` gives the same section; the number of per-item files copied. No answer text: the
+    per-item files hold ids and verdicts (``sdft.base.item_scores``), the manifest the aggregate results."""
+    copied = 0
+    for arm in manifest.arms.values():
+        source = arm.eval.path(run_dir)
+        for task, entry in arm.eval.result.get("tasks", {}).items():
+            if entry.get("item_scores") and (source / entry["item_scores"]).is_file():
+                # where ``layout.locate`` looks inside a run folder: stage/LABEL-KEY
+                target = dest.joinpath(*Path(arm.eval.dir).parts[-2:]) / entry["item_scores"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / entry["item_scores"], target)
+                copied += 1
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / layout.MANIFEST, dest / layout.MANIFEST)
+    return copied
 
 
 def summarize(result: dict) -> str:
-    return result["markdown"].rstrip("\n")
+    exported = f"\n(per-item files of {result['exported']} task evaluations exported)" if "exported" in result else ""
+    return result["markdown"].rstrip("\n") + exported
 
 
 def load_scores(manifest: Manifest, run_dir: Path, generations: dict | None = None) -> Scores:

@@ -138,3 +138,15 @@ def test_per_item_files_win_over_generations(tmp_path):
     report = Path(write_report(run_dir)["md"]).read_text()
     row = next(line for line in report.splitlines() if line.startswith("| sdft − vanilla | gsm8k/accuracy"))
     assert f"| {ITEMS - correct} | 0 |" in row  # every item right: better wherever vanilla failed, never worse
+
+
+def test_export_keeps_what_stats_reads_and_no_answer_text(tmp_path):
+    run = _run(tmp_path / "both", items=True, generations=True)  # generations hold answer text
+    out = stats(StatsConfig(run_dir=str(run), export=str(tmp_path / "shared")))
+    assert out["exported"] == 2 * (1 + len(ARMS) * len(SEEDS))
+    shared = tmp_path / "shared"
+    assert stats(StatsConfig(run_dir=str(shared)))["markdown"] == out["markdown"]
+    files = [p for p in shared.rglob("*") if p.is_file()]
+    assert {p.name for p in files} == {layout.MANIFEST, "gsm8k.jsonl", "advbench.jsonl"}
+    assert not any("ANSWER TEXT" in p.read_text() for p in files)
+    assert all(layout.ITEM_SCORES in p.parts for p in files if p.name != layout.MANIFEST)
