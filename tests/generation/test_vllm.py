@@ -102,6 +102,27 @@ def test_greedy_matches_hf_in_order_with_finish_reasons(vllm_fp32, hf):
     assert {c.finish_reason for c in short} == {"length"} and {c.completion_tokens for c in short} == {6}
 
 
+def test_decoding_probes_give_hf_answers_through_the_engines_logit_bias(vllm_fp32, hf):
+    """--forbid-opening and --answer-prefix (sdft.evaluate.opening) on vLLM: the same answers as on HF."""
+    import re
+
+    from sdft.evaluate import opening
+    from sdft.generation import GenerationParams
+
+    base, _ = vllm_fp32
+    prompts = _chat(hf.tokenizer, ["List three fruits as a numbered list.", "Give two steps to boil an egg, numbered."])
+    params = GenerationParams(max_new_tokens=16)
+    assert any(re.match(r"\s*\d", c.text) for c in base.generate(prompts, params))  # the ban has work to do
+    for prefix, forbid in ((None, r"\d"), ("1.", None)):
+        ours = opening.generate(base, prompts, params, prefix, forbid)
+        theirs = opening.generate(hf, prompts, params, prefix, forbid)
+        assert [c.text for c in ours] == [c.text for c in theirs]
+        if forbid:
+            assert not any(re.match(r"\s*\d", c.text) for c in ours)
+        else:
+            assert all(c.text.startswith("1.") for c in ours)
+
+
 def test_sampling_seeds_are_per_prompt(vllm_fp32, hf):
     from sdft.generation import GenerationParams
 
