@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Literal
 
 from sdft.base.errors import ConfigError, SdftError
-from sdft.sandbox.kernel import SYSTEM_PATHS, Cgroup, python_paths
+from sdft.sandbox.cgroup import Cgroup
+from sdft.sandbox.kernel import SYSTEM_PATHS, python_paths
 from sdft.sandbox.verdict import Output, classify, collect
 
 __all__ = ["SandboxResult", "run_python", "check_program", "isolation", "require", "record", "stop_all", "resume"]

@@ -385,10 +385,14 @@ def _tasks_of(uid: int) -> int:
 
 
 def _load_isolation():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel.py")
-    spec = importlib.util.spec_from_file_location("sdft_isolation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """kernel.py with cgroup.py's Cgroup beside its mechanisms, both loaded by path (no sdft package here)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    kernel, cgroups = (importlib.util.spec_from_file_location(f"sdft_{name}", os.path.join(here, f"{name}.py"))
+                       for name in ("kernel", "cgroup"))
+    module, cgroup = importlib.util.module_from_spec(kernel), importlib.util.module_from_spec(cgroups)
+    kernel.loader.exec_module(module)
+    cgroups.loader.exec_module(cgroup)
+    module.Cgroup = cgroup.Cgroup
     return module
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from sdft import sandbox
 from sdft.generation.fake import FakeBackend
+from sdft.sandbox.cgroup import Cgroup
 from sdft.sandbox.host import UID_BASE, UID_SPAN
-from sdft.sandbox.kernel import Cgroup
 
 ROOT = Path(__file__).resolve().parents[2]
 ISO = sandbox.isolation() if sys.platform == "linux" else None
