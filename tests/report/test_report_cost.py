@@ -30,7 +30,11 @@ def _eval(run_dir: Path, label: str, seconds: float | None = 25.0, compare: floa
     for task in TASKS:  # three answers of 5 new tokens each
         layout.generations_file(folder, task).parent.mkdir(exist_ok=True)
         layout.generations_file(folder, task).write_text(
-            "".join(json.dumps({"id": f"{task}{i}", "completion_tokens": 5}) + "\n" for i in range(3)))
+            "".join(json.dumps({"id": f"{task}{i}", "completion": "an answer", "completion_tokens": 5}) + "\n"
+                    for i in range(3)))
+    # a log-likelihood task's records: scores, no answer, no new tokens (not counted, not a reason for "–")
+    result["tasks"]["mmlu"] = {"metric": "accuracy", "seconds": 0.0, "generations": "generations/mmlu.jsonl"}
+    layout.generations_file(folder, "mmlu").write_text(json.dumps({"id": "q1", "score": 1.0}) + "\n")
     if label != "seed" and compare is not None:
         _stage(folder / layout.COMPARE, {"answer_shift": None, "weight_shift": None}, compare)
     return StageRecord(str(folder), result)
