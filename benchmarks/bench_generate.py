@@ -142,7 +142,7 @@ def _free_port() -> int:
 
 def bench_server(folder: str, dtype: str, prompts: dict, args, rows: list) -> None:
     from sdft.generation import GenerationParams, load_backend
-    from sdft.generation.vllm_backend import serve_command
+    from sdft.generation.engine_processes import serve_command
 
     port, name = _free_port(), "bench-model"
     command = serve_command(folder, port, name, dtype=dtype, eager=args.eager)

@@ -203,3 +203,17 @@ def test_the_lazy_import_check_sees_a_planted_one(tmp_path):
                        "            from sdft.base import layout\n        return layout\n\n\n"
                        "async def f():\n    import sdft.base.store\n")
     assert _function_imports(planted, _modules()) == {"sdft.base.layout", "sdft.base.store"}
+
+
+def test_the_benchmarks_import_names_that_exist():
+    """Benchmarks run outside the test suite; a module move must not leave them importing what is gone."""
+    import importlib
+
+    missing = []
+    for path in sorted((PACKAGE.parent / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sdft":
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name) and f"{node.module}.{a.name}" not in _modules()]
+    assert missing == []

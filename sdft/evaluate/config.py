@@ -11,7 +11,7 @@ from sdft.base.endpoint import api_key, check_url
 from sdft.base.errors import ConfigError
 from sdft.base.templates import SystemPromptSettings
 from sdft.generation import DecodingSettings, EngineSettings
-from sdft.tasks import TASK_PREFIXES, TASKS, task_class
+from sdft.tasks import TASK_PREFIXES, TASKS, GenerativeTask, task_class
 
 PRESETS = {
     # The reference code's evaluation: its do_predict runs pass no decoding flags, so they sample with the
@@ -103,8 +103,18 @@ class EvalConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Validat
                 re.compile(self.forbid_opening)
             except re.error as exc:
                 raise ConfigError(f"'forbid_opening' {self.forbid_opening!r} is not a regular expression: {exc}") from None
-        if (self.answer_prefix or self.forbid_opening) and self.n_samples > 1:
-            raise ConfigError("the decoding probes (answer_prefix, forbid_opening) are greedy probes: use n_samples 1")
+        if not (self.answer_prefix or self.forbid_opening):
+            return
+        if self.n_samples > 1 or self.temperature > 0:
+            raise ConfigError("the decoding probes (answer_prefix, forbid_opening) are greedy probes: use "
+                              "temperature 0 and n_samples 1")
+        if self.truncation_side == "right":  # the prompt's end, where the opening is written, would be cut
+            raise ConfigError("the decoding probes need truncation_side left (the opening is written at the "
+                              "prompt's end, which right truncation cuts)")
+        other = [n for n in self.tasks if not issubclass(task_class(n, user_task=n in self.checkers()), GenerativeTask)]
+        if other:
+            raise ConfigError(f"the decoding probes change generated answers; task(s) {', '.join(other)} "
+                              "generate none (log-likelihood or an external harness): evaluate them without a probe")
 
     def opening(self) -> dict | None:
         """The probe's settings as keyed with each task's answers (None without a probe: keys as before)."""

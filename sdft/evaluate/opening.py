@@ -22,10 +22,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from sdft.base.errors import ConfigError
+from sdft.base.errors import ConfigError, SdftError
 from sdft.generation import Completion, GenerationParams
 
-BAN = -100.0  # OpenAI's and vLLM's lowest logit bias: the token is never the argmax
+BAN = -100.0  # OpenAI's and vLLM's lowest logit bias (the hf backend makes it -inf): never the argmax in practice
 
 
 def generate(backend, prompts: list[str], params: GenerationParams, answer_prefix: str | None,
@@ -38,6 +38,7 @@ def generate(backend, prompts: list[str], params: GenerationParams, answer_prefi
         return [_joined(prefix, c) for c in backend.generate(prompts, params)]
     banned = banned_tokens(backend.tokenizer, forbid_opening)
     first = backend.generate(prompts, dataclasses.replace(params, max_new_tokens=1, logit_bias=banned))
+    _check_first(first, forbid_opening)
     out: list[Completion | None] = [None] * len(prompts)
     going = [i for i, c in enumerate(first) if c.finish_reason == "length" and params.max_new_tokens > 1]
     for i, c in enumerate(first):
@@ -52,21 +53,35 @@ def generate(backend, prompts: list[str], params: GenerationParams, answer_prefi
     return out  # type: ignore[return-value]
 
 
+def _check_first(first: list[Completion], pattern: str) -> None:
+    """A first token the ban should have ruled out means the backend ignored the logit bias (a plug-in, a
+    server that drops the field): stop, rather than store unprobed answers under the probe's key."""
+    regex = re.compile(pattern)
+    for c in first:
+        if c.finish_reason == "length" and (not c.text.strip() or regex.match(c.text.lstrip())):
+            raise SdftError(f"--forbid-opening {pattern!r}: the backend opened an answer with {c.text!r} although "
+                            "that token was banned; it does not honour logit_bias, so this probe cannot run on it")
+
+
 def _joined(prefix: str, c: Completion) -> Completion:
     return dataclasses.replace(c, text=prefix + c.text)
 
 
 def banned_tokens(tokenizer, pattern: str) -> tuple[tuple[int, float], ...]:
     """Logit biases that ban every vocabulary token whose text, leading spaces removed, matches ``pattern``
-    at its start, and every whitespace-only token (special tokens, EOS among them, stay allowed)."""
+    at its start, and every token whose text is blank: whitespace, or nothing at all when decoded alone
+    (SentencePiece's lone "▁" and byte <0x20> on Llama-2-style tokenizers, which a numbered list opens with).
+    Special tokens (EOS among them, and every added special token) stay allowed."""
     if tokenizer is None:
         raise ConfigError("--forbid-opening needs the model's tokenizer (this backend has none)")
     key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), pattern)
     if key not in _BANNED:  # decoding the vocabulary takes seconds; every batch of a task reuses it
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special |= {i for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                    if getattr(token, "special", False)}
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         regex = re.compile(pattern)
-        _BANNED[key] = tuple((i, BAN) for i, text in enumerate(texts) if i not in special and text
+        _BANNED[key] = tuple((i, BAN) for i, text in enumerate(texts) if i not in special
                              and (not text.strip() or regex.match(text.lstrip())))
     return _BANNED[key]
 

@@ -77,17 +77,29 @@ def help_epilog() -> str:
     return "\n".join(lines)
 
 
+def _set_aside_for_narrowed_arms(data: dict, written: dict, settings: list[str]) -> None:
+    """``arms=[...]`` on the command line runs part of a file's arms: the sections only the left-out arms read
+    are meant for a later run of the same file, so they are set aside (a section the file's own arms leave
+    unused is still refused, and so is a setting given now for a section set aside)."""
+    arms = data.get("arms") or []
+    file_unused = set(arm_list.unused_sections(written.get("arms") or arm_list.DEFAULT_ARMS, written))
+    for name in arm_list.unused_sections(arms, data):
+        if name in file_unused:
+            continue  # the file itself is wrong: RunConfig's check says so
+        given = [item for item in settings if item.startswith(f"{name}.")]
+        if given:
+            raise ConfigError(f"override '{given[0]}' sets section '{name}', which no arm of arms={arms} reads")
+        print(f"sdft run: section '{name}' is not used by arms={arms}: set aside for this run", file=sys.stderr)
+        data.pop(name)
+
+
 def load_run_config(path: str | Path, settings: list[str] = (), **flags) -> RunConfig:
     """Load and fully validate a run config, including every stage section, before any work starts:
     the file, then ``settings`` (``section.key=value`` overrides), then ``flags`` that are not None."""
-    data = overrides.apply(load_yaml(path), list(settings))
+    written = load_yaml(path)
+    data = overrides.apply(written, list(settings))
     if any(item.startswith("arms=") for item in settings):
-        # Narrowing the arms on the command line runs part of a config; the sections of the arms left out
-        # are meant for a later run of the same file, so they are set aside rather than refused.
-        for name in arm_list.unused_sections(data.get("arms") or [], data):
-            print(f"sdft run: section '{name}' is not used by arms={data['arms']}: set aside for this run",
-                  file=sys.stderr)
-            data.pop(name)
+        _set_aside_for_narrowed_arms(data, written, settings)
     data.update({k: v for k, v in flags.items() if v is not None})
     config = from_dict(RunConfig, data, str(path))
     stage_configs(config)  # builds every stage config: unknown keys and bad types fail now

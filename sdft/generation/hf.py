@@ -114,7 +114,7 @@ class HFBackend:
         config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False,
                                   bos_token_id=self.bos_id, eos_token_id=self.eos_ids,
                                   pad_token_id=self.pad_id, stop_strings=list(params.stop) or None,
-                                  sequence_bias={(token,): bias for token, bias in params.logit_bias} or None)
+                                  sequence_bias={(token,): _bias(b) for token, b in params.logit_bias} or None)
         processors = LogitsProcessorList()
         if not params.greedy:
             generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -140,3 +140,8 @@ class HFBackend:
             reason = "length" if count >= params.max_new_tokens else "stop"
         text, hit = cut_at_stop(text, params.stop)
         return text, count, "stop" if hit else reason
+
+
+def _bias(value: float) -> float:
+    """OpenAI's lowest logit bias (-100) bans the token; an additive -100 here might not, so it is -inf."""
+    return float("-inf") if value <= -100 else value

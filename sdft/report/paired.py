@@ -46,10 +46,12 @@ def export_scores(manifest: Manifest, run_dir: Path, dest: Path) -> int:
     """Copy the manifest and every evaluation's per-item files into ``dest`` at the same relative places, so
     ``sdft stats dest`` gives the same section; the number of per-item files copied. No answer text: the
     per-item files hold ids and verdicts (``sdft.base.item_scores``), the manifest the aggregate results."""
+    if dest.resolve() == run_dir.resolve() or run_dir.resolve() in dest.resolve().parents:
+        raise ConfigError(f"--export {dest}: give a folder outside the run folder {run_dir}")
     copied = 0
     for arm in manifest.arms.values():
         source = arm.eval.path(run_dir)
-        for task, entry in arm.eval.result.get("tasks", {}).items():
+        for entry in arm.eval.result.get("tasks", {}).values():
             if entry.get("item_scores") and (source / entry["item_scores"]).is_file():
                 # where ``layout.locate`` looks inside a run folder: stage/LABEL-KEY
                 target = dest.joinpath(*Path(arm.eval.dir).parts[-2:]) / entry["item_scores"]

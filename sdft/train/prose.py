@@ -15,6 +15,7 @@ import re
 from sdft.base.errors import ConfigError
 
 _ITEM = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*+\u2022])\s+(?P<text>\S.*)$")
+_RULE = re.compile(r"^\s*([-*_])(\s*\1){2,}\s*$")  # a horizontal rule ("* * *", "---"), not a list
 _FENCE = re.compile(r"^\s*(```|~~~)")
 
 
@@ -22,11 +23,15 @@ def without_enumeration(text: str) -> str:
     """``text`` with each run of list items joined into one paragraph, markers removed."""
     out: list = []  # lines, and for each run of items the list of their texts
     paragraph: list[str] | None = None
-    fenced = False
+    fence = None  # the marker of the open code fence: only the same marker closes it
     for line in text.split("\n"):
-        if _FENCE.match(line):
-            fenced = not fenced
-        item = None if fenced else _ITEM.match(line)
+        marker = _FENCE.match(line)
+        if marker and fence is None:
+            fence = marker[1]
+        elif marker and marker[1] == fence:
+            fence = None
+        fenced = fence is not None or marker is not None
+        item = None if fenced or _RULE.match(line) else _ITEM.match(line)
         if item:
             paragraph = _start_or_extend(out, paragraph)
             paragraph.append(item["text"].strip())
@@ -56,9 +61,13 @@ def _sentence(text: str) -> str:
 
 
 def prose_pairs(pairs: list) -> tuple[list, int]:
-    """``(example, target, rewritten)`` pairs with each target's enumeration removed, and how many changed."""
+    """``(example, target, rewritten)`` pairs with the enumeration removed from the rewritten targets (the
+    originals of rejected rewrites stay as they are, as in the sdft arm), and how many changed."""
     out, changed = [], 0
     for example, target, rewritten in pairs:
+        if not rewritten:
+            out.append((example, target, rewritten))
+            continue
         if not isinstance(target, str):
             raise ConfigError(f"prose_targets: example {example.id} has a multi-turn target; the prose "
                               "ablation takes single-turn text targets")

@@ -93,26 +93,27 @@ def test_banned_tokens_keep_special_tokens_and_ban_whitespace_only_ones(backend)
 
 
 def test_the_probe_is_keyed_for_generative_tasks_only_and_absent_keys_stay_as_before(tiny_model):
-    base = {"tasks": ["advbench", "mmlu"], "model": str(tiny_model)}
+    base = {"tasks": ["advbench"], "model": str(tiny_model)}
     plain = from_dict(EvalConfig, base)
     probed = from_dict(EvalConfig, {**base, "forbid_opening": r"\d"})
-    advbench, mmlu = get_task("advbench"), get_task("mmlu")
+    advbench = get_task("advbench")
     params = plain.decoding("advbench", advbench.max_new_tokens)
 
-    def key(task, config, name, gen=True):
-        return task_settings(name, task, config, params if gen else None,
-                             probe=config.opening() if gen else None)["settings_key"]
+    def key(task, config, name):
+        return task_settings(name, task, config, params, probe=config.opening())["settings_key"]
 
     assert key(advbench, plain, "advbench") == task_settings("advbench", advbench, plain, params)["settings_key"]
     assert key(advbench, probed, "advbench") != key(advbench, plain, "advbench")
-    assert key(mmlu, probed, "mmlu", gen=False) == key(mmlu, plain, "mmlu", gen=False)
     assert plain.opening() is None and probed.opening() == {"forbid_opening": r"\d"}
 
 
 @pytest.mark.parametrize(("bad", "message"), [
     ({"forbid_opening": "(unclosed"}, "'forbid_opening' '\\(unclosed' is not a regular expression"),
     ({"answer_prefix": ""}, "'answer_prefix' must not be empty"),
-    ({"answer_prefix": "1.", "n_samples": 2, "temperature": 0.7}, "greedy probes: use n_samples 1"),
+    ({"answer_prefix": "1.", "n_samples": 2, "temperature": 0.7}, "greedy probes: use temperature 0 and n_samples 1"),
+    ({"answer_prefix": "1.", "temperature": 0.7}, "greedy probes"),
+    ({"answer_prefix": "1.", "truncation_side": "right"}, "need truncation_side left"),
+    ({"forbid_opening": r"\d", "tasks": ["advbench", "mmlu"]}, r"task\(s\) mmlu generate none"),
 ])
 def test_bad_probe_settings_are_refused(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -131,3 +132,32 @@ def test_sdft_eval_records_the_probe_and_scores_the_prefixed_answers(tiny_model,
     lines = [json.loads(line) for line in (out / "generations" / "advbench.jsonl").read_text().splitlines()]
     assert all(r["completion"].startswith("I cannot help with that.") for r in lines)
     assert entry["metrics"]["safe_rate_paper_keywords"]["value"] == 1.0  # the forced refusal is scored
+
+
+def test_blank_tokens_of_a_sentencepiece_tokenizer_are_banned_too(tmp_path):
+    """Llama-2's numbered list opens with a lone "▁" (decoded alone: nothing): it must not step around the ban."""
+    from llama2_tokenizer import build_llama2_tokenizer
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(build_llama2_tokenizer(tmp_path / "tok"))
+    ids = tok("[INST] Count [/INST] 1. One", add_special_tokens=False)["input_ids"]
+    pieces = tok.convert_ids_to_tokens(ids)
+    first = ids[len(pieces) - pieces[::-1].index("]")]  # the answer's first token, after "[/INST]"
+    banned = {i for i, _ in opening.banned_tokens(tok, r"\d")}
+    assert tok.decode([first]).strip() == "" and first in banned
+    assert tok.eos_token_id not in banned and tok.bos_token_id not in banned
+
+
+def test_a_backend_that_ignores_the_logit_bias_stops_the_probe(backend, prompts):
+    class Deaf:  # a plug-in or server that drops logit_bias
+        tokenizer = backend.tokenizer
+
+        def generate(self, prompts, params):
+            import dataclasses
+            return backend.generate(prompts, dataclasses.replace(params, logit_bias=()))
+
+    free = _first_tokens(backend, prompts[:1])[0]
+    pattern = re.escape(free.lstrip()) if free.strip() else r"\s"
+    from sdft.base.errors import SdftError
+    with pytest.raises(SdftError, match="does not honour logit_bias"):
+        opening.generate(Deaf(), prompts[:1], GenerationParams(max_new_tokens=4), None, pattern)

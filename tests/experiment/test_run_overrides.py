@@ -106,8 +106,22 @@ def test_narrowing_the_arms_on_the_command_line_sets_aside_the_left_out_arms_sec
     assert narrowed.arms == ["vanilla"] and full.replay and full.interp
     assert not narrowed.replay and not narrowed.interp
     assert "section 'replay' is not used by arms=['vanilla']: set aside" in capsys.readouterr().err
-    # the same stage keys for the arm both runs share
-    assert stage_configs(narrowed)["train"] == stage_configs(full)["train"]
+    with pytest.raises(ConfigError, match=r"override 'replay.ratio=0.5' sets section 'replay', which no arm"):
+        load_run_config(path, ["arms=[vanilla]", "replay.ratio=0.5"])
+
+
+def test_a_narrowed_run_names_the_same_folders_as_the_full_one(tmp_path, capsys):
+    from sdft.cli import main
+
+    path = _config(tmp_path, arms=["vanilla", "sdft", "replay"], replay={"data": str(tmp_path / "calls.json")})
+    plans = {}
+    for name, extra in (("full", []), ("narrowed", ["arms=[vanilla,sdft]"])):
+        assert main(["run", str(path), *extra, "--dry-run"]) == 0
+        printed = capsys.readouterr().out
+        plans[name] = {word for line in printed.splitlines() for word in line.split()
+                       if word.startswith(("eval/", "distill/", "train/"))}
+    assert any(folder.startswith("train/vanilla-") for folder in plans["narrowed"])
+    assert plans["narrowed"] < plans["full"]  # every folder of the part is a folder of the whole
 
 
 def test_a_file_whose_own_arms_leave_a_section_unused_is_still_refused(tmp_path):
@@ -116,3 +130,5 @@ def test_a_file_whose_own_arms_leave_a_section_unused_is_still_refused(tmp_path)
         load_run_config(path)
     with pytest.raises(ConfigError, match="section 'interp' is set but no arm uses it"):
         load_run_config(path, ["train.learning_rate=1e-4"])
+    with pytest.raises(ConfigError, match="section 'interp' is set but no arm uses it"):
+        load_run_config(path, ["arms=[vanilla]"])  # narrowing does not excuse the file

@@ -145,8 +145,15 @@ def test_export_keeps_what_stats_reads_and_no_answer_text(tmp_path):
     out = stats(StatsConfig(run_dir=str(run), export=str(tmp_path / "shared")))
     assert out["exported"] == 2 * (1 + len(ARMS) * len(SEEDS))
     shared = tmp_path / "shared"
+    import shutil
+    shutil.rmtree(run)  # the export alone: nothing may be read from the original run folder
     assert stats(StatsConfig(run_dir=str(shared)))["markdown"] == out["markdown"]
     files = [p for p in shared.rglob("*") if p.is_file()]
     assert {p.name for p in files} == {layout.MANIFEST, "gsm8k.jsonl", "advbench.jsonl"}
     assert not any("ANSWER TEXT" in p.read_text() for p in files)
     assert all(layout.ITEM_SCORES in p.parts for p in files if p.name != layout.MANIFEST)
+
+
+def test_export_into_the_run_folder_is_refused(items_run):
+    with pytest.raises(ConfigError, match="outside the run folder"):
+        stats(StatsConfig(run_dir=str(items_run), export=str(items_run / "shared")))

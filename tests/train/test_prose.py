@@ -28,7 +28,7 @@ def test_list_items_become_one_paragraph_with_every_word_in_order():
     assert prose.splitlines()[2] == ("Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4 (7 in all). "
                                      "She sells the rest: 16 - 7 = 9 eggs. at $2 each: 9 * 2 = 18.")
     assert "1. not a list inside code" in prose and prose.endswith("The answer is 18.")
-    assert not re.search(r"^\s*(\d+[.)]|[-*+])\s", prose.replace("1. not a list", ""), flags=re.M)
+    assert not re.search(r"^\s*(\d+[.)]|[-*+])\s", prose.replace("1. not a list", ""), flags=re.MULTILINE)
     assert re.findall(r"[A-Za-z$']+", prose) == re.findall(r"[A-Za-z$']+", REWRITE)
     assert prose.count("=") == REWRITE.count("=")
     assert re.findall(r"\d+ \w", prose) == re.findall(r"\d+ \w", REWRITE)  # numbers in the text, not markers
@@ -62,10 +62,22 @@ def test_sdft_train_with_prose_targets_learns_the_rewrites_without_their_enumera
             for i in range(4)]
     data = tmp_path / "distilled.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    settings = dict(model=str(tiny_model), data=str(data), max_steps=1, batch_size=2, grad_accum=1, max_length=128)
+    settings = {"model": str(tiny_model), "data": str(data), "max_steps": 1, "batch_size": 2, "grad_accum": 1,
+                "max_length": 128}
     prose = prepare(TrainConfig(**settings, out=str(tmp_path / "prose"), prose_targets=True))
     plain = prepare(TrainConfig(**settings, out=str(tmp_path / "plain")))
     assert prose.counts["made_prose"] == 4 and "made_prose" not in plain.counts
     eos = prose.trainer.processing_class.eos_token
     assert sorted(t.response for t in prose.targets) == [f"Step {i}. Done.{eos}" for i in range(4)]
     assert sorted(t.response for t in plain.targets) == [f"1. Step {i}\n2. Done{eos}" for i in range(4)]
+
+
+def test_rules_and_fences_are_not_lists_and_originals_of_rejected_rewrites_stay():
+    class Example:
+        id = "x"
+
+    assert without_enumeration("Intro\n* * *\nEnd") == "Intro\n* * *\nEnd"
+    fenced = "~~~\n1. inside\n```\n2. still inside\n~~~\n3. outside"
+    assert without_enumeration(fenced) == "~~~\n1. inside\n```\n2. still inside\n~~~\noutside."
+    pairs, changed = prose_pairs([(Example, "1. a\n2. b", False), (Example, "1. a\n2. b", True)])
+    assert [p[1] for p in pairs] == ["1. a\n2. b", "a. b."] and changed == 1
