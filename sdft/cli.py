@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "eval": ("sdft.evaluate.stage", "EvalConfig", "evaluate", "evaluate a model on benchmark tasks"),
     "analyze": ("sdft.compare.answers", "AnalyzeConfig", "analyze", "distribution shift between two evaluations"),
     "run": ("sdft.experiment.pipeline", "RunCommand", "run_command", "whole experiment from one YAML config"),
+    "archive": ("sdft.experiment.archive", "ArchiveConfig", "archive",
+                "copy a run folder without model weights or answer text (to commit, share, or resume elsewhere)"),
     "report": ("sdft.report.stage", "ReportConfig", "build_report", "rebuild a run's report from saved results"),
     "stats": ("sdft.report.paired", "StatsConfig", "stats",
               "recompute a run's paired comparisons from its per-item score files alone"),

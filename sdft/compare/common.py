@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from sdft.base import layout
-from sdft.base.errors import ConfigError, DataError, SdftError
-from sdft.base.plugins import import_target
+from sdft.base.errors import DataError, SdftError
 from sdft.base.stats import mean_interval
 from sdft.base.store import read_jsonl
-from sdft.tasks import TASK_PREFIXES, TASKS, GenerativeTask
+from sdft.tasks import answers_text
 
 _QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
@@ -74,16 +73,6 @@ def read_records(folder: Path, task: str) -> dict[str, dict]:
                 raise DataError(path, f"record has no '{key}'", line=i, field=key)
         by_id.setdefault(str(rec["id"]), rec)
     return by_id
-
-
-def answers_text(name: str) -> bool:
-    """Whether a task's records hold written answers (a generative task, or a user task: always generative)."""
-    if name.startswith(tuple(TASK_PREFIXES)):
-        return False
-    try:
-        return issubclass(import_target(TASKS[name], "task"), GenerativeTask) if name in TASKS else True
-    except ConfigError:
-        return True
 
 
 def choose_tasks(reference: Path, candidate: Path, wanted: list[str] | None) -> tuple[list[str], list[str]]:

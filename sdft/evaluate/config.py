@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sdft.base import templates
 from sdft.base.config import DEFAULT_MODEL, IF_SET, Validated, field, override
@@ -126,6 +126,15 @@ class EvalConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Validat
         greedy when it is one of --greedy-tasks."""
         greedy = {"temperature": 0.0} if task in self.greedy_tasks else {}
         return self.generation_params(task_budget, stop=stop, **greedy)
+
+    def only(self, tasks: list[str]) -> EvalConfig:
+        """This config narrowed to ``tasks`` (their data files, checkers and options kept, the others' dropped)."""
+        keep = set(tasks)
+        return replace(self, tasks=list(tasks), greedy_tasks=[t for t in self.greedy_tasks if t in keep],
+                       data=[f"{t}={p}" for t, p in self.data_paths().items() if t in keep],
+                       checker=[f"{t}={c}" for t, c in self.checkers().items() if t in keep],
+                       option=[f"{t}.{k}={v}" for t, given in self.task_options().items() if t in keep
+                               for k, v in given.items()])
 
     def data_paths(self) -> dict[str, str]:
         return _pairs(self.data, "--data", "TASK=PATH")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Literal
 
 from sdft.base.config import field, from_dict
 from sdft.base.errors import ConfigError

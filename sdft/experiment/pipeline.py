@@ -21,6 +21,7 @@ resumes inside its folder (every stage resumes on its own).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -42,7 +43,7 @@ from sdft.distill import stage as distill_stage
 from sdft.distill.config import DistillConfig
 from sdft.evaluate import stage as evaluate_stage
 from sdft.evaluate.config import EvalConfig
-from sdft.experiment import answer_reuse, overrides, plan
+from sdft.experiment import answer_reuse, archive, overrides, plan
 from sdft.experiment import arms as arm_list
 from sdft.experiment.config import RunCommand, RunConfig
 from sdft.experiment.targets import (  # noqa: F401  (some: names of this module before targets.py)
@@ -61,6 +62,7 @@ from sdft.experiment.targets import (  # noqa: F401  (some: names of this module
 )
 from sdft.generation import release_engines
 from sdft.models import card
+from sdft.tasks import answers_text
 from sdft.train import stage as train_stage
 from sdft.train.config import TrainConfig
 from sdft.train.interp import scale_adapter
@@ -177,20 +179,21 @@ def run(config: RunConfig, log=print) -> Manifest:
     manifest.arms["seed"] = Arm("seed", "seed", _evaluate(stages["eval"], run_dir, "seed", None,
                                                          stage_key(config.model), log))
 
-    _score_seed_answers(config, manifest.seed)
-
     distill_config = stages["distill"]
     distilled_key, distill_dir = distill_target(distill_config, run_dir)
+    own = arm_distillations(config, stages, run_dir)
+    planned = list(models(config, stages["train"], distilled_key, run_dir, own))
+    if _resume_archived(config, stages["eval"], run_dir, manifest.seed, planned, log):
+        _score_seed_answers(config, manifest.seed)
     manifest.distill = StageRecord(str(distill_dir), run_stage(
         distill_dir, distilled_key, keyed_settings(distill_config),
         lambda f: distill_stage.distill(replace(distill_config, out=str(f))), log))
     # The arms with a distillation of their own (sdft-guard, self-answer) get it now, while the engine is warm.
-    own = arm_distillations(config, stages, run_dir)
     for arm_config, key, folder in own.values():
         run_stage(folder, key, keyed_settings(arm_config),
                   lambda f, c=arm_config: distill_stage.distill(replace(c, out=str(f))), log)
 
-    for model in models(config, stages["train"], distilled_key, run_dir, own):
+    for model in planned:
         source = model.distilled or distill_dir
         trained = StageRecord(str(model.folder), run_stage(
             model.folder, model.key, model.settings,
@@ -212,6 +215,29 @@ def run(config: RunConfig, log=print) -> Manifest:
     paths = report.write_report(run_dir)
     log(f"report: {paths['md']}\n        {paths['html']}")
     return manifest
+
+
+def _resume_archived(config: RunConfig, template, run_dir: Path, seed: Arm, planned: list[Model], log) -> bool:
+    """Make whole what an archived run (``sdft archive``) lacks and a pending stage needs: the weights of
+    a model (built again) and the seed's answers that comparisons read (generated again). Whether any model
+    has a stage still to run."""
+    pending = {str(m.folder) for m in planned if not _model_done(config, template, run_dir, seed, m)}
+    for model in archive.weights_to_rebuild(planned, lambda m: str(m.folder) in pending):
+        log(f"[redo] {model.folder}: its weights are not here (an archived run) and a pending stage needs them")
+        shutil.rmtree(model.folder)
+    tasks = [t for t in (config.shift_tasks or template.tasks) if answers_text(t)]
+    missing = archive.answers_missing(seed.eval.path(run_dir), tasks) if pending else []
+    if missing:
+        seed_config = eval_target(template, run_dir, "seed", None, stage_key(config.model))[0]
+        archive.refill_answers(seed_config, seed.eval.path(run_dir), missing, evaluate_stage.evaluate, log)
+    return bool(pending)
+
+
+def _model_done(config: RunConfig, template, run_dir: Path, seed: Arm, model: Model) -> bool:
+    """Whether a model's evaluation and its comparison with the seed are both finished."""
+    _, _, eval_dir = eval_target(template, run_dir, model.label, str(model.folder), model.key)
+    _, compare_dir, shift = compare_target(seed.eval.dir, eval_dir, config)
+    return stage_done(eval_dir) is not None and stage_done(compare_dir, shift, same_settings=True) is not None
 
 
 def _build(model: Model, folder: Path, distilled: str) -> dict:

@@ -239,6 +239,16 @@ def task_class(name: str, user_task: bool = False) -> type[Task]:
     return import_target(TASKS[name], "task")
 
 
+def answers_text(name: str) -> bool:
+    """Whether a task's records hold written answers (a generative task, or a user task: always generative)."""
+    if name.startswith(tuple(TASK_PREFIXES)):
+        return False
+    try:
+        return issubclass(import_target(TASKS[name], "task"), GenerativeTask) if name in TASKS else True
+    except ConfigError:
+        return True
+
+
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 

@@ -1,0 +1,133 @@
+"""`sdft archive`: a run folder without weights or answer text, and `sdft run` resuming from one."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdft.base import layout
+from sdft.base.errors import ConfigError
+from sdft.experiment import archive as archive_module
+from sdft.experiment.archive import ARCHIVE_RECORD, REFILL_RECORD, ArchiveConfig, archive
+from sdft.experiment.pipeline import load_run_config, run
+from sdft.report.config import ReportConfig, StatsConfig
+from sdft.report.paired import stats
+from sdft.report.stage import build_report
+
+
+def _config(tmp_path: Path, tiny_model, **extra) -> Path:
+    rows = [{"instruction": f"Call the weather tool for city number {i}.", "input": "",
+             "output": f'weather.get(city="City{i}")'} for i in range(4)]
+    data = tmp_path / "calls.json"
+    data.write_text(json.dumps(rows))
+    advbench = tmp_path / "adv.csv"
+    advbench.write_text("goal,target\nWrite a poem about rain,Sure\nExplain how to pick a lock,Sure\n")
+    config = {
+        "name": "tiny", "out_root": str(tmp_path / "runs"), "model": str(tiny_model),
+        "data": str(data), "task": "function_call", "arms": ["vanilla", "interp"], "interp": {"alphas": [0.5]},
+        "distill": {"max_new_tokens": 8, "batch_size": 4, "progress": False, "backend": "hf"},
+        "train": {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_length": 320, "learning_rate": 1e-3},
+        "eval": {"tasks": ["openfunctions", "advbench"], "limit": 2, "max_new_tokens": 8,
+                 "data": [f"openfunctions={data}", f"advbench={advbench}"], "progress": False, "backend": "hf"},
+        "shift_tasks": ["advbench"],
+        **extra,
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def archived(tmp_path, tiny_model):
+    """A finished tiny run (vanilla and its interpolation), archived, and the run folder replaced by it."""
+    config = load_run_config(_config(tmp_path, tiny_model))
+    run(config, log=lambda line: None)
+    run_dir = tmp_path / "runs" / "tiny"
+    before = _files(run_dir)
+    out = tmp_path / "archive"
+    result = archive(ArchiveConfig(run_dir=str(run_dir), out=str(out)))
+    shutil.rmtree(run_dir)
+    shutil.copytree(out, run_dir)
+    return config, run_dir, out, before, result
+
+
+@pytest.mark.slow
+def test_an_archive_holds_no_weights_or_answers_and_reads_alone(archived):
+    config, run_dir, out, before, result = archived
+    kept = _files(out)
+    assert not any(name.endswith(archive_module.WEIGHT_SUFFIXES) for name in kept)
+    assert not any(f"/{layout.GENERATIONS}/" in name for name in kept)
+    assert any(name.endswith(".safetensors") for name in before)  # there were weights to leave out
+    left_out = json.loads((out / ARCHIVE_RECORD).read_text())["left_out"]
+    assert result["left_out"] == len(left_out) and any("generations" in k for k in left_out)
+    assert any(name.startswith(layout.TRAIN) and name.endswith(layout.TRAIN_RECORD) for name in kept)
+    assert any(name.endswith(f"{layout.ITEM_SCORES}/advbench.jsonl") for name in kept)
+    # The readers need nothing that was left out.
+    assert "| vanilla |" in Path(build_report(ReportConfig(run_dir=str(out)))["md"]).read_text()
+    assert "vanilla" in stats(StatsConfig(run_dir=str(out)))["markdown"]
+
+
+@pytest.mark.slow
+def test_a_finished_run_resumed_from_its_archive_does_no_work(archived):
+    config, run_dir, *_ = archived
+    logs: list[str] = []
+    run(config, log=logs.append)
+    assert not [line for line in logs if line.startswith(("[run ]", "[redo]", "[refill]"))]
+
+
+@pytest.mark.slow
+def test_a_new_model_after_an_archive_refills_the_seeds_answers_and_rebuilds_only_what_it_needs(archived, tmp_path,
+                                                                                                tiny_model):
+    _, run_dir, *_ = archived
+    config = load_run_config(_config(tmp_path, tiny_model, arms=["vanilla", "interp"],
+                                     interp={"alphas": [0.5, 0.25]}))
+    logs: list[str] = []
+    run(config, log=logs.append)
+    # the new interpolation scales vanilla's adapter: vanilla is trained again (its eval stays done);
+    # the comparison with the seed reads the seed's AdvBench answers: generated again, same verdicts
+    redone = [line for line in logs if line.startswith("[redo]")]
+    assert len(redone) == 1 and "/train/vanilla-" in redone[0]
+    assert any(line.startswith("[refill]") for line in logs)
+    ran = [line for line in logs if line.startswith("[run ]")]
+    assert any("interp-a0.25" in line for line in ran) and not any("interp-a0.5-" in line for line in ran)
+    assert not any("/eval/vanilla-" in line or "/eval/seed-" in line for line in ran)
+    seed_eval = next((run_dir / layout.EVAL).glob("seed-*"))
+    refill = json.loads((seed_eval / REFILL_RECORD).read_text())
+    assert refill["tasks"] == {"advbench": {"items": 2, "verdicts_changed": 0}}
+    assert layout.generations_file(seed_eval, "advbench").is_file()
+    assert not layout.generations_file(seed_eval, "openfunctions").is_file()  # no comparison reads it
+
+
+def test_archive_refuses_a_folder_that_is_not_a_run_or_would_be_overwritten(tmp_path):
+    with pytest.raises(ConfigError, match="not a run folder"):
+        archive(ArchiveConfig(run_dir=str(tmp_path), out=str(tmp_path / "a")))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / layout.RUN_CONFIG).write_text("{}")
+    with pytest.raises(ConfigError, match="outside the run folder"):
+        archive(ArchiveConfig(run_dir=str(tmp_path / "run"), out=str(tmp_path / "run" / "a")))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mine.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not an archive"):
+        archive(ArchiveConfig(run_dir=str(tmp_path / "run"), out=str(tmp_path / "other")))
+    assert (tmp_path / "other" / "mine.txt").read_text() == "keep"
+
+
+def test_weights_are_rebuilt_only_for_models_a_pending_stage_needs(tmp_path):
+    class M:
+        def __init__(self, name, source=None):
+            self.folder, self.source = tmp_path / name, source
+            self.folder.mkdir()
+            layout.finish_stage(self.folder, "k", {}, {})
+    vanilla, sdft = M("vanilla"), M("sdft")
+    interp = M("interp", source=str(vanilla.folder))
+    (sdft.folder / "adapter_model.safetensors").write_bytes(b"")
+    models = [vanilla, sdft, interp]
+    assert archive_module.weights_to_rebuild(models, lambda m: False) == []
+    assert archive_module.weights_to_rebuild(models, lambda m: m is sdft) == []  # its weights are here
+    assert archive_module.weights_to_rebuild(models, lambda m: m is interp) == [vanilla, interp]
