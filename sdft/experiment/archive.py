@@ -23,6 +23,9 @@ from sdft.base import layout, provenance, runlock
 from sdft.base.config import field
 from sdft.base.errors import ConfigError
 from sdft.base.store import write_json
+from sdft.experiment.config import RunConfig
+from sdft.experiment.targets import compare_target, eval_target, stage_done
+from sdft.tasks import answers_text
 
 ARCHIVE_RECORD = "archive.json"  # at the archive's root: what was left out, and why
 REFILL_RECORD = "refill.json"    # in a seed eval folder whose answers were generated again after an archive
@@ -49,15 +52,17 @@ def archive(config: ArchiveConfig) -> dict:
         raise ConfigError(f"--out {dest}: give a folder outside the run folder {source}")
     if dest.exists() and not (dest / ARCHIVE_RECORD).is_file():
         raise ConfigError(f"--out {dest} exists and is not an archive ({ARCHIVE_RECORD} missing): not replaced")
-    with runlock.claim(source, provenance.command_line()):  # no stage writes while the copy is taken
-        left_out: dict[str, str] = {}
-        staging = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        copied = _copy(source, staging, left_out)
-        write_json(staging / ARCHIVE_RECORD, {**provenance.run_record({"run_dir": str(source), "out": str(dest)}),
-                                              "files": copied, "left_out": left_out})
-        shutil.rmtree(dest, ignore_errors=True)
-        staging.rename(dest)  # a crash mid-copy leaves the earlier archive whole
+    # No lock: a run still going may be archived (the point of archiving as stages finish). Every stage record
+    # and result is written whole (a temporary file, then a rename), and a stage caught half-way has no
+    # stage.json result, so it starts again from its beginning when resumed from the archive.
+    left_out: dict[str, str] = {}
+    staging = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    copied = _copy(source, staging, left_out)
+    write_json(staging / ARCHIVE_RECORD, {**provenance.run_record({"run_dir": str(source), "out": str(dest)}),
+                                          "files": copied, "left_out": left_out})
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)  # a crash mid-copy leaves the earlier archive whole
     return {"out": str(dest), "files": copied, "left_out": len(left_out)}
 
 
@@ -90,6 +95,34 @@ def summarize(result: dict) -> str:
 def has_weights(folder: Path) -> bool:
     """Whether a model folder (a training or an interpolation) holds its weights."""
     return any(p.suffix in WEIGHT_SUFFIXES for p in Path(folder).glob("*"))
+
+
+@dataclass
+class Missing:
+    """What an archived run lacks that its pending stages read."""
+
+    rebuild: list      # finished models (``targets.Model``) whose weights are gone
+    refill: list[str]  # tasks whose seed answers are gone
+    pending: bool      # whether any model has a stage still to run
+
+
+def missing(config: RunConfig, template, run_dir: Path, seed_eval: Path, planned: list) -> Missing:
+    """What must be made again before the pending stages of ``planned`` (``targets.models``) can run:
+    nothing unless the run folder was restored from an archive (it holds ``archive.json``); elsewhere a
+    missing file is an error the stage that reads it reports."""
+    pending = {str(m.folder) for m in planned if not model_done(config, template, run_dir, seed_eval, m)}
+    if not (Path(run_dir) / ARCHIVE_RECORD).is_file():
+        return Missing([], [], bool(pending))
+    tasks = [t for t in (config.shift_tasks or template.tasks) if answers_text(t)]
+    return Missing(weights_to_rebuild(planned, lambda m: str(m.folder) in pending),
+                   answers_missing(seed_eval, tasks) if pending and stage_done(seed_eval) else [], bool(pending))
+
+
+def model_done(config: RunConfig, template, run_dir: Path, seed_eval: Path, model) -> bool:
+    """Whether a model's evaluation and its comparison with the seed are both finished."""
+    _, _, eval_dir = eval_target(template, run_dir, model.label, str(model.folder), model.key)
+    _, compare_dir, shift = compare_target(str(seed_eval), eval_dir, config)
+    return stage_done(eval_dir) is not None and stage_done(compare_dir, shift, same_settings=True) is not None
 
 
 def weights_to_rebuild(models: list, pending: Callable[[object], bool]) -> list:

@@ -62,7 +62,6 @@ from sdft.experiment.targets import (  # noqa: F401  (some: names of this module
 )
 from sdft.generation import release_engines
 from sdft.models import card
-from sdft.tasks import answers_text
 from sdft.train import stage as train_stage
 from sdft.train.config import TrainConfig
 from sdft.train.interp import scale_adapter
@@ -221,23 +220,15 @@ def _resume_archived(config: RunConfig, template, run_dir: Path, seed: Arm, plan
     """Make whole what an archived run (``sdft archive``) lacks and a pending stage needs: the weights of
     a model (built again) and the seed's answers that comparisons read (generated again). Whether any model
     has a stage still to run."""
-    pending = {str(m.folder) for m in planned if not _model_done(config, template, run_dir, seed, m)}
-    for model in archive.weights_to_rebuild(planned, lambda m: str(m.folder) in pending):
+    seed_eval = seed.eval.path(run_dir)
+    lacking = archive.missing(config, template, run_dir, seed_eval, planned)
+    for model in lacking.rebuild:
         log(f"[redo] {model.folder}: its weights are not here (an archived run) and a pending stage needs them")
         shutil.rmtree(model.folder)
-    tasks = [t for t in (config.shift_tasks or template.tasks) if answers_text(t)]
-    missing = archive.answers_missing(seed.eval.path(run_dir), tasks) if pending else []
-    if missing:
+    if lacking.refill:
         seed_config = eval_target(template, run_dir, "seed", None, stage_key(config.model))[0]
-        archive.refill_answers(seed_config, seed.eval.path(run_dir), missing, evaluate_stage.evaluate, log)
-    return bool(pending)
-
-
-def _model_done(config: RunConfig, template, run_dir: Path, seed: Arm, model: Model) -> bool:
-    """Whether a model's evaluation and its comparison with the seed are both finished."""
-    _, _, eval_dir = eval_target(template, run_dir, model.label, str(model.folder), model.key)
-    _, compare_dir, shift = compare_target(seed.eval.dir, eval_dir, config)
-    return stage_done(eval_dir) is not None and stage_done(compare_dir, shift, same_settings=True) is not None
+        archive.refill_answers(seed_config, seed_eval, lacking.refill, evaluate_stage.evaluate, log)
+    return lacking.pending
 
 
 def _build(model: Model, folder: Path, distilled: str) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sdft.base import layout
 from sdft.base.config import stage_key
+from sdft.experiment import archive
 from sdft.experiment.config import RunConfig
 from sdft.experiment.targets import arm_distillations, compare_target, distill_target, eval_target, models, stage_done
 
@@ -63,20 +64,36 @@ def plan(config: RunConfig, stages: dict) -> list[Step]:
     upstream, distill_dir = distill_target(stages["distill"], run_dir)
     add("distill", "distill", distill_dir, stage_done(distill_dir))
     own = arm_distillations(config, stages, run_dir)
+    planned = list(models(config, stages["train"], upstream, run_dir, own))
+    lacking = archive.missing(config, stages["eval"], run_dir, seed_eval, planned)
+    if lacking.refill:  # an archived run: the seed's answers a pending comparison reads
+        steps.append(Step("refill", "seed", seed_eval / layout.GENERATIONS, "to run", *_refill_estimate(
+            seed_eval, lacking.refill)))
     for arm, (_, _, folder) in own.items():
         add("distill", arm, folder, stage_done(folder))
-    for model in models(config, stages["train"], upstream, run_dir, own):
+    rebuild = {str(m.folder) for m in lacking.rebuild}
+    for model in planned:
+        done = None if str(model.folder) in rebuild else stage_done(model.folder)
         if model.train is not None:
-            add("train", model.label, model.folder, stage_done(model.folder), model.train.max_steps,
-                model.train.objective)
+            add("train", model.label, model.folder, done, model.train.max_steps, model.train.objective)
         else:
-            add("interp", model.label, model.folder, stage_done(model.folder))
+            add("interp", model.label, model.folder, done)
+        if str(model.folder) in rebuild:
+            steps[-1].status, steps[-1].basis = "rebuild", f"weights archived; {steps[-1].basis}"
         _, _, model_eval = eval_target(stages["eval"], run_dir, model.label, str(model.folder), model.key)
         add("eval", model.label, model_eval, stage_done(model_eval))
         _, compare_dir, settings = compare_target(seed_eval, model_eval, config)
         add("compare", model.label, compare_dir, stage_done(compare_dir, settings, same_settings=True))
     steps.append(Step("report", "", run_dir / layout.REPORT_MD, "to run", None, "rewritten after every model"))
     return steps
+
+
+def _refill_estimate(seed_eval: Path, tasks: list[str]) -> tuple[float | None, str]:
+    """What generating the seed's answers of ``tasks`` again may take: what they took the first time."""
+    timed = (layout.finished_result(seed_eval) or {}).get("tasks") or {}
+    seconds = [(timed.get(t) or {}).get("seconds") for t in tasks]
+    basis = f"answers of {', '.join(tasks)} archived"
+    return (sum(seconds), f"{basis}; as they took") if None not in seconds else (None, basis)
 
 
 def _step(stage: str, label: str, folder: Path, done: dict | None, history: list[Done], planned: int | None,

@@ -11,7 +11,8 @@ from sdft.base import layout
 from sdft.base.errors import ConfigError
 from sdft.experiment import archive as archive_module
 from sdft.experiment.archive import ARCHIVE_RECORD, REFILL_RECORD, ArchiveConfig, archive
-from sdft.experiment.pipeline import load_run_config, run
+from sdft.experiment.pipeline import load_run_config, run, stage_configs
+from sdft.experiment.plan import describe, plan
 from sdft.report.config import ReportConfig, StatsConfig
 from sdft.report.paired import stats
 from sdft.report.stage import build_report
@@ -87,6 +88,12 @@ def test_a_new_model_after_an_archive_refills_the_seeds_answers_and_rebuilds_onl
     _, run_dir, *_ = archived
     config = load_run_config(_config(tmp_path, tiny_model, arms=["vanilla", "interp"],
                                      interp={"alphas": [0.5, 0.25]}))
+    # the dry run shows what the run below will do
+    steps = {(s.stage, s.label): s for s in plan(config, stage_configs(config))}
+    assert steps[("refill", "seed")].status == "to run" and "advbench" in steps[("refill", "seed")].basis
+    assert steps[("train", "vanilla")].status == "rebuild" and steps[("interp", "interp-a0.5")].status == "cached"
+    assert steps[("eval", "vanilla")].status == "cached" and steps[("interp", "interp-a0.25")].status == "to run"
+    assert "rebuild" in describe(config, list(steps.values()))
     logs: list[str] = []
     run(config, log=logs.append)
     # the new interpolation scales vanilla's adapter: vanilla is trained again (its eval stays done);
