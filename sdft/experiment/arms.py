@@ -60,6 +60,8 @@ def _section_of(config: type, prefix: str, **defaults) -> type:
 # (data, ratio, source, max_new_tokens, backend, precision); a replay arm replays one general example per four by
 # default.
 ReplaySection = _section_of(TrainConfig, "replay_", ratio=0.25)
+# The ``onpolicy`` section: ``sdft train``'s --onpolicy-* settings without the prefix.
+OnpolicySection = _section_of(TrainConfig, "onpolicy_")
 
 
 @dataclass

@@ -17,9 +17,10 @@ import typing
 from sdft.base.config import _unwrap_optional, coerce
 from sdft.base.errors import ConfigError
 from sdft.base.userfiles import loads_yaml
+from sdft.compare.config import AnalyzeConfig
 from sdft.distill.config import DistillConfig
 from sdft.evaluate.config import EvalConfig
-from sdft.experiment.arms import InterpSection, ReplaySection
+from sdft.experiment.arms import GuardSection, InterpSection, OnpolicySection, ReplaySection
 from sdft.experiment.config import _OWNED, RunConfig
 from sdft.train.config import TrainConfig
 
@@ -27,11 +28,8 @@ from sdft.train.config import TrainConfig
 def _section_types(section: str) -> dict[str, typing.Any]:
     """The keys a section of the run config takes, with their types (a stage config's fields, less the ones
     the pipeline sets itself, which ``RunConfig.validate`` names when a file sets them)."""
-    if section == "onpolicy":  # sdft train's --onpolicy-* keys without the prefix
-        hints = typing.get_type_hints(TrainConfig)
-        return {k.removeprefix("onpolicy_"): t for k, t in hints.items() if k.startswith("onpolicy_")}
     cls = {"distill": DistillConfig, "train": TrainConfig, "eval": EvalConfig, "replay": ReplaySection,
-           "interp": InterpSection}[section]
+           "onpolicy": OnpolicySection, "interp": InterpSection, "guard": GuardSection, "shift": AnalyzeConfig}[section]
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name not in _OWNED.get(section, ())]
     if section == "train":  # those belong to the arms (their own sections)
@@ -39,7 +37,7 @@ def _section_types(section: str) -> dict[str, typing.Any]:
     return {n: hints[n] for n in names}
 
 
-SECTIONS = ("distill", "train", "eval", "replay", "onpolicy", "interp")
+SECTIONS = ("distill", "train", "eval", "replay", "onpolicy", "interp", "guard", "shift")
 
 
 def apply(data: dict, items: list[str]) -> dict:

@@ -56,10 +56,19 @@ def test_overrides_are_typed_like_yaml_values_and_win_over_the_file(tmp_path):
     assert pipeline.stage_key(stage_configs(written)["train"]) == pipeline.stage_key(stages["train"])
 
 
+def test_every_section_of_the_file_takes_overrides(tmp_path):
+    config = load_run_config(_config(tmp_path, arms=["vanilla", "sdft-guard", "onpolicy"]), [
+        "guard.max_length_ratio=3", "shift.batch_size=4", "onpolicy.teacher=ema", "eval.limit=3"])
+    assert config.guard == {"max_length_ratio": 3.0} and config.shift == {"batch_size": 4}
+    assert config.onpolicy == {"teacher": "ema"}
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.learning_rat=1e-4", "override 'train.learning_rat=1e-4': unknown key 'learning_rat' in section "
                                 "'train'; valid keys: batch_order, batch_size, "),
-    ("trian.epochs=1", "unknown section 'trian'; sections: distill, train, eval, replay, onpolicy, interp"),
+    ("trian.epochs=1", "unknown section 'trian'; sections: distill, train, eval, replay, onpolicy, interp, guard, shift"),
+    ("shift.what=shift", "unknown key 'what' in section 'shift'"),  # the pipeline sets it
+    ("guard.min_length_ratio=short", "'min_length_ratio' must be a number"),
     ("colour=blue", "unknown key 'colour'; top-level keys: arms, "),
     ("train.max_steps=many", "override 'train.max_steps=many': 'max_steps' must be an integer, got 'many'"),
     ("eval.limit=[1, 2]", "'limit' must be an integer"),
