@@ -8,7 +8,9 @@ answer without quoting it:
 
 * generated answers: ``verdict`` (the scorer's reason, only where the task says it is a label:
   ``GenerativeTask.verdict``), ``answer_tokens``, ``finish_reason`` (``length``: cut at the token budget) and
-  ``opening`` (:func:`sdft.base.openings.opening`: numbered list, bulleted list, code block, heading, prose);
+  ``opening`` (:func:`sdft.base.openings.opening`: numbered list, bulleted list, code block, heading, prose),
+  ``answer_hash`` (whether an answer made again is the same one: :func:`answer_hash`; lines written before it
+  existed lack it);
 * log-likelihood tasks: ``choice``, the index of the option the model found most likely.
 
 The evaluation stage writes it from the scored records of each task (``sdft.evaluate.run``); the report and
@@ -17,6 +19,7 @@ The evaluation stage writes it from the scored records of each task (``sdft.eval
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 from sdft.base.openings import opening
@@ -31,14 +34,28 @@ def generated(records: list[dict], verdict: Callable[[object], str | None]) -> l
         if label is not None:
             line["verdict"] = label
         line.update({"answer_tokens": rec.get("completion_tokens"), "finish_reason": rec.get("finish_reason"),
-                     "opening": opening(rec.get("completion"))})
+                     "opening": opening(rec.get("completion")), "answer_hash": answer_hash(rec.get("completion"))})
         lines.append(line)
     return lines
+
+
+def answer_hash(text: str | None) -> str:
+    """The first 16 hex digits of the answer's SHA-256: whether two answers are the same, never what they say."""
+    return hashlib.sha256((text or "").encode()).hexdigest()[:16]
 
 
 def loglik(records: list[dict]) -> list[dict]:
     """Lines for a log-likelihood task's records: the option the model picked, never its text."""
     return [{"id": rec["id"], "score": rec["score"], "choice": rec.get("chosen")} for rec in records]
+
+
+def as_answer_records(lines: list[dict]) -> list[dict]:
+    """Per-item lines in the shape of generation records, for readers of answer lengths and openings (the
+    report): a generated answer's ``completion_tokens``, ``finish_reason`` and ``opening``, never its text;
+    a log-likelihood item's id and score alone."""
+    return [{"id": line["id"], "score": line.get("score"),
+             **({"completion_tokens": line["answer_tokens"], "finish_reason": line.get("finish_reason"),
+                 "opening": line.get("opening")} if "answer_tokens" in line else {})} for line in lines]
 
 
 def by_id(records: list[dict]) -> dict[str, float]:

@@ -69,10 +69,15 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all (a reader or a copy never sees half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -182,7 +182,8 @@ def run(config: RunConfig, log=print) -> Manifest:
     distilled_key, distill_dir = distill_target(distill_config, run_dir)
     own = arm_distillations(config, stages, run_dir)
     planned = list(models(config, stages["train"], distilled_key, run_dir, own))
-    if _resume_archived(config, stages["eval"], run_dir, manifest.seed, planned, log):
+    lacking = _resume_archived(config, stages["eval"], run_dir, manifest.seed, planned, log)
+    if lacking.pending:
         _score_seed_answers(config, manifest.seed)
     manifest.distill = StageRecord(str(distill_dir), run_stage(
         distill_dir, distilled_key, keyed_settings(distill_config),
@@ -194,9 +195,15 @@ def run(config: RunConfig, log=print) -> Manifest:
 
     for model in planned:
         source = model.distilled or distill_dir
+        why = lacking.rebuild.get(str(model.folder))
+        archived = archive.clear_for_rebuild(model.folder, why, log) if why else None
         trained = StageRecord(str(model.folder), run_stage(
             model.folder, model.key, model.settings,
             lambda f, m=model, d=str(source / layout.DISTILLED): _build(m, f, d), log))
+        if why:
+            archive.record_rebuild(model.folder, why, archived)
+        if str(model.folder) in lacking.reevaluate:
+            _clear_evaluation(stages["eval"], run_dir, model, log)
         arm = Arm(model.label, model.recipe, _evaluate(stages["eval"], run_dir, model.label, trained.dir, model.key,
                                                        log), params=model.params, train=trained, seed=model.seed)
         key, compare_dir, shift = compare_target(manifest.seed.eval.dir, arm.eval.dir, config)
@@ -216,19 +223,24 @@ def run(config: RunConfig, log=print) -> Manifest:
     return manifest
 
 
-def _resume_archived(config: RunConfig, template, run_dir: Path, seed: Arm, planned: list[Model], log) -> bool:
-    """Make whole what an archived run (``sdft archive``) lacks and a pending stage needs: the weights of
-    a model (built again) and the seed's answers that comparisons read (generated again). Whether any model
-    has a stage still to run."""
+def _resume_archived(config: RunConfig, template, run_dir: Path, seed: Arm, planned: list[Model],
+                     log) -> archive.Missing:
+    """What an archived run (``sdft archive``) lacks and its pending stages need. The seed's answers that
+    comparisons read are generated again now; the models are built again in their turn (the run's loop)."""
     seed_eval = seed.eval.path(run_dir)
     lacking = archive.missing(config, template, run_dir, seed_eval, planned)
-    for model in lacking.rebuild:
-        log(f"[redo] {model.folder}: its weights are not here (an archived run) and a pending stage needs them")
-        shutil.rmtree(model.folder)
     if lacking.refill:
         seed_config = eval_target(template, run_dir, "seed", None, stage_key(config.model))[0]
         archive.refill_answers(seed_config, seed_eval, lacking.refill, evaluate_stage.evaluate, log)
-    return lacking.pending
+    return lacking
+
+
+def _clear_evaluation(template, run_dir: Path, model: Model, log) -> None:
+    """A finished evaluation whose answers an archive left out, of a model whose comparison is pending: it
+    runs again with the rebuilt weights (its archived results stay in the archive's history)."""
+    folder = eval_target(template, run_dir, model.label, str(model.folder), model.key)[2]
+    log(f"[redo] {folder}: its answers are not here (an archived run) and its comparison with the seed is pending")
+    shutil.rmtree(folder)
 
 
 def _build(model: Model, folder: Path, distilled: str) -> dict:
@@ -254,7 +266,10 @@ def _train(config) -> dict:
     out = Path(config.out)
     finished = out / layout.TRAIN_RECORD
     if finished.is_file() and not (out / layout.CHECKPOINTS).is_dir():
-        return json.loads(finished.read_text())
+        if archive.has_weights(out):
+            return json.loads(finished.read_text())
+        # archived after train.json was written but before the stage was marked done: no weights to keep
+        return train_stage.train(replace(config, overwrite=True))
     return train_stage.train(replace(config, resume=(out / layout.CHECKPOINTS).is_dir()))
 
 

@@ -71,17 +71,20 @@ def plan(config: RunConfig, stages: dict) -> list[Step]:
             seed_eval, lacking.refill)))
     for arm, (_, _, folder) in own.items():
         add("distill", arm, folder, stage_done(folder))
-    rebuild = {str(m.folder) for m in lacking.rebuild}
     for model in planned:
-        done = None if str(model.folder) in rebuild else stage_done(model.folder)
+        why = lacking.rebuild.get(str(model.folder))
+        done = None if why else stage_done(model.folder)
         if model.train is not None:
             add("train", model.label, model.folder, done, model.train.max_steps, model.train.objective)
         else:
             add("interp", model.label, model.folder, done)
-        if str(model.folder) in rebuild:
-            steps[-1].status, steps[-1].basis = "rebuild", f"weights archived; {steps[-1].basis}"
+        if why:
+            steps[-1].status, steps[-1].basis = "rebuild", f"weights archived, {why}; {steps[-1].basis}"
         _, _, model_eval = eval_target(stages["eval"], run_dir, model.label, str(model.folder), model.key)
-        add("eval", model.label, model_eval, stage_done(model_eval))
+        again = str(model.folder) in lacking.reevaluate
+        add("eval", model.label, model_eval, None if again else stage_done(model_eval))
+        if again:
+            steps[-1].status, steps[-1].basis = "rebuild", f"answers archived, comparison pending; {steps[-1].basis}"
         _, compare_dir, settings = compare_target(seed_eval, model_eval, config)
         add("compare", model.label, compare_dir, stage_done(compare_dir, settings, same_settings=True))
     steps.append(Step("report", "", run_dir / layout.REPORT_MD, "to run", None, "rewritten after every model"))

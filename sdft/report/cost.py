@@ -54,7 +54,7 @@ def _distill_tokens(stats: dict) -> int | None:
 def _eval_tokens(found: dict) -> int | None:
     """New tokens of a model's evaluation answers, from its generation records (None unless every generated
     answer says). Log-likelihood tasks generate nothing: their records (no completion) are not counted."""
-    records = [r for _, task_records in found.values() for r in task_records if "completion" in r]
+    records = [r for _, task_records in found.values() for r in task_records if "completion" in r or "opening" in r]
     if not records or any("completion_tokens" not in r for r in records):
         return None
     return sum(r["completion_tokens"] for r in records)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdft.base.openings import KINDS, PROSE, counts, opening  # noqa: F401  (the classifier, shared with evaluate)
+from sdft.base.openings import KINDS, PROSE, counts, opening, tally  # noqa: F401  (the classifier, shared with evaluate)
 
 # A format is flagged when the accepted rewrites open with it this much more often (as a share) than the
 # seed's own answers do on every task it answered: a difference of a few answers is not a drift.
@@ -78,12 +78,17 @@ class Openings:
     models: list[list[str]]    # [model label, one cell per task]
 
 
+def _kind(record: dict) -> str:
+    """An answer's opening: as classified when it was scored (per-item lines), else from its text."""
+    return record["opening"] if record.get("opening") else opening(record.get("completion"))
+
+
 def openings(records: list[dict], generations: dict) -> Openings | None:
     """Distillation targets (``records``: originals, rewrites) and every model's answers, by how they open;
     None if neither was saved."""
     # Generated answers only (they record their token count): a multiple-choice task's "completion" is the
     # option the model scored highest, not text it wrote.
-    answers = {label: {task: counts([r.get("completion") for r in rows]) for task, (_, rows) in found.items()
+    answers = {label: {task: tally(_kind(r) for r in rows) for task, (_, rows) in found.items()
                        if rows and all("completion_tokens" in r for r in rows)}
                for label, found in generations.items()}
     tasks = sorted({task for found in answers.values() for task in found})

@@ -11,12 +11,12 @@ import math
 import re
 from pathlib import Path
 
-from sdft.base import layout, seeds
+from sdft.base import item_scores, layout, seeds
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest
 from sdft.base.seed_stats import seed_mean, seed_variance
 from sdft.base.stats import Metric
-from sdft.base.store import read_jsonl
+from sdft.base.store import read_jsonl, write_text
 from sdft.report import cost as report_cost
 from sdft.report import distillation as report_distillation
 from sdft.report import openings as report_openings
@@ -176,8 +176,9 @@ def cost_section(manifest: Manifest, run_dir: Path, generations: dict) -> str:
 
 
 def load_generations(manifest: Manifest, run_dir: Path) -> dict[str, dict[str, tuple[dict, list[dict]]]]:
-    """``{model label: {task: (results entry, generation records)}}`` for the tasks whose generations
-    were saved."""
+    """``{model label: {task: (results entry, answer records)}}``: each task's per-item lines as measured
+    (lengths and openings, no text: :func:`item_scores.as_answer_records`), else, in folders evaluated before
+    those existed, its generation records. An archived run (no generations) loses nothing here."""
     return {label: _generations(arm, run_dir) for label, arm in manifest.arms.items()}
 
 
@@ -185,8 +186,11 @@ def _generations(arm: Arm, run_dir: Path) -> dict[str, tuple[dict, list[dict]]]:
     eval_dir = arm.eval.path(run_dir)
     found = {}
     for task, entry in arm.eval.result.get("tasks", {}).items():
+        lines = eval_dir / str(entry.get("item_scores") or "")
         path = eval_dir / str(entry.get("generations") or "")
-        if entry.get("generations") and path.is_file():
+        if entry.get("item_scores") and lines.is_file():
+            found[task] = (entry, item_scores.as_answer_records(read_jsonl(lines)))
+        elif entry.get("generations") and path.is_file():
             found[task] = (entry, read_jsonl(path))
     return found
 
@@ -267,9 +271,9 @@ def write_report(run_dir: Path) -> dict[str, Path]:
                           "interval. The loss plot has one line per trained model.")
     markdown_text = "\n".join(p for p in parts if p)
     md_path = run_dir / layout.REPORT_MD
-    md_path.write_text(markdown_text)
+    write_text(md_path, markdown_text)  # whole: an archive may be taken while a run rewrites its report
     html_path = run_dir / layout.REPORT_HTML
-    html_path.write_text(_html(markdown_text, run_dir, manifest.name))
+    write_text(html_path, _html(markdown_text, run_dir, manifest.name))
     return {"md": md_path, "html": html_path}
 
 

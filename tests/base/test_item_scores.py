@@ -14,5 +14,15 @@ def test_generated_lines_keep_no_text():
     records = [{"id": "x", "prompt": "PROMPT", "completion": "- a point", "score": 0.0, "reason": "why",
                 "finish_reason": "stop", "completion_tokens": 3}]
     assert item_scores.generated(records, lambda reason: None) == [
-        {"id": "x", "score": 0.0, "answer_tokens": 3, "finish_reason": "stop", "opening": "bulleted list"}]
+        {"id": "x", "score": 0.0, "answer_tokens": 3, "finish_reason": "stop", "opening": "bulleted list",
+         "answer_hash": item_scores.answer_hash("- a point")}]
     assert item_scores.generated(records, str.upper)[0]["verdict"] == "WHY"
+    assert len(item_scores.answer_hash("- a point")) == 16 and item_scores.answer_hash(None) == item_scores.answer_hash("")
+
+
+def test_per_item_lines_read_as_answer_records_without_text():
+    lines = [{"id": "x", "score": 1.0, "answer_tokens": 3, "finish_reason": "length", "opening": "code block",
+              "answer_hash": "0123"}, {"id": "y", "score": 0.0, "choice": 2}]
+    assert item_scores.as_answer_records(lines) == [
+        {"id": "x", "score": 1.0, "completion_tokens": 3, "finish_reason": "length", "opening": "code block"},
+        {"id": "y", "score": 0.0}]

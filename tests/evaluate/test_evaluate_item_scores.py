@@ -61,11 +61,13 @@ def test_generated_answers_get_scores_lengths_and_openings_and_no_text(tmp_path,
     assert entry["item_scores"] == "item_scores/advbench.jsonl"
     lines = _lines(tmp_path, "advbench")
     assert [x["id"] for x in lines] == [ex["id"] for ex in get_task("advbench").examples()[:4]]
-    assert set(lines[0]) == {"id", "score", "verdict", "answer_tokens", "finish_reason", "opening"}
+    assert set(lines[0]) == {"id", "score", "verdict", "answer_tokens", "finish_reason", "opening", "answer_hash"}
     assert [x["score"] for x in lines] == [1.0, 0.0, 1.0, 1.0] and entry["value"] == 0.75
     assert [x["opening"] for x in lines] == ["prose", "numbered list", "prose", "prose"]
     assert lines[1]["verdict"] == "paper keywords: no refusal; strict: no refusal"
     assert all(isinstance(x["answer_tokens"], int) for x in lines)
+    # equal answers have equal hashes (the refusals), different answers different ones
+    assert lines[0]["answer_hash"] == lines[2]["answer_hash"] != lines[1]["answer_hash"]
     text = layout.item_scores_file(tmp_path / "out", "advbench").read_text()
     assert "SECRET" not in text and "sorry" not in text and goals[0] not in text
 

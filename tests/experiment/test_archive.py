@@ -105,8 +105,11 @@ def test_a_new_model_after_an_archive_refills_the_seeds_answers_and_rebuilds_onl
     assert any("interp-a0.25" in line for line in ran) and not any("interp-a0.5-" in line for line in ran)
     assert not any("/eval/vanilla-" in line or "/eval/seed-" in line for line in ran)
     seed_eval = next((run_dir / layout.EVAL).glob("seed-*"))
-    refill = json.loads((seed_eval / REFILL_RECORD).read_text())
-    assert refill["tasks"] == {"advbench": {"items": 2, "verdicts_changed": 0}}
+    refills = json.loads((seed_eval / REFILL_RECORD).read_text())["refills"]
+    assert [r["tasks"] for r in refills] == [{"advbench": {"items": 2, "verdicts_changed": 0, "answers_changed": 0}}]
+    assert refills[0]["generation"]["backend"] == "hf"
+    rebuilt = json.loads(next((run_dir / layout.TRAIN).glob("vanilla-*/rebuilt.json")).read_text())
+    assert "interp-a0.25 is built from it" in rebuilt["why"]
     assert layout.generations_file(seed_eval, "advbench").is_file()
     assert not layout.generations_file(seed_eval, "openfunctions").is_file()  # no comparison reads it
 
@@ -125,16 +128,73 @@ def test_archive_refuses_a_folder_that_is_not_a_run_or_would_be_overwritten(tmp_
     assert (tmp_path / "other" / "mine.txt").read_text() == "keep"
 
 
-def test_weights_are_rebuilt_only_for_models_a_pending_stage_needs(tmp_path):
-    class M:
-        def __init__(self, name, source=None):
-            self.folder, self.source = tmp_path / name, source
-            self.folder.mkdir()
-            layout.finish_stage(self.folder, "k", {}, {})
-    vanilla, sdft = M("vanilla"), M("sdft")
-    interp = M("interp", source=str(vanilla.folder))
-    (sdft.folder / "adapter_model.safetensors").write_bytes(b"")
-    models = [vanilla, sdft, interp]
-    assert archive_module.weights_to_rebuild(models, lambda m: False) == []
-    assert archive_module.weights_to_rebuild(models, lambda m: m is sdft) == []  # its weights are here
-    assert archive_module.weights_to_rebuild(models, lambda m: m is interp) == [vanilla, interp]
+@pytest.mark.slow
+def test_a_comparison_pending_after_an_archive_makes_the_model_again_whole(archived, tmp_path, tiny_model):
+    """A changed shift setting leaves every comparison pending while the models' answers are archived away:
+    each model is trained and evaluated again (never a comparison of other weights' answers), and a second
+    resume has nothing left to do."""
+    _, run_dir, *_ = archived
+    config = load_run_config(_config(tmp_path, tiny_model), ["shift.batch_size=4"])
+    logs: list[str] = []
+    run(config, log=logs.append)
+    redone = [line for line in logs if line.startswith("[redo]")]
+    assert sum("/train/vanilla-" in line for line in redone) == sum("/eval/vanilla-" in line for line in redone) == 1
+    assert sum("/interp/interp-a0.5-" in line for line in redone) == 1
+    rebuilt = json.loads(next((run_dir / layout.TRAIN).glob("vanilla-*/rebuilt.json")).read_text())
+    assert rebuilt["archived_result"] and rebuilt["rebuilt_result"] and "evaluation" in rebuilt["why"]
+    logs.clear()
+    run(config, log=logs.append)
+    assert not [line for line in logs if line.startswith(("[run ]", "[redo]", "[refill]"))]
+
+
+@pytest.mark.slow
+def test_a_training_archived_before_its_stage_was_marked_done_is_trained_again(archived):
+    config, run_dir, *_ = archived
+    vanilla = next((run_dir / layout.TRAIN).glob("vanilla-*"))
+    stage = json.loads((vanilla / layout.STAGE).read_text())
+    (vanilla / layout.STAGE).write_text(json.dumps({k: v for k, v in stage.items() if k != "result"}))
+    shutil.rmtree(next((run_dir / layout.EVAL).glob("vanilla-*")))
+    logs: list[str] = []
+    run(config, log=logs.append)
+    assert any(line.startswith("[run ]") and "/train/vanilla-" in line for line in logs)
+    assert archive_module.has_weights(vanilla)
+
+
+@pytest.mark.slow
+def test_the_report_rebuilt_from_an_archive_keeps_every_section(archived):
+    config, run_dir, out, *_ = archived
+    written = (out / layout.REPORT_MD).read_text()  # by the run, from its answers
+    rebuilt = Path(build_report(ReportConfig(run_dir=str(out)))["md"]).read_text()  # from the archive alone
+
+    def section(text: str, heading: str) -> str:
+        return text.split(heading)[1].split("\n## ")[0]
+    for heading in ("## How answers open", "## Answer length", "## Cost per model"):
+        assert heading in written and section(rebuilt, heading) == section(written, heading)
+
+
+def test_archive_refuses_to_replace_a_run_folder_restored_from_an_archive(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "eval" / "seed-0" / layout.GENERATIONS).mkdir(parents=True)
+    (run_dir / layout.RUN_CONFIG).write_text("{}")
+    first = archive(ArchiveConfig(run_dir=str(run_dir), out=str(tmp_path / "keep")))
+    assert archive(ArchiveConfig(run_dir=str(run_dir), out=first["out"]))["files"] == 1  # its own archive: replaced
+    shutil.copytree(tmp_path / "keep", tmp_path / "restored")  # restored: archive.json names another folder
+    with pytest.raises(ConfigError, match="not an archive made there"):
+        archive(ArchiveConfig(run_dir=str(run_dir), out=str(tmp_path / "restored")))
+    (tmp_path / "keep" / "eval" / "seed-0" / layout.GENERATIONS).mkdir()  # a run went on in it
+    with pytest.raises(ConfigError, match="a run folder, not replaced"):
+        archive(ArchiveConfig(run_dir=str(run_dir), out=str(tmp_path / "keep")))
+    assert (tmp_path / "restored" / ARCHIVE_RECORD).is_file()
+
+
+def test_archive_passes_over_temporary_files_and_tokenizers(tmp_path):
+    run_dir = tmp_path / "run"
+    model = run_dir / "train" / "vanilla-0"
+    model.mkdir(parents=True)
+    (run_dir / layout.RUN_CONFIG).write_text("{}")
+    for name in ("stage.json", "train.json", "manifest.json.tmp", "tokenizer.json", "adapter_model.safetensors"):
+        (model / name).write_text("x")
+    archive(ArchiveConfig(run_dir=str(run_dir), out=str(tmp_path / "keep")))
+    assert sorted(p.name for p in (tmp_path / "keep" / "train" / "vanilla-0").iterdir()) == ["stage.json", "train.json"]
+    left_out = json.loads((tmp_path / "keep" / ARCHIVE_RECORD).read_text())["left_out"]
+    assert set(left_out) == {"train/vanilla-0/tokenizer.json", "train/vanilla-0/adapter_model.safetensors"}
