@@ -41,18 +41,20 @@ _NEVER = {runlock.LOCK_NAME}
 @dataclass
 class ArchiveConfig:
     run_dir: str = field(None, "run folder to archive", positional=True)
-    out: str = field(None, "archive folder (created; an earlier archive of the same run there is replaced)")
+    # positional, not --out: every command's --out is locked (and so created) before the stage starts, while
+    # an archive is made beside it and renamed into place
+    dest: str = field(None, "archive folder (created; an earlier archive made there is replaced)", positional=True)
 
 
 def archive(config: ArchiveConfig) -> dict:
     """Copy ``config.run_dir`` to ``config.out`` without weights or answer text; what was left out."""
-    if not config.run_dir or not config.out:
-        raise ConfigError("sdft archive RUN_DIR --out FOLDER: both are needed")
-    source, dest = Path(config.run_dir), Path(config.out)
+    if not config.run_dir or not config.dest:
+        raise ConfigError("sdft archive RUN_DIR DEST: both are needed")
+    source, dest = Path(config.run_dir), Path(config.dest)
     if not (source / layout.RUN_CONFIG).is_file():
         raise ConfigError(f"{source} is not a run folder (no {layout.RUN_CONFIG}: made by `sdft run`)")
     if dest.resolve() == source.resolve() or source.resolve() in dest.resolve().parents:
-        raise ConfigError(f"--out {dest}: give a folder outside the run folder {source}")
+        raise ConfigError(f"{dest}: give a folder outside the run folder {source}")
     _check_replaceable(dest)
     # No lock: a run still going may be archived (the point of archiving as stages finish). Every stage record
     # and result is written whole (a temporary file, then a rename), and a stage caught half-way has no
@@ -61,7 +63,7 @@ def archive(config: ArchiveConfig) -> dict:
     staging = dest.with_name(dest.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     copied = _copy(source, staging, left_out)
-    write_json(staging / ARCHIVE_RECORD, {**provenance.run_record({"run_dir": str(source), "out": str(dest)}),
+    write_json(staging / ARCHIVE_RECORD, {**provenance.run_record({"run_dir": str(source), "dest": str(dest)}),
                                           "files": copied, "left_out": left_out})
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)  # a crash mid-copy leaves the earlier archive whole
@@ -69,21 +71,21 @@ def archive(config: ArchiveConfig) -> dict:
 
 
 def _check_replaceable(dest: Path) -> None:
-    """``--out`` may replace only an earlier archive made there: never a run folder (one restored from an
+    """``dest`` may replace only an earlier archive made there: never a run folder (one restored from an
     archive holds archive.json too), nor a folder of anything else."""
     if not dest.exists():
         return
     record = dest / ARCHIVE_RECORD
     try:
-        made_for = Path(json.loads(record.read_text())["config"]["out"]).resolve()
+        made_for = Path(json.loads(record.read_text())["config"]["dest"]).resolve()
     except (OSError, ValueError, KeyError, TypeError):
         made_for = None
     if made_for != dest.resolve():
-        raise ConfigError(f"--out {dest} exists and is not an archive made there ({ARCHIVE_RECORD}): not replaced")
+        raise ConfigError(f"{dest} exists and is not an archive made there ({ARCHIVE_RECORD}): not replaced")
     live = [p for p in (runlock.LOCK_NAME, layout.MANIFEST + ".tmp") if (dest / p).exists()]
     folders = [p for p in dest.rglob("*") if p.is_dir()]
     if live or any(p.name == layout.GENERATIONS or has_weights(p) for p in folders):
-        raise ConfigError(f"--out {dest} holds a run's answers, weights or lock: a run folder, not replaced")
+        raise ConfigError(f"{dest} holds a run's answers, weights or lock: a run folder, not replaced")
 
 
 def _copy(source: Path, dest: Path, left_out: dict[str, str], root: Path | None = None) -> int:

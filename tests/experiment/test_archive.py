@@ -52,7 +52,7 @@ def archived(tmp_path, tiny_model):
     run_dir = tmp_path / "runs" / "tiny"
     before = _files(run_dir)
     out = tmp_path / "archive"
-    result = archive(ArchiveConfig(run_dir=str(run_dir), out=str(out)))
+    result = archive(ArchiveConfig(run_dir=str(run_dir), dest=str(out)))
     shutil.rmtree(run_dir)
     shutil.copytree(out, run_dir)
     return config, run_dir, out, before, result
@@ -116,15 +116,15 @@ def test_a_new_model_after_an_archive_refills_the_seeds_answers_and_rebuilds_onl
 
 def test_archive_refuses_a_folder_that_is_not_a_run_or_would_be_overwritten(tmp_path):
     with pytest.raises(ConfigError, match="not a run folder"):
-        archive(ArchiveConfig(run_dir=str(tmp_path), out=str(tmp_path / "a")))
+        archive(ArchiveConfig(run_dir=str(tmp_path), dest=str(tmp_path / "a")))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / layout.RUN_CONFIG).write_text("{}")
     with pytest.raises(ConfigError, match="outside the run folder"):
-        archive(ArchiveConfig(run_dir=str(tmp_path / "run"), out=str(tmp_path / "run" / "a")))
+        archive(ArchiveConfig(run_dir=str(tmp_path / "run"), dest=str(tmp_path / "run" / "a")))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "mine.txt").write_text("keep")
     with pytest.raises(ConfigError, match="not an archive"):
-        archive(ArchiveConfig(run_dir=str(tmp_path / "run"), out=str(tmp_path / "other")))
+        archive(ArchiveConfig(run_dir=str(tmp_path / "run"), dest=str(tmp_path / "other")))
     assert (tmp_path / "other" / "mine.txt").read_text() == "keep"
 
 
@@ -176,14 +176,14 @@ def test_archive_refuses_to_replace_a_run_folder_restored_from_an_archive(tmp_pa
     run_dir = tmp_path / "run"
     (run_dir / "eval" / "seed-0" / layout.GENERATIONS).mkdir(parents=True)
     (run_dir / layout.RUN_CONFIG).write_text("{}")
-    first = archive(ArchiveConfig(run_dir=str(run_dir), out=str(tmp_path / "keep")))
-    assert archive(ArchiveConfig(run_dir=str(run_dir), out=first["out"]))["files"] == 1  # its own archive: replaced
+    first = archive(ArchiveConfig(run_dir=str(run_dir), dest=str(tmp_path / "keep")))
+    assert archive(ArchiveConfig(run_dir=str(run_dir), dest=first["out"]))["files"] == 1  # its own archive: replaced
     shutil.copytree(tmp_path / "keep", tmp_path / "restored")  # restored: archive.json names another folder
     with pytest.raises(ConfigError, match="not an archive made there"):
-        archive(ArchiveConfig(run_dir=str(run_dir), out=str(tmp_path / "restored")))
+        archive(ArchiveConfig(run_dir=str(run_dir), dest=str(tmp_path / "restored")))
     (tmp_path / "keep" / "eval" / "seed-0" / layout.GENERATIONS).mkdir()  # a run went on in it
     with pytest.raises(ConfigError, match="a run folder, not replaced"):
-        archive(ArchiveConfig(run_dir=str(run_dir), out=str(tmp_path / "keep")))
+        archive(ArchiveConfig(run_dir=str(run_dir), dest=str(tmp_path / "keep")))
     assert (tmp_path / "restored" / ARCHIVE_RECORD).is_file()
 
 
@@ -194,7 +194,7 @@ def test_archive_passes_over_temporary_files_and_tokenizers(tmp_path):
     (run_dir / layout.RUN_CONFIG).write_text("{}")
     for name in ("stage.json", "train.json", "manifest.json.tmp", "tokenizer.json", "adapter_model.safetensors"):
         (model / name).write_text("x")
-    archive(ArchiveConfig(run_dir=str(run_dir), out=str(tmp_path / "keep")))
+    archive(ArchiveConfig(run_dir=str(run_dir), dest=str(tmp_path / "keep")))
     assert sorted(p.name for p in (tmp_path / "keep" / "train" / "vanilla-0").iterdir()) == ["stage.json", "train.json"]
     left_out = json.loads((tmp_path / "keep" / ARCHIVE_RECORD).read_text())["left_out"]
     assert set(left_out) == {"train/vanilla-0/tokenizer.json", "train/vanilla-0/adapter_model.safetensors"}
