@@ -57,7 +57,7 @@ PARTS = [
     ("sdft.distill.stage", "_generate_pending", "generation"),
     ("sdft.evaluate.run", "_score", "scoring"),
     ("transformers", "Trainer.train", "training steps"),
-    ("sdft.compare.answers", "seed_likelihood", "seed-answer NLL"),
+    ("sdft.compare.likelihood", "seed_likelihood", "seed-answer NLL"),
     ("sdft.compare.answers", "text_similarity", "similarity"),
     ("sdft.compare.weights", "parameter_shift", "weight shift"),
     ("sdft.report.stage", "write_report", "report"),
@@ -316,7 +316,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=32, help="training problems (distilled, then trained on)")
     parser.add_argument("--items", type=int, default=48, help="items per evaluation task")
     parser.add_argument("--tasks", default="gsm8k,advbench,humaneval")
-    parser.add_argument("--precision", default="bf16", help="pinned for every stage (fp32 on a CPU without bf16)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="pinned for every stage; auto: bf16 on a CPU with bf16 units, fp32 on one without")
     parser.add_argument("--out", default="bench-arm")
     args = parser.parse_args()
 
@@ -324,7 +325,10 @@ def main() -> None:
 
     from sdft.base.hardware import cpu_has_native_bf16
     from sdft.models.resolve import resolve_model
+    from sdft.train.speed import auto_precision
 
+    if args.precision == "auto":  # resolved here, so that every stage and the peak name the same precision
+        args.precision = auto_precision(cuda=False)
     model = str(resolve_model(args.model))
     dtype = "bfloat16" if args.precision == "bf16" else "float32"
     peak = matmul_peak(dtype)
