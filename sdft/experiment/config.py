@@ -101,6 +101,8 @@ class RunCommand:
     out_root: str | None = field(None, "override the config's out_root")
     dry_run: bool = field(False, "print the plan: each stage, whether it is done (cached) or to run, and an "
                                  "estimate of its time from the stages already on disk; load no model, run nothing")
+    mixed_cpu: bool = field(False, "resume a run whose stages ran on a CPU of the other kind (bf16 units or not): "
+                                   "its answers then mix two kinds' roundings (recorded in mixed-cpu.json)")
 
     def file_and_overrides(self) -> tuple[str, list[str]]:
         """The config file and the overrides after it."""

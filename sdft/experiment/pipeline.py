@@ -43,7 +43,7 @@ from sdft.distill import stage as distill_stage
 from sdft.distill.config import DistillConfig
 from sdft.evaluate import stage as evaluate_stage
 from sdft.evaluate.config import EvalConfig
-from sdft.experiment import answer_reuse, archive, overrides, plan
+from sdft.experiment import answer_reuse, archive, cpu_kind, overrides, plan
 from sdft.experiment import arms as arm_list
 from sdft.experiment.config import RunCommand, RunConfig
 from sdft.experiment.targets import (  # noqa: F401  (some: names of this module before targets.py)
@@ -162,13 +162,15 @@ def run_stage(folder: Path, key: str, settings: dict, work: Callable[[Path], dic
     return result
 
 
-def run(config: RunConfig, log=print) -> Manifest:
+def run(config: RunConfig, log=print, *, mixed_cpu: bool = False) -> Manifest:
     """Run (or resume) the experiment; returns the manifest also saved as ``manifest.json``."""
     # here: the report's seed statistics import numpy and scipy, a second that `sdft run --help` need not wait
     from sdft.report import stage as report
 
     stages = stage_configs(config)
     run_dir = config.run_dir
+    if any(s.status != "cached" and s.stage != "report" for s in plan.plan(config, stages)):
+        cpu_kind.check(run_dir, mixed_cpu, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     # URLs (a section's judge or endpoint) without their query values and user info, as every run record.
     write_json(run_dir / layout.RUN_CONFIG,
@@ -302,7 +304,7 @@ def run_command(command: RunCommand) -> dict:
     if command.dry_run:  # looks only: no lock, no folder, no model
         return {"plan": plan.describe(config, plan.plan(config, stage_configs(config)))}
     with runlock.claim(config.run_dir, provenance.command_line()):
-        run(config)
+        run(config, mixed_cpu=command.mixed_cpu)
     return {"name": config.name, "report": str(config.run_dir / layout.REPORT_MD)}
 
 
