@@ -72,6 +72,14 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def append_json_entry(path: str | Path, key: str, entry: dict) -> None:
+    """Add ``entry`` to the list under ``key`` in the JSON record ``path`` (made if absent): a history kept
+    whole, one entry per event."""
+    path = Path(path)
+    history = json.loads(path.read_text())[key] if path.is_file() else []
+    write_json(path, {key: [*history, entry]})
+
+
 def write_text(path: str | Path, text: str) -> None:
     """``text`` into ``path`` whole or not at all (a reader or a copy never sees half a file)."""
     path = Path(path)

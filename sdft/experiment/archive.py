@@ -21,7 +21,7 @@ from typing import Callable
 from sdft.base import layout, provenance, runlock
 from sdft.base.config import field
 from sdft.base.errors import ConfigError
-from sdft.base.store import write_json
+from sdft.base.store import append_json_entry, write_json
 from sdft.experiment.config import RunConfig
 from sdft.experiment.targets import compare_target, eval_target, stage_done
 from sdft.tasks import answers_text
@@ -213,9 +213,7 @@ def refill_answers(eval_config, eval_dir: Path, tasks: list[str], evaluate: Call
         target = layout.generations_file(eval_dir, task)
         target.parent.mkdir(parents=True, exist_ok=True)
         layout.generations_file(scratch, task).replace(target)
-    path = eval_dir / REFILL_RECORD
-    history = json.loads(path.read_text())["refills"] if path.is_file() else []
-    write_json(path, {"refills": [*history, entry]})
+    append_json_entry(eval_dir / REFILL_RECORD, "refills", entry)
     shutil.rmtree(scratch, ignore_errors=True)
     return entry
 

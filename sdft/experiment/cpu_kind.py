@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sdft.base.errors import ConfigError
-from sdft.base.store import write_json
+from sdft.base.store import append_json_entry
 from sdft.generation.auto import cpu_bf16_support, cuda_available
 
 ACCEPTED = "mixed-cpu.json"  # in the run folder: every resumption that accepted another CPU kind
@@ -47,7 +47,6 @@ def check(run_dir: Path, accept: bool, log=print) -> None:
     if not accept:
         raise ConfigError(f"{message}: resume on a CPU of the first kind, or accept the mix with --mixed-cpu")
     path = run_dir / ACCEPTED
-    history = json.loads(path.read_text())["accepted"] if path.is_file() else []
-    write_json(path, {"accepted": [*history, {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                              "cpu_bf16": here, "stages_of_the_other_kind": other}]})
+    append_json_entry(path, "accepted", {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                         "cpu_bf16": here, "stages_of_the_other_kind": other})
     log(f"[warn] {message}; accepted (--mixed-cpu), recorded in {path}")
