@@ -41,10 +41,12 @@ SHARED = ROOT.parent / "shared" / "data" / "sdft-paper"
 
 # The configurations compared: settings laid over the base run config ("section.key": value) and module
 # attributes set for the run ("module:attribute": value). "previous" is the experiment as issue 27 found it
-# (merged copies in fp32, the seed answers' NLL by a torch pass in fp32); "current" is what the remedy run uses.
+# (merged copies in fp32, the seed answers' NLL by a torch pass in fp32, one task and one chunk of prompts at a
+# time); "current": the seed answers' NLL in the engine and every task's answers in one stream (the remedy run
+# keeps the stream off, so that all its models' answers are made one way).
 CONFIGS = {
-    "previous": {"sdft.generation.vllm_backend:_STORED_DTYPES": ()},
-    "current": {"shift.likelihood_backend": "vllm"},
+    "previous": {"sdft.generation.vllm_backend:_STORED_DTYPES": (), "eval.stream_answers": False},
+    "current": {"shift.likelihood_backend": "vllm", "eval.stream_answers": True},
 }
 
 # (module, attribute, part). A class attribute is "module:Class.method". Parts may nest; time is exclusive.
@@ -54,6 +56,7 @@ PARTS = [
     ("sdft.generation.vllm_backend", "_engine", "engine start"),
     ("sdft.generation.vllm_backend", "shutdown_engine", "engine release"),
     ("sdft.evaluate.run", "_generate", "generation"),
+    ("sdft.evaluate.run", "stream_answers", "generation: every task, one stream"),
     ("sdft.distill.stage", "_generate_pending", "generation"),
     ("sdft.evaluate.run", "_score", "scoring"),
     ("transformers", "Trainer.train", "training steps"),

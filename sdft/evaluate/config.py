@@ -50,6 +50,9 @@ class EvalConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Validat
     forbid_opening: str | None = field(None, "decoding probe: the answer's first visible token may not match this "
                                        "regular expression (greedy over the others, then decoding as usual), "
                                        r"e.g. '\d' for no numbered-list opening", keyed=IF_SET)
+    stream_answers: bool = field(True, "generate every task's answers in one stream through the engine (vLLM keeps "
+                                 "them all in flight; each is saved as it finishes); off: one task and one chunk "
+                                 "at a time. Decoding probes always go one task at a time", keyed=False)
     judge: str | None = field(None, "winrate judge: a model our backends load, or an OpenAI-compatible URL")
     judge_model: str | None = field(None, "model name to request from a judge endpoint URL")
     judge_backend: str | None = field(None, "backend that loads a local judge (default: --backend)")

@@ -9,6 +9,8 @@ recomputed from the cached text on every run.
 from __future__ import annotations
 
 import dataclasses
+import time
+from contextlib import closing
 from pathlib import Path
 
 from sdft import generation
@@ -18,6 +20,7 @@ from sdft.base.keys import without_old_defaults
 from sdft.base.provenance import package_versions
 from sdft.base.store import ProgressFile, write_jsonl
 from sdft.evaluate import opening
+from sdft.generation import Completion, GenerationParams
 from sdft.generation.loglik import score_multiple_choice
 from sdft.tasks import ExternalTask, GenerativeTask, LoglikelihoodTask, TaskContext
 
@@ -55,22 +58,64 @@ def task_settings(name: str, task, config, params=None, precision: str = "fp32",
     return settings
 
 
-def run_generate(name: str, task: GenerativeTask, examples: list[dict], session, config, out: Path,
-                 judge=None) -> dict:
+@dataclasses.dataclass
+class Answers:
+    """One generative task's answers: the cache they are kept in, every (item, sample) unit, and those missing."""
+
+    name: str
+    task: GenerativeTask
+    params: GenerationParams
+    settings: dict
+    progress: ProgressFile
+    units: list[tuple[dict, int, str]]  # (example, sample, cache key), in input order
+    pending: list[tuple[dict, int, str]] = dataclasses.field(default_factory=list)  # those not in the cache
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.pending = [u for u in self.units if not self.progress.done(u[2])]
+
+    def requests(self, tokenizer) -> list[tuple[tuple[dict, int, str], str, GenerationParams]]:
+        """The missing units as (unit, prompt, params), per sample the longest prompt first: batches of
+        similar length pad little, and the ETA only improves."""
+        prompts = {ex["id"]: self.task.prompt(ex, tokenizer) for ex, _, _ in self.pending}
+        out = []
+        for sample in sorted({j for _, j, _ in self.pending}):
+            params = dataclasses.replace(self.params, seed=self.params.seed + sample)
+            todo = sorted((u for u in self.pending if u[1] == sample), key=lambda u: -len(prompts[u[0]["id"]]))
+            out += [(u, prompts[u[0]["id"]], params) for u in todo]
+        return out
+
+    def save(self, answered: list[tuple[tuple[dict, int, str], str, Completion]]) -> None:
+        """Append (unit, prompt, completion) answers to the cache: one write, flushed to disk."""
+        self.progress.append({
+            "key": key, "id": ex["id"], "sample": j, "prompt": prompt, "completion": c.text,
+            "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "prompt_truncated": c.prompt_truncated,
+        } for (ex, j, key), prompt, c in answered)
+
+
+def plan_answers(name: str, task: GenerativeTask, examples: list[dict], session, config, out: Path) -> Answers:
     params = config.decoding(name, task.max_new_tokens, tuple(task.stop))
     engine = generation.engine_key(session.setup.record, config.adapter)
     settings = task_settings(name, task, config, params, engine["precision"], engine.get("lora_mode"), engine["backend"],
                              config.opening())
-    context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge, out)
     progress = ProgressFile(layout.cache_file(out, name, settings["settings_key"]), key="key")
     # One cache unit per (item, sample); the plain id when there is one sample per item.
-    keys = [(ex, j, ex["id"] if config.n_samples == 1 else f"{ex['id']}#{j}")
-            for j in range(config.n_samples) for ex in examples]
-    pending = [(ex, j, key) for ex, j, key in keys if not progress.done(key)]
-    if pending:
-        _generate(name, task, session, config, params, pending, progress, len(keys))
-    units = [progress.records[key] for _, _, key in keys]
-    records = _score(task, [ex for ex, _, _ in keys], units, context)
+    units = [(ex, j, ex["id"] if config.n_samples == 1 else f"{ex['id']}#{j}")
+             for j in range(config.n_samples) for ex in examples]
+    return Answers(name, task, params, settings, progress, units)
+
+
+def run_generate(answers: Answers, examples: list[dict], session, config, out: Path, judge=None) -> dict:
+    """Generate what is missing (unless a stream over every task did), then grade and record the task."""
+    if answers.pending:
+        _generate(answers, session, config)
+    name, task, settings = answers.name, answers.task, answers.settings
+    context = TaskContext(settings["settings_key"], layout.cache_dir(out), judge, out)
+    units = [answers.progress.records[key] for _, _, key in answers.units]
+    records = _score(task, [ex for ex, _, _ in answers.units], units, context)
     order = {ex["id"]: i for i, ex in enumerate(examples)}
     records.sort(key=lambda r: (order[r["id"]], r.get("sample", 0)))  # input order, samples together
     write_jsonl(layout.generations_file(out, name), records)
@@ -82,30 +127,69 @@ def run_generate(name: str, task: GenerativeTask, examples: list[dict], session,
     return entry
 
 
-def _generate(name, task: GenerativeTask, session, config, params, pending, progress, total) -> None:
+SAVE_EVERY_S = 2.0  # a stream saves what came back when an answer arrives this long after its last save
+
+
+def stream_answers(plans: list[Answers], session, config) -> dict[str, dict]:
+    """Every task's missing answers in one stream through the engine (``sdft.generation.stream``): vLLM keeps
+    them all in flight. Answers are saved to their task's cache as they come, a few seconds' worth per write (one
+    write per answer would make the engine wait on the disk). Returns per task the answers and new tokens made."""
     from tqdm.auto import tqdm
 
-    tokenizer = session.tokenizer
-    prompts = {ex["id"]: task.prompt(ex, tokenizer) for ex, _, _ in pending}
-    bar = tqdm(total=total, initial=total - len(pending), desc=name, unit="gen",
+    requests = [(answers, unit, prompt, params) for answers in plans
+                for unit, prompt, params in answers.requests(session.tokenizer)]
+    made = {a.name: {"answers": 0, "new_tokens": 0} for a in plans if a.pending}
+    if not requests:
+        return made
+    chunk = max(config.batch_size, getattr(session.backend, "request_chunk", 0) or 0)
+    groups = [(answers.name, unit[1]) for answers, unit, _, _ in requests]  # one task's one sample
+    unsaved: dict[str, list] = {}
+    last = time.monotonic()
+
+    def flush() -> None:
+        for answers in plans:
+            if unsaved.get(answers.name):
+                answers.save(unsaved.pop(answers.name))
+
+    answers_of = generation.stream(session.backend, [(p, params) for _, _, p, params in requests], chunk, groups)
+    with closing(answers_of), tqdm(total=len(requests), desc="+".join(made), unit="gen", disable=not config.progress,
+                                   dynamic_ncols=True) as bar:
+        try:
+            for i, completion in answers_of:
+                answers, unit, prompt, _ = requests[i]
+                unsaved.setdefault(answers.name, []).append((unit, prompt, completion))
+                made[answers.name]["answers"] += 1
+                made[answers.name]["new_tokens"] += completion.completion_tokens
+                bar.update(1)
+                if time.monotonic() - last >= SAVE_EVERY_S:
+                    flush()
+                    last = time.monotonic()
+        finally:  # what came back before an error or Ctrl-C is kept
+            flush()
+    for answers in plans:
+        answers.refresh()
+    return made
+
+
+def _generate(answers: Answers, session, config) -> None:
+    """One task's missing answers, one chunk per backend call and cache write (the decoding probes' way, and
+    every task's when answers are not streamed)."""
+    from tqdm.auto import tqdm
+
+    total = len(answers.units)
+    bar = tqdm(total=total, initial=total - len(answers.pending), desc=answers.name, unit="gen",
                disable=not config.progress, dynamic_ncols=True)
-    for sample in sorted({j for _, j, _ in pending}):
-        # Longest first: batches of similar length pad little, and the ETA only improves.
-        todo = sorted((p for p in pending if p[1] == sample), key=lambda p: -len(prompts[p[0]["id"]]))
-        sample_params = dataclasses.replace(params, seed=params.seed + sample)
-        # vLLM and servers want many prompts in flight; each chunk is one progress write.
-        chunk = max(config.batch_size, getattr(session.backend, "request_chunk", 0) or 0)
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            completions = opening.generate(session.backend, [prompts[ex["id"]] for ex, _, _ in batch], sample_params,
-                                           config.answer_prefix, config.forbid_opening)
-            progress.append({
-                "key": key, "id": ex["id"], "sample": j, "prompt": prompts[ex["id"]], "completion": c.text,
-                "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens, "prompt_truncated": c.prompt_truncated,
-            } for (ex, j, key), c in zip(batch, completions))
-            bar.update(len(batch))
+    requests = answers.requests(session.tokenizer)
+    # vLLM and servers want many prompts in flight; a chunk is one call of one sample's prompts.
+    chunk = max(config.batch_size, getattr(session.backend, "request_chunk", 0) or 0)
+    for start, end in generation.runs([(p, params) for _, p, params in requests], chunk):
+        batch, params = requests[start:end], requests[start][2]
+        completions = opening.generate(session.backend, [prompt for _, prompt, _ in batch], params,
+                                       config.answer_prefix, config.forbid_opening)
+        answers.save([(unit, prompt, c) for (unit, prompt, _), c in zip(batch, completions)])
+        bar.update(len(batch))
     bar.close()
+    answers.refresh()
 
 
 def _score(task: GenerativeTask, examples: list[dict], units: list[dict], context: TaskContext) -> list[dict]:

@@ -31,7 +31,7 @@ from sdft.base.config import to_dict
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.store import write_json
 from sdft.evaluate.config import EvalConfig
-from sdft.evaluate.run import run_external, run_generate, run_loglik
+from sdft.evaluate.run import plan_answers, run_external, run_generate, run_loglik, stream_answers
 from sdft.generation import auto
 from sdft.models import resolve
 from sdft.tasks import ExternalTask, GenerativeTask, JudgedTask, get_task
@@ -119,21 +119,42 @@ def evaluate(config: EvalConfig) -> dict:
                     "generation": setup.record, "provenance": provenance.run_record(to_dict(config))})
     for name, reason in skipped.items():  # an earlier real result for the task is worth keeping
         results["tasks"].setdefault(name, {"metric": tasks[name].metric, "skipped": reason})
+    answers = {name: plan_answers(name, task, examples[name], session, config, out) for name, task in tasks.items()
+               if name not in skipped and isinstance(task, GenerativeTask)}
+    stream = config.stream_answers and not config.opening() and any(a.pending for a in answers.values())
+    shares: dict[str, float] = {}
+    results.pop("stream", None)  # an earlier session's: this session's seconds replace the tasks' own
     for name, task in tasks.items():
         if name in skipped:
             continue
         began = time.perf_counter()
+        if stream and name in answers:  # at the first generative task, so earlier tasks keep their place
+            stream, shares = False, _stream(answers, session, config, results)
+            began = time.perf_counter()
         if isinstance(task, GenerativeTask):
-            entry = run_generate(name, task, examples[name], session, config, out, judge)
+            entry = run_generate(answers[name], examples[name], session, config, out, judge)
         elif isinstance(task, ExternalTask):
             entry = run_external(name, task, config, out)
         else:
             entry = run_loglik(name, task, examples[name], session, config, out)
-        entry["seconds"] = round(time.perf_counter() - began, 2)
+        entry["seconds"] = round(time.perf_counter() - began + shares.get(name, 0.0), 2)
+        if name in shares:
+            entry["stream_seconds"] = round(shares[name], 2)
         results["tasks"][name] = entry
         results["system_prompt"] = _system_record(config, session)
         write_json(out / layout.RESULTS, results)  # after each task: finished tasks survive a crash
     return results
+
+
+def _stream(answers: dict, session: ModelSession, config: EvalConfig, results: dict) -> dict[str, float]:
+    """Generate every task's missing answers in one stream; record it, and return each task's share of its
+    seconds by the new tokens it generated (which the task's own ``seconds`` then include)."""
+    began = time.perf_counter()
+    made = stream_answers(list(answers.values()), session, config)
+    seconds = time.perf_counter() - began
+    results["stream"] = {"tasks": made, "seconds": round(seconds, 2)}
+    tokens = sum(m["new_tokens"] for m in made.values())
+    return {name: seconds * (m["new_tokens"] / tokens if tokens else 1 / len(made)) for name, m in made.items()}
 
 
 def _system_record(config: EvalConfig, session: ModelSession) -> dict:

@@ -20,6 +20,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 
 from sdft.base.errors import ConfigError, SdftError
@@ -188,7 +191,8 @@ class VLLMBackend:
     """``generate(prompts, params)`` with ``vllm.LLM``; a LoRA adapter is applied per request.
 
     Options (``--backend-option KEY=VALUE``): ``kv_cache_gib`` (CPU KV cache, default 2),
-    ``request_chunk`` (prompts per generate() call and progress write, default 128), ``max_model_len``,
+    ``request_chunk`` (prompts per generate() call and progress write where a stage hands them over in chunks:
+    distillation, ``sdft eval --no-stream-answers``; default 128), ``max_model_len``,
     ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enforce_eager`` (skip compilation: starts much
     faster; the default on a CPU), ``lora_mode`` (``native``: vLLM's LoRA kernels, one engine for every
     adapter, the default on a GPU; ``merged``: a cached copy of the base with the adapter folded in, the
@@ -239,24 +243,79 @@ class VLLMBackend:
         self.request_chunk = int(request_chunk)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
+        with closing(self.generate_stream([(prompt, params) for prompt in prompts])) as answers:
+            found = dict(answers)
+        return [found[i] for i in range(len(prompts))]
+
+    def generate_stream(self, requests: Sequence[tuple[str, GenerationParams]],
+                        groups: Sequence | None = None) -> Iterator[tuple[int, Completion]]:
+        """``(index, completion)`` for ``(prompt, params)`` requests, each as soon as it finishes.
+
+        Every request is handed to the engine at once, whatever its params, and vLLM schedules them all
+        (continuous batching): one evaluation's tasks share the batch, so the short tail of a call's last
+        unfinished answers comes once rather than once per task and chunk. ``params.batch_size`` does not
+        apply. Prompts are cut and sampling seeds drawn per ``groups`` label and params, as one generate() call
+        of that group would. Requests left unfinished when the caller stops reading (an error, Ctrl-C, a closed
+        generator) are aborted: the engine is shared by later stages and calls, which must not receive them."""
+        from tqdm.auto import tqdm
+
+        encoded, sampling = self._encode(requests, groups)
+        if not encoded:
+            return
+        internal = self.llm.enqueue([{"prompt_token_ids": ids} for ids, _, _ in encoded], sampling, use_tqdm=False,
+                                    lora_request=self.lora_request)
+        # enqueue() hands back the engine's internal ids, "<our id>-<8 random characters>"; outputs carry ours.
+        waiting = {request_id.rsplit("-", 1)[0]: request_id for request_id in internal}
+        index = {external: i for i, external in enumerate(waiting)}
+        if len(index) != len(encoded):
+            raise SdftError(f"vLLM took {len(encoded)} requests but gave {len(index)} distinct request ids")
+        engine = self.llm.llm_engine
+        bar = tqdm(total=len(encoded), desc="Processed prompts", disable=not self.progress, dynamic_ncols=True)
+        try:
+            while waiting:
+                if not engine.has_unfinished_requests():
+                    raise SdftError(f"vLLM has no request left but {len(waiting)} answers never came back")
+                for output in engine.step():
+                    if not output.finished:
+                        continue
+                    if output.request_id not in waiting:
+                        raise SdftError(f"vLLM answered request {output.request_id!r}, which this call did not make "
+                                        "(another caller's request left in the shared engine)")
+                    del waiting[output.request_id]
+                    i = index[output.request_id]
+                    bar.update(1)
+                    yield i, self._completion(encoded[i][0], encoded[i][1], output.outputs[0], encoded[i][2])
+        finally:
+            bar.close()
+            if waiting:
+                try:
+                    engine.abort_request(list(waiting.values()), internal=True)
+                except Exception as exc:  # the error that stopped the stream matters more than this one
+                    print(f"sdft: could not abort {len(waiting)} vLLM requests: {exc}", file=sys.stderr)
+
+    def _encode(self, requests, groups) -> tuple[list[tuple[list[int], bool, GenerationParams]], list]:
+        """Token ids (cut as each request's params say), whether cut, and vLLM sampling params, per request."""
         from vllm import SamplingParams
 
-        if not prompts:
-            return []
-        ids_list, truncated = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens,
-                                             params.truncation_side)
-        warn_truncated(truncated, params.max_prompt_tokens, params.truncation_side)
-        sampling = [SamplingParams(
-            n=1, max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
-            temperature=0.0 if params.greedy else params.temperature,
-            top_p=1.0 if params.greedy else params.top_p,
-            top_k=params.top_k if params.top_k > 0 and not params.greedy else -1,  # -1: no top-k limit
-            logit_bias=dict(params.logit_bias) or None, seed=seed) for seed in row_seeds(list(prompts), params.seed)]
-        requests = [{"prompt_token_ids": ids} for ids in ids_list]
-        # vLLM schedules the whole list itself (continuous batching): params.batch_size does not apply.
-        outputs = self.llm.generate(requests, sampling, use_tqdm=self.progress, lora_request=self.lora_request)
-        return [self._completion(ids, cut, output.outputs[0], params)
-                for ids, cut, output in zip(ids_list, truncated, outputs)]
+        members: dict[tuple, list[int]] = {}
+        for i, (_, params) in enumerate(requests):
+            members.setdefault((None if groups is None else groups[i], params), []).append(i)
+        encoded: list = [None] * len(requests)
+        sampling: list = [None] * len(requests)
+        for (_, params), group in members.items():
+            prompts = [requests[i][0] for i in group]
+            ids_list, truncated = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens,
+                                                 params.truncation_side)
+            warn_truncated(truncated, params.max_prompt_tokens, params.truncation_side)
+            for i, ids, cut, seed in zip(group, ids_list, truncated, row_seeds(prompts, params.seed)):
+                encoded[i] = (ids, cut, params)
+                sampling[i] = SamplingParams(
+                    n=1, max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
+                    temperature=0.0 if params.greedy else params.temperature,
+                    top_p=1.0 if params.greedy else params.top_p,
+                    top_k=params.top_k if params.top_k > 0 and not params.greedy else -1,  # -1: no top-k limit
+                    logit_bias=dict(params.logit_bias) or None, seed=seed)
+        return encoded, sampling
 
     @property
     def max_model_len(self) -> int:

@@ -171,7 +171,8 @@ def cost_section(manifest: Manifest, run_dir: Path, generations: dict) -> str:
     per_task = report_cost.task_seconds_table(manifest)
     if per_task:
         text += ("\n" + _table(*per_task) + "\n\nEvaluation seconds per task: generation and scoring in the session "
-                 "that last ran the task (answers found in a cache cost next to nothing there).\n")
+                 "that last ran the task (answers found in a cache cost next to nothing there; answers generated in "
+                 "one stream for every task count each task's share of it, by the new tokens it generated).\n")
     return text
 
 

@@ -139,6 +139,29 @@ def test_sampling_seeds_are_per_prompt(vllm_fp32, hf):
     assert twice[0] != twice[1]  # repeated prompts (pass@k) get different samples
 
 
+def test_one_stream_of_mixed_params_gives_each_params_own_answers_and_abandoning_it_aborts(vllm_fp32, hf):
+    """``stream``: requests of different params in one engine run, answered as they finish, equal to one
+    generate() call per params; a stream the caller stops reading leaves no request behind in the engine."""
+    from sdft.generation import GenerationParams, stream
+
+    base, _ = vllm_fp32
+    prompts = _chat(hf.tokenizer, QUESTIONS)
+    short, cut = GenerationParams(max_new_tokens=6), GenerationParams(max_new_tokens=24, stop=("\n",))
+    requests = [(p, short) for p in prompts] + [(p, cut) for p in prompts[::-1]]
+    found = dict(stream(base, requests, chunk=2, groups=["a"] * 4 + ["b"] * 4))
+    assert sorted(found) == list(range(8))
+    assert [found[i].text for i in range(4)] == [c.text for c in base.generate(prompts, short)]
+    assert [found[i].text for i in range(4, 8)] == [c.text for c in hf.generate(prompts[::-1], cut)]
+    assert {found[i].completion_tokens for i in range(4)} == {6}
+    budgets = [GenerationParams(max_new_tokens=n) for n in (2, 64, 64, 64)]  # the first ends long before the rest
+    started = stream(base, list(zip(prompts, budgets)), chunk=2)
+    assert next(started)[0] == 0
+    assert base.llm.llm_engine.get_num_unfinished_requests() > 0
+    started.close()  # the caller stops reading: the unfinished requests are aborted
+    assert not base.llm.llm_engine.has_unfinished_requests()
+    assert [c.text for c in base.generate(prompts, short)] == [found[i].text for i in range(4)]
+
+
 def test_lora_adapter_matches_hf_with_the_same_adapter(vllm_fp32, adapter, folder):
     from sdft.generation import GenerationParams, load_backend
 

@@ -127,16 +127,26 @@ def test_lora_mode_auto_is_native_on_a_gpu_merged_on_a_cpu(monkeypatch):
 
 
 class _LLM:
-    """``vllm.LLM.generate`` as a test double: each answer is the prompt's first three tokens, cut by the budget."""
+    """``vllm.LLM`` as a test double, as the backend drives it (``enqueue``, then ``llm_engine.step()`` until
+    nothing is unfinished): each answer is the prompt's first three tokens, cut by the budget."""
 
     def __init__(self):
-        self.prompts = 0
+        self.prompts, self.queued, self.llm_engine = 0, [], self
 
-    def generate(self, requests, sampling, use_tqdm=False, lora_request=None):
+    def enqueue(self, requests, sampling, use_tqdm=False, lora_request=None):
         from types import SimpleNamespace
+        ids = [f"{self.prompts + i}-0a1b2c3d" for i in range(len(requests))]  # vLLM's internal ids
+        self.queued += [SimpleNamespace(request_id=str(self.prompts + i), finished=True, outputs=[
+            SimpleNamespace(token_ids=r["prompt_token_ids"][:3], finish_reason="length")]) for i, r in enumerate(requests)]
         self.prompts += len(requests)
-        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=r["prompt_token_ids"][:3], finish_reason="length")])
-                for r in requests]
+        return ids
+
+    def has_unfinished_requests(self):
+        return bool(self.queued)
+
+    def step(self):
+        done, self.queued = self.queued, []
+        return done
 
 
 @pytest.fixture
