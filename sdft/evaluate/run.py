@@ -68,22 +68,21 @@ class Answers:
     settings: dict
     progress: ProgressFile
     units: list[tuple[dict, int, str]]  # (example, sample, cache key), in input order
-    pending: list[tuple[dict, int, str]] = dataclasses.field(default_factory=list)  # those not in the cache
 
-    def __post_init__(self) -> None:
-        self.refresh()
-
-    def refresh(self) -> None:
-        self.pending = [u for u in self.units if not self.progress.done(u[2])]
+    @property
+    def pending(self) -> list[tuple[dict, int, str]]:
+        """The units not in the cache yet."""
+        return [u for u in self.units if not self.progress.done(u[2])]
 
     def requests(self, tokenizer) -> list[tuple[tuple[dict, int, str], str, GenerationParams]]:
         """The missing units as (unit, prompt, params), per sample the longest prompt first: batches of
         similar length pad little, and the ETA only improves."""
-        prompts = {ex["id"]: self.task.prompt(ex, tokenizer) for ex, _, _ in self.pending}
+        pending = self.pending
+        prompts = {ex["id"]: self.task.prompt(ex, tokenizer) for ex, _, _ in pending}
         out = []
-        for sample in sorted({j for _, j, _ in self.pending}):
+        for sample in sorted({j for _, j, _ in pending}):
             params = dataclasses.replace(self.params, seed=self.params.seed + sample)
-            todo = sorted((u for u in self.pending if u[1] == sample), key=lambda u: -len(prompts[u[0]["id"]]))
+            todo = sorted((u for u in pending if u[1] == sample), key=lambda u: -len(prompts[u[0]["id"]]))
             out += [(u, prompts[u[0]["id"]], params) for u in todo]
         return out
 
@@ -166,8 +165,6 @@ def stream_answers(plans: list[Answers], session, config) -> dict[str, dict]:
                     last = time.monotonic()
         finally:  # what came back before an error or Ctrl-C is kept
             flush()
-    for answers in plans:
-        answers.refresh()
     return made
 
 
@@ -189,7 +186,6 @@ def _generate(answers: Answers, session, config) -> None:
         answers.save([(unit, prompt, c) for (unit, prompt, _), c in zip(batch, completions)])
         bar.update(len(batch))
     bar.close()
-    answers.refresh()
 
 
 def _score(task: GenerativeTask, examples: list[dict], units: list[dict], context: TaskContext) -> list[dict]:
