@@ -15,7 +15,7 @@ second; MFU against the matmul peak measured now, in the precision the run used.
 answers and per-item scores of every configuration are compared with the first's.
 
     .venv/bin/python benchmarks/bench_arm.py [--configs previous,current] [--model qwen2.5-coder-0.5b-instruct]
-        [--train 32] [--items 48] [--out bench-arm]   # prints a table, writes <out>/bench-arm.json
+        [--train 32] [--items 48] [--repeat 1] [--out bench-arm]   # prints a table, writes <out>/bench-arm.json
 
 Run it on a quiet machine: two heavy jobs at once slow both about 4x. The CPU's bf16 support is printed.
 """
@@ -42,10 +42,12 @@ SHARED = ROOT.parent / "shared" / "data" / "sdft-paper"
 # The configurations compared: settings laid over the base run config ("section.key": value) and module
 # attributes set for the run ("module:attribute": value). "previous" is the experiment as issue 27 found it
 # (merged copies in fp32, the seed answers' NLL by a torch pass in fp32, one task and one chunk of prompts at a
-# time); "current": the seed answers' NLL in the engine and every task's answers in one stream (the remedy run
-# keeps the stream off, so that all its models' answers are made one way).
+# time, one core kept from vLLM's compute threads); "current": the seed answers' NLL in the engine, every task's
+# answers in one stream and, on a small CPU, every core computing (the remedy run keeps the stream off and the
+# core reserved, so that all its models' answers are made one way).
 CONFIGS = {
-    "previous": {"sdft.generation.vllm_backend:_STORED_DTYPES": (), "eval.stream_answers": False},
+    "previous": {"sdft.generation.vllm_backend:_STORED_DTYPES": (), "eval.stream_answers": False,
+                 "eval.backend_option": ["reserved_cpus=1"], "distill.backend_option": ["reserved_cpus=1"]},
     "current": {"shift.likelihood_backend": "vllm", "eval.stream_answers": True},
 }
 
@@ -307,9 +309,18 @@ def print_table(results: dict, params: int, peak: float) -> None:
         train_rate = r["trained_tokens"] / train_s if train_s else 0
         print(f"{n}: generation {gen_rate:.0f} tok/s (prompt + new; {r['generated_tokens']} new), MFU "
               f"{gen_rate * 2 * params / peak:.1%}; training {train_rate:.0f} tok/s, MFU {train_rate * 4 * params / peak:.1%}")
-    base = results[names[0]]["wall_s"]
-    for n in names[1:]:
-        print(f"speed-up {n} vs {names[0]}: {base / results[n]['wall_s']:.2f}x")
+    walls = defaultdict(list)  # per configuration, over its repeats ("current", "current#2", ...)
+    for n in names:
+        walls[n.split("#")[0]].append(results[n]["wall_s"])
+    for name, seconds in walls.items():
+        if len(seconds) > 1:
+            print(f"repeatability {name}: {', '.join(f'{s:.0f}' for s in seconds)} s; the slowest "
+                  f"{max(seconds) / min(seconds) - 1:.1%} above the fastest")
+    first, *others = walls
+    for name in others:
+        mean = sum(walls[name]) / len(walls[name])
+        print(f"speed-up {name} vs {first}: {sum(walls[first]) / len(walls[first]) / mean:.2f}x"
+              + (f" (means of {len(walls[name])} runs each)" if len(walls[name]) > 1 else ""))
 
 
 def main() -> None:
@@ -321,6 +332,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="gsm8k,advbench,humaneval")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                         help="pinned for every stage; auto: bf16 on a CPU with bf16 units, fp32 on one without")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of the configuration list, interleaved")
     parser.add_argument("--out", default="bench-arm")
     args = parser.parse_args()
 
@@ -343,18 +355,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     instrument(CLOCK)
     results, first = {}, None
-    for name in args.configs.split(","):
-        home = out / name  # the run folder stays, to be read; its caches (merged copies) are removed after
+    runs = [(name, name + (f"#{r + 1}" if r else "")) for r in range(args.repeat) for name in args.configs.split(",")]
+    for name, label in runs:
+        home = out / label  # the run folder stays, to be read; its caches (merged copies) are removed after
         if home.exists():
             shutil.rmtree(home)
         os.environ["SDFT_HOME"] = str(home / "sdft-home")  # caches start empty for each configuration
-        results[name] = measure(name, model, args, home / "runs")
+        results[label] = measure(name, model, args, home / "runs")
         shutil.rmtree(home / "sdft-home", ignore_errors=True)
-        found = answers(Path(results[name]["run_dir"]))
+        found = answers(Path(results[label]["run_dir"]))
         first = first or found
-        results[name]["answers"] = compare_answers(first, found)
-        print(f"  [{name}] {results[name]['wall_s']:.0f} s; vs the first configuration: "
-              f"{results[name]['answers']}; seed answers' mean NLL {results[name]['seed_nll']}", flush=True)
+        results[label]["answers"] = compare_answers(first, found)
+        print(f"  [{label}] {results[label]['wall_s']:.0f} s; vs the first configuration: "
+              f"{results[label]['answers']}; seed answers' mean NLL {results[label]['seed_nll']}", flush=True)
     (out / "bench-arm.json").write_text(json.dumps({"peak_flops": peak, "parameters": params,
                                                     "bf16_units": cpu_has_native_bf16(), "results": results},
                                                    indent=1))

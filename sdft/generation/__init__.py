@@ -370,9 +370,12 @@ def backend_setup(config: EngineSettings) -> BackendSetup:
     if endpoints:
         options["endpoint"] = endpoints
     if choice.backend == "vllm":
-        from sdft.generation.vllm_backend import resolve_lora_mode  # here: vllm_backend imports this package (cycle)
+        # here: vllm_backend imports this package (a cycle)
+        from sdft.generation.vllm_backend import resolve_lora_mode, resolve_reserved_cpus
         # Resolved here so that the run records say how an adapter was applied (it changes the numerics).
         options["lora_mode"] = resolve_lora_mode(options.get("lora_mode", "auto"))
+        # Recorded as resolved, like the precision: how many cores generated is part of a run's speed figures.
+        options["reserved_cpus"] = resolve_reserved_cpus(options.get("reserved_cpus"))
     if hasattr(cls, "check_options"):  # before the options reach any record: a stage may never load the backend
         cls.check_options(options)
     path = folder or model_for_backend(choice.backend, config.model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -14,11 +15,12 @@ from sdft.generation import auto, backend_setup
 @pytest.fixture
 def cpu(monkeypatch):
     """Pretend hardware: set ``cpu.bf16`` / ``cpu.cuda`` / ``cpu.vllm`` in a test."""
-    state = SimpleNamespace(bf16=True, cuda=False, vllm=(True, "vLLM supports LlamaForCausalLM"))
+    state = SimpleNamespace(bf16=True, cuda=False, vllm=(True, "vLLM supports LlamaForCausalLM"), cores=2)
     monkeypatch.setattr(auto, "cpu_bf16_support", lambda: state.bf16)
     monkeypatch.setattr(auto, "cuda_available", lambda: state.cuda)
     monkeypatch.setattr(auto, "vllm_installed", lambda: state.vllm is not None)
     monkeypatch.setattr(auto, "vllm_supports", lambda folder: state.vllm)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(state.cores)))
     return state
 
 
@@ -52,13 +54,42 @@ def _config(**kw):
 def test_setup_resolves_prints_and_records(cpu, tiny_model, capsys):
     setup = backend_setup(_config(model=str(tiny_model), backend_option=["kv_cache_gib=3", "enforce_eager=true"]))
     assert setup.name == "vllm" and setup.model_path == str(tiny_model)
-    assert setup.options == {"kv_cache_gib": 3, "enforce_eager": True, "precision": "bf16", "lora_mode": "merged"}
+    assert setup.options == {"kv_cache_gib": 3, "enforce_eager": True, "precision": "bf16", "lora_mode": "merged",
+                             "reserved_cpus": 0}
     assert setup.record["options"]["lora_mode"] == "merged"  # how an adapter is applied is on record
+    assert setup.record["options"]["reserved_cpus"] == 0  # and how many cores computed
     assert setup.record["backend"] == "vllm" and setup.record["requested_backend"] == "auto"
     assert setup.record["precision"] == "bf16" and setup.record["cpu_bf16"] is True
     assert "generation backend vllm (vLLM supports LlamaForCausalLM), precision bf16" in capsys.readouterr().err
     hf = backend_setup(_config(model=str(tiny_model), backend="hf"))
     assert hf.name == "hf" and hf.options == {"precision": "fp32"}
+
+
+def test_vllm_on_a_small_cpu_reserves_no_core_for_its_scheduler(cpu, tiny_model, monkeypatch):
+    from sdft.generation import vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "_USER_RESERVED", None)
+    resolve = vllm_backend.resolve_reserved_cpus
+    assert resolve(None) == 0  # 2 cores: the reserved one would be half the compute
+    cpu.cores = vllm_backend.SMALL_MACHINE_CPUS
+    assert resolve(None) == 0
+    cpu.cores = vllm_backend.SMALL_MACHINE_CPUS + 1
+    assert resolve(None) is None  # vLLM's own choice
+    assert resolve(2) == 2 and resolve(0) == 0  # asked for: given, on any machine
+    monkeypatch.setattr(vllm_backend, "_USER_RESERVED", "1")  # the user's VLLM_CPU_NUM_OF_RESERVED_CPU
+    assert resolve(None) == 1 and resolve(0) == 0
+    with pytest.raises(ConfigError, match="reserved_cpus must be 0 or more"):
+        resolve(-1)
+    monkeypatch.setattr(vllm_backend, "_USER_RESERVED", "one")
+    with pytest.raises(ConfigError, match="VLLM_CPU_NUM_OF_RESERVED_CPU must be a number of cores"):
+        resolve(None)
+    cpu.cuda = True
+    assert resolve(None) is None and resolve(1) is None  # a GPU engine binds no CPU threads
+    cpu.cuda, cpu.cores = False, 2
+    setup = backend_setup(_config(model=str(tiny_model), backend="vllm", backend_option=["reserved_cpus=1"]))
+    assert setup.options["reserved_cpus"] == setup.record["options"]["reserved_cpus"] == 1
+    with pytest.raises(ConfigError, match="reserved_cpus must be an integer"):
+        backend_setup(_config(model=str(tiny_model), backend="vllm", backend_option=["reserved_cpus=some"]))
 
 
 def test_endpoints_choose_the_openai_backend(cpu):
@@ -132,7 +163,7 @@ def no_model(monkeypatch):
      r"unknown --backend-option 'devise' for backend hf \(did you mean device\?\); valid for hf: device, dtype$"),
     (["--backend", "vllm", "--backend-option", "kv_cache_gb=4"],
      r"'kv_cache_gb' for backend vllm \(did you mean kv_cache_gib\?\); valid for vllm: device, dtype, kv_cache_gib, "
-     r"lora_mode, request_chunk, or any vllm.LLM engine argument"),
+     r"lora_mode, request_chunk, reserved_cpus, or any vllm.LLM engine argument"),
     (["--backend", "vllm", "--backend-option", "max_model_length=2048"], r"did you mean max_model_len\?"),
     (["--backend", "vllm", "--backend-option", "kv_cache_gib=lots"],
      "kv_cache_gib must be a finite number, got 'lots'"),

