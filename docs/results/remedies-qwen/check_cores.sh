@@ -17,7 +17,7 @@ mkdir -p $O
 for n in 1 0; do
   [ -f $O/reserved-$n/results.json ] || $S eval $EV --backend-option reserved_cpus=$n --out $O/reserved-$n > $O/reserved-$n.log 2>&1
 done
-lscpu | grep -o -E 'avx512_bf16|amx_bf16' | sort -u | tr '\n' ' '; echo "(bf16 units of this CPU; empty: none)"
+{ lscpu | grep -o -E 'avx512_bf16|amx_bf16' || true; } | sort -u | tr '\n' ' '; echo "(bf16 units of this CPU; empty: none)"
 .venv/bin/python - "$O" <<'PY'
 import json, sys
 from pathlib import Path
