@@ -4,19 +4,23 @@
 # model's plain answers, item by item):
 #   - the seed with every answer forced to open with "1." (--answer-prefix);
 #   - each SDFT and each vanilla model (every training seed) with a digit first token banned (--forbid-opening).
-# Usage: probes.sh   (from anywhere; a finished probe is not redone; models not trained yet are skipped)
-# Results: docs/results/remedies-qwen/probe_scores.py runs/remedies-qwen/probes
+# Usage: probes.sh [--fp32]   (from anywhere; --fp32: the fp32 run's models, resume.sh says why there are two;
+#        a finished probe is not redone; models not trained yet are skipped)
+# Results: docs/results/remedies-qwen/probe_scores.py runs/remedies-qwen (or runs/remedies-qwen-fp32)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 S=${SDFT:-.venv/bin/sdft}
-# Every model of the run is generated with vLLM keeping one core for its scheduler, as the first ones were
-# (sdft now reserves none on a small CPU: identical answers in fp32 on a CPU without bf16 units, not yet
-# checked in bf16; docs/performance.md). Set here, so it holds for every stage, replay's answers included.
-export VLLM_CPU_NUM_OF_RESERVED_CPU=${VLLM_CPU_NUM_OF_RESERVED_CPU:-1}
 M=qwen2.5-coder-0.5b-instruct
-R=runs/remedies-qwen
+R=runs/remedies-qwen PRECISION=bf16
+if [ "${1:-}" = "--fp32" ]; then
+  R=runs/remedies-qwen-fp32 PRECISION=fp32
+else
+  # Every model of the bf16 run is generated with vLLM keeping one core for its scheduler, as the first ones
+  # were (sdft reserves none on a small CPU: identical answers in fp32, not yet checked in bf16: check_cores.sh).
+  export VLLM_CPU_NUM_OF_RESERVED_CPU=${VLLM_CPU_NUM_OF_RESERVED_CPU:-1}
+fi
 P=$R/probes
-EV="--tasks advbench --limit 200 --max-new-tokens 384 --batch-size 64 --system-prompt model --backend vllm --precision bf16 --offline --no-progress"
+EV="--tasks advbench --limit 200 --max-new-tokens 384 --batch-size 64 --system-prompt model --backend vllm --precision $PRECISION --offline --no-progress"
 probe() {  # out folder, then flags
   local out=$1; shift
   [ -f "$out/results.json" ] || $S eval --model $M $EV --out "$out" "$@"
