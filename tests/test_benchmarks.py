@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-BENCH_ARM = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_arm.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH_ARM = BENCHMARKS / "bench_arm.py"
 
 
-def _table(name: str):
-    """One of bench_arm's tables, read without importing the benchmark (it instruments sdft when run)."""
-    for node in ast.parse(BENCH_ARM.read_text()).body:
+def _table(name: str, bench: Path = BENCH_ARM):
+    """One of a benchmark's tables, read without importing it (bench_arm instruments sdft when run)."""
+    for node in ast.parse(bench.read_text()).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
             return ast.literal_eval(node.value)
-    raise AssertionError(f"bench_arm.py defines no {name}")
+    raise AssertionError(f"{bench.name} defines no {name}")
 
 
 def _resolve(module_name: str, attribute: str):
@@ -36,3 +37,13 @@ def test_every_timed_part_exists(module_name, attribute, label):
                                             if ":" in key}))
 def test_every_patched_attribute_exists(setting):
     _resolve(*setting.split(":"))
+
+
+@pytest.mark.parametrize("setting", sorted({key for settings in _table("CONFIGS", BENCHMARKS / "bench_distill.py")
+                                            .values() for key in settings}))
+def test_every_distill_setting_compared_exists(setting):
+    import dataclasses
+
+    from sdft.distill.config import DistillConfig
+
+    assert setting in {f.name for f in dataclasses.fields(DistillConfig)}

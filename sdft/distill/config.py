@@ -49,6 +49,8 @@ class DistillConfig(EngineSettings, DecodingSettings, SystemPromptSettings, Vali
     temperature: float = override(DecodingSettings, "temperature",
                                   help="0 = greedy decoding (our default); the paper sampled at 0.95")
     progress: bool = field(True, "show a progress bar", keyed=False)
+    stream_answers: bool = field(True, "hand every prompt to the engine at once (vLLM keeps them all in flight; "
+                                 "each answer is saved as it finishes); off: one chunk at a time", keyed=False)
     # Format-aware distillation, beyond the paper (docs/arms.md): both need the seed's own answer to each
     # prompt under the task's prompt, one more generation pass. Keyed only when set: earlier keys stay.
     format_guard: bool = field(False, "accept a rewrite only when it opens like the seed's own answer to the "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 from sdft import generation, sandbox
@@ -129,25 +130,51 @@ def distill(config: DistillConfig) -> dict:
 
 
 def _generate_pending(examples, prompts, backend, progress: ProgressFile, config, desc: str, record) -> None:
-    """Generate the pending ``prompts`` in batches; ``record(example, completion, prompt, seconds)`` is what
-    ``progress`` keeps of each."""
+    """Generate the pending ``prompts``, in one stream or chunk by chunk (``config.stream_answers``);
+    ``record(example, completion, prompt, seconds)`` is what ``progress`` keeps of each."""
     from tqdm.auto import tqdm
 
     params = config.generation_params()
     # Longest-first across the whole job: batches hold similar lengths (little padding) and the
     # slowest batches come first, so the ETA only improves.
     pending = sorted((ex for ex in examples if ex.id in prompts), key=lambda ex: -len(prompts[ex.id]))
-    bar = tqdm(total=len(examples), initial=len(examples) - len(pending), desc=desc,
-               unit="ex", disable=not config.progress, dynamic_ncols=True)
     chunk = max(config.batch_size, getattr(backend, "request_chunk", 0) or 0)  # vLLM/servers: more in flight
-    for start in range(0, len(pending), chunk):
-        batch = pending[start:start + chunk]
-        began = time.perf_counter()
-        completions = backend.generate([prompts[ex.id] for ex in batch], params)
-        share = (time.perf_counter() - began) / len(batch)
-        progress.append(record(ex, c, prompts[ex.id], share) for ex, c in zip(batch, completions))
-        bar.update(len(batch))
-    bar.close()
+    with tqdm(total=len(examples), initial=len(examples) - len(pending), desc=desc, unit="ex",
+              disable=not config.progress, dynamic_ncols=True) as bar:
+        if config.stream_answers:
+            _stream_pending(pending, prompts, backend, progress, params, chunk, record, bar)
+            return
+        for start in range(0, len(pending), chunk):
+            batch = pending[start:start + chunk]
+            began = time.perf_counter()
+            completions = backend.generate([prompts[ex.id] for ex in batch], params)
+            share = (time.perf_counter() - began) / len(batch)
+            progress.append(record(ex, c, prompts[ex.id], share) for ex, c in zip(batch, completions))
+            bar.update(len(batch))
+
+
+def _stream_pending(pending, prompts, backend, progress: ProgressFile, params, chunk: int, record, bar) -> None:
+    """Every pending prompt in one stream, saved a few seconds' worth at a time. Each answer's ``seconds`` is
+    the wall time since the one before it came back, so that they add up to the stream's time. ``groups``: the
+    chunks the other path would make, which draw the same sampling seeds."""
+    requests = [(prompts[ex.id], params) for ex in pending]
+    groups = [i // chunk for i in range(len(pending))]
+    last = [time.perf_counter()]
+
+    def timed(answers):
+        with closing(answers):  # stopped early: the stream aborts what it has in flight
+            for i, completion in answers:
+                now = time.perf_counter()
+                yield pending[i], completion, now - last[0]
+                last[0] = now
+
+    def save(came: list) -> None:
+        progress.append(record(ex, completion, prompts[ex.id], seconds) for ex, completion, seconds in came)
+
+    answers = timed(generation.stream(backend, requests, chunk, groups))
+    with closing(generation.saved_as_they_come(answers, save)) as came:
+        for _ in came:
+            bar.update(1)
 
 
 def _progress_record(example, completion, prompt: str, accept, seconds: float, own: bool = False) -> dict:

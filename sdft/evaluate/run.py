@@ -9,7 +9,6 @@ recomputed from the cached text on every run.
 from __future__ import annotations
 
 import dataclasses
-import time
 from contextlib import closing
 from pathlib import Path
 
@@ -126,9 +125,6 @@ def run_generate(answers: Answers, examples: list[dict], session, config, out: P
     return entry
 
 
-SAVE_EVERY_S = 2.0  # a stream saves what came back when an answer arrives this long after its last save
-
-
 def stream_answers(plans: list[Answers], session, config) -> dict[str, dict]:
     """Every task's missing answers in one stream through the engine (``sdft.generation.stream``): vLLM keeps
     them all in flight. Answers are saved to their task's cache as they come, a few seconds' worth per write (one
@@ -142,29 +138,25 @@ def stream_answers(plans: list[Answers], session, config) -> dict[str, dict]:
         return made
     chunk = max(config.batch_size, getattr(session.backend, "request_chunk", 0) or 0)
     groups = [(answers.name, unit[1]) for answers, unit, _, _ in requests]  # one task's one sample
-    unsaved: dict[str, list] = {}
-    last = time.monotonic()
 
-    def flush() -> None:
+    def save(came: list[tuple[int, object]]) -> None:
+        by_task: dict[str, list] = {}
+        for i, completion in came:
+            answers, unit, prompt, _ = requests[i]
+            by_task.setdefault(answers.name, []).append((unit, prompt, completion))
         for answers in plans:
-            if unsaved.get(answers.name):
-                answers.save(unsaved.pop(answers.name))
+            if by_task.get(answers.name):
+                answers.save(by_task[answers.name])
 
     answers_of = generation.stream(session.backend, [(p, params) for _, _, p, params in requests], chunk, groups)
-    with closing(answers_of), tqdm(total=len(requests), desc="+".join(made), unit="gen", disable=not config.progress,
-                                   dynamic_ncols=True) as bar:
-        try:
-            for i, completion in answers_of:
-                answers, unit, prompt, _ = requests[i]
-                unsaved.setdefault(answers.name, []).append((unit, prompt, completion))
-                made[answers.name]["answers"] += 1
-                made[answers.name]["new_tokens"] += completion.completion_tokens
-                bar.update(1)
-                if time.monotonic() - last >= SAVE_EVERY_S:
-                    flush()
-                    last = time.monotonic()
-        finally:  # what came back before an error or Ctrl-C is kept
-            flush()
+    with closing(generation.saved_as_they_come(answers_of, save)) as came, \
+            tqdm(total=len(requests), desc="+".join(made), unit="gen", disable=not config.progress,
+                 dynamic_ncols=True) as bar:
+        for i, completion in came:
+            name = requests[i][0].name
+            made[name]["answers"] += 1
+            made[name]["new_tokens"] += completion.completion_tokens
+            bar.update(1)
     return made
 
 

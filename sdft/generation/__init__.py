@@ -21,6 +21,7 @@ from sdft.base.keys import without_old_defaults
 from sdft.base.plugins import import_target
 from sdft.base.provenance import recordable
 from sdft.generation import auto
+from sdft.generation.streaming import SAVE_EVERY_S, runs, saved_as_they_come, stream  # noqa: F401 (the package's API)
 from sdft.models import resolve
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -164,32 +165,6 @@ class Backend(Protocol):
     # pairs, yielding each answer as it finishes, for a backend that keeps requests of different params in flight
     # together (vLLM); ``groups`` labels the requests one generate() call would have held (sampling seeds follow
     # them). :func:`stream` uses it where a backend has it.
-
-
-def runs(requests: list[tuple[str, GenerationParams]], chunk: int, groups: list | None = None):
-    """``(start, end)`` of consecutive requests with equal params and group, at most ``chunk`` long: the batches
-    of one ``generate`` call each."""
-    start = 0
-    while start < len(requests):
-        end = start + 1
-        while (end < len(requests) and end - start < chunk and requests[end][1] == requests[start][1]
-               and (groups is None or groups[end] == groups[start])):
-            end += 1
-        yield start, end
-        start = end
-
-
-def stream(backend, requests: list[tuple[str, GenerationParams]], chunk: int, groups: list | None = None):
-    """``(index, completion)`` for every ``(prompt, params)`` request, as answers are ready. A backend with a
-    ``generate_stream`` gets them all at once; any other one ``generate`` call per run of :func:`runs` (the
-    batches a caller handing each group over alone, in chunks, would have made)."""
-    own = getattr(backend, "generate_stream", None)
-    if callable(own):
-        yield from own(requests, groups)
-        return
-    for start, end in runs(requests, chunk, groups):
-        completions = backend.generate([prompt for prompt, _ in requests[start:end]], requests[start][1])
-        yield from enumerate(completions, start)
 
 
 BACKENDS: dict[str, str] = {

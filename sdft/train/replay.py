@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -105,13 +106,20 @@ def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]
         backend = setup.load(None, progress=False)
         params = generation.GenerationParams(max_new_tokens=config.replay_max_new_tokens, temperature=0.0,
                                              batch_size=config.batch_size * 4)
-        for start in range(0, len(pending), params.batch_size):
-            batch = pending[start:start + params.batch_size]
-            prompts = [render_prompt(template, ex, backend.tokenizer, mode, config.system_prompt, system=ex.system)
-                       for ex in batch]
-            done = backend.generate(prompts, params)
-            progress.append({"id": ex.id, "text": c.text.strip(), "finish_reason": c.finish_reason}
-                            for ex, c in zip(batch, done))
+        requests = [(render_prompt(template, ex, backend.tokenizer, mode, config.system_prompt, system=ex.system),
+                     params) for ex in pending]
+        groups = [i // params.batch_size for i in range(len(pending))]  # the batches a chunked loop would make
+
+        def save(came: list) -> None:
+            progress.append({"id": pending[i].id, "text": c.text.strip(), "finish_reason": c.finish_reason}
+                            for i, c in came)
+
+        # One stream: vLLM keeps every instruction in flight instead of a few batches' worth (the answers are
+        # greedy, so they do not depend on the grouping); other backends go batch by batch as before.
+        answers = generation.stream(backend, requests, params.batch_size, groups)
+        with closing(generation.saved_as_they_come(answers, save)) as came:
+            for _ in came:
+                pass
         del backend
     return {ex.id: progress.records[ex.id] for ex in examples}
 

@@ -175,13 +175,15 @@ def test_lora_adapter_matches_hf_with_the_same_adapter(vllm_fp32, adapter, folde
 
 
 def test_distill_resumes_after_kill_9(tmp_path, vllm_fp32):
-    """The acceptance run, smaller: killed mid-job, then rerun; nothing lost or duplicated."""
+    """The acceptance run, smaller: killed mid-job (chunk by chunk, so that it dies with part of its work saved),
+    then rerun in one stream; nothing lost or duplicated, and the same rewrites as a whole run either way."""
     from sdft.distill.config import DistillConfig
     from sdft.distill.stage import distill
 
     data, out = gsm8k_file(tmp_path, 24), tmp_path / "killed"
     flags = ["--backend", "vllm", "--precision", "fp32", "--backend-option", "enforce_eager=true",
-             "--backend-option", "request_chunk=4", "--task", "math", "--max-new-tokens", "48", "--no-progress"]
+             "--backend-option", "request_chunk=4", "--task", "math", "--max-new-tokens", "48", "--no-progress",
+             "--no-stream-answers"]
     log = tmp_path / "killed.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "sdft", "distill", "--data", str(data), "--out", str(out),
@@ -206,8 +208,10 @@ def test_distill_resumes_after_kill_9(tmp_path, vllm_fp32):
     assert stats["examples"] == 24 and len(after) == 24 and len({r["id"] for r in after}) == 24
     assert after[:len(before)] == before  # finished records kept as they were
     distill(DistillConfig(out=str(tmp_path / "ref"), **config))
+    distill(DistillConfig(out=str(tmp_path / "chunked"), stream_answers=False, **config))
     resumed = (out / "distilled.jsonl").read_text()
     assert resumed == (tmp_path / "ref" / "distilled.jsonl").read_text()
+    assert resumed == (tmp_path / "chunked" / "distilled.jsonl").read_text()  # fp32: batch mates change nothing
     run = json.loads((out / "run.json").read_text())
     assert run["generation"]["backend"] == "vllm" and run["generation"]["precision"] == "fp32"
 

@@ -147,3 +147,41 @@ def test_bad_replay_settings_get_one_clear_line(tiny_model, task_data, tmp_path)
     bad.write_text(json.dumps([{"instruction": "x", "output": "y"}, {"instruction": 3, "output": "y"}]))
     with pytest.raises(SdftError, match="bad.json"):
         prepare(config(tiny_model, task_data, tmp_path / "o", replay_data=str(bad), replay_ratio=0.5))
+
+
+class StreamingSeed(CannedSeed):
+    """TEST DOUBLE: CannedSeed with a ``generate_stream`` whose answers come back last request first, and which can
+    be interrupted after N answers."""
+
+    streams: list = []
+    stop_after = None
+
+    def generate_stream(self, requests, groups=None):
+        StreamingSeed.streams.append((len(requests), list(groups)))
+        for n, i in enumerate(reversed(range(len(requests)))):
+            if StreamingSeed.stop_after is not None and n >= StreamingSeed.stop_after:
+                raise KeyboardInterrupt
+            yield i, self.generate([requests[i][0]], requests[i][1])[0]
+
+
+def test_seed_answers_come_in_one_stream_and_an_interrupted_one_resumes_without_duplicates(
+        tiny_model, task_data, tmp_path, monkeypatch):
+    from sdft.generation import register_backend
+
+    monkeypatch.setenv("SDFT_HOME", str(tmp_path / "home"))
+    register_backend("streaming-seed", "test_replay:StreamingSeed")
+    StreamingSeed.streams, StreamingSeed.stop_after = [], 3
+    settings = dict(replay_data=str(task_data), replay_ratio=1.0, replay_source="seed", replay_max_new_tokens=30,
+                    replay_backend="streaming-seed", batch_size=1)  # batches of 4 answers in the chunked loop
+    with pytest.raises(KeyboardInterrupt):
+        prepare(config(tiny_model, task_data, tmp_path / "a", **settings))
+    cache = next((tmp_path / "home" / "replay").glob("*.jsonl"))
+    assert len(cache.read_text().splitlines()) == 3  # what came back before the stop is kept
+    assert StreamingSeed.streams == [(8, [0, 0, 0, 0, 1, 1, 1, 1])]  # all at once, grouped as the batches
+    StreamingSeed.stop_after = None
+    run = prepare(config(tiny_model, task_data, tmp_path / "b", **settings))
+    assert StreamingSeed.streams[-1][0] == 5  # only the missing answers asked again
+    ids = [json.loads(line)["id"] for line in cache.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 8
+    replayed = [t for t in run.targets if t.replay]
+    assert replayed and all(t.response.startswith("seed says ok") for t in replayed)
