@@ -130,8 +130,9 @@ def distill(config: DistillConfig) -> dict:
 
 
 def _generate_pending(examples, prompts, backend, progress: ProgressFile, config, desc: str, record) -> None:
-    """Generate the pending ``prompts``, in one stream or chunk by chunk (``config.stream_answers``);
-    ``record(example, completion, prompt, seconds)`` is what ``progress`` keeps of each."""
+    """Generate the pending ``prompts``, in one stream (``config.stream_answers``, on a backend that keeps requests
+    in flight: vLLM) or chunk by chunk, saved after each; ``record(example, completion, prompt, seconds)`` is what
+    ``progress`` keeps of each."""
     from tqdm.auto import tqdm
 
     params = config.generation_params()
@@ -141,7 +142,7 @@ def _generate_pending(examples, prompts, backend, progress: ProgressFile, config
     chunk = max(config.batch_size, getattr(backend, "request_chunk", 0) or 0)  # vLLM/servers: more in flight
     with tqdm(total=len(examples), initial=len(examples) - len(pending), desc=desc, unit="ex",
               disable=not config.progress, dynamic_ncols=True) as bar:
-        if config.stream_answers:
+        if config.stream_answers and callable(getattr(backend, "generate_stream", None)):
             _stream_pending(pending, prompts, backend, progress, params, chunk, record, bar)
             return
         for start in range(0, len(pending), chunk):

@@ -114,10 +114,12 @@ def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]
             progress.append({"id": pending[i].id, "text": c.text.strip(), "finish_reason": c.finish_reason}
                             for i, c in came)
 
-        # One stream: vLLM keeps every instruction in flight instead of a few batches' worth (the answers are
-        # greedy, so they do not depend on the grouping); other backends go batch by batch as before.
+        # One stream where the backend keeps requests in flight (vLLM: every instruction at once instead of a few
+        # batches' worth; greedy answers do not depend on the grouping); others batch by batch, saved after each.
         answers = generation.stream(backend, requests, params.batch_size, groups)
-        with closing(generation.saved_as_they_come(answers, save)) as came:
+        streams = callable(getattr(backend, "generate_stream", None))
+        with closing(generation.saved_as_they_come(answers, save, every_s=generation.SAVE_EVERY_S if streams
+                                                   else 0.0)) as came:
             for _ in came:
                 pass
         del backend
