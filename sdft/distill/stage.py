@@ -142,7 +142,7 @@ def _generate_pending(examples, prompts, backend, progress: ProgressFile, config
     chunk = max(config.batch_size, getattr(backend, "request_chunk", 0) or 0)  # vLLM/servers: more in flight
     with tqdm(total=len(examples), initial=len(examples) - len(pending), desc=desc, unit="ex",
               disable=not config.progress, dynamic_ncols=True) as bar:
-        if config.stream_answers and callable(getattr(backend, "generate_stream", None)):
+        if config.stream_answers and generation.streams(backend):
             _stream_pending(pending, prompts, backend, progress, params, chunk, record, bar)
             return
         for start in range(0, len(pending), chunk):

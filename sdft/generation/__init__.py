@@ -21,7 +21,7 @@ from sdft.base.keys import without_old_defaults
 from sdft.base.plugins import import_target
 from sdft.base.provenance import recordable
 from sdft.generation import auto
-from sdft.generation.streaming import SAVE_EVERY_S, runs, saved_as_they_come, stream  # noqa: F401 (the package's API)
+from sdft.generation.streaming import SAVE_EVERY_S, runs, saved_as_they_come, stream, streams  # noqa: F401 (the package's API)
 from sdft.models import resolve
 
 Precision = Literal["auto", "fp32", "bf16"]

@@ -33,13 +33,17 @@ def runs(requests: list[tuple[str, GenerationParams]], chunk: int, groups: list 
         start = end
 
 
+def streams(backend) -> bool:
+    """Whether ``backend`` keeps requests of one call in flight together (has ``generate_stream``: vLLM)."""
+    return callable(getattr(backend, "generate_stream", None))
+
+
 def stream(backend, requests: list[tuple[str, GenerationParams]], chunk: int, groups: list | None = None):
     """``(index, completion)`` for every ``(prompt, params)`` request, as answers are ready. A backend with a
     ``generate_stream`` gets them all at once; any other one ``generate`` call per run of :func:`runs` (the
     batches a caller handing each group over alone, in chunks, would have made)."""
-    own = getattr(backend, "generate_stream", None)
-    if callable(own):
-        yield from own(requests, groups)
+    if streams(backend):
+        yield from backend.generate_stream(requests, groups)
         return
     for start, end in runs(requests, chunk, groups):
         completions = backend.generate([prompt for prompt, _ in requests[start:end]], requests[start][1])

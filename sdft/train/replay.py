@@ -115,11 +115,11 @@ def seed_answers(config, examples: list, template, mode: str) -> dict[str, dict]
                             for i, c in came)
 
         # One stream where the backend keeps requests in flight (vLLM: every instruction at once instead of a few
-        # batches' worth; greedy answers do not depend on the grouping); others batch by batch, saved after each.
+        # batches' worth; greedy answers do not depend on the grouping); others batch by batch, each answer saved
+        # as soon as its batch returns.
         answers = generation.stream(backend, requests, params.batch_size, groups)
-        streams = callable(getattr(backend, "generate_stream", None))
-        with closing(generation.saved_as_they_come(answers, save, every_s=generation.SAVE_EVERY_S if streams
-                                                   else 0.0)) as came:
+        every_s = generation.SAVE_EVERY_S if generation.streams(backend) else 0.0
+        with closing(generation.saved_as_they_come(answers, save, every_s=every_s)) as came:
             for _ in came:
                 pass
         del backend
