@@ -98,7 +98,7 @@ def bench_hf(folder: str, prompts: dict, args, rows: list) -> None:
                 continue
             rows.append(timed(f"HF {precision} batch {args.batch_size}", count,
                               lambda: backend.generate(batch, params)))
-        del backend
+        backend = None  # the weights go before the next precision loads its own
 
 
 def bench_vllm(folder: str, prompts: dict, args, rows: list) -> str:

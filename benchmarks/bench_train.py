@@ -15,7 +15,8 @@ machine whose speed drifts (a shared host: the matmul peak measured 300 and 226 
 and every round's speed-up are printed.
 
     .venv/bin/python benchmarks/bench_train.py [--models smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct
-        --steps 3 --batch-size 4 --max-length 256 --data ../shared/data/sdft-paper/gsm8k_train.json]
+        --steps 3 --batch-size 4 --max-length 256 --batch-order index --setups previous,current,current-padding-free
+        --data ../shared/data/sdft-paper/gsm8k_train.json]
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ DATA = ROOT.parent / "shared" / "data" / "sdft-paper" / "gsm8k_train.json"
 # bf16 units, bf16 on one without): what the choice of precision alone is worth there (issues 9, 27).
 # With --ablations, "current" without each of its two precision-free changes: what each is worth on this CPU.
 ABLATIONS = {"no-compile": {"compile": "off"}, "no-response-only": {"compile": "on", "response_only_logits": False}}
+# "current-padding-free" is "current" with --padding-free (off by default): with --batch-order index, the
+# remedy run's common order, it leaves out the padding that order brings (a quarter of that run's tokens).
+PADDING_FREE = {"compile": "on", "padding_free": True}
 
 
 def setups(auto: str, ablations: bool, rounds: int) -> dict:
@@ -47,6 +51,7 @@ def setups(auto: str, ablations: bool, rounds: int) -> dict:
         chosen["current-again"] = {"compile": "on"}
     if ablations:
         chosen.update({f"current-{name}": settings for name, settings in ABLATIONS.items()})
+    chosen["current-padding-free"] = PADDING_FREE
     return chosen
 
 
@@ -152,7 +157,8 @@ def bench_model(model: str, args, peaks: dict, auto: str) -> None:
                 config = TrainConfig(model=path, data=args.data, task="math", out=str(Path(tmp) / f"{name}-{round_}"),
                                      limit=args.steps * args.batch_size, max_steps=args.steps, method=args.method,
                                      batch_size=args.batch_size, grad_accum=1, max_length=args.max_length,
-                                     save_steps=10**6, logging_steps=10**6, **chosen[name])
+                                     batch_order=args.batch_order, save_steps=10**6, logging_steps=10**6,
+                                     **chosen[name])
                 runs[name].append(measure(config))
     report(model, args, peaks, runs)
 
@@ -200,6 +206,12 @@ def report(model: str, args, peaks: dict, runs: dict) -> None:
         print(f"  precision alone (current / current in the other precision, {after['precision']} vs "
               f"{other['precision']}): {after['tokens_per_s'] / other['tokens_per_s']:.2f} wall, "
               f"{after['tokens_per_cpu_s'] / other['tokens_per_cpu_s']:.2f} CPU time", flush=True)
+    if "current-padding-free" in results:
+        free = results["current-padding-free"]
+        gap = max(abs(x - y) for x, y in zip(after["losses"], free["losses"]))
+        print(f"  padding-free (current-padding-free / current): {free['tokens_per_s'] / after['tokens_per_s']:.2f} "
+              f"wall, {free['tokens_per_s'] / before['tokens_per_s']:.2f} over previous; largest loss difference "
+              f"per step from current: {gap:.4f}", flush=True)
     for name in ABLATIONS:
         if f"current-{name}" in results:
             print(f"  {name} (current / current-{name}): "
@@ -215,6 +227,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per setup (the first is not timed)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-order", choices=["length", "prompt", "index"], default="length",
+                        help="micro-batches of every setup (index: the remedy run's common order, more padding)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every setup this many times, odd rounds in reverse order (ABBA); medians reported")
     parser.add_argument("--setups", default="", help="comma-separated subset, e.g. previous,current")

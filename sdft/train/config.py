@@ -98,6 +98,11 @@ class TrainConfig(SystemPromptSettings, LoraSettings, ReplaySettings, Validated)
     compile: Literal["auto", "on", "off"] = field(
         "auto", "torch.compile each decoder layer; auto: on a CPU with a C++ compiler, for a model of 10M+ "
                 "parameters and a run of 64+ examples (compiling takes about a minute)", keyed=False)
+    # Keyed when set: the same examples and loss, but the sums run in another order (float rounding).
+    padding_free: bool = field(False, "lay each micro-batch's examples end to end in one row, no padding (same "
+                                      "examples and loss up to float rounding, less compute: most with "
+                                      "--batch-order index or prompt, whose micro-batches mix lengths)",
+                               keyed=IF_SET)
     gradient_checkpointing: bool = field(False, "recompute activations to save memory (slower)")
     # Not keyed: checkpoint cadence, logging and what happens to the folder do not change the weights.
     save_steps: int = field(50, "write a checkpoint every N optimizer steps", keyed=False)
@@ -166,6 +171,8 @@ class TrainConfig(SystemPromptSettings, LoraSettings, ReplaySettings, Validated)
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pass one")
         self.check_replay_settings()
+        if self.padding_free and self.objective == "onpolicy":
+            raise ConfigError("--padding-free applies to the sft objective; --objective onpolicy pads its own batches")
         onpolicy.validate(self)
         _check_tracker(self.report_to)
 

@@ -359,6 +359,8 @@ def write_record(run) -> dict:
         "final_loss": per_step[-1]["loss"] if per_step else None,
         "throughput": {"train_tokens_per_s": run.progress.tokens / seconds if seconds > 0 else None,
                        "tokens_this_session": run.progress.tokens, "seconds_this_session": round(seconds, 3),
+                       "padding_free": config.padding_free,
+                       # With --padding-free nothing is padded; the figure says what padding would have cost.
                        "padding_efficiency": round(padding_efficiency(run.lengths, run.order, config.batch_size), 4)},
     }
     if config.objective == "onpolicy":

@@ -102,8 +102,8 @@ def summarize(result: dict) -> str:
     lines = [f"trained {result['method']} on {data['examples']} examples: {mix}{dropped}",
              f"  {tr['steps']} steps ({tr['epochs']} epochs, batch {tr['global_batch']}, {tr['processes']} process(es)); "
              f"loss {first:.4f} -> {result['final_loss']:.4f}",
-             f"  {tp['train_tokens_per_s'] or 0:.0f} train tokens/s, padding efficiency "
-             f"{tp['padding_efficiency']:.0%}, wall time {result['wall_time_s']:.1f} s"]
+             f"  {tp['train_tokens_per_s'] or 0:.0f} train tokens/s, {padding(tp)}, wall time "
+             f"{result['wall_time_s']:.1f} s"]
     if "onpolicy" in result:
         cost = result["onpolicy"]
         lines.append(f"  on-policy: {cost['answers_sampled']} answers sampled, {cost['generated_tokens']} tokens "
@@ -114,3 +114,9 @@ def summarize(result: dict) -> str:
     lines.append(f"  saved: {result['out']} (train.json, loss.png)"
                  + (f"; merged weights: {result['outputs']['merged']}" if result["outputs"]["merged"] else ""))
     return "\n".join(lines)
+
+
+def padding(throughput: dict) -> str:
+    if throughput.get("padding_free"):
+        return f"padding-free (padded batches would have been {throughput['padding_efficiency']:.0%} efficient)"
+    return f"padding efficiency {throughput['padding_efficiency']:.0%}"

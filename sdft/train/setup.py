@@ -178,7 +178,22 @@ def sft_trainer(config, model, tokenizer, ordered: list, args: dict, callbacks: 
                          train_sampling_strategy="sequential")
     return sft_trainer_class(config.response_only_logits)(
         model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=lora_config(config), callbacks=callbacks)
+        peft_config=lora_config(config), callbacks=callbacks, data_collator=padding_free_collator(config, tokenizer))
+
+
+def padding_free_collator(config: TrainConfig, tokenizer):
+    """``--padding-free``: TRL's collator in its padding-free mode, handed to the trainer as a collator of our
+    own rather than through ``SFTConfig.padding_free``, which refuses a ``max_length`` (it would not truncate):
+    this way TRL still tokenizes, masks and truncates the examples exactly as for a padded run, and only the
+    micro-batch's layout changes. The row's position ids restart at every example; transformers turns them
+    into a block-diagonal causal mask for every attention implementation (SDPA included), so no example
+    attends to another. None (TRL's padded default) when the option is off."""
+    if not config.padding_free:
+        return None
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
 
 
 def sft_columns(ordered: list, tokenizer) -> dict:

@@ -1,0 +1,72 @@
+"""--padding-free: each micro-batch in one row without padding learns what the padded batches learn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_train import config, write_json
+
+from sdft.base.config import stage_key
+from sdft.base.errors import ConfigError
+from sdft.train.config import TrainConfig
+from sdft.train.stage import prepare, train
+
+FP32_EAGER = {"precision": "fp32", "compile": "off", "batch_order": "index"}
+
+
+@pytest.fixture
+def mixed_lengths(tmp_path):
+    """Answers from one word to past --max-length (the last is truncated), in index order: padded batches of
+    4 carry much padding."""
+    rows = [{"instruction": f"Question {i}: what comes next?", "input": "",
+             "output": " ".join(["step"] * (1 + (i * 7) % 23) + ([f"word{i}"] * 200 if i == 5 else []))}
+            for i in range(16)]
+    return write_json(tmp_path / "mixed.json", rows)
+
+
+def losses(result) -> list[float]:
+    return [p["loss"] for p in result["loss"]]
+
+
+def test_padding_free_gives_the_padded_loss_curve(tiny_model, mixed_lengths, tmp_path):
+    padded = train(config(tiny_model, mixed_lengths, tmp_path / "padded", max_length=96, **FP32_EAGER))
+    free = train(config(tiny_model, mixed_lengths, tmp_path / "free", max_length=96, padding_free=True,
+                        **FP32_EAGER))
+    assert padded["throughput"]["padding_efficiency"] < 0.8  # there was padding to leave out
+    assert free["throughput"]["padding_free"] and not padded["throughput"]["padding_free"]
+    assert losses(padded)[-1] < losses(padded)[0] - 0.05  # it learned
+    # Examples that saw one another in one row, or a truncation skipped, would move these well past rounding.
+    assert losses(free) == pytest.approx(losses(padded), rel=1e-4, abs=1e-5)
+    recorded = json.loads((tmp_path / "free" / "train.json").read_text())
+    assert recorded["config"]["padding_free"] is True
+
+
+def test_a_padding_free_batch_is_one_row_that_restarts_positions(tiny_model, mixed_lengths, tmp_path):
+    run = prepare(config(tiny_model, mixed_lengths, tmp_path / "out", max_length=96, max_steps=1,
+                         padding_free=True, **FP32_EAGER))
+    examples = [run.trainer.train_dataset[i] for i in range(4)]
+    batch = run.trainer.data_collator(examples)
+    sizes = [len(e["input_ids"]) for e in examples]
+    assert max(sizes) <= 96 and len(set(sizes)) > 1
+    assert batch["input_ids"].shape == (1, sum(sizes)) and "attention_mask" not in batch
+    starts = [sum(sizes[:k]) for k in range(4)]
+    assert (batch["position_ids"][0] == 0).nonzero().flatten().tolist() == starts
+    assert batch["labels"][0, starts].eq(-100).all()  # no example learns the next one's first token
+
+
+def test_padding_free_is_keyed_only_when_on_and_only_for_sft(tmp_path):
+    base = dict(data="d.json", out=str(tmp_path))
+    assert stage_key(TrainConfig(**base)) == stage_key(TrainConfig(**base, padding_free=False))
+    assert stage_key(TrainConfig(**base)) != stage_key(TrainConfig(**base, padding_free=True))
+    with pytest.raises(ConfigError, match="--padding-free applies to the sft objective"):
+        TrainConfig(**base, padding_free=True, objective="onpolicy").validate()
+
+
+@pytest.mark.slow  # compiling the tiny model's layers takes about a minute here
+def test_compiled_layers_read_one_row_as_the_padded_batches(tiny_model, mixed_lengths, tmp_path):
+    settings = {**FP32_EAGER, "compile": "on", "max_length": 96}
+    padded = train(config(tiny_model, mixed_lengths, tmp_path / "padded", **settings))
+    free = train(config(tiny_model, mixed_lengths, tmp_path / "free", padding_free=True, **settings))
+    assert free["training"]["compiled"]
+    assert losses(free) == pytest.approx(losses(padded), rel=1e-4, abs=1e-5)
