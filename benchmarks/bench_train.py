@@ -42,7 +42,7 @@ ABLATIONS = {"no-compile": {"compile": "off"}, "no-response-only": {"compile": "
 PADDING_FREE = {"compile": "on", "padding_free": True}
 
 
-def setups(auto: str, ablations: bool, rounds: int) -> dict:
+def setups(auto: str, ablations: bool, rounds: int, batch_order: str = "length") -> dict:
     other = "fp32" if auto == "bf16" else "bf16"
     chosen = {"previous": {"precision": "fp32", "response_only_logits": False, "compile": "off"},
               "current": {"compile": "on"},
@@ -51,7 +51,8 @@ def setups(auto: str, ablations: bool, rounds: int) -> dict:
         chosen["current-again"] = {"compile": "on"}
     if ablations:
         chosen.update({f"current-{name}": settings for name, settings in ABLATIONS.items()})
-    chosen["current-padding-free"] = PADDING_FREE
+    if batch_order != "length":  # length grouping leaves little padding to save
+        chosen["current-padding-free"] = PADDING_FREE
     return chosen
 
 
@@ -144,9 +145,9 @@ def bench_model(model: str, args, peaks: dict, auto: str) -> None:
     except SdftError as exc:
         print(f"{model}: skipped ({exc})", flush=True)
         return
-    chosen = setups(auto, args.ablations, args.rounds)
+    chosen = setups(auto, args.ablations, args.rounds, args.batch_order)
     if args.setups:
-        chosen = {name: chosen[name] for name in args.setups.split(",")}
+        chosen = {name: (chosen | {"current-padding-free": PADDING_FREE})[name] for name in args.setups.split(",")}
     runs = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -185,6 +186,13 @@ def report(model: str, args, peaks: dict, runs: dict) -> None:
               f"{r['tokens_per_cpu_s']:7.1f} per CPU-second, MFU {mfu:.1%} ({r['timed_steps']} steps timed, "
               f"{r['compiling_steps']} compiling left out: {r['compiling_seconds']:.0f} s); "
               f"loss {' '.join(f'{x:.4f}' for x in r['losses'])}", flush=True)
+    if "current" in results and "current-padding-free" in results:
+        free, padded = results["current-padding-free"], results["current"]
+        gap = max(abs(x - y) for x, y in zip(padded["losses"], free["losses"]))
+        over = (f", {free['tokens_per_s'] / results['previous']['tokens_per_s']:.2f} over previous"
+                if "previous" in results else "")
+        print(f"  padding-free (current-padding-free / current): {free['tokens_per_s'] / padded['tokens_per_s']:.2f} "
+              f"wall{over}; largest loss difference per step from current: {gap:.4f}", flush=True)
     if "previous" not in results or "current" not in results:
         return
     before, after = results["previous"], results["current"]
@@ -206,12 +214,6 @@ def report(model: str, args, peaks: dict, runs: dict) -> None:
         print(f"  precision alone (current / current in the other precision, {after['precision']} vs "
               f"{other['precision']}): {after['tokens_per_s'] / other['tokens_per_s']:.2f} wall, "
               f"{after['tokens_per_cpu_s'] / other['tokens_per_cpu_s']:.2f} CPU time", flush=True)
-    if "current-padding-free" in results:
-        free = results["current-padding-free"]
-        gap = max(abs(x - y) for x, y in zip(after["losses"], free["losses"]))
-        print(f"  padding-free (current-padding-free / current): {free['tokens_per_s'] / after['tokens_per_s']:.2f} "
-              f"wall, {free['tokens_per_s'] / before['tokens_per_s']:.2f} over previous; largest loss difference "
-              f"per step from current: {gap:.4f}", flush=True)
     for name in ABLATIONS:
         if f"current-{name}" in results:
             print(f"  {name} (current / current-{name}): "

@@ -102,7 +102,7 @@ def summarize(result: dict) -> str:
     lines = [f"trained {result['method']} on {data['examples']} examples: {mix}{dropped}",
              f"  {tr['steps']} steps ({tr['epochs']} epochs, batch {tr['global_batch']}, {tr['processes']} process(es)); "
              f"loss {first:.4f} -> {result['final_loss']:.4f}",
-             f"  {tp['train_tokens_per_s'] or 0:.0f} train tokens/s, {padding(tp)}, wall time "
+             f"  {tp['train_tokens_per_s'] or 0:.0f} train tokens/s, {padding_summary(tp)}, wall time "
              f"{result['wall_time_s']:.1f} s"]
     if "onpolicy" in result:
         cost = result["onpolicy"]
@@ -116,7 +116,7 @@ def summarize(result: dict) -> str:
     return "\n".join(lines)
 
 
-def padding(throughput: dict) -> str:
+def padding_summary(throughput: dict) -> str:
     if throughput.get("padding_free"):
         return f"padding-free (padded batches would have been {throughput['padding_efficiency']:.0%} efficient)"
     return f"padding efficiency {throughput['padding_efficiency']:.0%}"

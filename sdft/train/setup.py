@@ -17,7 +17,7 @@ from sdft.base.errors import ConfigError, SdftError
 from sdft.base.store import write_json
 from sdft.models import resolve
 from sdft.train import data as train_data
-from sdft.train import onpolicy
+from sdft.train import onpolicy, padding_free
 from sdft.train.output import progress_callback
 from sdft.train.speed import auto_precision, base_dtype, sft_trainer_class
 
@@ -160,7 +160,8 @@ def make_trainer(config, model, tokenizer, targets, order, steps, checkpoint, cu
             trainer = onpolicy.build_trainer(config, model, tokenizer, [targets[i] for i in order], args,
                                              lora_config(config), [progress])
         else:
-            trainer = sft_trainer(config, model, tokenizer, [targets[i] for i in order], args, [progress])
+            trainer = sft_trainer(config, model, tokenizer, [targets[i] for i in order], args, [progress],
+                                  precision)
     finally:
         datasets.enable_progress_bars()
     trainer.remove_callback(PrinterCallback)
@@ -169,31 +170,20 @@ def make_trainer(config, model, tokenizer, targets, order, steps, checkpoint, cu
     return trainer, progress
 
 
-def sft_trainer(config, model, tokenizer, ordered: list, args: dict, callbacks: list):
+def sft_trainer(config, model, tokenizer, ordered: list, args: dict, callbacks: list, precision: str):
     import datasets
     from trl import SFTConfig
 
     dataset = datasets.Dataset.from_dict(sft_columns(ordered, tokenizer))
     sft_args = SFTConfig(**args, max_length=config.max_length, completion_only_loss=True,
                          train_sampling_strategy="sequential")
-    return sft_trainer_class(config.response_only_logits)(
+    trainer = sft_trainer_class(config.response_only_logits)(
         model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=lora_config(config), callbacks=callbacks, data_collator=padding_free_collator(config, tokenizer))
-
-
-def padding_free_collator(config: TrainConfig, tokenizer):
-    """``--padding-free``: TRL's collator in its padding-free mode, handed to the trainer as a collator of our
-    own rather than through ``SFTConfig.padding_free``, which refuses a ``max_length`` (it would not truncate):
-    this way TRL still tokenizes, masks and truncates the examples exactly as for a padded run, and only the
-    micro-batch's layout changes. The row's position ids restart at every example; transformers turns them
-    into a block-diagonal causal mask for every attention implementation (SDPA included), so no example
-    attends to another. None (TRL's padded default) when the option is off."""
-    if not config.padding_free:
-        return None
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
+        peft_config=lora_config(config), callbacks=callbacks,
+        data_collator=padding_free.collator(tokenizer) if config.padding_free else None)  # None: TRL's, padded
+    if config.padding_free:
+        padding_free.check_examples_kept_apart(trainer.model, precision)
+    return trainer
 
 
 def sft_columns(ordered: list, tokenizer) -> dict:

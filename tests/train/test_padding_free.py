@@ -8,7 +8,7 @@ import pytest
 from test_train import config, write_json
 
 from sdft.base.config import stage_key
-from sdft.base.errors import ConfigError
+from sdft.base.errors import ConfigError, SdftError
 from sdft.train.config import TrainConfig
 from sdft.train.stage import prepare, train
 
@@ -55,8 +55,32 @@ def test_a_padding_free_batch_is_one_row_that_restarts_positions(tiny_model, mix
     assert batch["labels"][0, starts].eq(-100).all()  # no example learns the next one's first token
 
 
+def test_conversations_train_padding_free_as_padded(tiny_model, tmp_path):
+    """Whole conversations go to TRL as token ids with a completion mask (sdft.train.turns), not as texts."""
+    def chat(i):
+        return {"messages": [{"role": "user", "content": f"Question {i}?"},
+                             {"role": "assistant", "content": "ok " * (1 + i % 5)},
+                             {"role": "user", "content": "And then?"},
+                             {"role": "assistant", "content": "done " * (1 + i % 7)}]}
+
+    data = write_json(tmp_path / "chat.json", [chat(i) for i in range(8)])
+    runs = [train(config(tiny_model, data, tmp_path / str(free), max_steps=4, padding_free=free, **FP32_EAGER))
+            for free in (False, True)]
+    assert runs[0]["data"]["assistant_turns_trained"] == runs[1]["data"]["assistant_turns_trained"] == 16
+    assert losses(runs[1]) == pytest.approx(losses(runs[0]), rel=1e-4, abs=1e-5)
+
+
+def test_a_model_that_lets_packed_examples_meet_is_refused(tiny_model, mixed_lengths, tmp_path, monkeypatch):
+    import transformers.masking_utils as masking
+
+    # What Bloom, OPT, Falcon or MPT do: a causal mask over the whole row, whatever the position ids.
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)
+    with pytest.raises(SdftError, match="lets the examples of a packed row attend to one another"):
+        prepare(config(tiny_model, mixed_lengths, tmp_path / "out", max_steps=1, padding_free=True, **FP32_EAGER))
+
+
 def test_padding_free_is_keyed_only_when_on_and_only_for_sft(tmp_path):
-    base = dict(data="d.json", out=str(tmp_path))
+    base = {"data": "d.json", "out": str(tmp_path)}
     assert stage_key(TrainConfig(**base)) == stage_key(TrainConfig(**base, padding_free=False))
     assert stage_key(TrainConfig(**base)) != stage_key(TrainConfig(**base, padding_free=True))
     with pytest.raises(ConfigError, match="--padding-free applies to the sft objective"):
