@@ -5,7 +5,12 @@ verdicts, no answer text). Run from the repository root, on a run folder or its 
 
 One row per model and task: both scores, the paired difference with its 95% interval (Bonett-Price), items
 gained / lost and the exact McNemar p. One model is one training seed: the interval covers the items, not the
-training randomness (the report's seed-level rows do that, arm against vanilla)."""
+training randomness (the report's seed-level rows do that, arm against vanilla).
+
+    .venv/bin/python docs/results/remedies-qwen/vs_seed.py --pair EVAL_A EVAL_B
+
+pairs two evaluation folders instead (B against A): e.g. the fp32 run's vanilla seed 42 trained padded and
+trained padding-free, one model twice up to the rounding of its training."""
 
 import json
 import sys
@@ -35,17 +40,26 @@ def main(run: Path) -> None:
           "exact McNemar p); one training seed per model.\n")
     print("| model | task | seed | model | model − seed [95%] | gained / lost | p |\n|---|---|---|---|---|---|---|")
     for label, folder in folders.items():
-        mine = scores(folder)
-        for task, name in TASKS.items():
-            if task not in mine or task not in seed:
-                continue
-            ids = sorted(set(mine[task]) & set(seed[task]))
-            c = paired_comparison([mine[task][i] for i in ids], [seed[task][i] for i in ids])
-            low, high = c["ci95"]
-            mean = lambda s: 100 * sum(s[i] for i in ids) / len(ids)  # noqa: E731
-            print(f"| {label} | {name} ({len(ids)}) | {mean(seed[task]):.1f} | {mean(mine[task]):.1f} | "
-                  f"{100 * c['mean']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {c['wins']} / {c['losses']} | "
-                  f"{_p(c['p'])} |")
+        rows(label, seed, scores(folder))
+
+
+def pair(first: Path, second: Path) -> None:
+    print(f"{second} against {first}, paired over the same items (95% interval, gained / lost, exact McNemar p).\n")
+    print("| | task | A | B | B − A [95%] | gained / lost | p |\n|---|---|---|---|---|---|---|")
+    rows("B vs A", scores(first), scores(second))
+
+
+def rows(label: str, base: dict, mine: dict) -> None:
+    for task, name in TASKS.items():
+        if task not in mine or task not in base:
+            continue
+        ids = sorted(set(mine[task]) & set(base[task]))
+        c = paired_comparison([mine[task][i] for i in ids], [base[task][i] for i in ids])
+        low, high = c["ci95"]
+        mean = lambda s: 100 * sum(s[i] for i in ids) / len(ids)  # noqa: E731
+        print(f"| {label} | {name} ({len(ids)}) | {mean(base[task]):.1f} | {mean(mine[task]):.1f} | "
+              f"{100 * c['mean']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {c['wins']} / {c['losses']} | "
+              f"{_p(c['p'])} |")
 
 
 def _p(p: float) -> str:
@@ -53,4 +67,7 @@ def _p(p: float) -> str:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "--pair":
+        pair(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        main(Path(sys.argv[1]))
