@@ -44,6 +44,7 @@ OMISSIONS = (
     Omission("config:DistillConfig", "answer_template", None, "format-aware distillation, 2026-12-06"),
     Omission("config:TrainConfig", "batch_order", "length", "common batch order, 2026-12-06"),
     Omission("config:TrainConfig", "prose_targets", False, "the sdft-prose arm, 2026-12-06"),
+    Omission("config:TrainConfig", "padding_free", False, "b87185f, padding-free training, 2026-12-07"),
     Omission("config:EvalConfig", "answer_prefix", None, "decoding probes, 2026-12-06"),
     Omission("config:EvalConfig", "forbid_opening", None, "decoding probes, 2026-12-06"),
     # For single-turn data (all runs before) every turn is the last one. Folders made from multi-turn data before
