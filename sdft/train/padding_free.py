@@ -3,8 +3,9 @@ longest (docs/training.md; measured in docs/performance.md).
 
 Two pieces: the collator, and a check that the model keeps the examples of a row apart. The row's position ids
 restart at every example, and transformers turns them into a block-diagonal causal mask, but only in models
-whose code hands the position ids to the mask (Llama, Qwen2, Mistral and most current decoders do; Bloom, OPT,
-Falcon and MPT do not): there, examples would silently attend to one another, so such a model is refused.
+whose code hands the position ids to the mask (with transformers 5.19: Llama, Qwen2, Qwen3, Mistral, Gemma 2,
+Phi-3 and GPT-2 do; OPT, Falcon and Bloom do not): elsewhere examples would silently attend to one another, so
+such a model is refused.
 """
 
 from __future__ import annotations

@@ -94,3 +94,31 @@ def test_compiled_layers_read_one_row_as_the_padded_batches(tiny_model, mixed_le
     free = train(config(tiny_model, mixed_lengths, tmp_path / "free", padding_free=True, **settings))
     assert free["training"]["compiled"]
     assert losses(free) == pytest.approx(losses(padded), rel=1e-4, abs=1e-5)
+
+
+ARCHITECTURES = {  # tiny random configurations; whether transformers 5.x masks a packed row per example
+    "llama": ("LlamaConfig", {"num_key_value_heads": 2}, True),
+    "qwen2": ("Qwen2Config", {"num_key_value_heads": 2}, True),
+    "mistral": ("MistralConfig", {"num_key_value_heads": 2}, True),
+    "opt": ("OPTConfig", {"ffn_dim": 64, "word_embed_proj_dim": 32}, False),
+    "falcon": ("FalconConfig", {}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_the_check_accepts_models_that_mask_per_example_and_refuses_the_others(name):
+    import torch
+    import transformers
+
+    from sdft.train.padding_free import check_examples_kept_apart
+
+    config_class, extra, kept_apart = ARCHITECTURES[name]
+    config = getattr(transformers, config_class)(vocab_size=300, hidden_size=32, num_attention_heads=4,
+                                                 num_hidden_layers=2, intermediate_size=64, **extra)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    if kept_apart:
+        check_examples_kept_apart(model, "fp32")
+    else:
+        with pytest.raises(SdftError, match=f"this model \\({name}\\)"):
+            check_examples_kept_apart(model, "fp32")
