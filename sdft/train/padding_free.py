@@ -10,6 +10,8 @@ such a model is refused.
 
 from __future__ import annotations
 
+import contextlib
+
 from sdft.base.errors import SdftError
 
 
@@ -43,7 +45,8 @@ def check_examples_kept_apart(model, precision: str) -> None:
     model.eval()
     try:
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        with torch.no_grad(), torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=half is not None):
+        mixed = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
+        with torch.no_grad(), mixed:
             alone = logits(second, restart)
             packed = logits(torch.cat([first, second]), torch.cat([restart, restart]))
             joined = logits(torch.cat([first, second]), torch.arange(12, device=device))
