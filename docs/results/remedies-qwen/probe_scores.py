@@ -22,9 +22,11 @@ def item_scores(eval_dir: Path) -> dict[str, dict]:
 
 
 def plain_eval(run: Path, label: str) -> Path | None:
-    """The run's own evaluation of the model a probe decoded (``RUN/eval/LABEL-<10 hex>``)."""
-    found = [p for p in (run / "eval").glob(f"{label}-*") if len(p.name) == len(label) + 11]
-    return found[0] if len(found) == 1 else None
+    """The run's own evaluation of the model a probe decoded, as the run's manifest names it (a folder
+    superseded by a keyed change stays beside it, under the same label)."""
+    model = json.loads((run / "manifest.json").read_text())["models"].get(label) or {}
+    folder = (model.get("eval") or {}).get("dir")
+    return run / "eval" / Path(folder).name if folder else None
 
 
 def row(name: str, plain: dict, probed: dict) -> str:

@@ -26,8 +26,17 @@ probe() {  # out folder, then flags
   [ -f "$out/results.json" ] || $S eval --model $M $EV --out "$out" "$@"
 }
 probe $P/seed-prefix-1. --answer-prefix "1."
-for adapter in "$R"/train/vanilla*-*/ "$R"/train/sdft-[0-9a-f]*/ "$R"/train/sdft-s4[0-9]-*/; do
-  [ -f "$adapter/adapter_model.safetensors" ] || continue
-  name=$(basename "$adapter"); label=${name%-*}
+# The run's vanilla and SDFT models as its manifest names them (label, training folder): a folder superseded by
+# a keyed change (the fp32 run's padded vanilla seed 42, README Progress "Session 7") is not probed.
+models=$(${PYTHON:-.venv/bin/python} - "$R/manifest.json" <<'EOF'
+import json, re, sys
+for label, model in json.load(open(sys.argv[1]))["models"].items():
+    train = (model.get("train") or {}).get("dir")
+    if train and re.fullmatch(r"(vanilla|sdft)(-s\d+)?", label):
+        print(label, train)
+EOF
+)
+while read -r label adapter; do
+  [ -n "$label" ] && [ -f "$adapter/adapter_model.safetensors" ] || continue
   probe "$P/$label-forbid-digit" --adapter "$adapter" --forbid-opening '\d'
-done
+done <<< "$models"
