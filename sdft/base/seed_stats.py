@@ -90,12 +90,15 @@ def seed_variance(scores: Scores) -> dict:
 
 
 def seed_level(diffs: np.ndarray, per_seed_ci: Sequence[Sequence[float]], borrowed: dict,
-               level: float = 0.95) -> dict:
+               level: float = 0.95, *, trained: int = 2) -> dict:
     """Mean difference over seeds and items with a 95% interval for a new draw of items and training seeds.
 
     ``diffs[s][i]`` is the arm's score minus the reference's on item i, both trained with seed s. Its mean
     is the mean of S differences of two models' mean scores, so its variance is 2 x (borrowed variance of
-    one model's mean over seeds) / S: that spread holds both the training-seed shift and each retrained
+    one model's mean over seeds) / S. ``trained=1`` when the reference is a model no training seed moves
+    (the seed model, the same answers in every row of ``diffs``): then only the arm's spread counts, once,
+    and the reference's own item noise is an item effect every seed shares. That spread holds both the
+    training-seed shift and each retrained
     model's item-level churn, so no separate item-noise term is needed (a positive correlation between arm
     and reference at one seed, e.g. a shared data order, makes this wide, never narrow). Added: item effects
     every seed shares (an item the arm gains at every seed), which do not average out over seeds
@@ -105,7 +108,7 @@ def seed_level(diffs: np.ndarray, per_seed_ci: Sequence[Sequence[float]], borrow
     seeds never look more certain than one seed did, and the interval is never zero-width (Bonett-Price
     intervals never are). ``df`` is the borrowed seed variance's, the one that limits the interval."""
     seeds, n = diffs.shape
-    v_seeds, seed_df = 2 * (borrowed["variance"] or 0.0) / seeds, borrowed["df"]
+    v_seeds, seed_df = trained * (borrowed["variance"] or 0.0) / seeds, borrowed["df"]
     v_items = shared_item_variance(diffs)
     t_seed, t_item = scipy_stats.t.ppf(0.5 + level / 2, [max(seed_df, 1), n - 1])
     half = math.sqrt(t_seed ** 2 * v_seeds + t_item ** 2 * v_items)
@@ -215,34 +218,53 @@ def _logit_shift_sd(points: float) -> float:
 
 
 def simulate_run(rng: np.random.Generator, seeds: int, tau: float, arms: int = 2, items: int = 164,
-                 effect: float = 0.0) -> dict:
+                 effect: float = 0.0, untrained: bool = False) -> dict:
     """One run's scores ``{arm: {seed: [0/1 per item]}}``: no true difference between arms, except that
-    ``arm1``'s log-odds are raised by ``effect`` (a number, or one per item)."""
-    logits = rng.normal(ITEM_MEAN, ITEM_SD, items)[None, None] + rng.normal(0, tau, (arms, seeds))[..., None]
+    ``arm1``'s log-odds are raised by ``effect`` (a number, or one per item). ``untrained`` adds ``"seed"``:
+    the model every arm was trained from, no shift, one set of answers (``{0: [...]}``)."""
+    item_logits = rng.normal(ITEM_MEAN, ITEM_SD, items)
+    logits = item_logits[None, None] + rng.normal(0, tau, (arms, seeds))[..., None]
     logits[1] += effect
     correct = (rng.random((arms, seeds, items)) < expit(logits)).astype(float)
-    return {f"arm{a}": dict(enumerate(correct[a])) for a in range(arms)}
+    out = {f"arm{a}": dict(enumerate(correct[a])) for a in range(arms)}
+    if untrained:
+        out["seed"] = {0: (rng.random(items) < expit(item_logits)).astype(float)}
+    return out
+
+
+def _shift_gap(tau: float) -> float:
+    """What a model trained with no effect but a seed shift ~ Normal(0, tau^2) scores above the untrained
+    model, in expectation over items and shifts (not 0: the logistic curve bends; quadrature)."""
+    items = ITEM_MEAN + ITEM_SD * scipy_stats.norm.ppf((np.arange(2000) + 0.5) / 2000)
+    shifts = tau * scipy_stats.norm.ppf((np.arange(201) + 0.5) / 201)
+    return float(expit(items[None] + shifts[:, None]).mean() - expit(items).mean())
 
 
 def simulate_coverage(seeds=(2, 3, 5), points=(0, 3, 6, 10, 15), reps: int = 1000, arms: int = 2,
-                      items: int = 164, old: bool = True, rng_seed: int = 0) -> list[dict]:
+                      items: int = 164, old: bool = True, rng_seed: int = 0, against_seed: bool = False) -> list[dict]:
     """Share of 95% intervals (arm1 - arm0, no true effect) that cover 0, and their median width, per
-    scenario; ``old`` adds ``sdft.base.stats.pooled_paired`` on the same runs."""
+    scenario; ``old`` adds ``sdft.base.stats.pooled_paired`` on the same runs. ``against_seed``: arm1 - the
+    untrained seed model instead (``trained=1``, the seed variance still borrowed from every trained arm),
+    covering arm1's true gap to the seed model (:func:`_shift_gap`)."""
     rows = []
     for pts in points:
         tau = _logit_shift_sd(pts)
+        truth = _shift_gap(tau) if against_seed else 0.0
         for s in seeds:
             rng, new, was, widest = np.random.default_rng([rng_seed, s, pts]), [], [], []
             for _ in range(reps):
-                scores = simulate_run(rng, s, tau, arms, items)
+                scores = simulate_run(rng, s, tau, arms, items, untrained=against_seed)
+                reference = scores.pop("seed", None)
                 borrowed = seed_variance(scores)
-                pair = [(scores["arm1"][k], scores["arm0"][k]) for k in range(s)]
+                pair = [(scores["arm1"][k], reference[0] if against_seed else scores["arm0"][k]) for k in range(s)]
                 diffs = np.array([np.subtract(a, b) for a, b in pair])
                 per_seed = [per_seed_ci(a, b) for a, b in pair]
-                new.append(seed_level(diffs, per_seed, borrowed)["ci95"])
+                low, high = seed_level(diffs, per_seed, borrowed, trained=1 if against_seed else 2)["ci95"]
+                new.append((low - truth, high - truth))
                 widest.append(max(high - low for low, high in per_seed) * 100)
                 if old:
-                    was.append(pooled_paired(diffs.tolist())["ci95"])
+                    low, high = pooled_paired(diffs.tolist())["ci95"]
+                    was.append((low - truth, high - truth))
             rows.append({"seeds": s, "points": pts, "arms": arms, "reps": reps, **_summary("new", new),
                          "per_seed_width": float(np.median(widest)),
                          **(_summary("old", was) if old else {})})
@@ -301,12 +323,16 @@ def _main(argv: list[str]) -> None:
         for r in simulate_replication():
             print(f"| {r['case']} | {r['seeds']} | {r['mean']:+.1f} | {r['flipped']:.1%} | {r['all']:.1%} |")
         return
-    args = [int(a) for a in argv[:2]]
+    against_seed = "against-seed" in argv
+    args = [int(a) for a in argv if a != "against-seed"][:2]
     reps, arms = (args + [2000, 2][len(args):])[:2]
-    print(f"No true effect; {arms} arms, 164 items, {reps} simulated runs per row; 95% intervals, "
-          "coverage of 0 and median widths in points.\n")
-    print(coverage_table(simulate_coverage(reps=reps, arms=arms)))
+    what = ("arm1 − the untrained seed model, coverage of arm1's true gap to it" if against_seed
+            else "arm1 − arm0, coverage of 0")
+    print(f"No true effect; {arms} trained arms, 164 items, {reps} simulated runs per row; 95% intervals of "
+          f"{what}; median widths in points.\n")
+    print(coverage_table(simulate_coverage(reps=reps, arms=arms, against_seed=against_seed)))
 
 
-if __name__ == "__main__":  # python -m sdft.base.seed_stats [reps] [arms] | python -m sdft.base.seed_stats replication
+# python -m sdft.base.seed_stats [reps] [arms] [against-seed] | python -m sdft.base.seed_stats replication
+if __name__ == "__main__":
     _main(sys.argv[1:])

@@ -35,8 +35,11 @@ def stats(config: StatsConfig) -> dict:
         raise ConfigError(f"'{config.run_dir}' is not a finished run folder (no {layout.MANIFEST})")
     run_dir = Path(config.run_dir)
     manifest = Manifest.read(run_dir)
-    text = paired_section(manifest, load_scores(manifest, run_dir))
-    result = {"markdown": text or "No paired comparisons: no model of this run was trained against vanilla.\n"}
+    scores = load_scores(manifest, run_dir)
+    paired = (paired_section(manifest, scores)
+              or "No paired comparisons: no model of this run was trained against vanilla.\n")
+    text = "\n".join(part for part in (paired, seed_section(manifest, scores)) if part)
+    result = {"markdown": text}
     if config.export:
         result["exported"] = export_scores(manifest, run_dir, Path(config.export))
     return result
@@ -155,6 +158,44 @@ REPLICATION_NOTE = ("An item flips at a seed when the arm and vanilla trained at
                     "few items flip at two seeds, and the test finds only strong item-specific effects.")
 
 
+def seed_section(manifest: Manifest, scores: Scores) -> str:
+    """Every model against the seed model it was trained from, item by item: what fine-tuning gained on the
+    target and cost elsewhere. An arm at several training seeds gets one row per task over its seeds."""
+    seed = next((label for label, arm in manifest.arms.items() if arm.recipe == "seed"), None)
+    if seed is None or not scores.get(seed):
+        return ""
+    rows, borrowed, borrowed_from = [], _borrowed(manifest, scores), {}
+    for name, members in seeds.groups(manifest.arms.values()).items():
+        per_seed = [_pairs(scores[m.label], scores[seed]) for m in members if m.label != seed]
+        if len(per_seed) == 1:
+            rows += _per_seed_rows(f"{members[0].label} − seed", per_seed[0])
+        elif per_seed:
+            for task, diffs, level in _seed_levels(per_seed, borrowed, trained=1):
+                each = ", ".join(f"{d * 100:+.1f}" for d in diffs.mean(axis=1))
+                rows.append([f"{name} − seed ({len(per_seed)} seeds)", f"{task}/{per_seed[0][task][0]}",
+                             f"{diffs.shape[1]} × {len(per_seed)}", f"{_level_cell(level)}; seeds {each}",
+                             int((diffs > 0).sum()), int((diffs < 0).sum()), "–"])
+                borrowed_from[task] = borrowed[task]
+    if not rows:
+        return ""
+    caption = ("Each model against the seed model, on the same evaluation items: what fine-tuning gained on the "
+               "target and cost on every other task (paired 95% interval, items scored higher / lower, exact "
+               "McNemar p for 0/1 scores). A row of one model measures evaluation noise only.")
+    if borrowed_from:
+        caption += SEED_ROW_NOTE + _borrow_note(borrowed_from)
+    return section("Each model vs the seed, item by item", ["comparison", "task/metric", "items",
+                   "difference (points) [95%]", "better", "worse", "McNemar p"], rows, caption)
+
+
+# Why trained=1 and no replication test: sdft.base.seed_stats.seed_level and docs/statistics.md.
+SEED_ROW_NOTE = (" Rows (N seeds): the mean difference over every seed and item with a 95% interval for a new draw "
+                 "of items and training seeds, built as in the section above but with the borrowed training-seed "
+                 "variance counted once (the seed model is one fixed model; its item noise is an item effect "
+                 "every seed shares), then each seed's difference. No replication test: against one fixed model "
+                 "an item the seed scores right can only be lost, so items flipped at two seeds always flip the "
+                 "same way.")
+
+
 def _borrow_note(borrowed: dict[str, dict]) -> str:
     parts = [f"{task}: {', '.join(b['arms']) or 'none'} ({b['df']} df)" for task, b in sorted(borrowed.items())]
     return " Seed variance borrowed from: " + "; ".join(parts) + "." if parts else ""
@@ -175,6 +216,19 @@ def _over_seeds(comparison: str, per_seed: list[Pairs], borrowed: dict[str, dict
     """``(task, seed-level row, replication row)`` per task the arm and vanilla share at every seed, on the
     items every seed shares (two or more)."""
     out = []
+    for task, diffs, level in _seed_levels(per_seed, borrowed, trained=2):
+        reps = replication_test(diffs)
+        name, metric = f"{comparison} ({len(per_seed)} seeds)", f"{task}/{per_seed[0][task][0]}"
+        out.append((task, [name, metric, f"{diffs.shape[1]} × {len(per_seed)}", _level_cell(level),
+                           int((diffs > 0).sum()), int((diffs < 0).sum()), "–"],
+                    [name, metric, len(per_seed), reps["coincidences"], reps["observed"],
+                     f"{reps['null_mean']:.1f} ± {reps['null_sd']:.1f}", f"{reps['p']:.3f}"]))
+    return out
+
+
+def _seed_levels(per_seed: list[Pairs], borrowed: dict[str, dict], trained: int):
+    """``(task, diffs[seed][item], seed_level row)`` per task every seed's pair has, on the items every seed
+    shares (two or more); ``trained``: :func:`sdft.base.seed_stats.seed_level`'s."""
     for task in sorted(set.intersection(*(set(p) for p in per_seed))):
         ids = sorted(set.intersection(*(set(p[task][1]) & set(p[task][2]) for p in per_seed)))
         if len(ids) < 2:
@@ -183,14 +237,8 @@ def _over_seeds(comparison: str, per_seed: list[Pairs], borrowed: dict[str, dict
         theirs = [[p[task][2][i] for i in ids] for p in per_seed]
         diffs = np.subtract(ours, theirs)
         per_seed_ci = [paired_comparison(a, b)["ci95"] for a, b in zip(ours, theirs)]
-        level = seed_level(diffs, per_seed_ci, borrowed.get(task, {"variance": None, "df": 0, "arms": []}))
-        reps = replication_test(diffs)
-        name, metric = f"{comparison} ({len(per_seed)} seeds)", f"{task}/{per_seed[0][task][0]}"
-        out.append((task, [name, metric, f"{len(ids)} × {len(per_seed)}", _level_cell(level),
-                           int((diffs > 0).sum()), int((diffs < 0).sum()), "–"],
-                    [name, metric, len(per_seed), reps["coincidences"], reps["observed"],
-                     f"{reps['null_mean']:.1f} ± {reps['null_sd']:.1f}", f"{reps['p']:.3f}"]))
-    return out
+        yield task, diffs, seed_level(diffs, per_seed_ci, borrowed.get(task, {"variance": None, "df": 0, "arms": []}),
+                                      trained=trained)
 
 
 def _level_cell(level: dict) -> str:

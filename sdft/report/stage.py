@@ -259,6 +259,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
               f"{manifest.task}){_system_line(manifest)}. Every stage's settings are in its folder's "
               f"`{layout.STAGE}` and `{layout.RUN_RECORD}`.\n"),
              results_section(manifest), paired.paired_section(manifest, scores),
+             paired.seed_section(manifest, scores),
              report_distillation.distill_section(manifest, distilled, run_dir),
              openings_section(distilled, generations),
              length_section(generations), shift_section(manifest),

@@ -8,6 +8,7 @@ from sdft.base.seed_stats import (
     compare_seeds,
     per_seed_ci,
     replication_test,
+    seed_level,
     seed_mean,
     seed_variance,
     simulate_coverage,
@@ -47,6 +48,25 @@ def test_seed_level_interval_coverage_at_least_93_percent_without_true_effect():
     assert len(rows) == 15
     low = [(r["seeds"], r["points"], r["new_coverage"]) for r in rows if r["new_coverage"] < 0.93]
     assert not low, f"95% intervals cover < 93%: {low}"
+
+
+def test_seed_level_coverage_against_the_seed_model_at_least_93_percent_of_its_true_gap():
+    # The report's "vs the seed" rows: arm - the untrained model (one set of answers), trained=1.
+    rows = simulate_coverage(reps=600, old=False, against_seed=True)
+    assert len(rows) == 15
+    low = [(r["seeds"], r["points"], r["new_coverage"]) for r in rows if r["new_coverage"] < 0.93]
+    assert not low, f"95% intervals cover < 93%: {low}"
+
+
+def test_against_the_seed_model_only_the_arms_training_seed_variance_counts():
+    diffs = np.array([[1.0, 0.0, 0.0, -1.0] * 10, [0.0, 0.0, 1.0, 0.0] * 10])
+    borrowed = {"variance": 0.01, "df": 4, "arms": ["vanilla", "sdft"]}
+    ci = [(-0.05, 0.05), (-0.05, 0.05)]  # narrow: the floor must not decide
+    both, one = (seed_level(diffs, ci, borrowed, trained=k) for k in (2, 1))
+    assert both["variance"]["seeds"] == pytest.approx(2 * 0.01 / 2)
+    assert one["variance"]["seeds"] == pytest.approx(0.01 / 2)
+    assert one["variance"]["items"] == both["variance"]["items"]
+    assert one["ci95"][1] - one["ci95"][0] < both["ci95"][1] - both["ci95"][0]
 
 
 def test_simulated_items_are_about_20_percent_discordant():

@@ -1,6 +1,7 @@
 """The paired section from per-item files: `sdft stats` recomputes every row from them alone and gets the
 report's rows; runs made before the files existed keep their report (generations read instead); the seed-level
-rows are `compare_seeds`' with the seed variance borrowed from every trained arm but interp."""
+rows are `compare_seeds`' with the seed variance borrowed from every trained arm but interp; every model against
+the seed model, an arm at several seeds with the borrowed variance counted once."""
 
 import json
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 from sdft.base import layout
 from sdft.base.errors import ConfigError
 from sdft.base.layout import Arm, Manifest, StageRecord
-from sdft.base.seed_stats import compare_seeds
-from sdft.base.stats import Metric
+from sdft.base.seed_stats import compare_seeds, seed_level, seed_variance
+from sdft.base.stats import Metric, paired_comparison
 from sdft.report.config import StatsConfig
 from sdft.report.paired import stats
 from sdft.report.stage import write_report
@@ -89,9 +90,11 @@ def items_run(tmp_path) -> Path:
 
 
 def test_stats_recomputes_the_reports_rows_from_per_item_files_alone(old_run, items_run):
-    from_generations = _paired(Path(write_report(old_run)["md"]).read_text())  # an eval folder of before
+    old_report = Path(write_report(old_run)["md"]).read_text()  # eval folders of before: generations read
+    new_report = Path(write_report(items_run)["md"]).read_text()
     recomputed = stats(StatsConfig(run_dir=str(items_run)))["markdown"]
-    assert recomputed == from_generations == _paired(Path(write_report(items_run)["md"]).read_text())
+    assert _paired(recomputed) == _paired(old_report) == _paired(new_report)
+    assert _seed_rows(recomputed) == _seed_rows(old_report) == _seed_rows(new_report)
     assert "| sdft − vanilla (2 seeds) | advbench/accuracy | 40 × 2 |" in recomputed
     assert "### Same items at every seed?" in recomputed
 
@@ -157,3 +160,48 @@ def test_export_keeps_what_stats_reads_and_no_answer_text(tmp_path):
 def test_export_into_the_run_folder_is_refused(items_run):
     with pytest.raises(ConfigError, match="outside the run folder"):
         stats(StatsConfig(run_dir=str(items_run), export=str(items_run / "shared")))
+
+
+def _seed_rows(text: str) -> str:
+    start = text.index("## Each model vs the seed")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_every_model_against_the_seed_model_over_its_training_seeds(items_run):
+    text = stats(StatsConfig(run_dir=str(items_run)))["markdown"]
+    rows = _seed_rows(text)
+    scores = _scores()
+    seed = scores["seed"][None]["gsm8k"]
+    trained = ("vanilla", "sdft", "replay")  # interp is left out of the borrowing
+    borrowed = seed_variance({arm: {s: v["gsm8k"] for s, v in scores[arm].items()} for arm in trained})
+    for arm in ARMS:
+        ours = [scores[arm][s]["gsm8k"] for s in SEEDS]
+        diffs = np.subtract(ours, [seed, seed])
+        level = seed_level(diffs, [paired_comparison(a, seed)["ci95"] for a in ours], borrowed, trained=1)
+        low, high = level["ci95"]
+        floor = " (floor)" if level["method"].endswith("(floor)") else ""
+        each = ", ".join(f"{d * 100:+.1f}" for d in diffs.mean(axis=1))
+        assert (f"| {arm} − seed (2 seeds) | gsm8k/accuracy | 40 × 2 | {level['mean'] * 100:+.1f} "
+                f"[{low * 100:+.1f}, {high * 100:+.1f}]{floor}; seeds {each} | {int((diffs > 0).sum())} | "
+                f"{int((diffs < 0).sum())} | – |") in rows
+    assert "gsm8k: vanilla, sdft, replay (3 df)" in rows
+    assert "| seed − seed" not in rows and "Same items at every seed?" not in rows
+    assert rows in Path(write_report(items_run)["md"]).read_text()
+
+
+def test_one_seed_per_arm_gives_one_paired_row_per_model_against_the_seed(tmp_path):
+    manifest = Manifest(name="one", model="m", data="d.json", task="math")
+    for arm, by_seed in _scores().items():
+        for seed in (None, 42):
+            if seed in by_seed:
+                model = _model(tmp_path, arm, seed, by_seed[seed], items=True, generations=False)
+                manifest.arms[model.label] = model
+    manifest.write(tmp_path)
+    rows = _seed_rows(stats(StatsConfig(run_dir=str(tmp_path)))["markdown"])
+    seed, vanilla = _scores()["seed"][None]["advbench"], _scores()["vanilla"][42]["advbench"]
+    c = paired_comparison(vanilla, seed)
+    low, high = c["ci95"]
+    assert (f"| vanilla − seed | advbench/accuracy | 40 | {c['mean'] * 100:+.1f} [{low * 100:+.1f}, "
+            f"{high * 100:+.1f}] | {c['wins']} | {c['losses']} | {c['p']:.3f} |") in rows
+    assert "seeds)" not in rows and "borrowed" not in rows
