@@ -95,10 +95,7 @@ def seed_level(diffs: np.ndarray, per_seed_ci: Sequence[Sequence[float]], borrow
 
     ``diffs[s][i]`` is the arm's score minus the reference's on item i, both trained with seed s. Its mean
     is the mean of S differences of two models' mean scores, so its variance is 2 x (borrowed variance of
-    one model's mean over seeds) / S. ``trained=1`` when the reference is a model no training seed moves
-    (the seed model, the same answers in every row of ``diffs``): then only the arm's spread counts, once,
-    and the reference's own item noise is an item effect every seed shares. That spread holds both the
-    training-seed shift and each retrained
+    one model's mean over seeds) / S. That spread holds both the training-seed shift and each retrained
     model's item-level churn, so no separate item-noise term is needed (a positive correlation between arm
     and reference at one seed, e.g. a shared data order, makes this wide, never narrow). Added: item effects
     every seed shares (an item the arm gains at every seed), which do not average out over seeds
@@ -106,7 +103,11 @@ def seed_level(diffs: np.ndarray, per_seed_ci: Sequence[Sequence[float]], borrow
     t_item^2 v_item): a Welch-Satterthwaite df would rise exactly when the few-df seed spread came out small,
     and under-cover. Floor: the half-width is at least the widest per-seed paired interval's, so agreeing
     seeds never look more certain than one seed did, and the interval is never zero-width (Bonett-Price
-    intervals never are). ``df`` is the borrowed seed variance's, the one that limits the interval."""
+    intervals never are). ``df`` is the borrowed seed variance's, the one that limits the interval.
+
+    ``trained=1`` when the reference is a model no training seed moves (the seed model: the same answers in
+    every row of ``diffs``): only the arm is retrained per seed, so the borrowed variance counts once, and
+    the reference's own item noise is an item effect every seed shares (the second part)."""
     seeds, n = diffs.shape
     v_seeds, seed_df = trained * (borrowed["variance"] or 0.0) / seeds, borrowed["df"]
     v_items = shared_item_variance(diffs)
@@ -221,7 +222,7 @@ def simulate_run(rng: np.random.Generator, seeds: int, tau: float, arms: int = 2
                  effect: float = 0.0, untrained: bool = False) -> dict:
     """One run's scores ``{arm: {seed: [0/1 per item]}}``: no true difference between arms, except that
     ``arm1``'s log-odds are raised by ``effect`` (a number, or one per item). ``untrained`` adds ``"seed"``:
-    the model every arm was trained from, no shift, one set of answers (``{0: [...]}``)."""
+    the model every arm was trained from, no shift and no effect, one set of answers (``{0: [...]}``)."""
     item_logits = rng.normal(ITEM_MEAN, ITEM_SD, items)
     logits = item_logits[None, None] + rng.normal(0, tau, (arms, seeds))[..., None]
     logits[1] += effect
@@ -232,28 +233,31 @@ def simulate_run(rng: np.random.Generator, seeds: int, tau: float, arms: int = 2
     return out
 
 
-def _shift_gap(tau: float) -> float:
-    """What a model trained with no effect but a seed shift ~ Normal(0, tau^2) scores above the untrained
-    model, in expectation over items and shifts (not 0: the logistic curve bends; quadrature)."""
+def _true_gap(tau: float, effect: float = 0.0, against_seed: bool = False) -> float:
+    """arm1's expected score minus arm0's (or the untrained model's), over items and seed shifts
+    ~ Normal(0, tau^2), arm1's log-odds raised by ``effect`` (quadrature). Against the untrained model it is
+    not 0 even with no effect: the logistic curve bends, so symmetric shifts move the mean score."""
     items = ITEM_MEAN + ITEM_SD * scipy_stats.norm.ppf((np.arange(2000) + 0.5) / 2000)
-    shifts = tau * scipy_stats.norm.ppf((np.arange(201) + 0.5) / 201)
-    return float(expit(items[None] + shifts[:, None]).mean() - expit(items).mean())
+    shifts = tau * scipy_stats.norm.ppf((np.arange(201) + 0.5) / 201)[:, None]
+    reference = expit(items[None] + (0.0 if against_seed else shifts))
+    return float(expit(items[None] + shifts + effect).mean() - reference.mean())
 
 
 def simulate_coverage(seeds=(2, 3, 5), points=(0, 3, 6, 10, 15), reps: int = 1000, arms: int = 2,
-                      items: int = 164, old: bool = True, rng_seed: int = 0, against_seed: bool = False) -> list[dict]:
-    """Share of 95% intervals (arm1 - arm0, no true effect) that cover 0, and their median width, per
-    scenario; ``old`` adds ``sdft.base.stats.pooled_paired`` on the same runs. ``against_seed``: arm1 - the
-    untrained seed model instead (``trained=1``, the seed variance still borrowed from every trained arm),
-    covering arm1's true gap to the seed model (:func:`_shift_gap`)."""
+                      items: int = 164, old: bool = True, rng_seed: int = 0, against_seed: bool = False,
+                      effect: float = 0.0) -> list[dict]:
+    """Share of 95% intervals (arm1 - arm0, no true effect) that cover the true difference, and their median
+    width, per scenario; ``old`` adds ``sdft.base.stats.pooled_paired`` on the same runs. ``against_seed``:
+    arm1 - the untrained seed model instead (``trained=1``, the seed variance still borrowed from every
+    trained arm). ``effect``: arm1's log-odds raised by that much. Truth: :func:`_true_gap`."""
     rows = []
     for pts in points:
         tau = _logit_shift_sd(pts)
-        truth = _shift_gap(tau) if against_seed else 0.0
+        truth = _true_gap(tau, effect, against_seed)
         for s in seeds:
             rng, new, was, widest = np.random.default_rng([rng_seed, s, pts]), [], [], []
             for _ in range(reps):
-                scores = simulate_run(rng, s, tau, arms, items, untrained=against_seed)
+                scores = simulate_run(rng, s, tau, arms, items, effect, untrained=against_seed)
                 reference = scores.pop("seed", None)
                 borrowed = seed_variance(scores)
                 pair = [(scores["arm1"][k], reference[0] if against_seed else scores["arm0"][k]) for k in range(s)]

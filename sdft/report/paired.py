@@ -1,10 +1,12 @@
-"""The report's paired section, and ``sdft stats RUN_DIR``, which recomputes it from the per-item files alone.
+"""The report's paired sections, and ``sdft stats RUN_DIR``, which recomputes them from the per-item files alone.
 
 Each model trained on rewrites (or by another arm) is compared with vanilla trained on the same examples at
-the same training seed, item by item. Per-item scores come from each evaluation's ``item_scores/TASK.jsonl``
-(:mod:`sdft.base.item_scores`); the report reads the generations files instead for evaluations made before
-those files existed, ``sdft stats`` refuses them (it must not read answer text). An arm trained at several
-seeds adds a seed-level row and an item-replication test (:mod:`sdft.base.seed_stats`, docs/statistics.md).
+the same training seed, item by item; every model is compared with the seed model it was trained from.
+Per-item scores come from each evaluation's ``item_scores/TASK.jsonl`` (:mod:`sdft.base.item_scores`); the
+report reads the generations files instead for evaluations made before those files existed, ``sdft stats``
+refuses them (it must not read answer text). An arm trained at several seeds adds a seed-level row and an
+item-replication test against vanilla, and a seed-level row against the seed model
+(:mod:`sdft.base.seed_stats`, docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ Pairs = dict[str, tuple[str, dict[str, float], dict[str, float]]]
 
 
 def stats(config: StatsConfig) -> dict:
-    """``sdft stats``: the paired section of ``run_dir``'s report from per-item files, no generations read."""
+    """``sdft stats``: the paired sections of ``run_dir``'s report from per-item files, no generations read."""
     if not config.run_dir or not (Path(config.run_dir) / layout.MANIFEST).is_file():
         raise ConfigError(f"'{config.run_dir}' is not a finished run folder (no {layout.MANIFEST})")
     run_dir = Path(config.run_dir)
     manifest = Manifest.read(run_dir)
     scores = load_scores(manifest, run_dir)
     paired = (paired_section(manifest, scores)
-              or "No paired comparisons: no model of this run was trained against vanilla.\n")
+              or "No comparisons with vanilla: no model of this run was trained against vanilla.\n")
     text = "\n".join(part for part in (paired, seed_section(manifest, scores)) if part)
     result = {"markdown": text}
     if config.export:
@@ -166,21 +168,25 @@ def seed_section(manifest: Manifest, scores: Scores) -> str:
         return ""
     rows, borrowed, borrowed_from = [], _borrowed(manifest, scores), {}
     for name, members in seeds.groups(manifest.arms.values()).items():
-        per_seed = [_pairs(scores[m.label], scores[seed]) for m in members if m.label != seed]
-        if len(per_seed) == 1:
-            rows += _per_seed_rows(f"{members[0].label} − seed", per_seed[0])
-        elif per_seed:
+        models = [m for m in members if m.label != seed]
+        per_seed = [_pairs(scores[m.label], scores[seed]) for m in models]
+        over_seeds = set()
+        if len(models) > 1:
             for task, diffs, level in _seed_levels(per_seed, borrowed, trained=1):
-                each = ", ".join(f"{d * 100:+.1f}" for d in diffs.mean(axis=1))
-                rows.append([f"{name} − seed ({len(per_seed)} seeds)", f"{task}/{per_seed[0][task][0]}",
-                             f"{diffs.shape[1]} × {len(per_seed)}", f"{_level_cell(level)}; seeds {each}",
+                each = ", ".join(f"s{m.seed} {d * 100:+.1f}" for m, d in zip(models, diffs.mean(axis=1)))
+                rows.append([f"{name} − seed ({len(models)} seeds)", f"{task}/{per_seed[0][task][0]}",
+                             f"{diffs.shape[1]} × {len(models)}", f"{_level_cell(level)}; {each}",
                              int((diffs > 0).sum()), int((diffs < 0).sum()), "–"])
-                borrowed_from[task] = borrowed[task]
+                over_seeds.add(task)
+                borrowed_from[task] = borrowed.get(task, NOTHING_BORROWED)
+        for model, pairs in zip(models, per_seed):  # one seed, or a task not every seed has
+            rows += _per_seed_rows(f"{model.label} − seed", {t: p for t, p in pairs.items() if t not in over_seeds})
     if not rows:
         return ""
     caption = ("Each model against the seed model, on the same evaluation items: what fine-tuning gained on the "
                "target and cost on every other task (paired 95% interval, items scored higher / lower, exact "
-               "McNemar p for 0/1 scores). A row of one model measures evaluation noise only.")
+               "McNemar p for 0/1 scores). A model at one training seed: item sampling only, not training-seed "
+               "variance.")
     if borrowed_from:
         caption += SEED_ROW_NOTE + _borrow_note(borrowed_from)
     return section("Each model vs the seed, item by item", ["comparison", "task/metric", "items",
@@ -188,12 +194,17 @@ def seed_section(manifest: Manifest, scores: Scores) -> str:
 
 
 # Why trained=1 and no replication test: sdft.base.seed_stats.seed_level and docs/statistics.md.
-SEED_ROW_NOTE = (" Rows (N seeds): the mean difference over every seed and item with a 95% interval for a new draw "
-                 "of items and training seeds, built as in the section above but with the borrowed training-seed "
-                 "variance counted once (the seed model is one fixed model; its item noise is an item effect "
-                 "every seed shares), then each seed's difference. No replication test: against one fixed model "
-                 "an item the seed scores right can only be lost, so items flipped at two seeds always flip the "
-                 "same way.")
+SEED_ROW_NOTE = (" Rows (N seeds): the mean difference over every seed and item (items all seeds share; items × seeds "
+                 "in the items column, better / worse summed over seeds; no McNemar test: the seeds share items) "
+                 "with a 95% interval for a new draw of items and of training seeds: the training-seed variance "
+                 "of one model's mean score, borrowed from every arm of the run trained at several seeds except "
+                 "interp and counted once (the seed model is one fixed model), plus the item effects all seeds "
+                 "share (the seed model's own item noise among them), each with its own t quantile; never "
+                 "narrower than the widest per-seed interval, which it is where marked (floor); then each seed's "
+                 "difference. No replication test: the seed model's one score per item is in every seed's "
+                 "difference, so flips agree in direction by construction (always, for 0/1 scores). Method and "
+                 "coverage: docs/statistics.md.")
+NOTHING_BORROWED = {"variance": None, "df": 0, "arms": []}
 
 
 def _borrow_note(borrowed: dict[str, dict]) -> str:
@@ -206,7 +217,8 @@ def _per_seed_rows(comparison: str, pairs: Pairs) -> list[list]:
     for task, (metric, ours, theirs) in sorted(pairs.items()):
         c = paired_comparison(list(ours.values()), list(theirs.values()))
         low, high = c["ci95"]
-        difference = f"{c['mean'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]"
+        difference = (f"{c['mean'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]" if high > low
+                      else f"{c['mean'] * 100:+.1f} (no spread over items: no interval)")
         rows.append([comparison, f"{task}/{metric}", c["n"], difference, c["wins"], c["losses"],
                      "–" if c["p"] is None else f"{c['p']:.3f}"])
     return rows
@@ -237,8 +249,7 @@ def _seed_levels(per_seed: list[Pairs], borrowed: dict[str, dict], trained: int)
         theirs = [[p[task][2][i] for i in ids] for p in per_seed]
         diffs = np.subtract(ours, theirs)
         per_seed_ci = [paired_comparison(a, b)["ci95"] for a, b in zip(ours, theirs)]
-        yield task, diffs, seed_level(diffs, per_seed_ci, borrowed.get(task, {"variance": None, "df": 0, "arms": []}),
-                                      trained=trained)
+        yield task, diffs, seed_level(diffs, per_seed_ci, borrowed.get(task, NOTHING_BORROWED), trained=trained)
 
 
 def _level_cell(level: dict) -> str:

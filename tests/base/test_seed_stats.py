@@ -58,6 +58,13 @@ def test_seed_level_coverage_against_the_seed_model_at_least_93_percent_of_its_t
     assert not low, f"95% intervals cover < 93%: {low}"
 
 
+def test_seed_level_coverage_against_the_seed_model_with_a_true_effect():
+    # arm1's log-odds +1 (about +10 points): the interval must cover the true gap, not 0.
+    rows = simulate_coverage(seeds=(2, 3), points=(0, 10), reps=300, old=False, against_seed=True, effect=1.0)
+    low = [(r["seeds"], r["points"], r["new_coverage"]) for r in rows if r["new_coverage"] < 0.93]
+    assert not low, f"95% intervals cover < 93%: {low}"
+
+
 def test_against_the_seed_model_only_the_arms_training_seed_variance_counts():
     diffs = np.array([[1.0, 0.0, 0.0, -1.0] * 10, [0.0, 0.0, 1.0, 0.0] * 10])
     borrowed = {"variance": 0.01, "df": 4, "arms": ["vanilla", "sdft"]}

@@ -181,9 +181,9 @@ def test_every_model_against_the_seed_model_over_its_training_seeds(items_run):
         level = seed_level(diffs, [paired_comparison(a, seed)["ci95"] for a in ours], borrowed, trained=1)
         low, high = level["ci95"]
         floor = " (floor)" if level["method"].endswith("(floor)") else ""
-        each = ", ".join(f"{d * 100:+.1f}" for d in diffs.mean(axis=1))
+        each = ", ".join(f"s{s} {d * 100:+.1f}" for s, d in zip(SEEDS, diffs.mean(axis=1)))
         assert (f"| {arm} − seed (2 seeds) | gsm8k/accuracy | 40 × 2 | {level['mean'] * 100:+.1f} "
-                f"[{low * 100:+.1f}, {high * 100:+.1f}]{floor}; seeds {each} | {int((diffs > 0).sum())} | "
+                f"[{low * 100:+.1f}, {high * 100:+.1f}]{floor}; {each} | {int((diffs > 0).sum())} | "
                 f"{int((diffs < 0).sum())} | – |") in rows
     assert "gsm8k: vanilla, sdft, replay (3 df)" in rows
     assert "| seed − seed" not in rows and "Same items at every seed?" not in rows
@@ -205,3 +205,34 @@ def test_one_seed_per_arm_gives_one_paired_row_per_model_against_the_seed(tmp_pa
     assert (f"| vanilla − seed | advbench/accuracy | 40 | {c['mean'] * 100:+.1f} [{low * 100:+.1f}, "
             f"{high * 100:+.1f}] | {c['wins']} | {c['losses']} | {c['p']:.3f} |") in rows
     assert "seeds)" not in rows and "borrowed" not in rows
+
+
+def test_a_task_missing_at_one_seed_keeps_its_per_seed_rows_and_no_vanilla_section_is_needed(tmp_path):
+    manifest = Manifest(name="partial", model="m", data="d.json", task="math")
+    scores = _scores()
+    for arm, seed, tasks in (("seed", None, ("gsm8k", "advbench")), ("vanilla", 42, ("gsm8k", "advbench")),
+                             ("vanilla", 43, ("gsm8k",))):
+        model = _model(tmp_path, arm, seed, {t: scores[arm][seed][t] for t in tasks}, items=True, generations=False)
+        manifest.arms[model.label] = model
+    manifest.write(tmp_path)
+    text = stats(StatsConfig(run_dir=str(tmp_path)))["markdown"]
+    assert text.startswith("No comparisons with vanilla")
+    rows = _seed_rows(text)
+    assert "| vanilla − seed (2 seeds) | gsm8k/accuracy | 40 × 2 |" in rows
+    assert "| vanilla − seed (2 seeds) | advbench" not in rows
+    assert "| vanilla − seed | advbench/accuracy | 40 |" in rows  # seed 42's, not dropped
+    assert "| vanilla-s43 − seed |" not in rows and "| vanilla − seed | gsm8k" not in rows
+    gaps = [100 * np.mean(np.subtract(scores["vanilla"][s]["gsm8k"], scores["seed"][None]["gsm8k"])) for s in SEEDS]
+    assert f"; s42 {gaps[0]:+.1f}, s43 {gaps[1]:+.1f} |" in rows
+    assert "Method and coverage: docs/statistics.md" in rows and "gsm8k: vanilla (1 df)" in rows
+
+
+def test_a_model_identical_to_the_seed_on_graded_scores_gets_no_zero_width_interval(tmp_path):
+    manifest = Manifest(name="same", model="m", data="d.json", task="math")
+    graded = {"gsm8k": [0.25, 0.5, 0.75] * 5}
+    for arm, seed in (("seed", None), ("vanilla", 42)):
+        model = _model(tmp_path, arm, seed, graded, items=True, generations=False)
+        manifest.arms[model.label] = model
+    manifest.write(tmp_path)
+    rows = _seed_rows(stats(StatsConfig(run_dir=str(tmp_path)))["markdown"])
+    assert "| vanilla − seed | gsm8k/accuracy | 15 | +0.0 (no spread over items: no interval) | 0 | 0 | – |" in rows
