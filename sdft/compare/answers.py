@@ -29,6 +29,7 @@ from sdft.base import layout
 from sdft.base.carriers import has_carrier, install_hint, package_dir
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.store import write_json
+from sdft.compare import paired
 from sdft.compare.common import choose_tasks, distribution, eval_dir, match, read_results, temperatures
 from sdft.compare.config import DEFAULT_EMBEDDING_MODEL, AnalyzeConfig
 from sdft.compare.likelihood import score_baseline, seed_likelihood_stage
@@ -109,9 +110,12 @@ def text_similarity(references: Sequence[str], candidates: Sequence[str], *,
 # ------------------------------------------------------------------ the stage
 
 def analyze(config: AnalyzeConfig) -> dict:
-    """Compare two evaluations; returns the dict also written to ``OUT/answer_shift.json``."""
+    """Compare two evaluations; returns the dict also written to ``OUT/answer_shift.json`` (``paired``:
+    :mod:`sdft.compare.paired`)."""
+    if config.what == "paired":
+        return paired.paired(config)
     if config.what != "shift":
-        raise ConfigError(f"unknown analysis '{config.what}'; known: shift")
+        raise ConfigError(f"unknown analysis '{config.what}'; known: shift, paired")
     reference, candidate = eval_dir(config.reference, "reference"), eval_dir(config.candidate, "candidate")
     ref_results, cand_results = read_results(reference), read_results(candidate)
     tasks, skipped = choose_tasks(reference, candidate, config.tasks)
@@ -154,6 +158,8 @@ def analyze(config: AnalyzeConfig) -> dict:
 
 def summarize(result: dict) -> str:
     """One row per task (and the pooled row): similarity means and seed NLL."""
+    if result.get("analysis") == "paired":
+        return paired.summarize(result)
     likelihood = result.get("seed_likelihood") or {}
     rows = [("task", "n", "BLEU-4", "ROUGE-L F", "cosine", "seed NLL", "seed NLL (ref)")]
 

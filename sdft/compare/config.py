@@ -1,4 +1,5 @@
-"""Settings of the comparison stage: `sdft analyze` (answers against the seed's) and `sdft shift` (weights against the seed's)."""
+"""Settings of the comparison stage: `sdft analyze` (answers against the seed's, or two evaluations item by item)
+and `sdft shift` (weights against the seed's)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 class AnalyzeConfig(Validated):
     reference: str = field(help="eval folder of the reference (seed) model")
     candidate: str = field(help="eval folder of the model compared with it (e.g. after fine-tuning)")
-    what: Literal["shift"] = field("shift", "analysis to run: shift (distribution shift)", positional=True)
-    out: str | None = field(None, "output folder (default: CANDIDATE/shift_vs_<reference folder name>)")
+    what: Literal["shift", "paired"] = field(
+        "shift", "analysis to run: shift (distribution shift: answer similarity, seed likelihood) or paired (item "
+                 "by item from the per-item files: items better / worse, paired interval, McNemar p, identical "
+                 "answers, openings; reads no answer text and loads no model)", positional=True)
+    out: str | None = field(None, "output folder (default: CANDIDATE/shift_vs_<reference folder name>, "
+                                  "paired: CANDIDATE/paired_vs_<reference folder name>)")
     tasks: list[str] | None = field(None, "tasks to compare (default: every generative task both "
                                           "folders have)")
     model: str | None = field(None, "candidate model for seed likelihood (default: from its results.json)")

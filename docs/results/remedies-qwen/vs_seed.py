@@ -5,12 +5,8 @@ verdicts, no answer text). Run from the repository root, on a run folder or its 
 
 One row per model and task: both scores, the paired difference with its 95% interval (Bonett-Price), items
 gained / lost and the exact McNemar p. One model is one training seed: the interval covers the items, not the
-training randomness (the report's seed-level rows do that, arm against vanilla).
-
-    .venv/bin/python docs/results/remedies-qwen/vs_seed.py --pair EVAL_A EVAL_B
-
-pairs two evaluation folders instead (B against A): e.g. the fp32 run's vanilla seed 42 trained padded and
-trained padding-free, one model twice up to the rounding of its training."""
+training randomness (the report's section "Each model vs the seed" adds seed-level rows once an arm has
+several seeds). Two evaluation folders are paired by `sdft analyze paired --reference A --candidate B`."""
 
 import json
 import sys
@@ -43,12 +39,6 @@ def main(run: Path) -> None:
         rows(label, seed, scores(folder))
 
 
-def pair(first: Path, second: Path) -> None:
-    print(f"{second} against {first}, paired over the same items (95% interval, gained / lost, exact McNemar p).\n")
-    print("| | task | A | B | B − A [95%] | gained / lost | p |\n|---|---|---|---|---|---|---|")
-    rows("B vs A", scores(first), scores(second))
-
-
 def rows(label: str, base: dict, mine: dict) -> None:
     for task, name in TASKS.items():
         if task not in mine or task not in base:
@@ -67,7 +57,4 @@ def _p(p: float) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--pair":
-        pair(Path(sys.argv[2]), Path(sys.argv[3]))
-    else:
-        main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]))

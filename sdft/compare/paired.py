@@ -1,0 +1,113 @@
+"""``sdft analyze paired``: two evaluations of the same items, item by item, from their per-item files alone.
+
+For two models on one suite, one model decoded two ways (a decoding probe: ``sdft eval --forbid-opening``
+against the plain evaluation), or one model evaluated twice (another machine, another setting): per task, the
+items the candidate scores higher and lower than the reference, the paired difference with its 95% interval
+and the exact McNemar p (:func:`sdft.base.stats.paired_comparison`), how many answers are the very same text
+(answer hashes) and how the answers open. Reads ``item_scores/TASK.jsonl`` and ``results.json`` only, never an
+answer's text, so it works on archived evaluations (``sdft archive``) too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from sdft.base import layout
+from sdft.base.errors import DataError, SdftError
+from sdft.base.item_scores import by_id
+from sdft.base.records import read_source
+from sdft.base.stats import paired_comparison
+from sdft.base.store import write_json
+from sdft.compare.common import read_results
+from sdft.compare.config import AnalyzeConfig
+
+PAIRED = "paired.json"
+
+
+def paired(config: AnalyzeConfig) -> dict:
+    """Compare ``config.candidate`` with ``config.reference``; the dict also written to ``OUT/paired.json``."""
+    reference, candidate = _folder(config.reference, "reference"), _folder(config.candidate, "candidate")
+    tasks = config.tasks or sorted(_tasks(reference) & _tasks(candidate))
+    if not tasks:
+        raise SdftError(f"{reference} and {candidate} have no task with per-item scores in common "
+                        f"({', '.join(sorted(_tasks(reference))) or 'none'} vs "
+                        f"{', '.join(sorted(_tasks(candidate))) or 'none'})")
+    metrics = read_results(reference).get("tasks", {})
+    result = {"analysis": "paired", "reference": str(reference), "candidate": str(candidate),
+              "tasks": {task: _task(reference, candidate, task, metrics.get(task, {}).get("metric"))
+                        for task in tasks}}
+    out = Path(config.out) if config.out else candidate / f"paired_vs_{reference.resolve().name}"
+    write_json(out / PAIRED, result)
+    return result | {"out": str(out)}
+
+
+def _folder(path: str, role: str) -> Path:
+    folder = Path(path).expanduser()
+    if not (folder / layout.ITEM_SCORES).is_dir():
+        raise SdftError(f"--{role} {folder} has no {layout.ITEM_SCORES}/ folder; give the --out folder of an "
+                        "`sdft eval` run (evaluations made before per-item files existed: evaluate again)")
+    return folder
+
+
+def _tasks(folder: Path) -> set[str]:
+    return {p.stem for p in (folder / layout.ITEM_SCORES).glob("*.jsonl")}
+
+
+def _lines(folder: Path, task: str) -> list[dict]:
+    path = layout.item_scores_file(folder, task)
+    if not path.is_file():
+        raise SdftError(f"{folder} has no per-item scores for task '{task}' ({path} not found)")
+    label, rows = read_source(path)
+    for where, line in rows:
+        for key in ("id", "score"):
+            if key not in line:
+                raise DataError(label, "per-item line without it", field=key, **where)
+    return [line for _, line in rows]
+
+
+def _task(reference: Path, candidate: Path, task: str, metric: str | None) -> dict:
+    ref_lines, cand_lines = _lines(reference, task), _lines(candidate, task)
+    ref, cand = by_id(ref_lines), by_id(cand_lines)
+    ids = [i for i in ref if i in cand]
+    if not ids:
+        raise SdftError(f"task '{task}': the two evaluations share no item ids ({len(ref)} in {reference}, "
+                        f"{len(cand)} in {candidate}); were they run on the same data?")
+    c = paired_comparison([cand[i] for i in ids], [ref[i] for i in ids])
+    first = [{line["id"]: line for line in reversed(lines)} for lines in (ref_lines, cand_lines)]  # sample 0
+    hashes = [[first[k][i].get("answer_hash") for i in ids] for k in (0, 1)]
+    known = [a == b for a, b in zip(*hashes) if a is not None and b is not None]
+    return {"metric": metric, "n": len(ids), "n_reference": len(ref), "n_candidate": len(cand),
+            "reference": sum(ref[i] for i in ids) / len(ids), "candidate": sum(cand[i] for i in ids) / len(ids),
+            "difference": c["mean"], "ci95": list(c["ci95"]), "better": c["wins"], "worse": c["losses"],
+            "mcnemar_p": c["p"], "identical_answers": sum(known) if known else None, "hashed_answers": len(known),
+            "openings": {role: dict(Counter(first[k][i]["opening"] for i in ids if first[k][i].get("opening")))
+                         for k, role in enumerate(("reference", "candidate"))},
+            "better_ids": [i for i in ids if cand[i] > ref[i]], "worse_ids": [i for i in ids if cand[i] < ref[i]]}
+
+
+def summarize(result: dict) -> str:
+    """One line per task: both scores, the difference with its interval, items better / worse, McNemar p,
+    identical answers and the commonest openings on each side."""
+    rows = [("task", "items", "reference", "candidate", "difference [95%]", "better", "worse", "McNemar p",
+             "same answer", "openings (reference -> candidate)")]
+    for task, e in result["tasks"].items():
+        low, high = e["ci95"]
+        same = "–" if e["identical_answers"] is None else f"{e['identical_answers']}/{e['hashed_answers']}"
+        rows.append((f"{task}" + (f"/{e['metric']}" if e["metric"] else ""), str(e["n"]),
+                     f"{100 * e['reference']:.1f}", f"{100 * e['candidate']:.1f}",
+                     f"{100 * e['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", str(e["better"]),
+                     str(e["worse"]), "–" if e["mcnemar_p"] is None else f"{e['mcnemar_p']:.3g}", same,
+                     f"{_openings(e['openings']['reference'])} -> {_openings(e['openings']['candidate'])}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("scores in % (per item: the task's headline metric); difference = candidate - reference, paired "
+                 "over the items both scored; one evaluation each: the interval covers the items, not training")
+    if result.get("out"):
+        lines.append(f"written: {Path(result['out']) / PAIRED} (the ids of the items better and worse too)")
+    return "\n".join(lines)
+
+
+def _openings(counts: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in Counter(counts).most_common(2)) or "–"
