@@ -27,16 +27,19 @@ PAIRED = "paired.json"
 
 def paired(config: AnalyzeConfig) -> dict:
     """Compare ``config.candidate`` with ``config.reference``; the dict also written to ``OUT/paired.json``."""
-    reference, candidate = _folder(config.reference, "reference"), _folder(config.candidate, "candidate")
-    tasks = config.tasks or sorted(_tasks(reference) & _tasks(candidate))
+    folders = {role: _folder(path, role) for role, path in (("reference", config.reference),
+                                                               ("candidate", config.candidate))}
+    reference, candidate = folders["reference"], folders["candidate"]
+    both = _tasks(reference) & _tasks(candidate)
+    tasks = config.tasks or sorted(both)
     if not tasks:
         raise SdftError(f"{reference} and {candidate} have no task with per-item scores in common "
                         f"({', '.join(sorted(_tasks(reference))) or 'none'} vs "
                         f"{', '.join(sorted(_tasks(candidate))) or 'none'})")
     metrics = read_results(reference).get("tasks", {})
     result = {"analysis": "paired", "reference": str(reference), "candidate": str(candidate),
-              "tasks": {task: _task(reference, candidate, task, metrics.get(task, {}).get("metric"))
-                        for task in tasks}}
+              "tasks": {task: _task(folders, task, metrics.get(task, {}).get("metric")) for task in tasks},
+              "skipped_tasks": [] if config.tasks else sorted((_tasks(reference) | _tasks(candidate)) - both)}
     out = Path(config.out) if config.out else candidate / f"paired_vs_{reference.resolve().name}"
     write_json(out / PAIRED, result)
     return result | {"out": str(out)}
@@ -54,10 +57,10 @@ def _tasks(folder: Path) -> set[str]:
     return {p.stem for p in (folder / layout.ITEM_SCORES).glob("*.jsonl")}
 
 
-def _lines(folder: Path, task: str) -> list[dict]:
+def _lines(folder: Path, task: str, role: str) -> list[dict]:
     path = layout.item_scores_file(folder, task)
     if not path.is_file():
-        raise SdftError(f"{folder} has no per-item scores for task '{task}' ({path} not found)")
+        raise SdftError(f"--{role} {folder} has no per-item scores for task '{task}' ({path} not found)")
     label, rows = read_source(path)
     for where, line in rows:
         for key in ("id", "score"):
@@ -66,24 +69,41 @@ def _lines(folder: Path, task: str) -> list[dict]:
     return [line for _, line in rows]
 
 
-def _task(reference: Path, candidate: Path, task: str, metric: str | None) -> dict:
-    ref_lines, cand_lines = _lines(reference, task), _lines(candidate, task)
-    ref, cand = by_id(ref_lines), by_id(cand_lines)
+def _task(folders: dict[str, Path], task: str, metric: str | None) -> dict:
+    lines = {role: _lines(folder, task, role) for role, folder in folders.items()}
+    scores = {role: by_id(found) for role, found in lines.items()}  # an item's samples averaged
+    for role, found in lines.items():
+        if found and not scores[role]:
+            raise SdftError(f"task '{task}': no item of --{role} {folders[role]} has a score")
+    ref, cand = scores["reference"], scores["candidate"]
     ids = [i for i in ref if i in cand]
     if not ids:
-        raise SdftError(f"task '{task}': the two evaluations share no item ids ({len(ref)} in {reference}, "
-                        f"{len(cand)} in {candidate}); were they run on the same data?")
+        raise SdftError(f"task '{task}': the two evaluations share no item ids ({len(ref)} in "
+                        f"{folders['reference']}, {len(cand)} in {folders['candidate']}); were they run on the "
+                        "same data?")
     c = paired_comparison([cand[i] for i in ids], [ref[i] for i in ids])
-    first = [{line["id"]: line for line in reversed(lines)} for lines in (ref_lines, cand_lines)]  # sample 0
-    hashes = [[first[k][i].get("answer_hash") for i in ids] for k in (0, 1)]
-    known = [a == b for a, b in zip(*hashes) if a is not None and b is not None]
+    answers = {role: {(line["id"], line.get("sample", 0)): line for line in found if line["id"] in cand
+                      and line["id"] in ref} for role, found in lines.items()}
+    same = [_same(answers["reference"][key], answers["candidate"][key])
+            for key in answers["reference"] if key in answers["candidate"]]
+    known = [flag for flag in same if flag is not None]
     return {"metric": metric, "n": len(ids), "n_reference": len(ref), "n_candidate": len(cand),
             "reference": sum(ref[i] for i in ids) / len(ids), "candidate": sum(cand[i] for i in ids) / len(ids),
             "difference": c["mean"], "ci95": list(c["ci95"]), "better": c["wins"], "worse": c["losses"],
-            "mcnemar_p": c["p"], "identical_answers": sum(known) if known else None, "hashed_answers": len(known),
-            "openings": {role: dict(Counter(first[k][i]["opening"] for i in ids if first[k][i].get("opening")))
-                         for k, role in enumerate(("reference", "candidate"))},
+            "mcnemar_p": c["p"], "identical_answers": sum(known) if known else None, "compared_answers": len(known),
+            "samples": max(len(answers["reference"]), len(answers["candidate"])) > len(ids),
+            "openings": {role: dict(Counter(line["opening"] for line in found.values() if line.get("opening")))
+                         for role, found in answers.items()},
             "better_ids": [i for i in ids if cand[i] > ref[i]], "worse_ids": [i for i in ids if cand[i] < ref[i]]}
+
+
+def _same(reference: dict, candidate: dict) -> bool | None:
+    """Whether two answers are the same text (answer hashes), or the same option picked (log-likelihood
+    tasks); None where the lines do not say (written before answer hashes existed)."""
+    for key in ("answer_hash", "choice"):
+        if reference.get(key) is not None and candidate.get(key) is not None:
+            return reference[key] == candidate[key]
+    return None
 
 
 def summarize(result: dict) -> str:
@@ -93,8 +113,10 @@ def summarize(result: dict) -> str:
              "same answer", "openings (reference -> candidate)")]
     for task, e in result["tasks"].items():
         low, high = e["ci95"]
-        same = "–" if e["identical_answers"] is None else f"{e['identical_answers']}/{e['hashed_answers']}"
-        rows.append((f"{task}" + (f"/{e['metric']}" if e["metric"] else ""), str(e["n"]),
+        same = "–" if e["identical_answers"] is None else f"{e['identical_answers']}/{e['compared_answers']}"
+        items = str(e["n"]) + ("" if e["n"] == e["n_reference"] == e["n_candidate"]
+                               else f" (of {e['n_reference']} / {e['n_candidate']})")
+        rows.append((f"{task}" + (f"/{e['metric']}" if e["metric"] else ""), items,
                      f"{100 * e['reference']:.1f}", f"{100 * e['candidate']:.1f}",
                      f"{100 * e['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", str(e["better"]),
                      str(e["worse"]), "–" if e["mcnemar_p"] is None else f"{e['mcnemar_p']:.3g}", same,
@@ -104,6 +126,11 @@ def summarize(result: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("scores in % (per item: the task's headline metric); difference = candidate - reference, paired "
                  "over the items both scored; one evaluation each: the interval covers the items, not training")
+    if any(e["samples"] for e in result["tasks"].values()):
+        lines.append("several samples per item: scores averaged per item; same answer and openings count every "
+                     "sample")
+    if result.get("skipped_tasks"):
+        lines.append(f"tasks only one evaluation has (not compared): {', '.join(result['skipped_tasks'])}")
     if result.get("out"):
         lines.append(f"written: {Path(result['out']) / PAIRED} (the ids of the items better and worse too)")
     return "\n".join(lines)
