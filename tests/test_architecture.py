@@ -217,3 +217,10 @@ def test_the_benchmarks_import_names_that_exist():
                 missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
                             if not hasattr(module, a.name) and f"{node.module}.{a.name}" not in _modules()]
     assert missing == []
+
+
+def test_no_two_test_files_share_a_name():
+    """The test folders are not packages (a test imports its sibling helpers by name), so pytest imports each
+    test file by its base name: two files of one name anywhere under tests/ stop the collection."""
+    names = [p.name for p in Path(__file__).parent.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
