@@ -185,7 +185,7 @@ def seed_section(manifest: Manifest, scores: Scores) -> str:
         return ""
     caption = ("Each model against the seed model, on the same evaluation items: what fine-tuning gained on the "
                "target and cost on every other task (paired 95% interval, items scored higher / lower, exact "
-               "McNemar p for 0/1 scores). A model at one training seed: item sampling only, not training-seed "
+               "McNemar p for 0/1 scores). A row of one model: its interval covers item sampling, not training-seed "
                "variance.")
     if borrowed_from:
         caption += SEED_ROW_NOTE + _borrow_note(borrowed_from)
