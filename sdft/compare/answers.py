@@ -30,7 +30,7 @@ from sdft.base.carriers import has_carrier, install_hint, package_dir
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.store import write_json
 from sdft.compare import paired
-from sdft.compare.common import choose_tasks, distribution, eval_dir, match, read_results, temperatures
+from sdft.compare.common import choose_tasks, distribution, eval_dir, match, read_results, temperatures, text_table
 from sdft.compare.config import DEFAULT_EMBEDDING_MODEL, AnalyzeConfig
 from sdft.compare.likelihood import score_baseline, seed_likelihood_stage
 
@@ -177,9 +177,7 @@ def summarize(result: dict) -> str:
         row(task, entry, likelihood.get("tasks", {}).get(task, {}).get("mean"),
             ref.get("tasks", {}).get(task, {}).get("mean"))
     row("all", result.get("overall", {}), likelihood.get("mean_nll"), ref.get("mean_nll"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows)
     lines.append("similarities on 0-1 (1 = identical); seed NLL: nats per token of the reference model's "
                  "answers under the candidate (ref: under the reference model)")
     if "skipped" in likelihood:

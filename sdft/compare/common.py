@@ -126,3 +126,9 @@ def temperatures(results: dict) -> list[float]:
             if (t := ((entry.get("settings") or {}).get("decoding") or {}).get("temperature")) is not None]
 
 
+def text_table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells as aligned text lines, the first row a header underlined with dashes."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines

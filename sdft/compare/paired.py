@@ -19,7 +19,7 @@ from sdft.base.item_scores import by_id
 from sdft.base.records import read_source
 from sdft.base.stats import paired_comparison
 from sdft.base.store import write_json
-from sdft.compare.common import read_results
+from sdft.compare.common import read_results, text_table
 from sdft.compare.config import AnalyzeConfig
 
 PAIRED = "paired.json"
@@ -121,9 +121,7 @@ def summarize(result: dict) -> str:
                      f"{100 * e['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", str(e["better"]),
                      str(e["worse"]), "–" if e["mcnemar_p"] is None else f"{e['mcnemar_p']:.3g}", same,
                      f"{_openings(e['openings']['reference'])} -> {_openings(e['openings']['candidate'])}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows)
     lines.append("scores in % (per item: the task's headline metric); difference = candidate - reference, paired "
                  "over the items both scored; one evaluation each: the interval covers the items, not training")
     if any(e["samples"] for e in result["tasks"].values()):
