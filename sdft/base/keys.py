@@ -32,6 +32,7 @@ OMISSIONS = (
     Omission("answer cache", "precision", "fp32", "1870048, 2026-12-01"),
     Omission("run config", "train_seeds", None, "2a15804, 2026-12-01"),
     Omission("run config", "guard", {}, "sdft-guard arm, 2026-12-06"),
+    Omission("run config", "arm_seeds", {}, "per-arm training seeds, 2026-12-07"),
     Omission("run config", "shift", {}, "the engine scorer of seed answers, 2026-12-06"),
     Omission("eval stage", "task_revisions", {}, "5a5e71d, 2026-12-02"),
     Omission("replay cache", "system_prompt", "template", "5e9de66, 2026-12-01"),

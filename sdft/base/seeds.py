@@ -34,6 +34,24 @@ def check(seeds: list[int] | None) -> None:
         raise ConfigError(f"'train_seeds' must be integers from 0 to {MAX_SEED}, got {bad[0]}")
 
 
+def check_arm_seeds(arm_seeds: dict, arms: list[str], seeds: list[int]) -> None:
+    """One clear line for an ``arm_seeds`` mapping a run cannot use (``seeds``: the run's training seeds)."""
+    for arm, chosen in arm_seeds.items():
+        if arm not in arms:
+            raise ConfigError(f"'arm_seeds' names arm '{arm}', which is not in 'arms' ({', '.join(arms)})")
+        if arm == "vanilla":
+            raise ConfigError("'arm_seeds' may not name vanilla: every arm is compared with vanilla trained at "
+                              "the same seed, so vanilla trains at every seed of 'train_seeds'")
+        if not isinstance(chosen, list) or not chosen or not all(type(s) is int for s in chosen):
+            raise ConfigError(f"'arm_seeds.{arm}' must list one or more integer seeds, got {chosen!r}")
+        if len(set(chosen)) != len(chosen):
+            raise ConfigError(f"'arm_seeds.{arm}' lists a seed more than once: {chosen}")
+        outside = [s for s in chosen if s not in seeds]
+        if outside:
+            raise ConfigError(f"'arm_seeds.{arm}' lists seed {outside[0]}, which is not a training seed of the run "
+                              f"({', '.join(map(str, seeds))}: 'train_seeds', else train.seed)")
+
+
 def label(arm_label: str, seed: int, primary: int) -> str:
     """The model's label: the arm's own at the run's ``train.seed``, ``LABEL-s<seed>`` at any other."""
     return arm_label if seed == primary else f"{arm_label}-s{seed}"

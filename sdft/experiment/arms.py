@@ -132,7 +132,8 @@ def check(arms: list[str], sections: dict, train_section: dict, distill_section:
     interp_section(sections)
 
     for point in train_points(arms, sections, mix_ratios=[], sample_sizes=[]):
-        from_dict(TrainConfig, {**train_section, "data": "-", "out": "-", **point.overrides},
+        overrides = train_overrides(point, bool(train_section.get("padding_free")))
+        from_dict(TrainConfig, {**train_section, "data": "-", "out": "-", **overrides},
                   f"arm '{point.arm}' (train section + its options)")
         if point.distill:
             where = f"arm '{point.arm}' (distill section + its options)"
@@ -195,6 +196,14 @@ def train_points(arms: list[str], sections: dict, mix_ratios: list[float], sampl
         points += [Point(f"{arm}-n{size}", arm, ratio, size) for arm, ratio in (("vanilla", 0.0), ("sdft", 1.0))
                    if arm in arms]
     return points
+
+
+def train_overrides(point: Point, padding_free: bool) -> dict:
+    """The train settings ``point`` changes in a run whose train section trains ``padding_free``: TRL pads the
+    batches of the onpolicy arms' own answers, so those arms train padded whatever the section says."""
+    if padding_free and point.overrides.get("objective") == "onpolicy":
+        return {**point.overrides, "padding_free": False}
+    return point.overrides
 
 
 def interp_labels(sections: dict) -> list[tuple[str, float]]:

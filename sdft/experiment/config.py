@@ -1,4 +1,5 @@
-"""`sdft run`'s settings: one YAML file with a section per stage, the arms, mix ratios, sample sizes and training seeds."""
+"""`sdft run`'s settings: one YAML file with a section per stage, the arms, mix ratios, sample sizes and training
+seeds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sdft.base.errors import ConfigError
 from sdft.base.templates import SystemPromptSettings
 from sdft.experiment import arms
 from sdft.experiment.arms import ARMS, DEFAULT_ARMS
+from sdft.train.config import TrainConfig
 
 # Keys the pipeline sets itself; a config section may not override them.
 _OWNED = {"distill": {"model", "data", "out", "task", "shape", "columns"},
@@ -37,8 +39,8 @@ class RunConfig(Validated):
     distill: dict = field(default_factory=dict, help="distillation settings (sdft distill keys)")
     train: dict = field(default_factory=dict, help="training settings (sdft train keys)")
     eval: dict = field(default_factory=dict, help="evaluation settings (sdft eval keys)")
-    shift_tasks: list[str] = field(default_factory=list,
-                                   help="eval tasks whose answers are compared with the seed's (default: all generative)")
+    shift_tasks: list[str] = field(
+        default_factory=list, help="eval tasks whose answers are compared with the seed's (default: all generative)")
     shift: dict = field(default_factory=dict, help="answer-shift settings (sdft analyze keys: likelihood_backend, "
                                                    "likelihood_precision, batch_size, embedding_model, ...); "
                                                    "likelihood_backend: vllm scores the seed answers' NLL in the "
@@ -47,8 +49,9 @@ class RunConfig(Validated):
     sample_sizes: list[int] = field(default_factory=list, help="training-set sizes to sweep (at mix 0 and 1)")
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS),
                             help=f"arms to train and compare: {', '.join(ARMS)} (docs/arms.md)")
-    replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens, backend, precision "
-                                                         "(sdft train --replay-* keys without the prefix)")
+    replay: dict = field(default_factory=dict, help="replay arms: data, ratio, source (data|seed), max_new_tokens, "
+                                                    "backend, precision (sdft train --replay-* keys without the "
+                                                    "prefix)")
     onpolicy: dict = field(default_factory=dict, help="onpolicy arms: sdft train --onpolicy-* keys without the prefix")
     interp: dict = field(default_factory=dict, help="interp arm: alphas (0 = seed, 1 = vanilla)")
     guard: dict = field(default_factory=dict, help="sdft-guard arm: min_length_ratio, max_length_ratio (sdft "
@@ -57,6 +60,10 @@ class RunConfig(Validated):
         None, "training seeds: every trained arm is trained and evaluated once per seed (sdft train --seed: "
         "subset, mix choice, batch order, adapter init); the report shows the mean and spread over seeds. "
         "Default: train.seed alone (42). The model of train.seed keeps the arm's label, others get -s<seed>")
+    arm_seeds: dict = field(
+        default_factory=dict, help="training seeds of an arm trained at fewer seeds than the others (a costly "
+        "arm: {onpolicy: [42]}); each a subset of the run's training seeds; vanilla, every arm's reference, "
+        "trains at all of them")
 
     def validate(self) -> None:
         if not self.name or not self.data:
@@ -75,6 +82,7 @@ class RunConfig(Validated):
                               "(use 'arms' and the replay / onpolicy sections)")
         arms.check(self.arms, self.arm_sections, self.train, self.distill)
         seeds.check(self.train_seeds)
+        seeds.check_arm_seeds(self.arm_seeds, self.arms, self.training_seeds(self.train.get("seed", TrainConfig.seed)))
 
     @property
     def arm_sections(self) -> dict:
@@ -87,6 +95,10 @@ class RunConfig(Validated):
     def training_seeds(self, primary: int) -> list[int]:
         """The training seeds, given the train section's own ``seed`` (``primary``)."""
         return list(self.train_seeds) if self.train_seeds is not None else [primary]
+
+    def trains_at(self, arm: str, seed: int) -> bool:
+        """Whether ``arm`` is trained (or interpolated) at training seed ``seed``."""
+        return arm not in self.arm_seeds or seed in self.arm_seeds[arm]
 
 
 @dataclass

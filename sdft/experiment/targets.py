@@ -140,9 +140,11 @@ def models(config: RunConfig, train: TrainConfig, upstream: str, run_dir: Path,
     for seed in config.training_seeds(primary):
         recorded, vanilla = (seed if several else None), None
         for point in sweep_points(config):
+            if not config.trains_at("sdft" if point.arm == "mix" else point.arm, seed):  # mix: sdft's sweep
+                continue
             label = seeds.label(point.label, seed, primary)
             train_config = replace(train, seed=seed, mix_ratio=point.mix_ratio, limit=point.sample_size,
-                                   **point.overrides)
+                                   **arms.train_overrides(point, train.padding_free))
             _, own_key, own_folder = (own or {}).get(point.arm, (None, upstream, None))
             key = stage_key(train_config, own_key)
             folder = layout.stage_dir(run_dir, layout.TRAIN, label, key[:KEY_LENGTH])
@@ -151,7 +153,8 @@ def models(config: RunConfig, train: TrainConfig, upstream: str, run_dir: Path,
             params = {**point.params, "distill": str(own_folder)} if own_folder else point.params
             yield Model(label, point.recipe, params, key, folder, keyed_settings(train_config), recorded,
                         train=train_config, distilled=own_folder)
-        for interp_label, alpha in arms.interp_labels(config.arm_sections) if "interp" in config.arms else []:
+        interpolated = "interp" in config.arms and config.trains_at("interp", seed)
+        for interp_label, alpha in arms.interp_labels(config.arm_sections) if interpolated else []:
             label = seeds.label(interp_label, seed, primary)  # from the vanilla of the same seed
             key = stage_key({"alpha": alpha}, vanilla.name)  # vanilla's folder carries its key
             folder = layout.stage_dir(run_dir, layout.INTERP, label, key[:KEY_LENGTH])

@@ -69,7 +69,7 @@ def test_every_section_of_the_file_takes_overrides(tmp_path):
     ("trian.epochs=1", "unknown section 'trian'; sections: distill, train, eval, replay, onpolicy, interp, guard, shift"),
     ("shift.what=shift", "unknown key 'what' in section 'shift'"),  # the pipeline sets it
     ("guard.min_length_ratio=short", "'min_length_ratio' must be a number"),
-    ("colour=blue", "unknown key 'colour'; top-level keys: arms, "),
+    ("colour=blue", "unknown key 'colour'; top-level keys: arm_seeds, arms, "),
     ("train.max_steps=many", "override 'train.max_steps=many': 'max_steps' must be an integer, got 'many'"),
     ("eval.limit=[1, 2]", "'limit' must be an integer"),
     ("train={epochs: 1}", "'train' is a section; set its keys one by one (train.KEY=VALUE)"),

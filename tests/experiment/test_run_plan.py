@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from sdft.base import layout
+from sdft.base.config import to_dict
+from sdft.base.keys import without_old_defaults
 from sdft.experiment import pipeline, plan
 from sdft.experiment.pipeline import load_run_config, stage_configs
 
@@ -117,3 +119,39 @@ def test_the_dry_run_imports_no_model_library(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "dry run: nothing is run, no model is loaded" in done.stdout
     assert re.search(r"\n  train +vanilla +train/vanilla-[0-9a-f]{10} +to run +unknown", done.stdout)
+
+
+def test_arm_seeds_train_an_arm_at_fewer_seeds_than_the_others(tmp_path, no_model):
+    config = load_run_config(_config(tmp_path, arm_seeds={"sdft": [42], "interp": [43]}))
+    steps = plan.plan(config, stage_configs(config))
+    trained = [s.label for s in steps if s.stage in ("train", "interp")]
+    assert trained == ["vanilla", "sdft", "vanilla-s43", "interp-a0.5-s43"]
+    assert without_old_defaults("run config", to_dict(config))["arm_seeds"] == {"sdft": [42], "interp": [43]}
+    plain = load_run_config(_config(tmp_path))  # a run without the key records none (its run.json as before)
+    assert "arm_seeds" not in without_old_defaults("run config", to_dict(plain))
+
+
+@pytest.mark.parametrize("arm_seeds, message", [
+    ({"onpolicy": [42]}, "names arm 'onpolicy', which is not in 'arms'"),
+    ({"vanilla": [42]}, "may not name vanilla"),
+    ({"sdft": [44]}, "lists seed 44, which is not a training seed of the run"),
+    ({"sdft": []}, "must list one or more integer seeds"),
+    ({"sdft": [42, 42]}, "lists a seed more than once"),
+])
+def test_bad_arm_seeds_get_one_clear_line(tmp_path, arm_seeds, message):
+    from sdft.base.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_run_config(_config(tmp_path, arm_seeds=arm_seeds))
+    assert "\n" not in str(caught.value)
+
+
+def test_the_onpolicy_arm_trains_padded_in_a_padding_free_run(tmp_path, no_model):
+    from sdft.experiment import targets
+
+    config = load_run_config(_config(tmp_path, arms=["vanilla", "onpolicy"], interp={}, train_seeds=[42],
+                                     train={"max_steps": 2, "padding_free": True}))
+    train = stage_configs(config)["train"]
+    built = {m.label: m.train for m in targets.models(config, train, "upstream", config.run_dir)}
+    assert built["vanilla"].padding_free and built["vanilla"].objective == "sft"
+    assert not built["onpolicy"].padding_free and built["onpolicy"].objective == "onpolicy"
