@@ -79,9 +79,9 @@ def help_epilog() -> str:
 
 
 def _set_aside_for_narrowed_arms(data: dict, written: dict, settings: list[str]) -> None:
-    """``arms=[...]`` on the command line runs part of a file's arms: the sections only the left-out arms read
-    are meant for a later run of the same file, so they are set aside (a section the file's own arms leave
-    unused is still refused, and so is a setting given now for a section set aside)."""
+    """``arms=[...]`` on the command line runs part of a file's arms: the sections only the left-out arms read,
+    and their ``arm_seeds``, are meant for a later run of the same file, so they are set aside (a section the
+    file's own arms leave unused is still refused, and so is a setting given now for a section set aside)."""
     arms = data.get("arms") or []
     file_unused = set(arm_list.unused_sections(written.get("arms") or arm_list.DEFAULT_ARMS, written))
     for name in arm_list.unused_sections(arms, data):
@@ -92,6 +92,11 @@ def _set_aside_for_narrowed_arms(data: dict, written: dict, settings: list[str])
             raise ConfigError(f"override '{given[0]}' sets section '{name}', which no arm of arms={arms} reads")
         print(f"sdft run: section '{name}' is not used by arms={arms}: set aside for this run", file=sys.stderr)
         data.pop(name)
+    # The seeds of a left-out arm likewise (an arm the file itself lacks is still refused).
+    left_out = [arm for arm in data.get("arm_seeds") or {} if arm not in arms and arm in (written.get("arms") or [])]
+    for arm in left_out:
+        data["arm_seeds"] = {k: v for k, v in data["arm_seeds"].items() if k != arm}
+        print(f"sdft run: arm_seeds.{arm} is not used by arms={arms}: set aside for this run", file=sys.stderr)
 
 
 def load_run_config(path: str | Path, settings: list[str] = (), **flags) -> RunConfig:

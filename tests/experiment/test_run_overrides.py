@@ -109,12 +109,14 @@ def test_config_flag_and_positional_file_are_the_same_run_and_overrides_are_reco
 
 def test_narrowing_the_arms_on_the_command_line_sets_aside_the_left_out_arms_sections(tmp_path, capsys):
     path = _config(tmp_path, arms=["vanilla", "replay", "interp"], interp={"alphas": [0.5]},
-                   replay={"data": str(tmp_path / "calls.json"), "ratio": 0.5})
+                   replay={"data": str(tmp_path / "calls.json"), "ratio": 0.5}, arm_seeds={"replay": [42]})
     full = load_run_config(path)
     narrowed = load_run_config(path, ["arms=[vanilla]"])
-    assert narrowed.arms == ["vanilla"] and full.replay and full.interp
-    assert not narrowed.replay and not narrowed.interp
-    assert "section 'replay' is not used by arms=['vanilla']: set aside" in capsys.readouterr().err
+    assert narrowed.arms == ["vanilla"] and full.replay and full.interp and full.arm_seeds == {"replay": [42]}
+    assert not narrowed.replay and not narrowed.interp and not narrowed.arm_seeds
+    err = capsys.readouterr().err
+    assert "section 'replay' is not used by arms=['vanilla']: set aside" in err
+    assert "arm_seeds.replay is not used by arms=['vanilla']: set aside" in err
     with pytest.raises(ConfigError, match=r"override 'replay.ratio=0.5' sets section 'replay', which no arm"):
         load_run_config(path, ["arms=[vanilla]", "replay.ratio=0.5"])
 
