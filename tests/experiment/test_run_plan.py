@@ -122,10 +122,10 @@ def test_the_dry_run_imports_no_model_library(tmp_path):
 
 
 def test_arm_seeds_train_an_arm_at_fewer_seeds_than_the_others(tmp_path, no_model):
-    config = load_run_config(_config(tmp_path, arm_seeds={"sdft": [42], "interp": [43]}))
+    config = load_run_config(_config(tmp_path, arm_seeds={"sdft": [42], "interp": [43]}, mix_ratios=[0, 0.5, 1]))
     steps = plan.plan(config, stage_configs(config))
     trained = [s.label for s in steps if s.stage in ("train", "interp")]
-    assert trained == ["vanilla", "sdft", "vanilla-s43", "interp-a0.5-s43"]
+    assert trained == ["vanilla", "mix0.5", "sdft", "vanilla-s43", "interp-a0.5-s43"]  # mix: sdft's sweep
     assert without_old_defaults("run config", to_dict(config))["arm_seeds"] == {"sdft": [42], "interp": [43]}
     plain = load_run_config(_config(tmp_path))  # a run without the key records none (its run.json as before)
     assert "arm_seeds" not in without_old_defaults("run config", to_dict(plain))
