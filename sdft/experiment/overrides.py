@@ -67,6 +67,8 @@ def _parse(item: str) -> tuple[tuple[str, ...], typing.Any]:
         if path[0] in SECTIONS:
             raise ConfigError(f"{source}: '{path[0]}' is a section; set its keys one by one ({path[0]}.KEY=VALUE)")
         return path, _value(text, typing.get_type_hints(RunConfig)[path[0]], path[0], source)
+    if path[0] == "arm_seeds" and len(path) == 2:  # one arm's seeds (check_arm_seeds judges the arm)
+        return path, _value(text, list[int], f"arm_seeds.{path[1]}", source)
     if path[0] not in SECTIONS:
         raise ConfigError(f"{source}: unknown section '{path[0]}'; sections: {', '.join(SECTIONS)} "
                           "(top-level keys take no section: key=value)")

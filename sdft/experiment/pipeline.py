@@ -92,8 +92,11 @@ def _set_aside_for_narrowed_arms(data: dict, written: dict, settings: list[str])
             raise ConfigError(f"override '{given[0]}' sets section '{name}', which no arm of arms={arms} reads")
         print(f"sdft run: section '{name}' is not used by arms={arms}: set aside for this run", file=sys.stderr)
         data.pop(name)
-    # The seeds of a left-out arm likewise (an arm the file itself lacks is still refused).
-    left_out = [arm for arm in data.get("arm_seeds") or {} if arm not in arms and arm in (written.get("arms") or [])]
+    # The file's seeds of a left-out arm likewise (seeds given now, or for an arm the file lacks, are judged).
+    file_arms = written.get("arms") or arm_list.DEFAULT_ARMS
+    file_seeds, given = (d.get("arm_seeds") if isinstance(d.get("arm_seeds"), dict) else {} for d in (written, data))
+    left_out = [arm for arm, chosen in given.items()
+                if arm not in arms and arm in file_arms and file_seeds.get(arm) == chosen]
     for arm in left_out:
         data["arm_seeds"] = {k: v for k, v in data["arm_seeds"].items() if k != arm}
         print(f"sdft run: arm_seeds.{arm} is not used by arms={arms}: set aside for this run", file=sys.stderr)
@@ -284,7 +287,8 @@ def _score_seed_answers(config: RunConfig, seed: Arm) -> None:
     """With an engine scorer, the seed's answers are scored under the seed now, in the engine that has just
     evaluated it (every comparison's baseline), rather than in an engine started for it at the first comparison."""
     shift = shift_settings(config)
-    if shift.get("likelihood_backend") != "vllm" or not shift.get("likelihood", True) or not shift.get("baseline", True):
+    if (shift.get("likelihood_backend") != "vllm" or not shift.get("likelihood", True)
+            or not shift.get("baseline", True)):
         return
     analyze.score_baseline(AnalyzeConfig(**shift, reference=seed.eval.dir, candidate=seed.eval.dir,
                                          tasks=config.shift_tasks or None, model=config.model))

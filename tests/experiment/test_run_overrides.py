@@ -117,6 +117,19 @@ def test_narrowing_the_arms_on_the_command_line_sets_aside_the_left_out_arms_sec
     err = capsys.readouterr().err
     assert "section 'replay' is not used by arms=['vanilla']: set aside" in err
     assert "arm_seeds.replay is not used by arms=['vanilla']: set aside" in err
+    # Seeds given now are judged, not set aside; one arm's seeds take the section form.
+    assert load_run_config(path, ["train_seeds=[42,43]", "arm_seeds.replay=[43]"]).arm_seeds == {"replay": [43]}
+    with pytest.raises(ConfigError, match=r"names arm 'replay', which is not in 'arms' \(vanilla\)"):
+        load_run_config(path, ["arms=[vanilla]", "arm_seeds.replay=[99]"])
+    with pytest.raises(ConfigError, match="'arm_seeds.replay' must be"):
+        load_run_config(path, ["arm_seeds.replay=many"])
+
+
+def test_a_file_without_arms_sets_aside_the_seeds_of_its_default_arms(tmp_path, capsys):
+    path = _config(tmp_path, arm_seeds={"sdft": [42]})  # arms: the default vanilla and sdft
+    assert load_run_config(path).arm_seeds == {"sdft": [42]}
+    assert load_run_config(path, ["arms=[vanilla]"]).arm_seeds == {}
+    assert "arm_seeds.sdft is not used by arms=['vanilla']: set aside" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"override 'replay.ratio=0.5' sets section 'replay', which no arm"):
         load_run_config(path, ["arms=[vanilla]", "replay.ratio=0.5"])
 
