@@ -55,6 +55,10 @@ CONFIGS = {
     "current": {"shift.likelihood_backend": "vllm", "eval.stream_answers": True, "distill.stream_answers": True,
                 "train.padding_free": True},
 }
+# "current" in a given precision, whatever --precision pins for the others: what the precision alone is worth on
+# this CPU for a whole arm, in the same run (its answers differ from the others' by the precision's rounding).
+CONFIGS |= {f"current-{precision}": {**CONFIGS["current"], "precision": precision} for precision in ("bf16", "fp32")}
+DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
 # (module, attribute, part). A class attribute is "module:Class.method". Parts may nest; time is exclusive.
 PARTS = [
@@ -144,22 +148,23 @@ def stage_of(folder: Path, run_dir: Path) -> str:
 
 
 def run_config(name: str, model: str, args, out_root: Path) -> dict:
+    precision = CONFIGS[name].get("precision", args.precision)
     config = {
         "name": name, "model": model, "data": str(SHARED / "gsm8k_train.json"), "task": "math",
         "system_prompt": "model", "out_root": str(out_root),
         "distill": {"limit": args.train, "batch_size": 64, "max_new_tokens": 384, "backend": "vllm",
-                    "precision": args.precision},
+                    "precision": precision},
         "train": {"epochs": 1, "batch_size": 4, "grad_accum": 2, "max_length": 640, "learning_rate": 1e-4,
                   "lr_scheduler": "cosine", "warmup_ratio": 0.03, "lora_r": 16, "lora_alpha": 32,
-                  "lora_targets": ["all-linear"], "batch_order": "index", "precision": args.precision,
+                  "lora_targets": ["all-linear"], "batch_order": "index", "precision": precision,
                   "save_steps": 10**6, "logging_steps": 1},
         "eval": {"tasks": args.tasks.split(","), "data": [f"gsm8k={SHARED / 'gsm8k_test.json'}"],
                  "limit": args.items, "max_new_tokens": 384, "batch_size": 64, "backend": "vllm",
-                 "precision": args.precision},
+                 "precision": precision},
         "shift_tasks": ["advbench"], "arms": ["sdft"], "mix_ratios": [1.0],
     }
     for dotted, value in CONFIGS[name].items():
-        if ":" not in dotted:
+        if ":" not in dotted and dotted != "precision":
             section, _, key = dotted.rpartition(".")
             (config.setdefault(section, {}) if section else config)[key] = value
     return config
@@ -289,7 +294,7 @@ def matmul_parameters(folder: str) -> int:
     return total - (0 if tied else embedding)
 
 
-def print_table(results: dict, params: int, peak: float) -> None:
+def print_table(results: dict, params: int, peaks: dict) -> None:
     names = list(results)
     rows = sorted({k for r in results.values() for k in r["parts"]} | {f"{s} | (stage total)" for r in results.values()
                                                                         for s in r["stages"]})
@@ -312,8 +317,10 @@ def print_table(results: dict, params: int, peak: float) -> None:
         tokens = r["generated_tokens"] + r["prompt_tokens"]
         gen_rate = tokens / gen_s if gen_s else 0
         train_rate = r["trained_tokens"] / train_s if train_s else 0
-        print(f"{n}: generation {gen_rate:.0f} tok/s (prompt + new; {r['generated_tokens']} new), MFU "
-              f"{gen_rate * 2 * params / peak:.1%}; training {train_rate:.0f} tok/s, MFU {train_rate * 4 * params / peak:.1%}")
+        peak = peaks[r["precision"]]  # MFU against the peak of the precision this configuration ran in
+        print(f"{n} ({r['precision']}): generation {gen_rate:.0f} tok/s (prompt + new; {r['generated_tokens']} new), "
+              f"MFU {gen_rate * 2 * params / peak:.1%}; training {train_rate:.0f} tok/s, "
+              f"MFU {train_rate * 4 * params / peak:.1%}")
     walls = defaultdict(list)  # per configuration, over its repeats ("current", "current#2", ...)
     for n in names:
         walls[n.split("#")[0]].append(results[n]["wall_s"])
@@ -330,13 +337,14 @@ def print_table(results: dict, params: int, peak: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default="previous,current", help=f"of: {', '.join(CONFIGS)}")
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--train", type=int, default=32, help="training problems (distilled, then trained on)")
     parser.add_argument("--items", type=int, default=48, help="items per evaluation task")
     parser.add_argument("--tasks", default="gsm8k,advbench,humaneval")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="pinned for every stage; auto: bf16 on a CPU with bf16 units, fp32 on one without")
+                        help="pinned for every stage; auto: what sdft train picks here (bf16 where the CPU's bf16 "
+                             "units measured faster than fp32, else fp32)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of the configuration list, interleaved")
     parser.add_argument("--out", default="bench-arm")
     args = parser.parse_args()
@@ -350,12 +358,12 @@ def main() -> None:
     if args.precision == "auto":  # resolved here, so that every stage and the peak name the same precision
         args.precision = auto_precision(cuda=False)
     model = str(resolve_model(args.model))
-    dtype = "bfloat16" if args.precision == "bf16" else "float32"
-    peak = matmul_peak(dtype)
+    peaks = {precision: matmul_peak(dtype) for precision, dtype in DTYPES.items()}
     params = matmul_parameters(model)
     print(f"machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, bf16 units: "
-          f"{cpu_has_native_bf16()}; torch {torch.__version__}; matmul peak {dtype} {peak / 1e9:.0f} GFLOP/s; "
-          f"{args.model}: {params / 1e6:.0f}M matmul parameters", flush=True)
+          f"{cpu_has_native_bf16()}; torch {torch.__version__}; matmul peak fp32 {peaks['fp32'] / 1e9:.0f}, bf16 "
+          f"{peaks['bf16'] / 1e9:.0f} GFLOP/s; precision {args.precision} (--precision auto here: "
+          f"{auto_precision(cuda=False)}); {args.model}: {params / 1e6:.0f}M matmul parameters", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     instrument(CLOCK)
@@ -367,16 +375,18 @@ def main() -> None:
             shutil.rmtree(home)
         os.environ["SDFT_HOME"] = str(home / "sdft-home")  # caches start empty for each configuration
         results[label] = measure(name, model, args, home / "runs")
+        results[label]["precision"] = CONFIGS[name].get("precision", args.precision)
         shutil.rmtree(home / "sdft-home", ignore_errors=True)
         found = answers(Path(results[label]["run_dir"]))
         first = first or found
         results[label]["answers"] = compare_answers(first, found)
         print(f"  [{label}] {results[label]['wall_s']:.0f} s; vs the first configuration: "
               f"{results[label]['answers']}; seed answers' mean NLL {results[label]['seed_nll']}", flush=True)
-    (out / "bench-arm.json").write_text(json.dumps({"peak_flops": peak, "parameters": params,
-                                                    "bf16_units": cpu_has_native_bf16(), "results": results},
-                                                   indent=1))
-    print_table(results, params, peak)
+        # After every configuration: a later one that fails leaves the finished ones' figures (and their table).
+        (out / "bench-arm.json").write_text(json.dumps({"peak_flops": peaks, "parameters": params,
+                                                        "bf16_units": cpu_has_native_bf16(), "results": results},
+                                                       indent=1))
+    print_table(results, params, peaks)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,7 @@ def main() -> None:
 
     import torch
 
+    from sdft.base.hardware import cpu_prefers_bf16
     from sdft.generation.auto import cpu_bf16_support
     from sdft.models.resolve import resolve_model
 
@@ -219,7 +220,7 @@ def main() -> None:
     rows: list = []
     if "hf" not in skip:
         bench_hf(folder, prompts, args, rows)
-    dtype = "bfloat16" if cpu_bf16_support() else "float32"
+    dtype = "bfloat16" if cpu_prefers_bf16() else "float32"  # what --precision auto gives vLLM here
     if "vllm" not in skip:
         dtype = bench_vllm(folder, prompts, args, rows)
     if "server" not in skip:

@@ -30,11 +30,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sdft.base.hardware import matmul_flops
+
 DATA = ROOT.parent / "shared" / "data" / "sdft-paper" / "gsm8k_train.json"
 # "current" is the defaults of a real-length run: --compile auto compiles from 64 examples on, more than a
 # benchmark's few steps, so it is set on here.
-# "current-<other>" is "current" in the precision --precision auto did not pick on this CPU (fp32 on a CPU with
-# bf16 units, bf16 on one without): what the choice of precision alone is worth there (issues 9, 27).
+# "current-<other>" is "current" in the precision --precision auto did not pick on this CPU (fp32 where bf16 units
+# measured faster, bf16 elsewhere): what the choice of precision alone is worth there (issues 9, 27).
 # With --ablations, "current" without each of its two precision-free changes: what each is worth on this CPU.
 ABLATIONS = {"no-compile": {"compile": "off"}, "no-response-only": {"compile": "on", "response_only_logits": False}}
 # "current-padding-free" is "current" with --padding-free (off by default): with --batch-order index, the
@@ -100,19 +102,9 @@ def timer_callback():
     return StepTimer()
 
 
-def matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of a square matmul over a few tries, with all of torch's threads."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)  # first call: oneDNN picks and prepares its kernel
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - began)
-    return 2 * size**3 / best
+def matmul_peak(dtype_name: str) -> float:
+    """Best FLOP/s of a 2048-square matmul over five tries, with all of torch's threads."""
+    return matmul_flops(dtype_name, size=2048, repeats=5)
 
 
 def measure(config) -> dict:

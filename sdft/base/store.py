@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Iterable
 
 
+def sdft_home() -> Path:
+    """Cache root: ``$SDFT_HOME``, default ``~/.cache/sdft``."""
+    return Path(os.environ.get("SDFT_HOME") or "~/.cache/sdft").expanduser()
+
+
 class ProgressFile:
     def __init__(self, path: str | Path, key: str = "id"):
         self.path = Path(path)

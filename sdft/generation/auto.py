@@ -1,10 +1,11 @@
 """What ``--backend auto`` and ``--precision auto`` decide, and why (printed once, recorded by the stages).
 
 Backend: vLLM when it is installed and its model registry knows the checkpoint's architecture, else
-transformers. Precision: bf16 only where it was measured to be faster here (see README "Fast generation"):
-vLLM on a CPU with bf16 instructions (AMX or AVX512-BF16) or on a GPU, and LoRA training on such a CPU;
-transformers generation and log-likelihood stay fp32 on a CPU, because HF bf16 decoding of a 0.5B model was
-*slower* than fp32 (39 vs 61 new tokens/s) on the same machine.
+transformers. Precision: bf16 only where it is faster (see README "Fast generation"): vLLM on a GPU, or on a
+CPU with bf16 units (AMX or AVX512-BF16) whose bf16 matmuls were measured faster than fp32's on this machine
+(``sdft.base.hardware``: not every such CPU is), and LoRA training on such a CPU; transformers generation and
+log-likelihood stay fp32 on a CPU, because HF bf16 decoding of a 0.5B model was *slower* than fp32 (39 vs 61
+new tokens/s) on the same machine.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdft.base import hardware
 from sdft.base.errors import ConfigError
-from sdft.base.hardware import cpu_has_native_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -35,12 +36,13 @@ class Choice:
     def record(self) -> dict:
         return {"backend": self.backend, "precision": self.precision, "requested_backend": self.requested_backend,
                 "requested_precision": self.requested_precision, "reason": self.reason,
-                "cpu_bf16": cpu_bf16_support()}
+                "cpu_bf16": cpu_bf16_support(),
+                "cpu_bf16_speedup": None if cuda_available() else hardware.cpu_bf16_speedup()}
 
 
 def cpu_bf16_support() -> bool:
     """Whether this CPU has bf16 matrix units (AMX or AVX512-BF16): one test for training and generation."""
-    return cpu_has_native_bf16()
+    return hardware.cpu_has_native_bf16()
 
 
 def cuda_available() -> bool:
@@ -109,7 +111,7 @@ def choose_backend(requested: str, model_folder: str | None) -> tuple[str, str]:
 
 
 def generation_precision(requested: str, backend: str) -> str:
-    """fp32 or bf16 for a generation backend (``auto``: bf16 where measured faster)."""
+    """fp32 or bf16 for a generation backend (``auto``: bf16 where it is faster here)."""
     if requested not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if backend == "openai":
@@ -120,7 +122,7 @@ def generation_precision(requested: str, backend: str) -> str:
     if requested != "auto":
         return requested
     if backend == "vllm":
-        return "bf16" if (cuda_available() or cpu_bf16_support()) else "fp32"
+        return "bf16" if (cuda_available() or hardware.cpu_prefers_bf16()) else "fp32"
     if backend == "hf" and cuda_available():
         return "bf16"
     return "fp32"  # HF on a CPU (bf16 was slower for the 0.5B seed), remote servers (their own dtype)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.provenance import folder_stamp
+from sdft.base.store import sdft_home
 from sdft.generation import Completion, GenerationParams, auto, cut_at_stop
 from sdft.generation.engine_processes import engine_processes_die_with_us
 from sdft.generation.prompts import encode_prompts, row_seeds, warn_truncated
@@ -105,7 +106,7 @@ def merged_copy(folder: str, adapter: Path, dtype: str = "float32") -> str:
     bytes to write and read), and reused. vLLM's LoRA path on a CPU runs adapters op by op: one step of
     64 prompts with an r=64 adapter on every linear layer of a 0.5B model ran past vLLM's 300 s step timeout
     here, while merged weights decode at the base model's speed."""
-    target = resolve.sdft_home() / "merged" / merged_key(folder, adapter, dtype)
+    target = sdft_home() / "merged" / merged_key(folder, adapter, dtype)
     if (target / MERGED_MARKER).is_file():
         return str(target)
     with resolve.folder_lock(target.parent / f".{target.name}.lock"):  # parallel stages merge once

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import time
@@ -24,17 +23,13 @@ from sdft.base import hub
 from sdft.base.config import DEFAULT_MODEL, field
 from sdft.base.errors import SdftError
 from sdft.base.provenance import file_sha256
+from sdft.base.store import sdft_home
 from sdft.models.aliases import ALIASES, alias_gguf, part_files, source_record
 
 SOURCE_FILE = "sdft-source.json"  # written last inside the temp folder: its presence marks a complete folder
 # Bumped when the conversion changes what it writes, so an older cached folder is converted again.
 CONVERSION_FORMAT = 2
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-
-
-def sdft_home() -> Path:
-    """Cache root: ``$SDFT_HOME``, default ``~/.cache/sdft``."""
-    return Path(os.environ.get("SDFT_HOME") or "~/.cache/sdft").expanduser()
 
 
 def models_dir() -> Path:

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdft.base import layout
+from sdft.base import hardware, layout
 from sdft.base.config import to_dict
 from sdft.base.data import is_distilled, offers_new_target, pick_response
 from sdft.base.errors import ConfigError, SdftError
@@ -353,6 +353,7 @@ def write_record(run) -> dict:
                      "processes": run.world, "global_batch": global_batch, "precision": run.precision,
                      "base_weights_dtype": base_dtype(config.method, run.precision), "compiled": run.compiled,
                      "device": "cuda" if run.cuda else "cpu", **run.parameters,
+                     "cpu_bf16_speedup": None if run.cuda else hardware.cpu_bf16_speedup(),
                      "batch_order": config.batch_order, "batch_order_sha256": order_digest(run.targets, run.order),
                      "resumed_from": run.checkpoint.name if run.checkpoint else None},
         "loss": per_step,

@@ -29,7 +29,7 @@ from sdft.base.data import is_distilled, load_examples
 from sdft.base.errors import ConfigError, SdftError
 from sdft.base.keys import without_old_defaults
 from sdft.base.provenance import file_sha256
-from sdft.base.store import ProgressFile
+from sdft.base.store import ProgressFile, sdft_home
 from sdft.base.templates import DEFAULT_PROMPT, load_template
 from sdft.models import resolve
 
@@ -138,7 +138,7 @@ def cache_file(config, model_path: str, template, mode: str, engine: dict | None
     key["engine"] = {k: (engine or {}).get(k) for k in ("backend", "precision")}
     key = without_old_defaults("replay cache", key)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    folder = resolve.sdft_home() / "replay"
+    folder = sdft_home() / "replay"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{digest}.key.json").write_text(json.dumps(key, indent=2) + "\n")
     return folder / f"{digest}.jsonl"

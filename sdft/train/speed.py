@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import contextlib
 
-from sdft.base.hardware import cpu_has_native_bf16
+from sdft.base import hardware
 
 
 def auto_precision(cuda: bool) -> str:
     """``--precision auto``: bf16 (or fp16 on old GPUs) mixed precision on a GPU, bf16 on CPUs with native bf16
-    matrix units, fp32 on other CPUs."""
+    matrix units measured faster than fp32 (``sdft.base.hardware``), fp32 on other CPUs."""
     import torch
 
     if cuda:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if hardware.cpu_prefers_bf16() else "fp32"
 
 
 def base_dtype(method: str, precision: str) -> str:

@@ -8,15 +8,19 @@ from types import SimpleNamespace
 
 import pytest
 
+from sdft.base import hardware
 from sdft.base.errors import ConfigError
 from sdft.generation import auto, backend_setup
 
 
 @pytest.fixture
 def cpu(monkeypatch):
-    """Pretend hardware: set ``cpu.bf16`` / ``cpu.cuda`` / ``cpu.vllm`` in a test."""
-    state = SimpleNamespace(bf16=True, cuda=False, vllm=(True, "vLLM supports LlamaForCausalLM"), cores=2)
+    """Pretend hardware: set ``cpu.bf16`` (units) / ``cpu.bf16_speedup`` / ``cpu.cuda`` / ``cpu.vllm`` in a test."""
+    state = SimpleNamespace(bf16=True, bf16_speedup=2.5, cuda=False, vllm=(True, "vLLM supports LlamaForCausalLM"),
+                            cores=2)
     monkeypatch.setattr(auto, "cpu_bf16_support", lambda: state.bf16)
+    monkeypatch.setattr(hardware, "_bf16_units", lambda: ["avx512_bf16"] if state.bf16 else [])
+    monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: state.bf16_speedup if state.bf16 else None)
     monkeypatch.setattr(auto, "cuda_available", lambda: state.cuda)
     monkeypatch.setattr(auto, "vllm_installed", lambda: state.vllm is not None)
     monkeypatch.setattr(auto, "vllm_supports", lambda folder: state.vllm)
@@ -36,7 +40,9 @@ def test_auto_backend_prefers_vllm_when_it_supports_the_model(cpu, tiny_model):
 def test_auto_precision_is_bf16_only_where_measured_faster(cpu):
     assert auto.generation_precision("auto", "vllm") == "bf16"
     assert auto.generation_precision("auto", "hf") == "fp32"  # HF bf16 decoding was slower on a CPU
-    cpu.bf16 = False
+    cpu.bf16_speedup = 0.5  # bf16 units whose matmuls measured slower than fp32's (an Intel Xeon without AMX)
+    assert auto.generation_precision("auto", "vllm") == "fp32"
+    cpu.bf16_speedup, cpu.bf16 = 2.5, False
     assert auto.generation_precision("auto", "vllm") == "fp32"
     cpu.cuda = True
     assert auto.generation_precision("auto", "vllm") == auto.generation_precision("auto", "hf") == "bf16"

@@ -8,20 +8,13 @@ import pytest
 
 from sdft.base.errors import SdftError
 from sdft.models import resolve as models
-from sdft.models.resolve import SOURCE_FILE, SetupConfig, load_model_and_tokenizer, resolve_model, sdft_home, setup
+from sdft.models.resolve import SOURCE_FILE, SetupConfig, load_model_and_tokenizer, resolve_model, setup
 
 
 @pytest.fixture
 def tmp_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SDFT_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-def test_sdft_home_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("SDFT_HOME", str(tmp_path))
-    assert sdft_home() == tmp_path
-    monkeypatch.delenv("SDFT_HOME")
-    assert sdft_home() == Path.home() / ".cache" / "sdft"
 
 
 def _one_sentence(exc: pytest.ExceptionInfo) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from test_train import config, repeated_data  # noqa: F401 (fixture)
 
+from sdft.base import hardware
 from sdft.train import speed as train_speed
 from sdft.train.stage import prepare, train
 
@@ -85,9 +86,11 @@ def test_compile_auto_only_where_it_pays(monkeypatch):
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
-    monkeypatch.setattr(train_speed, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: 2.5)  # bf16 units, measured faster
     assert train_speed.auto_precision(cuda=False) == "bf16"
-    monkeypatch.setattr(train_speed, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: 0.5)  # bf16 units, measured slower than fp32
+    assert train_speed.auto_precision(cuda=False) == "fp32"
+    monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: None)  # no bf16 units
     assert train_speed.auto_precision(cuda=False) == "fp32"
     assert train_speed.base_dtype("lora", "bf16") == "bfloat16"
     assert train_speed.base_dtype("full", "bf16") == train_speed.base_dtype("lora", "fp32") == "float32"

@@ -4,7 +4,8 @@
 # none, sdft's default on a small CPU (1.67x faster generation on 2 cores, identical answers in fp32 on a CPU
 # without bf16 units: docs/performance.md)? The seed on 48 GSM8K and 48 AdvBench prompts, both ways, one after
 # the other (about 10 minutes on a 2-core CPU with bf16 units); run it with nothing else running.
-# Prints how many answers differ; "0 of 96 differ" on this run's CPU kind is the evidence to unpin.
+# Prints how many answers differ, and how many of each equal the run's archived seed answers (by hash);
+# "0 of 96 differ" on this run's CPU kind is the evidence to unpin.
 # LIMIT=N (default 48) and PRECISION=fp32 (default bf16, the run's) for a quick try of the script itself.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -29,4 +30,15 @@ for task in ("gsm8k", "advbench"):
     differ, total = differ + len(changed), total + len(one)
     print(f"{task}: {len(changed)} of {len(one)} answers differ" + (f" (ids {changed[:10]})" if changed else ""))
 print(f"all: {differ} of {total} differ")
+# The run's own seed answers at this precision (archived as hashes: the bf16 run's made on a CPU with bf16 units,
+# the fp32 run's on one without) against both.
+kept = Path("docs/results/remedies-qwen") / ("run-fp32" if folder.name.startswith("cores-check-fp32") else "run")
+seed = next((kept / "eval").glob("seed-*"), None)
+for n in (1, 0) if seed else ():
+    same = total = 0
+    for task in ("gsm8k", "advbench"):
+        run = {json.loads(l)["id"]: json.loads(l)["answer_hash"] for l in (seed / "item_scores" / f"{task}.jsonl").open()}
+        here = [json.loads(l) for l in (folder / f"reserved-{n}" / "item_scores" / f"{task}.jsonl").open()]
+        same, total = same + sum(run.get(s["id"]) == s["answer_hash"] for s in here), total + len(here)
+    print(f"reserved {n}: {same} of {total} answers equal to the run's seed answers ({seed.name}, by hash)")
 PY

@@ -15,8 +15,9 @@ if [ "${1:-}" = "--fp32" ]; then
   NAME=remedies-qwen-fp32 KEEP=docs/results/remedies-qwen/run-fp32
 else
   # Every model of the bf16 run is generated with vLLM keeping one core for its scheduler, as the first ones
-  # were (sdft reserves none on a small CPU: identical answers in fp32, not yet checked in bf16:
-  # check_cores.sh). Set here, so it holds for every stage, replay's answers included.
+  # were: sdft reserves none on a small CPU (identical answers in fp32), but in bf16 one compute thread and two
+  # round differently (check_cores.sh: 3 of 96 seed answers differ late, scores equal; with one core kept, all
+  # 96 equal the run's archived seed answers). Set here, so it holds for every stage, replay's answers included.
   export VLLM_CPU_NUM_OF_RESERVED_CPU=${VLLM_CPU_NUM_OF_RESERVED_CPU:-1}
 fi
 RUN=runs/$NAME
