@@ -1,8 +1,11 @@
-"""One CPU kind per run. Answers made at one pinned precision still differ between a CPU with bf16 matrix units
-and one without (oneDNN emulates bf16 there with other roundings): the remedy run's seed, generated again in
-bf16 on a CPU without them, gave 61 of 200 AdvBench answers another text and 3 another verdict
-(docs/results/remedies-qwen/README.md). A run resumed on a CPU of the other kind would mix the two in one
-comparison, so `sdft run` stops there unless told to accept it, and records that it was."""
+"""One CPU kind per run for bf16 answers. Answers made in bf16 differ between a CPU with bf16 matrix units and one
+without (oneDNN emulates bf16 there with other roundings): the remedy run's seed, generated again in bf16 on a
+CPU without them, gave 61 of 200 AdvBench answers another text and 3 another verdict
+(docs/results/remedies-qwen/README.md). A run whose bf16 stages were made on one kind and that is resumed on
+the other would mix the two in one comparison, so `sdft run` stops there unless told to accept it, and records
+that it was. fp32 answers do not depend on the kind: the fp32 remedy run's seed answers, made on an Intel Xeon
+without bf16 units, came back identical (96 of 96 by hash) on one with AVX512-BF16
+(docs/results/arm-cost/cores-check-fp32-2026-12-08.txt), so fp32 stages are not counted."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ RECORDS = ("eval/*/results.json", "distill/*/run.json")  # the stages that gener
 
 
 def recorded(run_dir: Path) -> dict[bool, list[str]]:
-    """The CPU kinds (bf16 units or not) the run's finished generating stages recorded, with their folders."""
+    """The CPU kinds (bf16 units or not) the run's finished generating stages recorded, with their folders; stages
+    that generated in fp32 are left out (their answers are the same on both kinds)."""
     kinds: dict[bool, list[str]] = {}
     for pattern in RECORDS:
         for path in sorted(run_dir.glob(pattern)):
@@ -27,7 +31,7 @@ def recorded(run_dir: Path) -> dict[bool, list[str]]:
                 generation = json.loads(path.read_text()).get("generation") or {}
             except (OSError, ValueError):
                 continue  # an unfinished or damaged record: its stage runs again anyway
-            if "cpu_bf16" in generation:
+            if "cpu_bf16" in generation and generation.get("precision") != "fp32":
                 kinds.setdefault(bool(generation["cpu_bf16"]), []).append(str(path.parent.relative_to(run_dir)))
     return kinds
 

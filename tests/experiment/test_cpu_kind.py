@@ -12,10 +12,10 @@ from sdft.experiment import cpu_kind
 from sdft.experiment.pipeline import load_run_config, run
 
 
-def _record(run_dir: Path, pattern_folder: str, name: str, cpu_bf16: bool) -> None:
+def _record(run_dir: Path, pattern_folder: str, name: str, cpu_bf16: bool, precision: str = "bf16") -> None:
     folder = run_dir / pattern_folder
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(json.dumps({"generation": {"backend": "vllm", "precision": "bf16",
+    (folder / name).write_text(json.dumps({"generation": {"backend": "vllm", "precision": precision,
                                                           "cpu_bf16": cpu_bf16}}))
 
 
@@ -40,6 +40,16 @@ def test_a_run_of_the_other_kind_stops_with_its_folder_named(tmp_path, here):
     with pytest.raises(ConfigError, match=r"with bf16 units \(eval/seed-1\).*--mixed-cpu"):
         cpu_kind.check(tmp_path, accept=False)
     assert not (tmp_path / cpu_kind.ACCEPTED).exists()
+
+
+def test_fp32_stages_of_the_other_kind_do_not_stop_a_run(tmp_path, here):
+    _record(tmp_path, "eval/seed-1", "results.json", True, precision="fp32")
+    _record(tmp_path, "distill/distill-2", "run.json", True, precision="fp32")
+    assert cpu_kind.recorded(tmp_path) == {}
+    cpu_kind.check(tmp_path, accept=False)
+    _record(tmp_path, "eval/vanilla-3", "results.json", True)  # one bf16 stage of the other kind: stopped again
+    with pytest.raises(ConfigError, match=r"1 finished stage\(s\).*\(eval/vanilla-3\)"):
+        cpu_kind.check(tmp_path, accept=False)
 
 
 def test_a_run_of_the_same_kind_or_on_a_gpu_goes_on(tmp_path, here, monkeypatch):
@@ -70,10 +80,11 @@ def test_sdft_run_checks_only_when_a_stage_is_left_to_run(tmp_path, tiny_model, 
                                  "output": f'weather.get(city="C{i}")'} for i in range(4)]))
     config = {"name": "tiny", "out_root": str(tmp_path / "runs"), "model": str(tiny_model), "data": str(data),
               "task": "function_call", "arms": ["vanilla"],
-              "distill": {"max_new_tokens": 4, "batch_size": 4, "progress": False, "backend": "hf"},
+              "distill": {"max_new_tokens": 4, "batch_size": 4, "progress": False, "backend": "hf",
+                          "precision": "bf16"},  # bf16 answers are the ones a CPU kind changes
               "train": {"max_steps": 1, "batch_size": 2, "grad_accum": 1, "max_length": 256},
               "eval": {"tasks": ["advbench"], "limit": 1, "max_new_tokens": 4, "data": [f"advbench={advbench}"],
-                       "progress": False, "backend": "hf"}}
+                       "progress": False, "backend": "hf", "precision": "bf16"}}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     run(load_run_config(path), log=lambda line: None)
