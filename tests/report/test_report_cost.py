@@ -24,7 +24,7 @@ def _eval(run_dir: Path, label: str, seconds: float | None = 25.0, compare: floa
     folder = run_dir / layout.EVAL / f"{label}-0123456789"
     result = {"tasks": {t: {"metric": "accuracy", "seconds": s, "generations": f"generations/{t}.jsonl"}
                         for t, s in TASKS.items()},
-              "generation": {"backend": "vllm", "precision": "bf16", "cpu_bf16": True},
+              "generation": {"backend": "vllm", "precision": "bf16", "cpu_bf16": True, "cpu_bf16_speedup": 2.5},
               "provenance": {"host": "box"}}
     _stage(folder, result, seconds)
     for task in TASKS:  # three answers of 5 new tokens each
@@ -169,7 +169,8 @@ def test_evaluation_seconds_per_task_and_the_machine_in_the_caption(report):
     _, caption = _table(report)
     assert "| model | advbench | gsm8k |" in report and "| sdft-guard | 7.5 | 12.5 |" in report
     assert ("Machine, as recorded: host box; training on cpu in fp32; evaluation with vllm in bf16; CPU with "
-            "native bf16: yes. The records name no processor model.") in caption
+            "native bf16: yes; its bf16 matmuls measured at 2.50x fp32's speed. The records name no processor "
+            "model.") in caption
 
 
 def test_the_html_report_has_the_cost_table(tmp_path, report):
