@@ -386,6 +386,14 @@ def main() -> None:
         (out / "bench-arm.json").write_text(json.dumps({"peak_flops": peaks, "parameters": params,
                                                         "bf16_units": cpu_has_native_bf16(), "results": results},
                                                        indent=1))
+    # A peak measured while the host is busy for a moment inflates every MFU: measured again at the end, the
+    # larger of the two counts (both kept in the JSON).
+    again = {precision: matmul_peak(dtype) for precision, dtype in DTYPES.items()}
+    print(f"matmul peak at the end: fp32 {again['fp32'] / 1e9:.0f}, bf16 {again['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+    peaks = {precision: max(peaks[precision], again[precision]) for precision in peaks}
+    (out / "bench-arm.json").write_text(json.dumps({"peak_flops": peaks, "peak_flops_at_end": again,
+                                                    "parameters": params, "bf16_units": cpu_has_native_bf16(),
+                                                    "results": results}, indent=1))
     print_table(results, params, peaks)
 
 
