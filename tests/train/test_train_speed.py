@@ -85,6 +85,12 @@ def test_compile_auto_only_where_it_pays(monkeypatch):
     assert not train_speed.should_compile("auto", False, 135_000_000, 128)
 
 
+def test_the_training_record_names_the_measured_bf16_speed(tiny_model, repeated_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: 0.475)  # what --precision auto decided from
+    result = train(config(tiny_model, repeated_data, tmp_path / "out", precision="fp32", max_steps=1))
+    assert result["training"]["cpu_bf16_speedup"] == 0.475
+
+
 def test_auto_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: 2.5)  # bf16 units, measured faster
     assert train_speed.auto_precision(cuda=False) == "bf16"
