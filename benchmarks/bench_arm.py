@@ -11,7 +11,8 @@ Per part, time is *exclusive* (a part inside another is taken out of it): model 
 engine start and release, generation per task, scoring per task (HumanEval: the sandbox), training steps,
 seed-answer NLL, similarity, weight shift, report; "other" is a stage's wall time not in any part (writing,
 tokenizing, Python). Throughput: generated + prompt tokens per second of generation, training tokens per
-second; MFU against the matmul peak measured now, in the precision the run used. Equal answers: the greedy
+second, prompt + answer tokens per second of the seed-answer NLL pass (counted with the seed's tokenizer); MFU
+against the matmul peak measured now, in the precision the run used (the torch NLL pass: fp32). Equal answers: the greedy
 answers and per-item scores of every configuration are compared with the first's.
 
     .venv/bin/python benchmarks/bench_arm.py [--configs previous,current] [--model qwen2.5-coder-0.5b-instruct]
@@ -105,6 +106,18 @@ class Clock:
 
 
 CLOCK = Clock()
+# Tokens the seed-answer NLL pass ran through the model (prompt + answer, per call), per stage: its MFU's numerator.
+NLL_TOKENS: defaultdict = defaultdict(int)
+TOKENIZER = []  # the seed's tokenizer, set by main(): counts what the NLL pass scored
+
+
+def scored_tokens(args: tuple, kwargs: dict) -> int:
+    """Prompt + answer tokens of one ``seed_likelihood(model, tokenizer, prompts, texts, ...)`` call."""
+    prompts = kwargs.get("prompts", args[2] if len(args) > 2 else ())
+    texts = kwargs.get("texts", args[3] if len(args) > 3 else ())
+    encode = TOKENIZER[0]
+    return sum(len(encode(prompt + text, add_special_tokens=False)["input_ids"])
+               for prompt, text in zip(prompts, texts))
 
 
 def _task_label(label: str, args: tuple) -> str:
@@ -128,7 +141,10 @@ def instrument(clock: Clock) -> None:
 
         def timed(*args, __original=original, __label=label, **kwargs):
             with clock.part(_task_label(__label, args)):
-                return __original(*args, **kwargs)
+                result = __original(*args, **kwargs)
+            if __label == "seed-answer NLL" and TOKENIZER:  # counted outside the part's time
+                NLL_TOKENS[clock.stage] += scored_tokens(args, kwargs)
+            return result
 
         setattr(owner, method, timed)
         if not owner_name:  # `from module import function` copies elsewhere
@@ -198,6 +214,7 @@ def measure(name: str, model: str, args, out: Path) -> dict:
 
     clock = CLOCK
     clock.seconds.clear()
+    NLL_TOKENS.clear()
     stages: dict[str, float] = {}
     original_run_stage = pipeline.run_stage
 
@@ -222,7 +239,8 @@ def measure(name: str, model: str, args, out: Path) -> dict:
         release_engines()
     wall = time.perf_counter() - began
     return {"wall_s": wall, "stages": stages, "parts": {f"{s} | {p}": v for (s, p), v in clock.seconds.items()},
-            "run_dir": str(run_dir), "seed_nll": seed_nll(run_dir), **throughput(run_dir)}
+            "run_dir": str(run_dir), "seed_nll": seed_nll(run_dir), "nll_tokens": sum(NLL_TOKENS.values()),
+            **throughput(run_dir)}
 
 
 def seed_nll(run_dir: Path) -> dict:
@@ -321,6 +339,14 @@ def print_table(results: dict, params: int, peaks: dict) -> None:
         print(f"{n} ({r['precision']}): generation {gen_rate:.0f} tok/s (prompt + new; {r['generated_tokens']} new), "
               f"MFU {gen_rate * 2 * params / peak:.1%}; training {train_rate:.0f} tok/s, "
               f"MFU {train_rate * 4 * params / peak:.1%}")
+        nll_s = sum(v for k, v in r["parts"].items() if "| seed-answer NLL" in k)
+        if nll_s and r.get("nll_tokens"):
+            # The torch scorer runs in fp32 on a CPU whatever the run's precision; the engine's in the run's.
+            nll_precision = "fp32" if (r.get("seed_nll") or {}).get("scorer", {}).get("backend") == "hf" \
+                else r["precision"]
+            nll_rate = r["nll_tokens"] / nll_s
+            print(f"{n} seed-answer NLL ({nll_precision}): {nll_rate:.0f} tok/s (prompt + answer, "
+                  f"{r['nll_tokens']} tokens), MFU {nll_rate * 2 * params / peaks[nll_precision]:.1%}")
     walls = defaultdict(list)  # per configuration, over its repeats ("current", "current#2", ...)
     for n in names:
         walls[n.split("#")[0]].append(results[n]["wall_s"])
@@ -358,6 +384,8 @@ def main() -> None:
     if args.precision == "auto":  # resolved here, so that every stage and the peak name the same precision
         args.precision = auto_precision(cuda=False)
     model = str(resolve_model(args.model))
+    from transformers import AutoTokenizer
+    TOKENIZER.append(AutoTokenizer.from_pretrained(model))
     peaks = {precision: matmul_peak(dtype) for precision, dtype in DTYPES.items()}
     params = matmul_parameters(model)
     print(f"machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, bf16 units: "

@@ -47,3 +47,21 @@ def test_every_distill_setting_compared_exists(setting):
     from sdft.distill.config import DistillConfig
 
     assert setting in {f.name for f in dataclasses.fields(DistillConfig)}
+
+
+def test_nll_token_count_reads_prompts_and_texts_where_seed_likelihood_takes_them(monkeypatch):
+    """bench_arm's NLL MFU counts prompt + answer tokens of each call, passed by position or by name."""
+    import importlib.util
+    import inspect
+
+    from sdft.compare.likelihood import seed_likelihood
+
+    assert list(inspect.signature(seed_likelihood).parameters)[2:4] == ["prompts", "texts"]
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: bench_train beside it
+    spec = importlib.util.spec_from_file_location("bench_arm_under_test", BENCH_ARM)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # defines only; main() is what instruments sdft
+    bench.TOKENIZER.append(lambda text, add_special_tokens: {"input_ids": text.split()})
+    prompts, texts = ["a b", "c"], [" d", " e f"]
+    assert bench.scored_tokens((None, None, prompts, texts), {}) == 6
+    assert bench.scored_tokens((None, None), {"prompts": prompts, "texts": texts}) == 6
