@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,27 @@ def test_nll_token_count_reads_prompts_and_texts_where_seed_likelihood_takes_the
     prompts, texts = ["a b", "c"], [" d", " e f"]
     assert bench.scored_tokens((None, None, prompts, texts), {}) == 6
     assert bench.scored_tokens((None, None), {"prompts": prompts, "texts": texts}) == 6
+
+
+def test_eval_mfu_counts_prompt_and_new_tokens_over_the_stream_seconds(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("eval_mfu_under_test", BENCHMARKS / "eval_mfu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "generations").mkdir()
+    (tmp_path / "generations" / "gsm8k.jsonl").write_text(
+        '{"id": "1", "prompt_tokens": 10, "completion_tokens": 5}\n{"id": "2", "prompt_tokens": 20, '
+        '"completion_tokens": 7}\n')
+    results = {"model": "m", "generation": {"precision": "fp32"}, "stream": {"seconds": 4.0},
+               "tasks": {"gsm8k": {"seconds": 99.0}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    load = bench.generation_load(tmp_path)
+    assert (load["prompt_tokens"], load["new_tokens"], load["seconds"], load["streamed"]) == (30, 12, 4.0, True)
+    del results["stream"]  # task by task: the tasks' seconds
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert bench.generation_load(tmp_path)["seconds"] == 99.0
+    (tmp_path / "generations" / "gsm8k.jsonl").write_text("")  # an archive: no answers to count
+    with pytest.raises(SystemExit, match="no generated tokens"):
+        bench.generation_load(tmp_path)
