@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench_train import matmul_peak
+from mfu import DTYPES, matmul_parameters, matmul_peak
 
 SHARED = ROOT.parent / "shared" / "data" / "sdft-paper"
 
@@ -59,7 +59,6 @@ CONFIGS = {
 # "current" in a given precision, whatever --precision pins for the others: what the precision alone is worth on
 # this CPU for a whole arm, in the same run (its answers differ from the others' by the precision's rounding).
 CONFIGS |= {f"current-{precision}": {**CONFIGS["current"], "precision": precision} for precision in ("bf16", "fp32")}
-DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
 # (module, attribute, part). A class attribute is "module:Class.method". Parts may nest; time is exclusive.
 PARTS = [
@@ -291,25 +290,6 @@ def compare_answers(first: dict, other: dict) -> str:
         counts[2] += a[1] != b[1]
     parts = [f"{where}: {n} answers, {text} differ in text, {score} in score" for where, (n, text, score) in differ.items()]
     return "; ".join(parts)
-
-
-def matmul_parameters(folder: str) -> int:
-    """Parameters in matmuls (an untied input embedding is a lookup), read from the safetensors headers."""
-    from safetensors import safe_open
-
-    total, embedding, tied = 0, 0, True
-    for path in Path(folder).glob("*.safetensors"):
-        with safe_open(str(path), "pt") as f:
-            for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-                n = 1
-                for d in f.get_slice(key).get_shape():
-                    n *= d
-                total += n
-                if key.endswith("embed_tokens.weight"):
-                    embedding = n
-                if key.endswith("lm_head.weight"):
-                    tied = False
-    return total - (0 if tied else embedding)
 
 
 def print_table(results: dict, params: int, peaks: dict) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from sdft.base.hardware import matmul_flops
+from mfu import matmul_peak
 
 DATA = ROOT.parent / "shared" / "data" / "sdft-paper" / "gsm8k_train.json"
 # "current" is the defaults of a real-length run: --compile auto compiles from 64 examples on, more than a
@@ -100,11 +100,6 @@ def timer_callback():
                     "compiling_seconds": sum(compiling)}
 
     return StepTimer()
-
-
-def matmul_peak(dtype_name: str) -> float:
-    """Best FLOP/s of a 2048-square matmul over five tries, with all of torch's threads."""
-    return matmul_flops(dtype_name, size=2048, repeats=5)
 
 
 def measure(config) -> dict:

@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_arm import DTYPES, matmul_parameters
-from bench_train import matmul_peak
+from mfu import DTYPES, matmul_parameters, matmul_peak
 
 
 def generation_load(folder: Path) -> dict:
