@@ -12,8 +12,8 @@ engine start and release, generation per task, scoring per task (HumanEval: the 
 seed-answer NLL, similarity, weight shift, report; "other" is a stage's wall time not in any part (writing,
 tokenizing, Python). Throughput: generated + prompt tokens per second of generation, training tokens per
 second, prompt + answer tokens per second of the seed-answer NLL pass (counted with the seed's tokenizer); MFU
-against the matmul peak measured now, in the precision the run used (the torch NLL pass: fp32). Equal answers: the greedy
-answers and per-item scores of every configuration are compared with the first's.
+against the matmul peak measured now, in the precision the run used (the torch NLL pass: fp32). Equal answers:
+the greedy answers and per-item scores of every configuration are compared with the first's.
 
     .venv/bin/python benchmarks/bench_arm.py [--configs previous,current] [--model qwen2.5-coder-0.5b-instruct]
         [--train 32] [--items 48] [--repeat 1] [--out bench-arm]   # prints a table, writes <out>/bench-arm.json
